@@ -1,0 +1,453 @@
+"""The Agent and Swarm custom resources (group kubeswarm.io, version v1alpha1).
+
+These pydantic models are the single source of the resources' shape: the
+operator generates the CRD schemas from them (``make crds``) and reconciles
+with them, and local mode (``kubeswarm up``) reads the same manifests through
+them.  Field descriptions become ``kubectl explain`` text; rules that span
+fields are CEL (``x-kubernetes-validations``) so the API server enforces them,
+and the same rules are checked here so local mode rejects what a cluster would.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+from pydantic.config import JsonDict
+
+GROUP = "kubeswarm.io"
+VERSION = "v1alpha1"
+API_VERSION: Final = "kubeswarm.io/v1alpha1"
+DEFAULT_SWARM = "default"
+
+# Kubernetes core types we pass through unchanged to the pod template; the API
+# server validates them when the Deployment is applied.
+PRESERVE: JsonDict = {"x-kubernetes-preserve-unknown-fields": True}
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+
+def cel(rule: str, message: str, field_path: str | None = None) -> JsonDict:
+    """One x-kubernetes-validations entry."""
+    entry: JsonDict = {"rule": rule, "message": message}
+    if field_path:
+        entry["fieldPath"] = field_path
+    return entry
+
+
+class Model(BaseModel):
+    """Base: frozen, camelCase on the wire, unknown fields rejected."""
+
+    model_config = ConfigDict(frozen=True, alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+class SecretKeyRef(Model):
+    name: str = Field(min_length=1, description="Name of a Secret in the Agent's namespace.")
+    key: str = Field(min_length=1, description="Key within the Secret whose value is used.")
+
+
+class AwsSecretsManagerRef(Model):
+    secret_id: str = Field(min_length=1, description="Secret name or ARN in AWS Secrets Manager.")
+    region: str = Field(min_length=1, description="AWS region of the secret, e.g. eu-west-1.")
+    key: str | None = Field(
+        default=None,
+        description="If the secret string is a JSON object, the key whose value is the API key; otherwise the whole string is used.",
+    )
+
+
+class Provider(StrEnum):
+    ECHO = "echo"
+    ANTHROPIC = "anthropic"
+    BEDROCK = "bedrock"
+    HTTP = "http"
+
+
+class ModelSpec(Model):
+    """Which model answers this agent's tasks."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "!(has(self.apiKeySecretRef) && has(self.awsSecretsManager))",
+                    "set at most one of apiKeySecretRef and awsSecretsManager",
+                ),
+                cel(
+                    "self.provider != 'anthropic' || has(self.apiKeySecretRef) || has(self.awsSecretsManager)",
+                    "provider anthropic needs an API key: set apiKeySecretRef or awsSecretsManager",
+                ),
+                cel("self.provider != 'http' || has(self.endpoint)", "provider http needs endpoint", ".endpoint"),
+                cel("self.provider == 'echo' || has(self.name)", "a model name is required unless provider is echo", ".name"),
+            ]
+        }
+    )
+
+    provider: Provider = Field(
+        default=Provider.ECHO,
+        description="echo (offline, deterministic), anthropic (Messages API), bedrock (AWS Converse) or http (POST to endpoint).",
+    )
+    name: str | None = Field(default=None, description="Model name, e.g. claude-sonnet-4-5 or a Bedrock model id.")
+    max_tokens: int = Field(default=1024, ge=1, le=200000, description="Upper bound of output tokens per task.")
+    api_key_secret_ref: SecretKeyRef | None = Field(default=None, description="Secret key holding the provider API key.")
+    aws_secrets_manager: AwsSecretsManagerRef | None = Field(
+        default=None,
+        description="Read the API key from AWS Secrets Manager; the operator syncs it into a Secret and re-checks it for rotation.",
+    )
+    endpoint: str | None = Field(
+        default=None,
+        pattern=r"^https?://",
+        description="URL the http provider POSTs each task to (a sidecar or webhook); for anthropic, an alternative API base URL.",
+    )
+    region: str | None = Field(default=None, description="AWS region for the bedrock provider.")
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelSpec:
+        if self.api_key_secret_ref and self.aws_secrets_manager:
+            raise ValueError("set at most one of apiKeySecretRef and awsSecretsManager")
+        if self.provider is Provider.ANTHROPIC and not (self.api_key_secret_ref or self.aws_secrets_manager):
+            raise ValueError("provider anthropic needs an API key: set apiKeySecretRef or awsSecretsManager")
+        if self.provider is Provider.HTTP and not self.endpoint:
+            raise ValueError("provider http needs endpoint")
+        if self.provider is not Provider.ECHO and not self.name:
+            raise ValueError("a model name is required unless provider is echo")
+        return self
+
+
+class AuthMode(StrEnum):
+    NONE = "none"
+    JWT = "jwt"
+    OIDC = "oidc"
+
+
+class McpAuth(Model):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("self.mode != 'oidc' || (has(self.issuer) && has(self.audience))", "oidc needs issuer and audience"),
+            ]
+        }
+    )
+
+    mode: AuthMode = Field(
+        default=AuthMode.NONE,
+        description="none; jwt (HS256 bearer tokens signed with the swarm's key); or oidc (tokens from issuer, audience checked).",
+    )
+    issuer: str | None = Field(default=None, pattern=r"^https?://", description="OIDC issuer URL (its JWKS is fetched).")
+    audience: str | None = Field(default=None, description="Audience tokens must carry (oidc).")
+    required_scopes: list[str] = Field(default_factory=list, description="Scopes a token must carry; else 403.")
+
+    @model_validator(mode="after")
+    def _check(self) -> McpAuth:
+        if self.mode is AuthMode.OIDC and not (self.issuer and self.audience):
+            raise ValueError("oidc needs issuer and audience")
+        return self
+
+
+class IngressTls(Model):
+    secret_name: str = Field(min_length=1, description="Secret of type kubernetes.io/tls holding the certificate.")
+
+
+class IngressSpec(Model):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("!self.enabled || has(self.host)", "host is required when ingress is enabled", ".host"),
+            ]
+        }
+    )
+
+    enabled: bool = Field(default=False, description="Expose the MCP endpoint outside the cluster.")
+    kind: Literal["Ingress", "HTTPRoute"] = Field(
+        default="Ingress", description="Ingress (networking.k8s.io) or HTTPRoute (Gateway API)."
+    )
+    class_name: str | None = Field(default=None, description="IngressClass name, or the Gateway name for HTTPRoute.")
+    host: str | None = Field(default=None, description="External host name, e.g. agents.example.com.")
+    path: str = Field(default="/mcp", pattern=r"^/", description="Path prefix routed to the agent's MCP endpoint.")
+    tls: IngressTls | None = Field(default=None, description="Terminate TLS with this Secret.")
+    annotations: dict[str, str] = Field(default_factory=dict, description="Extra annotations on the Ingress.")
+
+    @model_validator(mode="after")
+    def _check(self) -> IngressSpec:
+        if self.enabled and not self.host:
+            raise ValueError("host is required when ingress is enabled")
+        return self
+
+
+class McpSpec(Model):
+    enabled: bool = Field(default=True, description="Serve the MCP endpoint (Streamable HTTP at /mcp).")
+    port: int = Field(default=8080, ge=1024, le=65535, description="Container port of the MCP endpoint.")
+    auth: McpAuth = Field(default_factory=McpAuth, description="Who may call the endpoint.")
+    ingress: IngressSpec = Field(default_factory=IngressSpec, description="External access to the endpoint.")
+    timeout_seconds: int = Field(
+        default=3600, ge=1, le=86400, description="Longest a request or stream may stay open (also the ingress read timeout)."
+    )
+
+
+class AutoscalingSpec(Model):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("self.minReplicas <= self.maxReplicas", "minReplicas must be <= maxReplicas", ".minReplicas"),
+            ]
+        }
+    )
+
+    enabled: bool = Field(default=False, description="Scale replicas on the JetStream task backlog.")
+    min_replicas: int = Field(default=1, ge=0, le=1000, description="Fewest replicas when idle.")
+    max_replicas: int = Field(default=10, ge=1, le=1000, description="Most replicas under load.")
+    target_backlog_per_replica: int = Field(
+        default=10, ge=1, description="Pending + unacknowledged tasks one replica should carry."
+    )
+    scale_down_delay_seconds: int = Field(
+        default=300, ge=0, le=86400, description="How long the backlog must stay low before replicas are removed."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> AutoscalingSpec:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("minReplicas must be <= maxReplicas")
+        return self
+
+
+class AgentSpec(Model):
+    """What an agent is (role, capabilities, model) and how its pods run."""
+
+    swarm: str = Field(
+        default=DEFAULT_SWARM,
+        pattern=DNS_LABEL,
+        max_length=63,
+        description="Swarm this agent belongs to; its NATS settings come from that Swarm, or the operator's default NATS URL.",
+    )
+    replicas: int = Field(default=1, ge=0, le=1000, description="Number of pods (managed by the operator when autoscaling).")
+    image: str | None = Field(default=None, description="Runtime image; defaults to the operator's runtime image.")
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(
+        default=None, description="Image pull policy of the runtime container."
+    )
+    resources: dict[str, Any] | None = Field(
+        default=None, json_schema_extra=PRESERVE, description="Container resources (core ResourceRequirements)."
+    )
+    env: list[dict[str, Any]] = Field(
+        default_factory=list, json_schema_extra={"items": PRESERVE}, description="Extra environment (core EnvVar)."
+    )
+    env_from: list[dict[str, Any]] = Field(
+        default_factory=list, json_schema_extra={"items": PRESERVE}, description="Extra environment sources (core EnvFromSource)."
+    )
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels the pods must match.")
+    tolerations: list[dict[str, Any]] = Field(
+        default_factory=list, json_schema_extra={"items": PRESERVE}, description="Pod tolerations (core Toleration)."
+    )
+    affinity: dict[str, Any] | None = Field(default=None, json_schema_extra=PRESERVE, description="Pod affinity (core Affinity).")
+    service_account_name: str | None = Field(default=None, description="ServiceAccount the pods run as.")
+    pod_annotations: dict[str, str] = Field(default_factory=dict, description="Annotations added to the pods.")
+    pod_labels: dict[str, str] = Field(default_factory=dict, description="Labels added to the pods.")
+    role: str = Field(default="worker", description="What this agent announces itself as, e.g. researcher.")
+    capabilities: list[str] = Field(
+        default_factory=list,
+        description="Capabilities it announces; it consumes the task queue and answers requests of each.",
+        json_schema_extra={"items": {"pattern": r"^[A-Za-z0-9_-]+$"}},
+    )
+    model: ModelSpec = Field(default_factory=ModelSpec, description="The model that answers tasks.")
+    concurrency: int = Field(default=4, ge=1, le=1000, description="Tasks in flight per replica.")
+    task_timeout_seconds: int = Field(default=300, ge=1, le=86400, description="Longest one task attempt may run.")
+    heartbeat_seconds: int = Field(
+        default=10, ge=1, le=300, description="Presence heartbeat interval; an agent silent for 3 heartbeats drops out."
+    )
+    mcp: McpSpec = Field(default_factory=McpSpec, description="The agent's MCP endpoint.")
+    autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec, description="Backlog-driven scaling.")
+
+
+class Condition(Model):
+    """A standard metav1.Condition."""
+
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str
+    message: str = ""
+    last_transition_time: str | None = None
+    observed_generation: int | None = None
+
+
+class Phase(StrEnum):
+    PENDING = "Pending"
+    RUNNING = "Running"
+    DEGRADED = "Degraded"
+    FAILED = "Failed"
+
+
+class AgentStatus(Model):
+    model_config = ConfigDict(extra="ignore")
+
+    phase: Phase | None = Field(default=None, description="Pending, Running, Degraded or Failed.")
+    replicas: int | None = Field(default=None, description="Pods that exist.")
+    ready_replicas: int | None = Field(default=None, description="Pods that are ready.")
+    selector: str | None = Field(default=None, description="Label selector of the pods (for the scale subresource).")
+    observed_generation: int | None = Field(default=None, description="Generation of the spec last reconciled.")
+    endpoint: str | None = Field(default=None, description="URL of the MCP endpoint.")
+    backlog: int | None = Field(default=None, description="Tasks pending or unacknowledged for this agent's capabilities.")
+    conditions: list[Condition] = Field(default_factory=list, description="Ready, SecretsReady, NatsReady, IngressReady, Scaling.")
+
+
+class ObjectMeta(Model):
+    """The parts of metadata kubeswarm reads; the rest is kept as is."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(min_length=1, max_length=63, pattern=DNS_LABEL)
+    namespace: str = "default"
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+    uid: str | None = None
+    generation: int | None = None
+
+
+class Agent(Model):
+    model_config = ConfigDict(extra="ignore")
+
+    api_version: Literal["kubeswarm.io/v1alpha1"] = API_VERSION
+    kind: Literal["Agent"] = "Agent"
+    metadata: ObjectMeta
+    spec: AgentSpec = Field(default_factory=AgentSpec)
+    status: AgentStatus | None = None
+
+
+class NatsClusterRef(Model):
+    name: str = Field(min_length=1, description="Service name of an in-cluster NATS (e.g. the chart's nats).")
+    namespace: str | None = Field(default=None, description="Its namespace; defaults to the Swarm's.")
+    port: int = Field(default=4222, ge=1, le=65535, description="Client port.")
+
+
+class NatsSpec(Model):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("!(has(self.url) && has(self.clusterRef))", "set at most one of url and clusterRef"),
+            ]
+        }
+    )
+
+    url: str | None = Field(default=None, pattern=r"^(nats|tls)://", description="NATS URL(s), comma-separated.")
+    cluster_ref: NatsClusterRef | None = Field(default=None, description="An in-cluster NATS Service.")
+    credentials_secret_ref: SecretKeyRef | None = Field(
+        default=None, description="Secret key holding NATS credentials (a .creds file) for the swarm's agents."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> NatsSpec:
+        if self.url and self.cluster_ref:
+            raise ValueError("set at most one of url and clusterRef")
+        return self
+
+
+class StreamsSpec(Model):
+    replicas: int = Field(default=1, ge=1, le=5, description="JetStream replicas of each stream (3 on a NATS cluster).")
+    max_age_seconds: int = Field(
+        default=7 * 24 * 3600, ge=0, description="How long discoveries and dead letters are kept (0: forever)."
+    )
+    max_bytes: int = Field(default=-1, ge=-1, description="Size limit of each stream in bytes (-1: none).")
+    discoveries_retention: Literal["limits", "interest"] = Field(
+        default="limits", description="limits keeps discoveries until max age; interest drops them once all consumers have them."
+    )
+    max_deliver: int = Field(default=5, ge=1, le=100, description="Deliveries of a task before it is dead-lettered.")
+
+
+class GatewaySpec(Model):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("!self.enabled || has(self.host)", "host is required when the gateway is enabled", ".host"),
+            ]
+        }
+    )
+
+    enabled: bool = Field(default=False, description="One external entry for the swarm: /agents/<agent>/mcp per agent.")
+    kind: Literal["Ingress", "HTTPRoute"] = Field(default="Ingress", description="Ingress or Gateway API HTTPRoute.")
+    class_name: str | None = Field(default=None, description="IngressClass name, or the Gateway name for HTTPRoute.")
+    host: str | None = Field(default=None, description="External host name.")
+    tls: IngressTls | None = Field(default=None, description="Terminate TLS with this Secret.")
+    annotations: dict[str, str] = Field(default_factory=dict, description="Extra annotations.")
+
+    @model_validator(mode="after")
+    def _check(self) -> GatewaySpec:
+        if self.enabled and not self.host:
+            raise ValueError("host is required when the gateway is enabled")
+        return self
+
+
+class SwarmMember(Model):
+    name: str = Field(min_length=1, max_length=63, pattern=DNS_LABEL, description="Name of the member Agent.")
+    replicas: int | None = Field(default=None, ge=0, le=1000, description="Replicas; overrides the template's.")
+    template: dict[str, Any] = Field(
+        default_factory=dict,
+        json_schema_extra=PRESERVE,
+        description="The member's Agent spec (fields as in Agent.spec), merged over spec.defaults.",
+    )
+
+
+class SwarmSpec(Model):
+    nats: NatsSpec = Field(default_factory=NatsSpec, description="The NATS the swarm talks over.")
+    subject_prefix: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$",
+        description="Prefix of every subject; default ks.<namespace>.<swarm>.",
+    )
+    agents: list[SwarmMember] = Field(
+        default_factory=list,
+        description="Agents the swarm owns.",
+        json_schema_extra={
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["name"],
+        },
+    )
+    streams: StreamsSpec = Field(default_factory=StreamsSpec, description="JetStream settings of the swarm's streams.")
+    gateway: GatewaySpec = Field(default_factory=GatewaySpec, description="One ingress for all member agents.")
+    defaults: dict[str, Any] = Field(
+        default_factory=dict, json_schema_extra=PRESERVE, description="Agent spec fields merged into every member Agent."
+    )
+
+    def member_spec(self, member: SwarmMember) -> AgentSpec:
+        """The Agent spec of a member: defaults, then its template, then replicas."""
+        merged = deep_merge(self.defaults, member.template)
+        if member.replicas is not None:
+            merged["replicas"] = member.replicas
+        return AgentSpec.model_validate(merged)
+
+
+class SwarmStatus(Model):
+    model_config = ConfigDict(extra="ignore")
+
+    phase: Phase | None = None
+    agents: int | None = Field(default=None, description="Member agents.")
+    ready_agents: int | None = Field(default=None, description="Member agents that are Ready.")
+    conditions: list[Condition] = Field(default_factory=list)
+    streams: dict[str, int] = Field(default_factory=dict, description="Message count of each stream.")
+    observed_generation: int | None = None
+
+
+class Swarm(Model):
+    model_config = ConfigDict(extra="ignore")
+
+    api_version: Literal["kubeswarm.io/v1alpha1"] = API_VERSION
+    kind: Literal["Swarm"] = "Swarm"
+    metadata: ObjectMeta
+    spec: SwarmSpec = Field(default_factory=SwarmSpec)
+    status: SwarmStatus | None = None
+
+    @property
+    def subject_prefix(self) -> str:
+        return self.spec.subject_prefix or default_subject_prefix(self.metadata.namespace, self.metadata.name)
+
+
+def default_subject_prefix(namespace: str, swarm: str) -> str:
+    return f"ks.{namespace}.{swarm}"
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Override wins; nested mappings merge key by key, lists are replaced."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
