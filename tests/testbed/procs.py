@@ -22,6 +22,8 @@ from pathlib import Path
 class TestbedError(RuntimeError):
     """A test-bed component failed; the message says what to do next."""
 
+    __test__ = False  # not a pytest test class despite the name
+
 
 _handed_out: set[int] = set()
 

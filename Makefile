@@ -1,0 +1,67 @@
+# kubeswarm developer targets. `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+UV_VERSION := 0.13.9
+TOOLS := $(HOME)/.cache/kubeswarm/tools
+UV := $(shell command -v uv 2>/dev/null || echo $(TOOLS)/bin/uv)
+export UV_PYTHON_DOWNLOADS := never
+export UV_CACHE_DIR ?= $(HOME)/.cache/kubeswarm/uv
+PYTEST_ARGS ?=
+
+.PHONY: help venv lock test test-unit test-integration test-e2e test-kind lint testbed testbed-regenerate \
+        cluster-up cluster-down crds run-operator bench demo
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
+
+$(TOOLS)/bin/uv:
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install -q uv==$(UV_VERSION)
+
+$(BIN)/.synced: requirements.lock runtime/pyproject.toml operator/pyproject.toml | $(UV)
+	test -x $(BIN)/python || $(UV) venv -q --python $(PYTHON) $(VENV)
+	$(UV) pip sync -q --python $(BIN)/python requirements.lock
+	touch $@
+
+venv: $(BIN)/.synced ## create .venv exactly as requirements.lock pins it
+
+lock: | $(UV) ## re-resolve requirements.in into requirements.lock
+	$(UV) pip compile -q requirements.in --python-version 3.11 --generate-hashes --no-header -o requirements.lock
+
+testbed: venv ## build etcd, Kubernetes, kwok and helm from their pinned Go modules (cached)
+	$(BIN)/python -m tests.testbed build
+
+testbed-regenerate: venv ## rewrite hack/testbed/*/go.mod after editing hack/testbed/pins.json
+	$(BIN)/python -m tests.testbed regenerate
+
+test: testbed ## the whole suite: unit, integration (real NATS), e2e (real API server)
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-unit: venv ## unit tests only
+	$(BIN)/pytest -m unit $(PYTEST_ARGS)
+
+test-integration: venv ## integration tests (real nats-server)
+	$(BIN)/pytest -m integration $(PYTEST_ARGS)
+
+test-e2e: testbed ## e2e tests (local test bed, or KUBESWARM_E2E_KUBECONFIG)
+	$(BIN)/pytest -m e2e $(PYTEST_ARGS)
+
+test-kind: venv ## e2e tests on a kind cluster (needs a container engine)
+	@command -v docker >/dev/null && docker info >/dev/null 2>&1 || { \
+	  echo "make test-kind needs a running container engine (docker info failed): kind runs Kubernetes in containers." >&2; \
+	  echo "Without one, use 'make test-e2e' (local test bed) or KUBESWARM_E2E_KUBECONFIG=<path> make test-e2e." >&2; exit 1; }
+	KUBESWARM_E2E_KIND=1 $(BIN)/pytest -m e2e $(PYTEST_ARGS)
+
+lint: venv ## ruff and mypy --strict
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+cluster-up: testbed ## start the local test bed and leave it running (last line: export KUBECONFIG=...)
+	@$(BIN)/python -m tests.testbed up
+
+cluster-down: venv ## stop every process cluster-up started
+	@$(BIN)/python -m tests.testbed down

@@ -1,0 +1,51 @@
+"""The test bed from the command line (behind `make cluster-up` and friends).
+
+    python -m tests.testbed build        build the pinned Go components (cached)
+    python -m tests.testbed regenerate   rewrite hack/testbed/*/go.mod from pins.json
+    python -m tests.testbed up           start a cluster and leave it running
+    python -m tests.testbed down         stop every process `up` started
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import build
+from .cluster import Cluster, stop_recorded
+from .procs import TestbedError
+
+STATE = build.REPO / ".state" / "cluster"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.testbed", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["build", "regenerate", "up", "down"])
+    parser.add_argument("--state-dir", type=Path, default=STATE, help="where `up` keeps certificates, data and logs")
+    parser.add_argument("--nodes", type=int, default=2, help="fake kwok nodes (up)")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "build":
+            for name, path in build.build_all().items():
+                print(f"{name}: {path}")
+        elif args.command == "regenerate":
+            build.regenerate_wrappers()
+        elif args.command == "up":
+            stop_recorded(args.state_dir)
+            cluster = Cluster(args.state_dir, nodes=args.nodes)
+            cluster.start()
+            print(f"test bed up: API server {cluster.server}, {args.nodes} kwok nodes; logs in {args.state_dir / 'logs'}")
+            print("stop it with: make cluster-down")
+            print(f"export KUBECONFIG={cluster.kubeconfig}")
+        else:
+            stopped = stop_recorded(args.state_dir)
+            print(f"stopped: {', '.join(stopped)}" if stopped else "no test bed was running")
+    except (TestbedError, build.BuildError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
