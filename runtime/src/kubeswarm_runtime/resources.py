@@ -10,6 +10,7 @@ and the same rules are checked here so local mode rejects what a cluster would.
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from typing import Any, Final, Literal
 
@@ -260,12 +261,16 @@ class AgentSpec(Model):
 class Condition(Model):
     """A standard metav1.Condition."""
 
-    type: str
-    status: Literal["True", "False", "Unknown"]
-    reason: str
-    message: str = ""
-    last_transition_time: str | None = None
-    observed_generation: int | None = None
+    type: str = Field(description="Ready, SecretsReady, NatsReady, IngressReady or Scaling.")
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    reason: str = Field(description="Why, in CamelCase (e.g. SecretNotFound).")
+    message: str = Field(default="", description="What happened and what to do, for humans.")
+    last_transition_time: str | None = Field(default=None, description="When status last changed (RFC 3339).")
+    observed_generation: int | None = Field(default=None, description="Generation of the spec this condition is about.")
+
+
+# Conditions are a map keyed by type, so server-side apply merges them per type.
+CONDITIONS_LIST: JsonDict = {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]}
 
 
 class Phase(StrEnum):
@@ -285,7 +290,11 @@ class AgentStatus(Model):
     observed_generation: int | None = Field(default=None, description="Generation of the spec last reconciled.")
     endpoint: str | None = Field(default=None, description="URL of the MCP endpoint.")
     backlog: int | None = Field(default=None, description="Tasks pending or unacknowledged for this agent's capabilities.")
-    conditions: list[Condition] = Field(default_factory=list, description="Ready, SecretsReady, NatsReady, IngressReady, Scaling.")
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        description="Ready, SecretsReady, NatsReady, IngressReady, Scaling.",
+        json_schema_extra=CONDITIONS_LIST,
+    )
 
 
 class ObjectMeta(Model):
@@ -301,6 +310,15 @@ class ObjectMeta(Model):
     generation: int | None = None
 
 
+# An Agent's name also names its Service, which must be a DNS-1035 label.
+AGENT_NAME = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+AGENT_NAME_RULE = cel(
+    f"self.metadata.name.matches('{AGENT_NAME}')",
+    "metadata.name must start with a letter and hold only lowercase letters, digits and '-' (it names the agent's Service)",
+    ".metadata.name",
+)
+
+
 class Agent(Model):
     model_config = ConfigDict(extra="ignore")
 
@@ -309,6 +327,12 @@ class Agent(Model):
     metadata: ObjectMeta
     spec: AgentSpec = Field(default_factory=AgentSpec)
     status: AgentStatus | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> Agent:
+        if not re.match(AGENT_NAME, self.metadata.name):
+            raise ValueError(AGENT_NAME_RULE["message"])
+        return self
 
 
 class NatsClusterRef(Model):
@@ -416,12 +440,12 @@ class SwarmSpec(Model):
 class SwarmStatus(Model):
     model_config = ConfigDict(extra="ignore")
 
-    phase: Phase | None = None
+    phase: Phase | None = Field(default=None, description="Pending, Running, Degraded or Failed.")
     agents: int | None = Field(default=None, description="Member agents.")
     ready_agents: int | None = Field(default=None, description="Member agents that are Ready.")
-    conditions: list[Condition] = Field(default_factory=list)
+    conditions: list[Condition] = Field(default_factory=list, description="Ready, NatsReady, ...", json_schema_extra=CONDITIONS_LIST)
     streams: dict[str, int] = Field(default_factory=dict, description="Message count of each stream.")
-    observed_generation: int | None = None
+    observed_generation: int | None = Field(default=None, description="Generation of the spec last reconciled.")
 
 
 class Swarm(Model):

@@ -1,0 +1,29 @@
+"""``python -m kubeswarm_runtime``: run one agent from the KUBESWARM_* environment."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+
+from .app import run_agent
+from .config import ConfigError, load_config
+
+
+def main() -> int:
+    logging.basicConfig(
+        level=os.environ.get("KUBESWARM_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        config = load_config()
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    asyncio.run(run_agent(config))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""Capability request/reply: load-balanced over a queue group, with a circuit breaker per capability."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any
+
+import nats
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from .connection import NatsConnection
+from .handlers.base import TaskContext, TaskHandler
+from .metrics import RuntimeMetrics
+from .names import SwarmNames
+
+log = logging.getLogger(__name__)
+
+QUEUE_GROUP = "kubeswarm"
+
+
+class CapabilityError(Exception):
+    """A capability request did not produce a result."""
+
+
+class CapabilityUnavailable(CapabilityError):
+    """No agent offers the capability, or its breaker is open."""
+
+
+class CircuitBreaker:
+    """Closed → open after ``threshold`` consecutive failures → half-open after ``cooldown``: one trial call decides."""
+
+    def __init__(self, threshold: int = 5, cooldown: float = 30.0) -> None:
+        self.threshold = threshold
+        self.cooldown = cooldown
+        self.failures = 0
+        self.opened_at: float | None = None
+        self._trial_running = False
+
+    @property
+    def state(self) -> str:
+        if self.opened_at is None:
+            return "closed"
+        return "half-open" if time.monotonic() - self.opened_at >= self.cooldown else "open"
+
+    def allow(self) -> bool:
+        state = self.state
+        if state == "closed":
+            return True
+        if state == "half-open" and not self._trial_running:
+            self._trial_running = True
+            return True
+        return False
+
+    def succeeded(self) -> None:
+        self.failures = 0
+        self.opened_at = None
+        self._trial_running = False
+
+    def failed(self) -> None:
+        self.failures += 1
+        if self._trial_running or self.failures >= self.threshold:
+            self.opened_at = time.monotonic()
+        self._trial_running = False
+
+
+class CapabilityService:
+    """Serve this replica's capabilities and request others'."""
+
+    def __init__(
+        self,
+        conn: NatsConnection,
+        names: SwarmNames,
+        metrics: RuntimeMetrics,
+        *,
+        agent: str = "",
+        breaker_threshold: int = 5,
+        breaker_cooldown: float = 30.0,
+    ) -> None:
+        self.conn = conn
+        self.names = names
+        self.metrics = metrics
+        self.agent = agent
+        self.breaker_threshold = breaker_threshold
+        self.breaker_cooldown = breaker_cooldown
+        self.breakers: dict[str, CircuitBreaker] = {}
+        self._subs: list[Subscription] = []
+        self._semaphore: asyncio.Semaphore | None = None
+
+    def breaker(self, capability: str) -> CircuitBreaker:
+        if capability not in self.breakers:
+            self.breakers[capability] = CircuitBreaker(self.breaker_threshold, self.breaker_cooldown)
+        return self.breakers[capability]
+
+    async def request(self, capability: str, payload: Any, *, timeout_seconds: float = 30.0) -> Any:
+        """Ask one agent offering ``capability``; its result, or CapabilityError / CapabilityUnavailable."""
+        breaker = self.breaker(capability)
+        if not breaker.allow():
+            raise CapabilityUnavailable(f"capability {capability!r} is failing; circuit open for up to {breaker.cooldown:.0f}s")
+        self.metrics.messages.labels("out", "capability_request").inc()
+        try:
+            reply = await self.conn.nc.request(self.names.capability(capability), json.dumps(payload).encode(), timeout=timeout_seconds)
+        except nats.errors.NoRespondersError:
+            breaker.failed()
+            self._breaker_gauge(capability)
+            raise CapabilityUnavailable(f"no agent offers capability {capability!r}") from None
+        except (TimeoutError, nats.errors.TimeoutError):
+            breaker.failed()
+            self._breaker_gauge(capability)
+            raise CapabilityError(f"capability {capability!r} did not answer within {timeout_seconds}s") from None
+        answer = json.loads(reply.data)
+        if not answer.get("ok"):
+            breaker.failed()
+            self._breaker_gauge(capability)
+            raise CapabilityError(f"capability {capability!r} failed: {answer.get('error')}")
+        breaker.succeeded()
+        self._breaker_gauge(capability)
+        return answer.get("result")
+
+    def _breaker_gauge(self, capability: str) -> None:
+        self.metrics.breaker_open.labels(capability).set(0 if self.breaker(capability).state == "closed" else 1)
+
+    async def serve(self, capabilities: list[str], handler: TaskHandler, concurrency: int) -> None:
+        """Answer requests for ``capabilities`` (one queue group per capability: one replica answers each)."""
+        self._semaphore = asyncio.Semaphore(concurrency)
+        for capability in capabilities:
+
+            async def answer(msg: Msg, capability: str = capability) -> None:
+                await self._answer(msg, capability, handler)
+
+            self._subs.append(await self.conn.nc.subscribe(self.names.capability(capability), queue=QUEUE_GROUP, cb=answer))
+
+    async def _answer(self, msg: Msg, capability: str, handler: TaskHandler) -> None:
+        assert self._semaphore is not None
+        self.metrics.messages.labels("in", "capability_request").inc()
+        async with self._semaphore:
+            try:
+                payload = json.loads(msg.data) if msg.data else None
+                result = await handler.handle(TaskContext(msg.reply or "request", capability, payload, 1, self.agent))
+                answer: dict[str, Any] = {"ok": True, "result": result}
+            except Exception as exc:
+                answer = {"ok": False, "error": str(exc) or type(exc).__name__}
+        await msg.respond(json.dumps(answer).encode())
+
+    async def stop(self) -> None:
+        for sub in self._subs:
+            await sub.unsubscribe()
+        self._subs.clear()

@@ -1,0 +1,64 @@
+"""A connection to a swarm and its services: what an agent, the CLI and the MCP layer talk through."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .capabilities import CapabilityService
+from .config import NatsConfig, StreamsConfig
+from .connection import NatsConnection
+from .discoveries import DiscoveryService
+from .messages import MessageService
+from .metrics import RuntimeMetrics
+from .names import SwarmNames
+from .presence import AgentDirectory
+from .stores import SwarmStores, ensure_swarm_stores
+from .tasks import TaskService
+
+
+@dataclass
+class SwarmClient:
+    conn: NatsConnection
+    names: SwarmNames
+    stores: SwarmStores
+    tasks: TaskService
+    agents: AgentDirectory
+    discoveries: DiscoveryService
+    messages: MessageService
+    capabilities: CapabilityService
+
+    @classmethod
+    async def open(
+        cls,
+        conn: NatsConnection,
+        prefix: str,
+        *,
+        sender: str,
+        streams: StreamsConfig | None = None,
+    ) -> SwarmClient:
+        """Use a connected ``conn``; the swarm's streams and buckets are created if missing."""
+        names = SwarmNames(prefix)
+        stores = await ensure_swarm_stores(conn, names, streams or StreamsConfig())
+        metrics = conn.metrics
+        return cls(
+            conn=conn,
+            names=names,
+            stores=stores,
+            tasks=TaskService(conn, names, stores.tasks),
+            agents=AgentDirectory(stores.agents),
+            discoveries=DiscoveryService(conn, names, metrics, sender),
+            messages=MessageService(conn, names, metrics, sender),
+            capabilities=CapabilityService(conn, names, metrics, agent=sender),
+        )
+
+    @classmethod
+    async def connect(cls, nats: NatsConfig, prefix: str, *, sender: str) -> SwarmClient:
+        """A client of its own (CLI, tools): connects, then opens the swarm."""
+        conn = NatsConnection(nats, RuntimeMetrics(), name=f"kubeswarm-client/{sender}")
+        await conn.connect()
+        return await cls.open(conn, prefix, sender=sender)
+
+    async def close(self) -> None:
+        await self.messages.stop()
+        await self.capabilities.stop()
+        await self.conn.close()

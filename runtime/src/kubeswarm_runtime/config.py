@@ -1,0 +1,187 @@
+"""The runtime's configuration: the contract between the operator (or local mode) and an agent process.
+
+One pydantic-settings model read from ``KUBESWARM_*`` environment variables
+(nested fields with ``__``, e.g. ``KUBESWARM_MODEL__PROVIDER``) and, below
+them in priority, an optional YAML file named by ``KUBESWARM_CONFIG_FILE``.
+The operator renders it with :func:`kubeswarm_runtime.render.render_runtime_env`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from . import __version__
+from .resources import default_subject_prefix
+
+ENV_PREFIX = "KUBESWARM_"
+ENV_NESTED_DELIMITER = "__"
+CONFIG_FILE_ENV = "KUBESWARM_CONFIG_FILE"
+NAME_PATTERN = r"^[A-Za-z0-9_-]+$"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class NatsConfig(Section):
+    url: str = Field(default="nats://127.0.0.1:4222", description="NATS server URL(s), comma-separated.")
+    user: str | None = None
+    password: SecretStr | None = None
+    token: SecretStr | None = None
+    creds_file: Path | None = Field(default=None, description="A NATS .creds file (JWT + nkey seed).")
+    connect_timeout_seconds: float = Field(default=5.0, gt=0)
+    # A dead server is noticed after ping_interval * (max_outstanding_pings + 1): 15 s with these defaults.
+    ping_interval_seconds: float = Field(default=5.0, gt=0)
+    max_outstanding_pings: int = Field(default=2, ge=1)
+    reconnect_base_seconds: float = Field(default=0.25, gt=0)
+    reconnect_max_seconds: float = Field(default=5.0, gt=0)
+
+    @property
+    def servers(self) -> list[str]:
+        return [u.strip() for u in self.url.split(",") if u.strip()]
+
+
+class ModelConfig(Section):
+    provider: Literal["echo", "anthropic", "bedrock", "http"] = "echo"
+    name: str = ""
+    max_tokens: int = Field(default=1024, ge=1)
+    api_key: SecretStr | None = None
+    endpoint: str | None = Field(default=None, description="http: the URL tasks are POSTed to; anthropic/bedrock: API base URL.")
+    region: str | None = None
+    system_prompt: str | None = None
+    max_retries: int = Field(default=4, ge=0)
+    retry_base_seconds: float = Field(default=0.5, gt=0)
+    request_timeout_seconds: float = Field(default=120.0, gt=0)
+
+
+class McpConfig(Section):
+    enabled: bool = True
+    port: int = Field(default=8080, ge=1, le=65535)
+    auth: Literal["none", "jwt", "oidc"] = "none"
+    issuer: str | None = None
+    audience: str | None = None
+    jwt_key: SecretStr | None = None
+    timeout_seconds: float = Field(default=3600, gt=0)
+
+
+class StreamsConfig(Section):
+    """Settings used when the runtime creates streams itself; a Swarm's existing streams win."""
+
+    replicas: int = Field(default=1, ge=1, le=5)
+    max_age_seconds: float = Field(default=7 * 24 * 3600, ge=0, description="Discoveries, dead letters and task state.")
+    max_deliver: int = Field(default=5, ge=1)
+    ack_wait_seconds: float = Field(default=30.0, gt=0)
+    retry_backoff_seconds: float = Field(default=1.0, ge=0, description="First nak delay; doubles per attempt.")
+    retry_backoff_max_seconds: float = Field(default=60.0, ge=0)
+    duplicate_window_seconds: float = Field(default=120.0, gt=0)
+
+
+class RuntimeConfig(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_NESTED_DELIMITER,
+        frozen=True,
+        extra="ignore",
+    )
+
+    agent: str = Field(pattern=NAME_PATTERN, description="Name of the Agent this process serves.")
+    namespace: str = "default"
+    swarm: str = "default"
+    subject_prefix: str = Field(default="", pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$", description="Default ks.<ns>.<swarm>.")
+    replica_id: str = Field(default_factory=socket.gethostname)
+    role: str = "worker"
+    capabilities: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    version: str = __version__
+    endpoint: str | None = Field(default=None, description="MCP URL this replica announces in the registry.")
+    nats: NatsConfig = Field(default_factory=NatsConfig)
+    concurrency: int = Field(default=4, ge=1)
+    task_timeout_seconds: float = Field(default=300, gt=0)
+    heartbeat_seconds: float = Field(default=10, gt=0)
+    shutdown_grace_seconds: float = Field(default=25, ge=0, description="How long in-flight tasks may finish on SIGTERM.")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    mcp: McpConfig = Field(default_factory=McpConfig)
+    metrics_port: int = Field(default=9090, ge=1, le=65535)
+    streams: StreamsConfig = Field(default_factory=StreamsConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_subject_prefix(cls, data: object) -> object:
+        if isinstance(data, dict) and not data.get("subject_prefix"):
+            data = {**data, "subject_prefix": default_subject_prefix(data.get("namespace", "default"), data.get("swarm", "default"))}
+        return data
+
+    @field_validator("capabilities", mode="before")
+    @classmethod
+    def _split_capabilities(cls, value: object) -> object:
+        # Env carries "a,b" (what the operator renders) or a JSON list.
+        if isinstance(value, str):
+            text = value.strip()
+            return json.loads(text) if text.startswith("[") else [c.strip() for c in text.split(",") if c.strip()]
+        return value
+
+    @field_validator("capabilities")
+    @classmethod
+    def _check_capabilities(cls, value: list[str]) -> list[str]:
+        for cap in value:
+            if not cap.replace("-", "").replace("_", "").isalnum():
+                raise ValueError(f"capability {cap!r} may only hold letters, digits, '-' and '_'")
+        return value
+
+    @field_validator("replica_id")
+    @classmethod
+    def _subject_safe_replica(cls, value: str) -> str:
+        # A replica id is a subject token: FQDN hostnames carry dots.
+        return value.replace(".", "-").replace(" ", "-").replace("*", "-").replace(">", "-")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get(CONFIG_FILE_ENV)
+        if config_file:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
+        return tuple(sources)
+
+
+class ConfigError(Exception):
+    """Invalid configuration; the message names each offending field and its env var."""
+
+
+def env_name(location: tuple[str | int, ...]) -> str:
+    return ENV_PREFIX + ENV_NESTED_DELIMITER.join(str(part).upper() for part in location)
+
+
+def load_config(**overrides: object) -> RuntimeConfig:
+    """Read the configuration from the environment (and config file), or raise ConfigError."""
+    config_file = os.environ.get(CONFIG_FILE_ENV)
+    if config_file and not Path(config_file).is_file():
+        raise ConfigError(f"{CONFIG_FILE_ENV}: config file {config_file} does not exist")
+    try:
+        return RuntimeConfig(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = [
+            f"  {env_name(err['loc']) if err['loc'] else '(config)'} ({'.'.join(map(str, err['loc']))}): {err['msg']}"
+            for err in exc.errors()
+        ]
+        raise ConfigError("invalid kubeswarm runtime configuration:\n" + "\n".join(lines)) from None
+    except ValueError as exc:  # a malformed JSON value in an env var
+        raise ConfigError(f"invalid kubeswarm runtime configuration: {exc}") from None

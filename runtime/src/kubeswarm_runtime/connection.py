@@ -1,0 +1,183 @@
+"""The NATS connection of a runtime: reconnect forever, readiness, and idempotent JetStream setup."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from typing import Any
+
+import nats
+from nats.aio.client import Client, Server
+from nats.js import JetStreamContext, api
+from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.kv import KeyValue
+
+from .config import NatsConfig
+from .metrics import RuntimeMetrics
+
+log = logging.getLogger(__name__)
+
+JS_API_TIMEOUT = 5.0
+# Readiness re-checks JetStream at most this often.
+JS_CHECK_INTERVAL = 2.0
+
+
+def backoff_delay(attempt: int, base: float, cap: float) -> float:
+    """Exponential backoff with full jitter in its upper half (never zero, never in lockstep)."""
+    ceiling = min(cap, base * 2.0 ** min(attempt, 16))
+    return ceiling * random.uniform(0.5, 1.0)
+
+
+class NatsConnection:
+    def __init__(self, config: NatsConfig, metrics: RuntimeMetrics, name: str) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.name = name
+        self.nc = Client()
+        self._js: JetStreamContext | None = None
+        self._js_checked_at = 0.0
+        self._js_usable = False
+        self.lame_duck = False
+
+    @property
+    def js(self) -> JetStreamContext:
+        assert self._js is not None, "connect() first"
+        return self._js
+
+    @property
+    def connected(self) -> bool:
+        return self.nc.is_connected
+
+    async def connect(self) -> None:
+        """Connect, retrying with backoff until a server answers (a pod may start before NATS)."""
+        attempt = 0
+        while True:
+            try:
+                await self.nc.connect(**self._options())
+                break
+            except (TimeoutError, OSError, nats.errors.Error) as exc:
+                delay = backoff_delay(attempt, self.config.reconnect_base_seconds, self.config.reconnect_max_seconds)
+                log.warning("NATS at %s not reachable (%s); retrying in %.1fs", self.config.url, exc, delay)
+                attempt += 1
+                await asyncio.sleep(delay)
+        self._js = self.nc.jetstream(timeout=JS_API_TIMEOUT)
+        self.metrics.nats_connected.set(1)
+        log.info("connected to NATS %s", self.nc.connected_url.netloc if self.nc.connected_url else self.config.url)
+
+    def _options(self) -> dict[str, Any]:
+        cfg = self.config
+        options: dict[str, Any] = {
+            "servers": cfg.servers,
+            "name": self.name,
+            "allow_reconnect": True,
+            "max_reconnect_attempts": -1,
+            "connect_timeout": cfg.connect_timeout_seconds,
+            "ping_interval": cfg.ping_interval_seconds,
+            "max_outstanding_pings": cfg.max_outstanding_pings,
+            "reconnect_to_server_handler": self._pick_server,
+            "disconnected_cb": self._on_disconnected,
+            "reconnected_cb": self._on_reconnected,
+            "error_cb": self._on_error,
+            "closed_cb": self._on_closed,
+            "lame_duck_mode_cb": self._on_lame_duck,
+        }
+        if cfg.user:
+            options["user"] = cfg.user
+        if cfg.password:
+            options["password"] = cfg.password.get_secret_value()
+        if cfg.token:
+            options["token"] = cfg.token.get_secret_value()
+        if cfg.creds_file:
+            options["user_credentials"] = str(cfg.creds_file)
+        return options
+
+    def _pick_server(self, servers: list[Server], _info: dict[str, Any]) -> tuple[Server | None, float]:
+        # The least-tried server next, after a jittered backoff growing with its failures.
+        server = min(servers, key=lambda s: s.reconnects)
+        return server, backoff_delay(server.reconnects, self.config.reconnect_base_seconds, self.config.reconnect_max_seconds)
+
+    async def _on_disconnected(self) -> None:
+        self.metrics.nats_connected.set(0)
+        self._js_usable = False
+        log.warning("disconnected from NATS")
+
+    async def _on_reconnected(self) -> None:
+        self.lame_duck = False
+        self.metrics.nats_reconnects.inc()
+        self.metrics.nats_connected.set(1)
+        log.info("reconnected to NATS %s", self.nc.connected_url.netloc if self.nc.connected_url else "")
+
+    async def _on_error(self, exc: Exception) -> None:
+        log.warning("NATS error: %s", exc or type(exc).__name__)
+
+    async def _on_closed(self) -> None:
+        self.metrics.nats_connected.set(0)
+
+    async def _on_lame_duck(self) -> None:
+        # The server is going away and will close us within its grace period;
+        # the client then reconnects to another server of the pool.
+        self.lame_duck = True
+        log.warning("NATS server entered lame-duck mode; will move to another server")
+
+    async def jetstream_usable(self) -> bool:
+        """Connected and JetStream answering (cached briefly: readiness probes are frequent)."""
+        if not self.connected:
+            return False
+        now = time.monotonic()
+        if now - self._js_checked_at > JS_CHECK_INTERVAL:
+            self._js_checked_at = now
+            try:
+                await self.js.account_info()
+                self._js_usable = True
+            except (TimeoutError, nats.errors.Error):
+                self._js_usable = False
+        return self._js_usable
+
+    async def close(self) -> None:
+        """Drain subscriptions and pending publishes, then close."""
+        if self.nc.is_connected:
+            with contextlib.suppress(nats.errors.Error, asyncio.TimeoutError):
+                await self.nc.drain()
+        if not self.nc.is_closed:
+            await self.nc.close()
+        self.metrics.nats_connected.set(0)
+
+    # -- idempotent JetStream setup: existing settings (a Swarm's) win
+
+    async def ensure_stream(self, config: api.StreamConfig) -> None:
+        assert config.name
+        try:
+            await self.js.stream_info(config.name)
+            return
+        except NotFoundError:
+            pass
+        try:
+            await self.js.add_stream(config)
+        except BadRequestError:
+            # Created concurrently by another replica (or with other settings): use what is there.
+            await self.js.stream_info(config.name)
+
+    async def ensure_consumer(self, stream: str, config: api.ConsumerConfig) -> None:
+        assert config.durable_name
+        try:
+            await self.js.consumer_info(stream, config.durable_name)
+            return
+        except NotFoundError:
+            pass
+        try:
+            await self.js.add_consumer(stream, config)
+        except BadRequestError:
+            await self.js.consumer_info(stream, config.durable_name)
+
+    async def ensure_kv(self, config: api.KeyValueConfig) -> KeyValue:
+        try:
+            return await self.js.key_value(config.bucket)
+        except nats.js.errors.BucketNotFoundError:
+            pass
+        try:
+            return await self.js.create_key_value(config)
+        except BadRequestError:
+            return await self.js.key_value(config.bucket)

@@ -1,0 +1,89 @@
+"""Discoveries: findings an agent shares with the swarm, kept in a JetStream stream with retention."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import nats
+from nats.js import api
+from pydantic import BaseModel, ConfigDict, Field
+
+from .connection import NatsConnection
+from .metrics import RuntimeMetrics
+from .names import SwarmNames
+
+
+class Discovery(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    agent: str
+    type: str = Field(pattern=r"^[A-Za-z0-9_-]+$")
+    content: Any
+    tags: list[str] = Field(default_factory=list)
+    at: float = Field(default_factory=time.time)
+    seq: int | None = Field(default=None, description="Stream sequence (set when read back).")
+
+
+class DiscoveryService:
+    def __init__(self, conn: NatsConnection, names: SwarmNames, metrics: RuntimeMetrics, agent: str) -> None:
+        self.conn = conn
+        self.names = names
+        self.metrics = metrics
+        self.agent = agent
+
+    async def share(self, type: str, content: Any, tags: list[str] | None = None) -> Discovery:
+        discovery = Discovery(agent=self.agent, type=type, content=content, tags=tags or [])
+        ack = await self.conn.js.publish(self.names.discovery(self.agent, type), discovery.model_dump_json().encode())
+        self.metrics.messages.labels("out", "discovery").inc()
+        return discovery.model_copy(update={"seq": ack.seq})
+
+    def _filter(self, agent: str | None, type: str | None) -> str:
+        return self.names.discovery(agent or "*", type or "*")
+
+    async def list(
+        self, *, agent: str | None = None, type: str | None = None, since_seq: int = 0, limit: int = 100
+    ) -> list[Discovery]:
+        """Discoveries in stream order, from after ``since_seq``."""
+        found: list[Discovery] = []
+        async with asyncio.timeout(10):
+            async for discovery in self.follow(agent=agent, type=type, since_seq=since_seq, stop_at_end=True):
+                found.append(discovery)
+                if len(found) >= limit:
+                    break
+        return found
+
+    async def follow(
+        self, *, agent: str | None = None, type: str | None = None, since_seq: int = 0, stop_at_end: bool = False
+    ) -> AsyncIterator[Discovery]:
+        """Discoveries after ``since_seq`` and then new ones as they come (an ordered, ephemeral consumer)."""
+        config = api.ConsumerConfig(
+            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE if since_seq else api.DeliverPolicy.ALL,
+            opt_start_seq=since_seq + 1 if since_seq else None,
+        )
+        sub = await self.conn.js.subscribe(
+            self._filter(agent, type), stream=self.names.discoveries_stream, ordered_consumer=True, config=config
+        )
+        try:
+            if stop_at_end:
+                info = await sub.consumer_info()
+                if info.num_pending == 0 and (info.delivered is None or not info.delivered.consumer_seq):
+                    return  # nothing matches: do not wait for the idle timeout
+            while True:
+                try:
+                    msg = await sub.next_msg(timeout=1.0 if stop_at_end else 3600)
+                except (TimeoutError, nats.errors.TimeoutError):
+                    if stop_at_end:
+                        return
+                    continue
+                meta = msg.metadata
+                self.metrics.messages.labels("in", "discovery").inc()
+                yield Discovery.model_validate_json(msg.data).model_copy(update={"seq": meta.sequence.stream})
+                if stop_at_end and meta.num_pending == 0:
+                    return
+        finally:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()

@@ -1,0 +1,28 @@
+"""Task handlers: echo (default), anthropic, bedrock, http."""
+
+from __future__ import annotations
+
+from ..config import ModelConfig
+from ..metrics import RuntimeMetrics
+from .base import PermanentTaskError, TaskContext, TaskHandler
+
+__all__ = ["PermanentTaskError", "TaskContext", "TaskHandler", "build_handler"]
+
+
+def build_handler(config: ModelConfig, metrics: RuntimeMetrics) -> TaskHandler:
+    # Imported on demand: an echo agent never loads aiohttp clients or boto3.
+    if config.provider == "anthropic":
+        from .anthropic import AnthropicHandler
+
+        return AnthropicHandler(config, metrics)
+    if config.provider == "bedrock":
+        from .bedrock import BedrockHandler
+
+        return BedrockHandler(config, metrics)
+    if config.provider == "http":
+        from .http import HttpHandler
+
+        return HttpHandler(config, metrics)
+    from .echo import EchoHandler
+
+    return EchoHandler()

@@ -1,0 +1,122 @@
+"""Direct messages between agents (command, query, response with correlation id) and broadcast."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal
+
+import nats
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .connection import NatsConnection
+from .metrics import RuntimeMetrics
+from .names import SwarmNames
+
+log = logging.getLogger(__name__)
+
+MessageKind = Literal["command", "query", "response", "broadcast"]
+
+
+class AgentMessage(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    id: str = Field(default_factory=lambda: uuid.uuid4().hex)
+    kind: MessageKind
+    sender: str = Field(description="Replica id the message came from; responses go to P.msg.<sender>.")
+    to: str | None = None
+    body: Any = None
+    correlation_id: str | None = None
+    at: float = Field(default_factory=time.time)
+
+
+# Handles a command or query; a query's return value is sent back as the response.
+MessageHandler = Callable[[AgentMessage], Awaitable[Any]]
+
+
+class MessageService:
+    """Send and receive direct messages and broadcasts.
+
+    A replica listens on ``P.msg.<replica id>`` and, in a queue group, on
+    ``P.msg.<agent name>`` (so a message to an agent reaches one of its replicas).
+    """
+
+    def __init__(self, conn: NatsConnection, names: SwarmNames, metrics: RuntimeMetrics, sender: str) -> None:
+        self.conn = conn
+        self.names = names
+        self.metrics = metrics
+        self.sender = sender
+        self.received: asyncio.Queue[AgentMessage] = asyncio.Queue(maxsize=1000)
+        self._waiting: dict[str, asyncio.Future[AgentMessage]] = {}
+        self._subs: list[Subscription] = []
+        self._handler: MessageHandler | None = None
+
+    async def start(self, *, agent: str | None = None, handler: MessageHandler | None = None) -> None:
+        """Listen for messages; without ``agent`` only responses to this sender's queries are taken."""
+        self._handler = handler
+        nc = self.conn.nc
+        self._subs.append(await nc.subscribe(self.names.direct(self.sender), cb=self._on_message))
+        if agent is not None:
+            self._subs.append(await nc.subscribe(self.names.direct(agent), queue=agent, cb=self._on_message))
+            self._subs.append(await nc.subscribe(self.names.broadcast, cb=self._on_message))
+
+    async def send(self, to: str, kind: MessageKind, body: Any, *, correlation_id: str | None = None) -> AgentMessage:
+        message = AgentMessage(kind=kind, sender=self.sender, to=to, body=body, correlation_id=correlation_id)
+        await self.conn.nc.publish(self.names.direct(to), message.model_dump_json().encode())
+        self.metrics.messages.labels("out", kind).inc()
+        return message
+
+    async def query(self, to: str, body: Any, *, timeout_seconds: float = 30.0) -> AgentMessage:
+        """Send a query and wait for the response carrying its id as correlation id."""
+        if not self._subs:
+            await self.start()
+        correlation_id = uuid.uuid4().hex
+        waiter: asyncio.Future[AgentMessage] = asyncio.get_running_loop().create_future()
+        self._waiting[correlation_id] = waiter
+        try:
+            await self.send(to, "query", body, correlation_id=correlation_id)
+            async with asyncio.timeout(timeout_seconds):
+                return await waiter
+        finally:
+            self._waiting.pop(correlation_id, None)
+
+    async def broadcast(self, body: Any) -> AgentMessage:
+        message = AgentMessage(kind="broadcast", sender=self.sender, body=body)
+        await self.conn.nc.publish(self.names.broadcast, message.model_dump_json().encode())
+        self.metrics.messages.labels("out", "broadcast").inc()
+        return message
+
+    async def _on_message(self, msg: Msg) -> None:
+        try:
+            message = AgentMessage.model_validate_json(msg.data)
+        except ValidationError:
+            log.warning("dropped a malformed message on %s", msg.subject)
+            return
+        self.metrics.messages.labels("in", message.kind).inc()
+        if message.kind == "response" and message.correlation_id in self._waiting:
+            waiter = self._waiting[message.correlation_id]
+            if not waiter.done():
+                waiter.set_result(message)
+            return
+        with contextlib.suppress(asyncio.QueueFull):
+            self.received.put_nowait(message)
+        if message.kind == "query" and self._handler is not None:
+            try:
+                answer = await self._handler(message)
+            except Exception as exc:
+                answer = {"error": str(exc) or type(exc).__name__}
+            await self.send(message.sender, "response", answer, correlation_id=message.id)
+        elif message.kind == "command" and self._handler is not None:
+            await self._handler(message)
+
+    async def stop(self) -> None:
+        for sub in self._subs:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+        self._subs.clear()

@@ -1,0 +1,135 @@
+"""Presence: announce, heartbeat, and the agent registry (a KV bucket whose entries expire)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+
+import nats
+from nats.js.errors import KeyNotFoundError
+from nats.js.kv import KeyValue
+from pydantic import BaseModel, ConfigDict
+
+from .config import RuntimeConfig
+from .connection import NatsConnection
+from .metrics import RuntimeMetrics
+from .names import SwarmNames
+from .stores import read_bucket
+
+log = logging.getLogger(__name__)
+
+# An agent silent for this many heartbeats is gone.
+MISSED_HEARTBEATS = 3
+
+
+class AgentInfo(BaseModel):
+    """One replica in the registry (key: its id)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    agent: str
+    role: str
+    capabilities: list[str]
+    version: str
+    load: int
+    concurrency: int
+    heartbeat_seconds: float
+    endpoint: str | None = None
+    started_at: float
+    last_seen: float
+    state: str = "up"  # "leaving" in the last announcement of a stopping replica
+
+    @property
+    def alive(self) -> bool:
+        return self.state == "up" and time.time() - self.last_seen <= MISSED_HEARTBEATS * self.heartbeat_seconds
+
+
+class AgentDirectory:
+    """Read the registry (any process connected to the swarm)."""
+
+    def __init__(self, bucket: KeyValue) -> None:
+        self.bucket = bucket
+
+    async def list(self, *, capability: str | None = None) -> list[AgentInfo]:
+        agents = [AgentInfo.model_validate_json(value) for value in await read_bucket(self.bucket, ">")]
+        # The bucket's TTLs remove silent agents; the age check also covers a bucket made without them.
+        return sorted(
+            (a for a in agents if a.alive and (capability is None or capability in a.capabilities)), key=lambda a: a.id
+        )
+
+    async def get(self, agent_id: str) -> AgentInfo | None:
+        try:
+            entry = await self.bucket.get(agent_id)
+        except KeyNotFoundError:
+            return None
+        if not entry.value:
+            return None
+        info = AgentInfo.model_validate_json(entry.value)
+        return info if info.alive else None
+
+
+class Presence:
+    """This replica's presence: announce on start, heartbeat, leave on stop."""
+
+    def __init__(
+        self,
+        conn: NatsConnection,
+        names: SwarmNames,
+        bucket: KeyValue,
+        config: RuntimeConfig,
+        metrics: RuntimeMetrics,
+        load: Callable[[], int],
+        endpoint: str | None = None,
+    ) -> None:
+        self.conn = conn
+        self.names = names
+        self.bucket = bucket
+        self.config = config
+        self.metrics = metrics
+        self.load = load
+        self.endpoint = endpoint
+        self.started_at = time.time()
+        self._ttl_supported = True
+
+    def info(self, state: str = "up") -> AgentInfo:
+        cfg = self.config
+        return AgentInfo(
+            id=cfg.replica_id, agent=cfg.agent, role=cfg.role, capabilities=list(cfg.capabilities), version=cfg.version,
+            load=self.load(), concurrency=cfg.concurrency, heartbeat_seconds=cfg.heartbeat_seconds,
+            endpoint=self.endpoint, started_at=self.started_at, last_seen=time.time(), state=state,
+        )
+
+    async def announce(self) -> None:
+        info = self.info()
+        await self._register(info)
+        await self.conn.nc.publish(self.names.announce, info.model_dump_json().encode())
+        self.metrics.messages.labels("out", "announce").inc()
+
+    async def heartbeat(self) -> None:
+        info = self.info()
+        await self._register(info)
+        await self.conn.nc.publish(self.names.heartbeat(info.id), info.model_dump_json().encode())
+        self.metrics.messages.labels("out", "heartbeat").inc()
+
+    async def _register(self, info: AgentInfo) -> None:
+        subject = f"$KV.{self.names.agents_bucket}.{info.id}"
+        data = info.model_dump_json().encode()
+        ttl = MISSED_HEARTBEATS * self.config.heartbeat_seconds
+        if self._ttl_supported:
+            try:
+                await self.conn.js.publish(subject, data, msg_ttl=max(ttl, 1.0))
+                return
+            except nats.js.errors.BadRequestError as exc:
+                # A bucket created without per-message TTLs (by an older Swarm): readers check last_seen instead.
+                log.warning("agents bucket rejects per-message TTL (%s); relying on last_seen", exc)
+                self._ttl_supported = False
+        await self.conn.js.publish(subject, data)
+
+    async def leave(self) -> None:
+        with contextlib.suppress(nats.errors.Error, asyncio.TimeoutError):
+            await self.conn.nc.publish(self.names.announce, self.info(state="leaving").model_dump_json().encode())
+            await self.bucket.delete(self.config.replica_id)

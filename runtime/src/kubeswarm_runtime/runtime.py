@@ -1,0 +1,108 @@
+"""One agent replica: presence, task worker, capability answers and messages over one NATS connection."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import nats
+
+from .client import SwarmClient
+from .config import RuntimeConfig
+from .connection import NatsConnection
+from .handlers import TaskContext, TaskHandler, build_handler
+from .messages import AgentMessage
+from .metrics import RuntimeMetrics
+from .presence import Presence
+from .tasks import TaskWorker
+
+log = logging.getLogger(__name__)
+
+
+class AgentRuntime:
+    def __init__(self, config: RuntimeConfig, *, endpoint: str | None = None, handler: TaskHandler | None = None) -> None:
+        self.config = config
+        self.endpoint = endpoint
+        self.metrics = RuntimeMetrics()
+        self.handler = handler or build_handler(config.model, self.metrics)
+        self.conn = NatsConnection(config.nats, self.metrics, name=f"kubeswarm/{config.agent}/{config.replica_id}")
+        self.started = False
+        self.draining = False
+        self._swarm: SwarmClient | None = None
+        self._presence: Presence | None = None
+        self._worker: TaskWorker | None = None
+        self._heartbeats: asyncio.Task[None] | None = None
+
+    @property
+    def swarm(self) -> SwarmClient:
+        """The services (tasks, agents, discoveries, messages, capabilities) for tools to call."""
+        assert self._swarm is not None, "start() first"
+        return self._swarm
+
+    @property
+    def worker(self) -> TaskWorker:
+        assert self._worker is not None, "start() first"
+        return self._worker
+
+    async def start(self) -> None:
+        cfg = self.config
+        await self.conn.connect()
+        swarm = await SwarmClient.open(self.conn, cfg.subject_prefix, sender=cfg.replica_id, streams=cfg.streams)
+        self._swarm = swarm
+        self._worker = TaskWorker(self.conn, swarm.names, swarm.stores.tasks, cfg, self.handler, self.metrics)
+        self._presence = Presence(
+            self.conn, swarm.names, swarm.stores.agents, cfg, self.metrics, load=lambda: self.worker.load, endpoint=self.endpoint
+        )
+        await self._worker.start()
+        await swarm.capabilities.serve(cfg.capabilities, self.handler, cfg.concurrency)
+        await swarm.messages.start(agent=cfg.agent, handler=self._on_message)
+        await self._presence.announce()
+        self._heartbeats = asyncio.create_task(self._heartbeat_loop(), name="heartbeats")
+        self.started = True
+        log.info(
+            "agent %s (replica %s) up on %s: capabilities %s", cfg.agent, cfg.replica_id, cfg.subject_prefix,
+            ",".join(cfg.capabilities) or "-",
+        )
+
+    async def ready(self) -> bool:
+        return self.started and not self.draining and await self.conn.jetstream_usable()
+
+    async def _heartbeat_loop(self) -> None:
+        assert self._presence is not None
+        while True:
+            await asyncio.sleep(self.config.heartbeat_seconds)
+            try:
+                await self._presence.heartbeat()
+                await self.worker.refresh_backlog(self.swarm.tasks)
+            except (TimeoutError, nats.errors.Error) as exc:
+                log.warning("heartbeat failed: %s", exc)
+
+    async def _on_message(self, message: AgentMessage) -> Any:
+        # A query is answered by this agent's model; a command is only logged (tools act on it via MCP).
+        if message.kind == "query":
+            return await self.handler.handle(TaskContext(message.id, "query", message.body, 1, self.config.agent))
+        log.info("message %s from %s: %s", message.kind, message.sender, message.body)
+        return None
+
+    async def stop(self) -> None:
+        """Graceful: stop taking work, finish or hand back in-flight tasks, leave, drain."""
+        if self.draining:
+            return
+        self.draining = True
+        if self._heartbeats is not None:
+            self._heartbeats.cancel()
+        if self._swarm is not None:
+            await self._swarm.capabilities.stop()
+        if self._worker is not None:
+            await self._worker.stop(self.config.shutdown_grace_seconds)
+        if self._presence is not None:
+            await self._presence.leave()
+        if self._swarm is not None:
+            await self._swarm.messages.stop()
+        with contextlib.suppress(Exception):
+            await self.handler.close()
+        await self.conn.close()
+        log.info("agent %s (replica %s) stopped", self.config.agent, self.config.replica_id)
+

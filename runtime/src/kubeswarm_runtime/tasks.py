@@ -1,0 +1,531 @@
+"""Tasks with delivery guarantees over a JetStream work queue.
+
+:class:`TaskService` is the client side (create, get, list, cancel, wait);
+:class:`TaskWorker` consumes the queues of a replica's capabilities.
+
+Guarantees: at-least-once (explicit ack; a crash means redelivery after
+``ack_wait``), retries with a growing nak delay, dead letters after the last
+delivery or on a permanent error, dedup by ``Nats-Msg-Id`` (= task id),
+priorities served high first, cancellation of pending and running tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import time
+import uuid
+from enum import StrEnum
+from typing import Any
+
+import nats
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js import api
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.kv import KeyValue
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from .config import RuntimeConfig
+from .connection import JS_API_TIMEOUT, NatsConnection, backoff_delay
+from .handlers.base import PermanentTaskError, TaskContext, TaskHandler
+from .metrics import RuntimeMetrics
+from .names import PRIORITIES, Priority, SwarmNames, cancel_key, task_key
+from .stores import read_bucket
+
+log = logging.getLogger(__name__)
+
+# An idle worker polls its queues this often besides waking on new tasks,
+# to pick up redeliveries (naks with delay, expired acks) that publish nothing.
+IDLE_POLL_SECONDS = 0.5
+STATE_WRITE_ATTEMPTS = 3
+
+
+class TaskState(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    FAILED = "failed"  # the last attempt failed; a retry is scheduled
+    SUCCEEDED = "succeeded"
+    DEAD = "dead"  # dead-lettered: out of deliveries or a permanent error
+    CANCELLED = "cancelled"
+
+
+TERMINAL_STATES = frozenset({TaskState.SUCCEEDED, TaskState.DEAD, TaskState.CANCELLED})
+
+
+class TaskMessage(BaseModel):
+    """What sits on the work queue."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    capability: str
+    priority: Priority = Priority.NORMAL
+    input: Any = None
+    created_at: float
+
+
+class TaskRecord(BaseModel):
+    """A task's state in the tasks bucket, also published on ``P.task.result.<id>`` when it ends."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    capability: str
+    priority: Priority
+    state: TaskState
+    attempts: int = 0
+    input: Any = None
+    result: Any = None
+    error: str | None = None
+    agent: str | None = None
+    created_at: float
+    updated_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+    @classmethod
+    def of(cls, task: TaskMessage, state: TaskState, **fields: Any) -> TaskRecord:
+        return cls(
+            id=task.id, capability=task.capability, priority=task.priority, input=task.input,
+            created_at=task.created_at, state=state, updated_at=time.time(), **fields,
+        )
+
+
+class DeadLetter(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    task: TaskMessage
+    reason: str
+    attempts: int
+    agent: str
+    dead_at: float
+
+
+class TaskNotFound(LookupError):
+    pass
+
+
+class TaskService:
+    """Create and follow tasks; any process connected to the swarm can use it."""
+
+    def __init__(self, conn: NatsConnection, names: SwarmNames, bucket: KeyValue) -> None:
+        self.conn = conn
+        self.names = names
+        self.bucket = bucket
+
+    async def create(
+        self, capability: str, task_input: Any = None, *, priority: Priority = Priority.NORMAL, task_id: str | None = None
+    ) -> TaskRecord:
+        """Queue a task. Creating the same ``task_id`` twice returns the first one (deduplicated)."""
+        task = TaskMessage(
+            id=task_id or uuid.uuid4().hex, capability=capability, priority=priority, input=task_input, created_at=time.time()
+        )
+        record = TaskRecord.of(task, TaskState.PENDING)
+        try:
+            await self.bucket.create(task_key(task.id), record.model_dump_json().encode())
+        except KeyWrongLastSequenceError:
+            existing = await self.get(task.id)
+            if existing is not None and existing.state is not TaskState.PENDING:
+                return existing
+        # Publish even for a duplicate still pending: a first attempt may have failed before publishing;
+        # the stream drops the copy if the first one made it.
+        await self.conn.js.publish(
+            self.names.task(capability, priority), task.model_dump_json().encode(), headers={"Nats-Msg-Id": task.id}
+        )
+        return record
+
+    async def get(self, task_id: str) -> TaskRecord | None:
+        try:
+            entry = await self.bucket.get(task_key(task_id))
+        except KeyNotFoundError:
+            return None
+        return TaskRecord.model_validate_json(entry.value) if entry.value else None
+
+    async def list(self, *, state: TaskState | None = None, capability: str | None = None, limit: int = 100) -> list[TaskRecord]:
+        records = [TaskRecord.model_validate_json(value) for value in await read_bucket(self.bucket, "task.>")]
+        records = [r for r in records if (state is None or r.state is state) and (capability is None or r.capability == capability)]
+        records.sort(key=lambda r: r.created_at, reverse=True)
+        return records[:limit]
+
+    async def cancel(self, task_id: str) -> TaskRecord:
+        """Cancel a pending or running task; a finished task is returned unchanged."""
+        while True:
+            try:
+                entry = await self.bucket.get(task_key(task_id))
+            except KeyNotFoundError:
+                raise TaskNotFound(task_id) from None
+            assert entry.value is not None
+            assert entry.revision is not None
+            record = TaskRecord.model_validate_json(entry.value)
+            if record.terminal:
+                return record
+            await self.bucket.put(cancel_key(task_id), b"1")
+            cancelled = record.model_copy(update={"state": TaskState.CANCELLED, "updated_at": time.time()})
+            try:
+                await self.bucket.update(task_key(task_id), cancelled.model_dump_json().encode(), last=entry.revision)
+            except KeyWrongLastSequenceError:
+                continue  # a worker wrote meanwhile: look again
+            return cancelled
+
+    async def wait(self, task_id: str, timeout_seconds: float) -> TaskRecord:
+        """Wait until the task ends; raises TimeoutError, or TaskNotFound for an unknown id."""
+        results: asyncio.Queue[Msg] = asyncio.Queue()
+
+        async def on_result(msg: Msg) -> None:
+            await results.put(msg)
+
+        sub = await self.conn.nc.subscribe(self.names.task_result(task_id), cb=on_result)
+        try:
+            async with asyncio.timeout(timeout_seconds):
+                record = await self.get(task_id)
+                if record is None:
+                    raise TaskNotFound(task_id)
+                while not record.terminal:
+                    # A cancel is written to the bucket only; re-read it now and then.
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(1.0):
+                            record = TaskRecord.model_validate_json((await results.get()).data)
+                            continue
+                    record = await self.get(task_id) or record
+                return record
+        finally:
+            await sub.unsubscribe()
+
+    async def backlog(self, capability: str) -> int:
+        """Tasks of a capability waiting or unacknowledged, over all priorities."""
+        total = 0
+        for priority in PRIORITIES:
+            with contextlib.suppress(NotFoundError):
+                info = await self.conn.js.consumer_info(self.names.tasks_stream, self.names.task_consumer(capability, priority))
+                total += (info.num_pending or 0) + (info.num_ack_pending or 0)
+        return total
+
+
+class _Puller:
+    """No-wait pulls on one durable consumer (lingering pulls would outlive a stop and strand messages)."""
+
+    def __init__(self, conn: NatsConnection, stream: str, consumer: str, capability: str) -> None:
+        self.conn = conn
+        self.capability = capability
+        self.consumer = consumer
+        self.next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
+        self.inbox = conn.nc.new_inbox()
+        self.sub: Subscription | None = None
+
+    async def start(self) -> None:
+        self.sub = await self.conn.nc.subscribe(self.inbox)
+
+    async def fetch(self, batch: int) -> list[Msg]:
+        assert self.sub is not None
+        await self.conn.nc.publish(self.next_subject, json.dumps({"batch": batch, "no_wait": True}).encode(), reply=self.inbox)
+        msgs: list[Msg] = []
+        with contextlib.suppress(nats.errors.TimeoutError, asyncio.TimeoutError):
+            while len(msgs) < batch:
+                msg = await self.sub.next_msg(timeout=JS_API_TIMEOUT)
+                if msg.headers and msg.headers.get("Status"):
+                    break  # 404 no messages / 408: the pull is done
+                msgs.append(msg)
+        return msgs
+
+
+class TaskWorker:
+    """Consumes the task queues of this replica's capabilities, ``concurrency`` tasks at a time."""
+
+    def __init__(
+        self,
+        conn: NatsConnection,
+        names: SwarmNames,
+        bucket: KeyValue,
+        config: RuntimeConfig,
+        handler: TaskHandler,
+        metrics: RuntimeMetrics,
+    ) -> None:
+        self.conn = conn
+        self.names = names
+        self.bucket = bucket
+        self.config = config
+        self.handler = handler
+        self.metrics = metrics
+        self.pullers: dict[Priority, list[_Puller]] = {p: [] for p in PRIORITIES}
+        self.inflight: dict[str, asyncio.Task[None]] = {}
+        self.cancelled: set[str] = set()
+        self.max_deliver: dict[str, int] = {}
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._draining = False
+        self._loop_task: asyncio.Task[None] | None = None
+        self._subs: list[Subscription] = []
+        self._cancel_watcher: Any = None
+
+    @property
+    def load(self) -> int:
+        return len(self.inflight)
+
+    async def start(self) -> None:
+        cfg = self.config
+        nc = self.conn.nc
+        await self._watch_cancellations()
+        for capability in cfg.capabilities:
+            for priority in PRIORITIES:
+                consumer = self.names.task_consumer(capability, priority)
+                await self.conn.ensure_consumer(
+                    self.names.tasks_stream,
+                    api.ConsumerConfig(
+                        durable_name=consumer,
+                        filter_subject=self.names.task(capability, priority),
+                        ack_policy=api.AckPolicy.EXPLICIT,
+                        ack_wait=cfg.streams.ack_wait_seconds,
+                        max_deliver=cfg.streams.max_deliver,
+                        max_ack_pending=-1,
+                        num_replicas=cfg.streams.replicas,
+                    ),
+                )
+                info = await self.conn.js.consumer_info(self.names.tasks_stream, consumer)
+                self.max_deliver[consumer] = info.config.max_deliver or cfg.streams.max_deliver
+                puller = _Puller(self.conn, self.names.tasks_stream, consumer, capability)
+                await puller.start()
+                self.pullers[priority].append(puller)
+                self._subs.append(
+                    await nc.subscribe(
+                        self.names.max_deliveries_advisory(consumer), queue="kubeswarm-dlq", cb=self._on_max_deliveries
+                    )
+                )
+                self._subs.append(await nc.subscribe(self.names.task(capability, priority), cb=self._on_new_task))
+        self._loop_task = asyncio.create_task(self._fetch_loop(), name="task-fetch-loop")
+
+    async def _watch_cancellations(self) -> None:
+        loaded = asyncio.Event()
+
+        # The watcher delivers existing cancellations first, then new ones; fetching starts once the
+        # existing ones are known so a cancelled pending task is never started.
+        async def follow() -> None:
+            watcher = await self.bucket.watch("cancel.>", ignore_deletes=True)
+            self._cancel_watcher = watcher
+            async for entry in watcher:
+                if entry is None:
+                    loaded.set()
+                    continue
+                task_id = entry.key.removeprefix("cancel.")
+                self.cancelled.add(task_id)
+                running = self.inflight.get(task_id)
+                if running is not None:
+                    running.cancel()
+                if entry.delta == 0:
+                    loaded.set()
+
+        self._watch_task = asyncio.create_task(follow(), name="cancel-watcher")
+        await loaded.wait()
+
+    async def _on_new_task(self, _msg: Msg) -> None:
+        self._wake.set()
+
+    async def _fetch_loop(self) -> None:
+        limit = self.config.concurrency
+        while not self._stopping:
+            if len(self.inflight) >= limit:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            took = False
+            for priority in PRIORITIES:
+                for puller in self.pullers[priority]:
+                    free = limit - len(self.inflight)
+                    if free <= 0 or self._stopping:
+                        break
+                    msgs = await self._fetch(puller, free)
+                    for msg in msgs:
+                        await self._start(msg, puller)
+                    took = took or bool(msgs)
+                if took:
+                    break  # look at the higher priorities again before taking lower ones
+            if not took and not self._stopping:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(IDLE_POLL_SECONDS):
+                        await self._wake.wait()
+
+    async def _fetch(self, puller: _Puller, batch: int) -> list[Msg]:
+        if not self.conn.connected:
+            return []
+        try:
+            return await puller.fetch(batch)
+        except nats.errors.Error as exc:
+            log.warning("fetching %s failed: %s", puller.consumer, exc)
+            return []
+
+    async def _start(self, msg: Msg, puller: _Puller) -> None:
+        try:
+            task = TaskMessage.model_validate_json(msg.data)
+        except ValidationError as exc:
+            await self._reject_malformed(msg, puller, str(exc))
+            return
+        if task.id in self.inflight:
+            # A redelivery of a task still running here: leave it to the running attempt.
+            await msg.in_progress()
+            return
+        runner = asyncio.create_task(self._run(msg, task, puller), name=f"task-{task.id}")
+        self.inflight[task.id] = runner
+        self.metrics.tasks_in_flight.set(len(self.inflight))
+        runner.add_done_callback(functools.partial(self._finished, task.id))
+
+    def _finished(self, task_id: str, _runner: asyncio.Task[None]) -> None:
+        self.inflight.pop(task_id, None)
+        self.metrics.tasks_in_flight.set(len(self.inflight))
+        self._wake.set()
+
+    async def _run(self, msg: Msg, task: TaskMessage, puller: _Puller) -> None:
+        attempt = msg.metadata.num_delivered
+        self.metrics.messages.labels("in", "task").inc()
+        if task.id in self.cancelled:
+            await msg.ack()
+            self.metrics.tasks.labels(task.capability, "cancelled").inc()
+            return
+        started = time.time()
+        running = TaskRecord.of(task, TaskState.RUNNING, attempts=attempt, agent=self.config.replica_id, started_at=started)
+        # Advisory: a lost "running" write is overwritten by the outcome, so it need not be confirmed.
+        await self.conn.nc.publish(self._state_subject(task.id), running.model_dump_json().encode())
+        keepalive = asyncio.create_task(self._keep_alive(msg))
+        outcome = "succeeded"
+        try:
+            ctx = TaskContext(task.id, task.capability, task.input, attempt, self.config.agent)
+            async with asyncio.timeout(self.config.task_timeout_seconds):
+                result = await self.handler.handle(ctx)
+        except asyncio.CancelledError:
+            keepalive.cancel()
+            outcome = await self._interrupted(msg, task, running)
+        except PermanentTaskError as exc:
+            outcome = "dead"
+            await self._dead_letter(msg, task, attempt, f"permanent error: {exc}")
+        except Exception as exc:
+            reason = f"timed out after {self.config.task_timeout_seconds}s" if isinstance(exc, TimeoutError) else repr(exc)
+            if attempt >= self.max_deliver[puller.consumer]:
+                outcome = "dead"
+                await self._dead_letter(msg, task, attempt, f"failed on the last of {attempt} deliveries: {reason}")
+            else:
+                outcome = "failed"
+                await self._write_state(running.model_copy(update={"state": TaskState.FAILED, "error": reason, "updated_at": time.time()}))
+                await msg.nak(delay=self._retry_delay(attempt))
+        else:
+            done = running.model_copy(
+                update={"state": TaskState.SUCCEEDED, "result": result, "updated_at": time.time(), "finished_at": time.time()}
+            )
+            if await self._write_state(done):
+                await self.conn.nc.publish(self.names.task_result(task.id), done.model_dump_json().encode())
+                await msg.ack()
+                self.metrics.messages.labels("out", "task_result").inc()
+            else:
+                outcome = "failed"
+                await msg.nak()
+        finally:
+            keepalive.cancel()
+            self.metrics.tasks.labels(task.capability, outcome).inc()
+            self.metrics.task_duration.labels(task.capability).observe(time.time() - started)
+
+    async def _interrupted(self, msg: Msg, task: TaskMessage, running: TaskRecord) -> str:
+        """A running task was cancelled: by its owner (ack it away) or by shutdown (hand it back)."""
+        if self._draining:
+            await self._write_state(running.model_copy(update={"state": TaskState.PENDING, "updated_at": time.time()}))
+            await msg.nak()
+            return "requeued"
+        await self._write_state(
+            running.model_copy(update={"state": TaskState.CANCELLED, "updated_at": time.time(), "finished_at": time.time()})
+        )
+        await msg.ack()
+        return "cancelled"
+
+    def _retry_delay(self, attempt: int) -> float:
+        streams = self.config.streams
+        return backoff_delay(attempt - 1, streams.retry_backoff_seconds, streams.retry_backoff_max_seconds)
+
+    async def _keep_alive(self, msg: Msg) -> None:
+        # Long tasks keep their delivery: tell the server "still working" well inside ack_wait.
+        interval = max(self.config.streams.ack_wait_seconds / 3, 0.1)
+        while True:
+            await asyncio.sleep(interval)
+            with contextlib.suppress(nats.errors.Error):
+                await msg.in_progress()
+
+    def _state_subject(self, task_id: str) -> str:
+        return f"$KV.{self.names.tasks_bucket}.{task_key(task_id)}"
+
+    async def _write_state(self, record: TaskRecord) -> bool:
+        """Store a task's state, confirmed, before its message is acked (so the two never disagree)."""
+        for attempt in range(STATE_WRITE_ATTEMPTS):
+            try:
+                await self.conn.js.publish(self._state_subject(record.id), record.model_dump_json().encode())
+                return True
+            except (TimeoutError, nats.errors.Error) as exc:
+                log.warning("writing state of task %s failed (attempt %d): %s", record.id, attempt + 1, exc)
+        return False
+
+    async def _dead_letter(self, msg: Msg, task: TaskMessage, attempts: int, reason: str) -> None:
+        await self._send_dead_letter(task, attempts, reason)
+        await msg.term()
+
+    async def _send_dead_letter(self, task: TaskMessage, attempts: int, reason: str) -> None:
+        letter = DeadLetter(task=task, reason=reason, attempts=attempts, agent=self.config.replica_id, dead_at=time.time())
+        await self.conn.js.publish(
+            self.names.dlq(task.capability), letter.model_dump_json().encode(), headers={"Nats-Msg-Id": f"dlq-{task.id}"}
+        )
+        await self._write_state(
+            TaskRecord.of(task, TaskState.DEAD, attempts=attempts, error=reason, agent=self.config.replica_id, finished_at=time.time())
+        )
+        self.metrics.dead_letters.labels(task.capability).inc()
+        log.warning("task %s dead-lettered: %s", task.id, reason)
+
+    async def _reject_malformed(self, msg: Msg, puller: _Puller, error: str) -> None:
+        await self.conn.js.publish(
+            self.names.dlq(puller.capability),
+            json.dumps({"raw": msg.data.decode(errors="replace"), "reason": f"malformed task: {error}"}).encode(),
+        )
+        await msg.term()
+
+    async def _on_max_deliveries(self, advisory: Msg) -> None:
+        """A task ran out of deliveries without an outcome (its runner crashed or hung): dead-letter it."""
+        try:
+            event = json.loads(advisory.data)
+            stored = await self.conn.js.get_msg(event["stream"], event["stream_seq"])
+            assert stored.data is not None
+            task = TaskMessage.model_validate_json(stored.data)
+            await self._send_dead_letter(
+                task, int(event["deliveries"]), f"delivered {event['deliveries']} times without an outcome (runner crashed or timed out)"
+            )
+            await self.conn.js.delete_msg(event["stream"], event["stream_seq"])
+        except NotFoundError:
+            pass  # another replica handled it
+        except (nats.errors.Error, ValidationError, KeyError, ValueError) as exc:
+            log.warning("could not dead-letter after max deliveries: %s", exc)
+
+    async def refresh_backlog(self, tasks: TaskService) -> None:
+        for capability in self.config.capabilities:
+            with contextlib.suppress(nats.errors.Error, asyncio.TimeoutError):
+                self.metrics.backlog.labels(capability).set(await tasks.backlog(capability))
+
+    async def stop(self, grace: float) -> None:
+        """Stop fetching; let in-flight tasks finish until ``grace`` runs out; hand the rest back."""
+        self._stopping = True
+        self._wake.set()
+        if self._loop_task is not None:
+            await self._loop_task
+        running = list(self.inflight.values())
+        if running:
+            _done, late = await asyncio.wait(running, timeout=grace)
+            self._draining = True
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+        for sub in self._subs:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+        self._watch_task.cancel()
+        if self._cancel_watcher is not None:
+            with contextlib.suppress(nats.errors.Error):
+                await self._cancel_watcher.stop()
