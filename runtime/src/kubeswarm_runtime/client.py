@@ -34,9 +34,13 @@ class SwarmClient:
         prefix: str,
         *,
         sender: str,
+        agent: str | None = None,
         streams: StreamsConfig | None = None,
     ) -> SwarmClient:
-        """Use a connected ``conn``; the swarm's streams and buckets are created if missing."""
+        """Use a connected ``conn``; the swarm's streams and buckets are created if missing.
+
+        ``sender`` (a replica id) signs messages; ``agent`` (default: sender) signs discoveries.
+        """
         names = SwarmNames(prefix)
         stores = await ensure_swarm_stores(conn, names, streams or StreamsConfig())
         metrics = conn.metrics
@@ -46,7 +50,7 @@ class SwarmClient:
             stores=stores,
             tasks=TaskService(conn, names, stores.tasks),
             agents=AgentDirectory(stores.agents),
-            discoveries=DiscoveryService(conn, names, metrics, sender),
+            discoveries=DiscoveryService(conn, names, metrics, agent or sender),
             messages=MessageService(conn, names, metrics, sender),
             capabilities=CapabilityService(conn, names, metrics, agent=sender),
         )

@@ -41,6 +41,7 @@ class NatsConnection:
         self._js_checked_at = 0.0
         self._js_usable = False
         self.lame_duck = False
+        self._closing = False
 
     @property
     def js(self) -> JetStreamContext:
@@ -102,7 +103,8 @@ class NatsConnection:
     async def _on_disconnected(self) -> None:
         self.metrics.nats_connected.set(0)
         self._js_usable = False
-        log.warning("disconnected from NATS")
+        if not self._closing:
+            log.warning("disconnected from NATS")
 
     async def _on_reconnected(self) -> None:
         self.lame_duck = False
@@ -138,6 +140,7 @@ class NatsConnection:
 
     async def close(self) -> None:
         """Drain subscriptions and pending publishes, then close."""
+        self._closing = True
         if self.nc.is_connected:
             with contextlib.suppress(nats.errors.Error, asyncio.TimeoutError):
                 await self.nc.drain()

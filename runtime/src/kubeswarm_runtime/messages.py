@@ -111,7 +111,7 @@ class MessageService:
                 answer = await self._handler(message)
             except Exception as exc:
                 answer = {"error": str(exc) or type(exc).__name__}
-            await self.send(message.sender, "response", answer, correlation_id=message.id)
+            await self.send(message.sender, "response", answer, correlation_id=message.correlation_id or message.id)
         elif message.kind == "command" and self._handler is not None:
             await self._handler(message)
 

@@ -49,7 +49,7 @@ class AgentRuntime:
     async def start(self) -> None:
         cfg = self.config
         await self.conn.connect()
-        swarm = await SwarmClient.open(self.conn, cfg.subject_prefix, sender=cfg.replica_id, streams=cfg.streams)
+        swarm = await SwarmClient.open(self.conn, cfg.subject_prefix, sender=cfg.replica_id, agent=cfg.agent, streams=cfg.streams)
         self._swarm = swarm
         self._worker = TaskWorker(self.conn, swarm.names, swarm.stores.tasks, cfg, self.handler, self.metrics)
         self._presence = Presence(
