@@ -1,0 +1,36 @@
+"""Operator settings: environment (prefix ``KUBESWARM_``), overridable by CLI flags."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class OperatorSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="KUBESWARM_", frozen=True)
+
+    runtime_image: str = Field(default="kubeswarm/runtime:0.1.0", description="Image of agents that set no spec.image.")
+    nats_url: str = Field(
+        default="nats://nats.kubeswarm-system.svc:4222",
+        description="NATS URL of agents whose Swarm object does not exist (chart value nats.url).",
+    )
+    namespaces: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Namespaces to watch, comma-separated; empty means the whole cluster."
+    )
+    field_manager: str = Field(default="kubeswarm-operator", description="Server-side apply field manager of every child.")
+    resync_seconds: float = Field(default=60.0, gt=0, description="Period of the level check of each Agent.")
+    worker_limit: int = Field(default=32, ge=1, description="Objects handled concurrently.")
+    watch_server_timeout: float = Field(default=300.0, gt=0, description="Server-side timeout of one watch request.")
+    watch_client_timeout: float = Field(default=330.0, gt=0, description="Client-side timeout of one watch request.")
+    metrics_port: int = Field(default=9091, ge=0, le=65535, description="Port of the operator's /metrics (0: off).")
+    health_port: int = Field(default=8081, ge=0, le=65535, description="Port of the /healthz liveness endpoint (0: off).")
+    ingress_namespace: str = Field(
+        default="ingress-nginx", description="Namespace of the ingress controller allowed to reach MCP endpoints."
+    )
+
+    @field_validator("namespaces", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        return [part.strip() for part in value.split(",") if part.strip()] if isinstance(value, str) else value
