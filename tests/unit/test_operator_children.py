@@ -5,11 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from kubeswarm_runtime.resources import Agent
-
 from kubeswarm_operator import children
 from kubeswarm_operator.children import ChildInputs, build_children, build_deployment, build_network_policy
 from kubeswarm_operator.drift import contains
+from kubeswarm_runtime.resources import Agent
 
 pytestmark = pytest.mark.unit
 
@@ -36,14 +35,23 @@ def deployment(a: Agent, **kw: Any) -> dict[str, Any]:
 
 def test_every_child_is_owned_labelled_and_hashed() -> None:
     built = build_children(agent(), INPUTS)
-    assert built[children.PDB] is None and built[children.INGRESS] is None
+    assert built[children.PDB] is None
+    assert built[children.INGRESS] is None
     for kind, manifest in built.items():
         if manifest is None:
             continue
         meta = manifest["metadata"]
-        assert manifest["kind"] == kind.kind and meta["namespace"] == "lab"
+        assert manifest["kind"] == kind.kind
+        assert meta["namespace"] == "lab"
         assert meta["ownerReferences"] == [
-            {"apiVersion": "kubeswarm.io/v1alpha1", "kind": "Agent", "name": "scout", "uid": "u-1", "controller": True, "blockOwnerDeletion": True}
+            {
+                "apiVersion": "kubeswarm.io/v1alpha1",
+                "kind": "Agent",
+                "name": "scout",
+                "uid": "u-1",
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
         ]
         assert meta["labels"][children.MANAGED_BY_LABEL] == "kubeswarm-operator"
         assert children.SPEC_HASH_ANNOTATION in meta["annotations"]
@@ -56,7 +64,8 @@ def test_building_twice_gives_the_same_manifests() -> None:
 def test_pod_runs_restricted_with_probes_on_the_runtime_endpoints() -> None:
     pod = deployment(agent())["spec"]["template"]["spec"]
     container = pod["containers"][0]
-    assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["securityContext"]["runAsNonRoot"]
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert container["securityContext"] == {
         "allowPrivilegeEscalation": False,
         "readOnlyRootFilesystem": True,
@@ -71,7 +80,9 @@ def test_pod_runs_restricted_with_probes_on_the_runtime_endpoints() -> None:
 
 
 def test_secrets_reach_the_pod_as_references_never_values() -> None:
-    a = agent(model={"provider": "anthropic", "name": "m", "apiKeySecretRef": {"name": "keys", "key": "anthropic"}}, mcp={"auth": {"mode": "jwt"}})
+    a = agent(
+        model={"provider": "anthropic", "name": "m", "apiKeySecretRef": {"name": "keys", "key": "anthropic"}}, mcp={"auth": {"mode": "jwt"}}
+    )
     env = deployment(a)["spec"]["template"]["spec"]["containers"][0]["env"]
     assert env == [
         {"name": "K_API", "valueFrom": {"secretKeyRef": {"name": "keys", "key": "anthropic"}}},
@@ -101,7 +112,8 @@ def test_an_hpa_owns_replicas() -> None:
 def test_pdb_only_with_several_replicas() -> None:
     assert children.build_pdb(agent(replicas=1)) is None
     pdb = children.build_pdb(agent(replicas=2))
-    assert pdb is not None and pdb["spec"]["maxUnavailable"] == 1
+    assert pdb is not None
+    assert pdb["spec"]["maxUnavailable"] == 1
 
 
 def test_network_policy_denies_by_default_and_opens_what_the_runtime_needs() -> None:

@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 import yaml
-
 from kubeswarm_operator import crdgen
 
 pytestmark = pytest.mark.unit
@@ -55,7 +54,7 @@ def test_agent_crd_names_subresources_and_columns() -> None:
 
 def test_nested_objects_default_so_their_defaults_apply() -> None:
     props = crdgen.agent_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
-    assert props["mcp"]["default"] == {}
+    assert props["mcp"]["default"]["port"] == 8080
     assert props["mcp"]["properties"]["port"]["default"] == 8080
     assert "default" not in props["model"]["properties"]["apiKeySecretRef"]
 

@@ -59,9 +59,13 @@ def structural(schema: Schema, defs: dict[str, Schema]) -> Schema:
 
 
 def _defaulted(node: Schema, original: Schema, required: bool) -> Schema:
-    """Default an optional nested object to {} so the API server fills in its fields' defaults."""
+    """Default an optional nested object to its fields' defaults, so an omitted one reads as defaulted.
+
+    The API server validates a default against the CEL rules as written
+    (without filling in nested defaults), hence the filled-in value, not {}.
+    """
     if node["type"] == "object" and "properties" in node and not required and "default" not in original:
-        return {**node, "default": {}}
+        return {**node, "default": {name: prop["default"] for name, prop in node["properties"].items() if "default" in prop}}
     return node
 
 
@@ -89,7 +93,7 @@ def resource_schema(spec: type[BaseModel], status: type[BaseModel], description:
             "apiVersion": {"type": "string", "description": "kubeswarm.io/v1alpha1"},
             "kind": {"type": "string", "description": "The kind of the resource."},
             "metadata": {"type": "object"},
-            "spec": {**model_schema(spec, defaults=True), "default": {}},
+            "spec": _defaulted(model_schema(spec, defaults=True), {}, required=False),
             "status": {**model_schema(status, defaults=False), "description": "Observed state, written by the operator."},
         },
     }

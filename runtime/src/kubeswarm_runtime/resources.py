@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
-from typing import Any, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
@@ -243,10 +243,9 @@ class AgentSpec(Model):
     pod_annotations: dict[str, str] = Field(default_factory=dict, description="Annotations added to the pods.")
     pod_labels: dict[str, str] = Field(default_factory=dict, description="Labels added to the pods.")
     role: str = Field(default="worker", description="What this agent announces itself as, e.g. researcher.")
-    capabilities: list[str] = Field(
+    capabilities: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+$")]] = Field(
         default_factory=list,
         description="Capabilities it announces; it consumes the task queue and answers requests of each.",
-        json_schema_extra={"items": {"pattern": r"^[A-Za-z0-9_-]+$"}},
     )
     model: ModelSpec = Field(default_factory=ModelSpec, description="The model that answers tasks.")
     concurrency: int = Field(default=4, ge=1, le=1000, description="Tasks in flight per replica.")
@@ -315,7 +314,6 @@ AGENT_NAME = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 AGENT_NAME_RULE = cel(
     f"self.metadata.name.matches('{AGENT_NAME}')",
     "metadata.name must start with a letter and hold only lowercase letters, digits and '-' (it names the agent's Service)",
-    ".metadata.name",
 )
 
 

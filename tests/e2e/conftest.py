@@ -1,0 +1,140 @@
+"""e2e helpers: the CRDs installed, the operator running as a subprocess, a namespace per test."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from tests.testbed.cluster import KubeAccess
+from tests.testbed.procs import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+T = TypeVar("T")
+
+
+def until(probe: Callable[[], T | None], timeout: float, what: str, interval: float = 0.25) -> T:
+    """Poll ``probe`` until it returns something truthy; fail with ``what`` at the deadline."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+
+
+def install_crds(cluster: KubeAccess) -> None:
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
+    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/agents.kubeswarm.io", "crd/swarms.kubeswarm.io")
+    # Discovery lags behind Established: wait until kubectl can resolve the kinds.
+    until(lambda: cluster.kubectl("get", "agents", "-A", check=False).returncode == 0, 30, "the Agent kind in discovery")
+
+
+@dataclass
+class Operator:
+    """``python -m kubeswarm_operator`` against the test cluster, as a user would run it."""
+
+    kubeconfig: Path
+    log: Path
+    env: dict[str, str] = field(default_factory=dict)
+    metrics_port: int = field(default_factory=free_port)
+    health_port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Operator:
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), **self.env}
+        argv = [sys.executable, "-m", "kubeswarm_operator", f"--metrics-port={self.metrics_port}", f"--health-port={self.health_port}"]
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        until(self.healthy, 60, f"operator /healthz (log: {self.log})")
+        return self
+
+    def healthy(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise AssertionError(f"operator exited with {self.process.returncode}; log:\n{self.log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz", timeout=2) as resp:
+                return bool(resp.status == 200)
+        except OSError:
+            return False
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, sig)
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def metrics(self) -> dict[str, float]:
+        """The operator's own Prometheus samples, by full series name."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+        samples = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                series, _, value = line.rpartition(" ")
+                samples[series] = float(value)
+        return samples
+
+
+OPERATOR_ENV = {
+    "KUBESWARM_NATS_URL": "nats://nats.kubeswarm-system.svc:4222",
+    "KUBESWARM_RUNTIME_IMAGE": "kubeswarm/runtime:e2e",
+    "KUBESWARM_RESYNC_SECONDS": "10",
+}
+
+
+@pytest.fixture(scope="session")
+def operator(cluster: KubeAccess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
+    install_crds(cluster)
+    op = Operator(cluster.kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log", env=OPERATOR_ENV).start()
+    yield op
+    op.stop()
+
+
+@dataclass
+class Namespace:
+    """kubectl bound to one test namespace."""
+
+    cluster: KubeAccess
+    name: str
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.cluster.kubectl("-n", self.name, *args, input=input, check=check)
+
+    def get(self, *args: str) -> dict[str, Any] | None:
+        proc = self.kubectl("get", *args, "-o", "json", check=False)
+        if proc.returncode != 0:
+            if "NotFound" in proc.stderr or "not found" in proc.stderr:
+                return None
+            raise AssertionError(proc.stderr)
+        data: dict[str, Any] = json.loads(proc.stdout)
+        return data
+
+    def apply(self, manifest: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+        return self.kubectl("apply", "-f", "-", input=json.dumps(manifest))
+
+
+@pytest.fixture
+def namespace(cluster: KubeAccess) -> Iterator[Namespace]:
+    name = f"e2e-{uuid.uuid4().hex[:8]}"
+    cluster.kubectl("create", "namespace", name)
+    yield Namespace(cluster, name)
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)

@@ -1,0 +1,82 @@
+"""The API server rejects invalid Agents with a message naming the field (schema and CEL rules from the models)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from kubeswarm_runtime.resources import Agent
+from pydantic import ValidationError
+
+from tests.testbed.cluster import KubeAccess
+
+from .conftest import Namespace, install_crds
+
+pytestmark = pytest.mark.e2e
+
+ANTHROPIC = {"provider": "anthropic", "name": "claude"}
+
+# (id, spec or metadata override, text the error must contain)
+INVALID: list[tuple[str, dict[str, Any], str]] = [
+    ("negative-replicas", {"replicas": -1}, "spec.replicas"),
+    ("too-many-replicas", {"replicas": 5000}, "spec.replicas"),
+    ("replicas-not-a-number", {"replicas": "three"}, "spec.replicas"),
+    ("unknown-provider", {"model": {"provider": "gpt"}}, "spec.model.provider"),
+    ("anthropic-without-key", {"model": ANTHROPIC}, "apiKeySecretRef or awsSecretsManager"),
+    (
+        "two-key-sources",
+        {"model": {**ANTHROPIC, "apiKeySecretRef": {"name": "k", "key": "k"}, "awsSecretsManager": {"secretId": "s", "region": "r"}}},
+        "at most one of apiKeySecretRef and awsSecretsManager",
+    ),
+    ("http-without-endpoint", {"model": {"provider": "http", "name": "hook"}}, "spec.model.endpoint"),
+    ("bedrock-without-model-name", {"model": {"provider": "bedrock"}}, "spec.model.name"),
+    ("endpoint-not-a-url", {"model": {"provider": "http", "name": "h", "endpoint": "ftp://x"}}, "spec.model.endpoint"),
+    ("secret-ref-without-key", {"model": {**ANTHROPIC, "apiKeySecretRef": {"name": "k"}}}, "spec.model.apiKeySecretRef.key"),
+    ("privileged-mcp-port", {"mcp": {"port": 80}}, "spec.mcp.port"),
+    ("oidc-without-issuer", {"mcp": {"auth": {"mode": "oidc", "audience": "a"}}}, "oidc needs issuer and audience"),
+    ("ingress-without-host", {"mcp": {"ingress": {"enabled": True}}}, "spec.mcp.ingress.host"),
+    ("ingress-path-not-absolute", {"mcp": {"ingress": {"enabled": True, "host": "h", "path": "mcp"}}}, "spec.mcp.ingress.path"),
+    ("min-above-max", {"autoscaling": {"minReplicas": 5, "maxReplicas": 2}}, "spec.autoscaling.minReplicas"),
+    ("bad-capability", {"capabilities": ["web search"]}, "spec.capabilities[0]"),
+    ("swarm-not-a-dns-label", {"swarm": "My_Swarm"}, "spec.swarm"),
+    ("zero-concurrency", {"concurrency": 0}, "spec.concurrency"),
+    ("heartbeat-too-slow", {"heartbeatSeconds": 1000}, "spec.heartbeatSeconds"),
+    ("bad-pull-policy", {"imagePullPolicy": "Sometimes"}, "spec.imagePullPolicy"),
+    ("typo-in-field-name", {"replica": 2}, "replica"),
+    ("name-starts-with-digit", {"__name__": "9lives"}, "metadata.name must start with a letter"),
+]
+
+
+def manifest(spec: dict[str, Any]) -> dict[str, Any]:
+    spec = dict(spec)
+    name = spec.pop("__name__", "invalid")
+    return {"apiVersion": "kubeswarm.io/v1alpha1", "kind": "Agent", "metadata": {"name": name}, "spec": spec}
+
+
+@pytest.fixture(scope="module")
+def crd_namespace(cluster: KubeAccess) -> Iterator[Namespace]:
+    install_crds(cluster)
+    cluster.kubectl("create", "namespace", "e2e-validation", check=False)
+    yield Namespace(cluster, "e2e-validation")
+    cluster.kubectl("delete", "namespace", "e2e-validation", "--wait=false", check=False)
+
+
+@pytest.mark.parametrize(("spec", "needle"), [(spec, needle) for _, spec, needle in INVALID], ids=[case for case, _, _ in INVALID])
+def test_invalid_agent_is_rejected_naming_the_field(crd_namespace: Namespace, spec: dict[str, Any], needle: str) -> None:
+    proc = crd_namespace.kubectl("apply", "-f", "-", input=json.dumps(manifest(spec)), check=False)
+    assert proc.returncode != 0, f"accepted: {spec}"
+    assert needle in proc.stderr, proc.stderr
+    # Local mode reads the same manifests through the models and must refuse them too.
+    with pytest.raises(ValidationError):
+        Agent.model_validate(manifest(spec))
+
+
+def test_a_valid_agent_is_accepted_and_defaulted(crd_namespace: Namespace) -> None:
+    crd_namespace.apply(manifest({"model": {**ANTHROPIC, "apiKeySecretRef": {"name": "k", "key": "k"}}}))
+    agent = crd_namespace.get("agent", "invalid")
+    assert agent is not None
+    assert agent["spec"]["mcp"]["port"] == 8080
+    assert agent["spec"]["autoscaling"]["maxReplicas"] == 10
+    crd_namespace.kubectl("delete", "agent", "invalid")
