@@ -98,7 +98,10 @@ def test_teardown_leaves_no_process_or_port(tmp_path: Path, cluster: KubeAccess)
     local_only(cluster)
     second = Cluster(tmp_path / "second", nodes=1).start()
     pids = [p.pid for p in second.processes]
-    ports = [second.etcd_port, second.etcd_peer_port, second.apiserver_port, second.controller_manager_port, second.scheduler_port, second.kwok_port]
+    ports = [
+        second.etcd_port, second.etcd_peer_port, second.apiserver_port,
+        second.controller_manager_port, second.scheduler_port, second.kwok_port,
+    ]
     assert all(port_accepts(p) for p in ports)
     second.stop()
     assert remaining_pids(pids) == []

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import time
+
 import nats
+import nats.errors
+import nats.js.errors
 import pytest
 from nats.js.api import StreamConfig
 
@@ -34,12 +38,22 @@ async def test_cluster_message_survives_node_restart(nats_cluster: NatsCluster) 
         await js.add_stream(StreamConfig(name="TESTBED_HA", subjects=["testbed.ha.>"], num_replicas=3))
         await js.publish("testbed.ha.before", b"published-before-kill")
         info = await js.stream_info("TESTBED_HA")
+        assert info.cluster is not None
         leader = next(i for i, n in enumerate(nats_cluster.nodes) if n.name == info.cluster.leader)
         nats_cluster.kill(leader)
         assert not nats_cluster.nodes[leader].process.running()  # type: ignore[union-attr]
         nats_cluster.restart(leader)
-        sub = await js.pull_subscribe("testbed.ha.>", durable="reader")
-        [msg] = await sub.fetch(1, timeout=15)
+        # Right after a leader is lost the stream elects another; a client
+        # retries its request until then, as our runtime does.
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                sub = await js.pull_subscribe("testbed.ha.>", durable="reader")
+                [msg] = await sub.fetch(1, timeout=5)
+                break
+            except (nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError):
+                if time.monotonic() > deadline:
+                    raise
         assert msg.data == b"published-before-kill"
         await msg.ack()
     finally:

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 
@@ -20,7 +21,9 @@ STATE = build.REPO / ".state" / "cluster"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.testbed", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.testbed", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("command", choices=["build", "regenerate", "up", "down"])
     parser.add_argument("--state-dir", type=Path, default=STATE, help="where `up` keeps certificates, data and logs")
     parser.add_argument("--nodes", type=int, default=2, help="fake kwok nodes (up)")
@@ -33,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
             build.regenerate_wrappers()
         elif args.command == "up":
             stop_recorded(args.state_dir)
+            shutil.rmtree(args.state_dir, ignore_errors=True)
             cluster = Cluster(args.state_dir, nodes=args.nodes)
             cluster.start()
             print(f"test bed up: API server {cluster.server}, {args.nodes} kwok nodes; logs in {args.state_dir / 'logs'}")

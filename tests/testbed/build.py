@@ -203,11 +203,31 @@ def regenerate_wrappers() -> None:
             tag = "v0." + version.lstrip("v").split(".", 1)[1]
             lines += ["replace (", *[f"\t{mod} => {mod} {tag}" for mod in staging], ")", ""]
             check_etcd_pin(Path(info["Dir"]))
+        if component.name == "kwok":
+            write_kwok_stages(Path(info["Dir"]))
         wrapper = WRAPPERS / component.name
         wrapper.mkdir(exist_ok=True)
         (wrapper / "go.mod").write_text("\n".join(lines))
         (wrapper / "go.sum").unlink(missing_ok=True)
         subprocess.run([go, "mod", "tidy"], cwd=wrapper, env=go_env(), check=True)
+
+
+KWOK_STAGES = WRAPPERS / "kwok-stages.yaml"
+# kwok's own "fast" stages: nodes become Ready (heartbeats through leases), pods
+# become Running and Ready at once, and complete or go away when deleted.
+KWOK_STAGE_FILES = [
+    "kustomize/stage/node/fast/node-initialize.yaml",
+    "kustomize/stage/node/heartbeat-with-lease/node-heartbeat-with-lease.yaml",
+    "kustomize/stage/pod/fast/pod-ready.yaml",
+    "kustomize/stage/pod/fast/pod-complete.yaml",
+    "kustomize/stage/pod/fast/pod-delete.yaml",
+]
+
+
+def write_kwok_stages(kwok_dir: Path) -> None:
+    parts = [f"# Generated from sigs.k8s.io/kwok@{pins()['kwok']} by `python -m tests.testbed regenerate`."]
+    parts += [(kwok_dir / name).read_text().strip() for name in KWOK_STAGE_FILES]
+    KWOK_STAGES.write_text("\n---\n".join(parts) + "\n")
 
 
 def kubeadm_etcd_version(kubernetes_dir: Path) -> str:

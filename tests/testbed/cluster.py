@@ -134,6 +134,7 @@ class Cluster(KubeAccess):
         (self.workdir / "pids.json").write_text(json.dumps(state))
 
     def start(self, timeout: float = 90) -> Cluster:
+        """Start every component; on failure, stop what started and raise with the log tail."""
         try:
             self._start_components(timeout)
         except BaseException:
@@ -210,7 +211,6 @@ class Cluster(KubeAccess):
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
                 "--use-service-account-credentials=false",
                 "--leader-elect=false",
-                "--controllers=*,-nodeipam,-nodelifecycle,-cloud-node-lifecycle,-service-lb-controller,-node-route-controller",
                 "--v=1",
             ],
             [self.controller_manager_port],
@@ -234,6 +234,7 @@ class Cluster(KubeAccess):
             [
                 str(binaries["kwok"]),
                 f"--kubeconfig={kubeconfig}",
+                f"--config={build.KWOK_STAGES}",
                 "--manage-all-nodes=false",
                 f"--manage-nodes-with-annotation-selector={FAKE_NODE_ANNOTATION}=fake",
                 "--node-ip=127.0.0.1",

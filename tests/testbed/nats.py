@@ -7,6 +7,7 @@ which is what the failover tests rely on.
 
 from __future__ import annotations
 
+import functools
 import json
 import urllib.request
 from dataclasses import dataclass, field
@@ -127,7 +128,7 @@ class NatsCluster:
         # Health needs a meta leader, which needs a quorum: wait after all started.
         for node in self.nodes:
             assert node.process is not None
-            node.process.wait_until(lambda n=node: _healthy(n.monitor_port), 60, "ready with JetStream")
+            node.process.wait_until(functools.partial(_healthy, node.monitor_port), 60, "ready with JetStream")
         return self
 
     def kill(self, index: int) -> NatsNode:

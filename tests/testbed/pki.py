@@ -68,7 +68,9 @@ class Pki:
         _write_key(self.ca_key, ca_key)
         _write_cert(self.ca_cert, ca)
 
-        def leaf(name: x509.Name, usage: x509.ObjectIdentifier, sans: list[x509.GeneralName]) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+        def leaf(
+            name: x509.Name, usage: x509.ObjectIdentifier, sans: list[x509.GeneralName]
+        ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
             key = ec.generate_private_key(ec.SECP256R1())
             builder = (
                 x509.CertificateBuilder()

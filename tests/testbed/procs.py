@@ -37,7 +37,7 @@ def free_port() -> int:
     """
     low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     for _ in range(1000):
-        port = random.randrange(20000, min(low, 32768))  # noqa: S311 - not security sensitive
+        port = random.randrange(20000, min(low, 32768))
         if port not in _handed_out and port_is_free(port):
             _handed_out.add(port)
             return port
