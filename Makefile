@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
         cluster-up cluster-down crds run-operator bench demo
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
 
 $(TOOLS)/bin/uv:
 	$(PYTHON) -m venv $(TOOLS)
@@ -65,3 +65,13 @@ cluster-up: testbed ## start the local test bed and leave it running (last line:
 
 cluster-down: venv ## stop every process cluster-up started
 	@$(BIN)/python -m tests.testbed down
+
+crds: venv ## regenerate crds/ from the resource models
+	$(BIN)/python -m kubeswarm_operator.crdgen crds
+
+run-operator: venv ## install the CRDs into the current KUBECONFIG's cluster and run the operator in the foreground
+	$(BIN)/kubectl apply --server-side --force-conflicts -f crds/
+	$(BIN)/python -m kubeswarm_operator $(OPERATOR_ARGS)
+
+bench: testbed ## run every benchmark in bench/ (each prints its ratios against a baseline run beside it)
+	@set -e; for script in bench/bench_*.py; do echo "== $$script"; $(BIN)/python $$script; done
