@@ -15,6 +15,7 @@ from typing import Any
 from kubeswarm_runtime.client import SwarmClient
 from kubeswarm_runtime.config import NatsConfig, RuntimeConfig
 from kubeswarm_runtime.runtime import AgentRuntime
+
 from tests.testbed.procs import ManagedProcess, free_port
 
 # Short timings so guarantees show within seconds.

@@ -9,16 +9,16 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
-
 from kubeswarm_runtime.app import build_app, build_metrics_app
 from kubeswarm_runtime.capabilities import CapabilityError, CapabilityUnavailable
-from kubeswarm_runtime.names import SwarmNames
 from kubeswarm_runtime.config import StreamsConfig
+from kubeswarm_runtime.names import SwarmNames
 from kubeswarm_runtime.stores import ensure_swarm_stores
+
 from tests.integration.runtime_helpers import (
     agent_config,
-    runtime_process,
     running,
+    runtime_process,
     swarm_client,
     unique_prefix,
     wait_for,
@@ -110,7 +110,7 @@ async def test_discoveries_shared_and_seen_by_peer(nats_server: NatsServer) -> N
         running(agent_config(nats_server.url, prefix, "peer", [])) as peer,
     ):
         follow = peer.swarm.discoveries.follow(type="finding")
-        seen = asyncio.create_task(anext(follow))
+        seen = asyncio.ensure_future(anext(follow))
         shared = await scout.swarm.discoveries.share("finding", {"what": "a bug"}, tags=["x"])
         got = await asyncio.wait_for(seen, 10)
         await follow.aclose()

@@ -7,9 +7,10 @@ import json
 from collections import Counter
 
 import pytest
-
+from kubeswarm_runtime.client import SwarmClient
 from kubeswarm_runtime.names import Priority
 from kubeswarm_runtime.tasks import DeadLetter, TaskState
+
 from tests.integration.runtime_helpers import agent_config, running, swarm_client, unique_prefix, wait_for
 from tests.testbed.nats import NatsServer
 
@@ -74,8 +75,8 @@ async def test_duplicate_task_ids_run_once(nats_server: NatsServer) -> None:
             assert agent.metrics.tasks.labels("once", "succeeded")._value.get() == 1
 
 
-async def _no_backlog(client: object, capability: str) -> bool:
-    return await client.tasks.backlog(capability) == 0  # type: ignore[attr-defined, no-any-return]
+async def _no_backlog(client: SwarmClient, capability: str) -> bool:
+    return await client.tasks.backlog(capability) == 0
 
 
 async def test_priorities_served_high_first(nats_server: NatsServer) -> None:
@@ -107,9 +108,9 @@ async def test_cancel_pending_and_running(nats_server: NatsServer) -> None:
         assert (await client.tasks.get(pending.id)).state is TaskState.CANCELLED  # type: ignore[union-attr]
 
 
-async def _state_is(client: object, task_id: str, state: TaskState) -> bool:
-    record = await client.tasks.get(task_id)  # type: ignore[attr-defined]
-    return record is not None and record.state is state  # type: ignore[no-any-return]
+async def _state_is(client: SwarmClient, task_id: str, state: TaskState) -> bool:
+    record = await client.tasks.get(task_id)
+    return record is not None and record.state is state
 
 
 async def _true(value: bool) -> bool:

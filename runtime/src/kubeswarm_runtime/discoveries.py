@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import nats
@@ -58,7 +58,7 @@ class DiscoveryService:
 
     async def follow(
         self, *, agent: str | None = None, type: str | None = None, since_seq: int = 0, stop_at_end: bool = False
-    ) -> AsyncIterator[Discovery]:
+    ) -> AsyncGenerator[Discovery, None]:
         """Discoveries after ``since_seq`` and then new ones as they come (an ordered, ephemeral consumer)."""
         config = api.ConsumerConfig(
             deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE if since_seq else api.DeliverPolicy.ALL,

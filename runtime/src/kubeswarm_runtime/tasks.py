@@ -41,7 +41,9 @@ log = logging.getLogger(__name__)
 # An idle worker polls its queues this often besides waking on new tasks,
 # to pick up redeliveries (naks with delay, expired acks) that publish nothing.
 IDLE_POLL_SECONDS = 0.5
-STATE_WRITE_ATTEMPTS = 3
+# How long an outcome (state, dead letter) is retried while JetStream is unavailable, e.g. while a
+# stream elects a new leader after a node died; the task's delivery is kept alive meanwhile.
+PUBLISH_PATIENCE_SECONDS = 30.0
 
 
 class TaskState(StrEnum):
@@ -185,19 +187,30 @@ class TaskService:
         sub = await self.conn.nc.subscribe(self.names.task_result(task_id), cb=on_result)
         try:
             async with asyncio.timeout(timeout_seconds):
-                record = await self.get(task_id)
+                record = await self._read_through_failover(task_id)
                 if record is None:
                     raise TaskNotFound(task_id)
                 while not record.terminal:
-                    # A cancel is written to the bucket only; re-read it now and then.
+                    # Results published while we were disconnected, and cancels (written to the
+                    # bucket only), are seen by re-reading now and then.
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(1.0):
                             record = TaskRecord.model_validate_json((await results.get()).data)
                             continue
-                    record = await self.get(task_id) or record
+                    with contextlib.suppress(nats.errors.Error):
+                        record = await self.get(task_id) or record
                 return record
         finally:
-            await sub.unsubscribe()
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+
+    async def _read_through_failover(self, task_id: str) -> TaskRecord | None:
+        while True:
+            try:
+                return await self.get(task_id)
+            except nats.errors.Error as exc:
+                log.info("reading task %s: %s; retrying", task_id, exc)
+                await asyncio.sleep(0.25)
 
     async def backlog(self, capability: str) -> int:
         """Tasks of a capability waiting or unacknowledged, over all priorities."""
@@ -458,28 +471,41 @@ class TaskWorker:
 
     async def _write_state(self, record: TaskRecord) -> bool:
         """Store a task's state, confirmed, before its message is acked (so the two never disagree)."""
-        for attempt in range(STATE_WRITE_ATTEMPTS):
+        return await self._publish_patiently(self._state_subject(record.id), record.model_dump_json().encode())
+
+    async def _publish_patiently(self, subject: str, data: bytes, headers: dict[str, str] | None = None) -> bool:
+        deadline = time.monotonic() + PUBLISH_PATIENCE_SECONDS
+        attempt = 0
+        while True:
             try:
-                await self.conn.js.publish(self._state_subject(record.id), record.model_dump_json().encode())
+                await self.conn.js.publish(subject, data, headers=headers)
                 return True
             except (TimeoutError, nats.errors.Error) as exc:
-                log.warning("writing state of task %s failed (attempt %d): %s", record.id, attempt + 1, exc)
-        return False
+                if time.monotonic() > deadline:
+                    log.warning("giving up publishing to %s: %s", subject, exc)
+                    return False
+                log.info("publishing to %s failed (%s); retrying", subject, exc)
+                await asyncio.sleep(backoff_delay(attempt, 0.1, 2.0))
+                attempt += 1
 
     async def _dead_letter(self, msg: Msg, task: TaskMessage, attempts: int, reason: str) -> None:
-        await self._send_dead_letter(task, attempts, reason)
-        await msg.term()
+        if await self._send_dead_letter(task, attempts, reason):
+            await msg.term()
+        # else: no ack; the task is delivered again (or reported by the max-deliveries advisory).
 
-    async def _send_dead_letter(self, task: TaskMessage, attempts: int, reason: str) -> None:
+    async def _send_dead_letter(self, task: TaskMessage, attempts: int, reason: str) -> bool:
         letter = DeadLetter(task=task, reason=reason, attempts=attempts, agent=self.config.replica_id, dead_at=time.time())
-        await self.conn.js.publish(
+        sent = await self._publish_patiently(
             self.names.dlq(task.capability), letter.model_dump_json().encode(), headers={"Nats-Msg-Id": f"dlq-{task.id}"}
         )
+        if not sent:
+            return False
         await self._write_state(
             TaskRecord.of(task, TaskState.DEAD, attempts=attempts, error=reason, agent=self.config.replica_id, finished_at=time.time())
         )
         self.metrics.dead_letters.labels(task.capability).inc()
         log.warning("task %s dead-lettered: %s", task.id, reason)
+        return True
 
     async def _reject_malformed(self, msg: Msg, puller: _Puller, error: str) -> None:
         await self.conn.js.publish(
@@ -495,10 +521,9 @@ class TaskWorker:
             stored = await self.conn.js.get_msg(event["stream"], event["stream_seq"])
             assert stored.data is not None
             task = TaskMessage.model_validate_json(stored.data)
-            await self._send_dead_letter(
-                task, int(event["deliveries"]), f"delivered {event['deliveries']} times without an outcome (runner crashed or timed out)"
-            )
-            await self.conn.js.delete_msg(event["stream"], event["stream_seq"])
+            reason = f"delivered {event['deliveries']} times without an outcome (runner crashed or timed out)"
+            if await self._send_dead_letter(task, int(event["deliveries"]), reason):
+                await self.conn.js.delete_msg(event["stream"], event["stream_seq"])
         except NotFoundError:
             pass  # another replica handled it
         except (nats.errors.Error, ValidationError, KeyError, ValueError) as exc:
