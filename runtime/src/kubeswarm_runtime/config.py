@@ -74,7 +74,21 @@ class McpConfig(Section):
     issuer: str | None = None
     audience: str | None = None
     jwt_key: SecretStr | None = None
-    timeout_seconds: float = Field(default=3600, gt=0)
+    timeout_seconds: float = Field(default=3600, gt=0, description="Longest life of one SSE/WebSocket connection (clients reconnect).")
+    required_scopes: list[str] = Field(default_factory=list, description="oidc/jwt: scopes every token must carry (else 403).")
+    allowed_origins: list[str] = Field(
+        default_factory=list, description="Browser origins allowed besides the server's own host; others get 403."
+    )
+    session_ttl_seconds: float = Field(default=3600, gt=0, description="An MCP session unused this long expires (404).")
+    rate_limit_per_second: float = Field(default=100, ge=0, description="Per-caller token bucket refill rate; 0 disables.")
+    rate_limit_burst: int = Field(default=200, ge=1)
+    max_request_bytes: int = Field(default=1024 * 1024, ge=1024)
+    request_read_timeout_seconds: float = Field(default=30, gt=0, description="Slow clients: longest wait for a request body.")
+    write_timeout_seconds: float = Field(default=30, gt=0, description="Slow clients: longest wait for a stream write to drain.")
+    max_streams: int = Field(default=2048, ge=1, description="Concurrent SSE and WebSocket connections; 503 past it.")
+    keepalive_seconds: float = Field(default=15, gt=0, description="Comment/ping interval on idle streams.")
+    ws_max_in_flight: int = Field(default=32, ge=1, description="Requests one WebSocket may have running at once.")
+    tools_page_size: int = Field(default=50, ge=1)
 
 
 class StreamsConfig(Section):

@@ -23,6 +23,7 @@ class Discovery(BaseModel):
     agent: str
     type: str = Field(pattern=r"^[A-Za-z0-9_-]+$")
     content: Any
+    confidence: float = Field(default=1.0, ge=0.0, le=1.0, description="How sure the agent is, 0 to 1.")
     tags: list[str] = Field(default_factory=list)
     at: float = Field(default_factory=time.time)
     seq: int | None = Field(default=None, description="Stream sequence (set when read back).")
@@ -35,9 +36,12 @@ class DiscoveryService:
         self.metrics = metrics
         self.agent = agent
 
-    async def share(self, type: str, content: Any, tags: list[str] | None = None) -> Discovery:
-        discovery = Discovery(agent=self.agent, type=type, content=content, tags=tags or [])
-        ack = await self.conn.js.publish(self.names.discovery(self.agent, type), discovery.model_dump_json().encode())
+    async def share(
+        self, type: str, content: Any, tags: list[str] | None = None, *, confidence: float = 1.0, agent: str | None = None
+    ) -> Discovery:
+        """Publish a discovery; ``agent`` (default: this service's) names the author, as a subject token."""
+        discovery = Discovery(agent=agent or self.agent, type=type, content=content, confidence=confidence, tags=tags or [])
+        ack = await self.conn.js.publish(self.names.discovery(discovery.agent, type), discovery.model_dump_json().encode())
         self.metrics.messages.labels("out", "discovery").inc()
         return discovery.model_copy(update={"seq": ack.seq})
 

@@ -15,7 +15,7 @@ from .connection import NatsConnection
 from .handlers import TaskContext, TaskHandler, build_handler
 from .messages import AgentMessage
 from .metrics import RuntimeMetrics
-from .presence import Presence
+from .presence import AgentInfo, Presence
 from .tasks import TaskWorker
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,11 @@ class AgentRuntime:
         """The services (tasks, agents, discoveries, messages, capabilities) for tools to call."""
         assert self._swarm is not None, "start() first"
         return self._swarm
+
+    def info(self) -> AgentInfo:
+        """This replica as the registry shows it, computed locally (no NATS round trip)."""
+        assert self._presence is not None, "start() first"
+        return self._presence.info()
 
     @property
     def worker(self) -> TaskWorker:
@@ -80,7 +85,16 @@ class AgentRuntime:
                 log.warning("heartbeat failed: %s", exc)
 
     async def _on_message(self, message: AgentMessage) -> Any:
-        # A query is answered by this agent's model; a command is only logged (tools act on it via MCP).
+        # Built-in actions let peers (and `kubeswarm demo`) drive discoveries; any other query is
+        # answered by this agent's model; other commands are only logged (tools act on them via MCP).
+        body = message.body if isinstance(message.body, dict) else {}
+        action = body.get("action")
+        if action == "share_discovery":
+            shared = await self.swarm.discoveries.share(str(body.get("type", "note")), body.get("content"), body.get("tags"))
+            return shared.model_dump(mode="json")
+        if action == "list_discoveries":
+            found = await self.swarm.discoveries.list(type=body.get("type"), agent=body.get("agent"))
+            return [d.model_dump(mode="json") for d in found]
         if message.kind == "query":
             return await self.handler.handle(TaskContext(message.id, "query", message.body, 1, self.config.agent))
         log.info("message %s from %s: %s", message.kind, message.sender, message.body)
