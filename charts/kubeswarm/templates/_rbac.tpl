@@ -1,0 +1,38 @@
+{{/*
+What the operator does, verb by verb (kubeswarm_operator.handlers and .kube):
+- Agents and Swarms: kopf lists and watches them and patches their metadata (finalizer,
+  progress annotations); the reconciler patches Agent status. A Swarm creates, updates and
+  deletes its member Agents and writes its own status.
+- The children of an Agent: listed and watched (the operator's view of the cluster), applied
+  server-side (patch), created (generated Secrets, never overwritten) and deleted (an
+  Ingress or PodDisruptionBudget no longer wanted). Secrets and ConfigMaps are watched whole:
+  a change to one an Agent references rolls its pods.
+- HorizontalPodAutoscalers: read only, so the operator never fights a user's HPA.
+- Events (events.k8s.io): created on Agents for every notable transition.
+*/}}
+{{- define "kubeswarm.operatorRules" -}}
+- apiGroups: [kubeswarm.io]
+  resources: [agents, swarms]
+  verbs: [get, list, watch, create, patch, delete]
+- apiGroups: [kubeswarm.io]
+  resources: [agents/status, swarms/status]
+  verbs: [get, patch]
+- apiGroups: [""]
+  resources: [configmaps, secrets, services]
+  verbs: [get, list, watch, create, patch, delete]
+- apiGroups: [apps]
+  resources: [deployments]
+  verbs: [get, list, watch, create, patch, delete]
+- apiGroups: [policy]
+  resources: [poddisruptionbudgets]
+  verbs: [get, list, watch, create, patch, delete]
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies, ingresses]
+  verbs: [get, list, watch, create, patch, delete]
+- apiGroups: [autoscaling]
+  resources: [horizontalpodautoscalers]
+  verbs: [get, list, watch]
+- apiGroups: [events.k8s.io]
+  resources: [events]
+  verbs: [create]
+{{- end -}}
