@@ -214,3 +214,7 @@ async def _demo_script(local: LocalSwarm) -> bool:
     for line, passed in checks:
         print(f"  [{'ok' if passed else 'FAIL'}] {line}")
     return all(passed for _, passed in checks)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

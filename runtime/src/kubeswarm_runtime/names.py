@@ -51,6 +51,14 @@ class SwarmNames:
     def tasks_bucket(self) -> str:
         return f"{self.base}_tasks"
 
+    @property
+    def mcp_sessions_bucket(self) -> str:
+        return f"{self.base}_mcp_sessions"
+
+    @property
+    def mcp_events_stream(self) -> str:
+        return f"{self.base}_MCP_EVENTS"
+
     # -- subjects
     @property
     def announce(self) -> str:
@@ -94,6 +102,18 @@ class SwarmNames:
 
     def direct(self, agent_id: str) -> str:
         return f"{self.prefix}.msg.{agent_id}"
+
+    @property
+    def all_mcp_events(self) -> str:
+        return f"{self.prefix}.mcp.events.>"
+
+    def mcp_events(self, session: str, stream: str) -> str:
+        """Events of one SSE stream of an MCP session (kept for resumption on any replica)."""
+        return f"{self.prefix}.mcp.events.{session}.{stream}"
+
+    def mcp_sse(self, replica: str, session: str = "*") -> str:
+        """Messages for a legacy HTTP+SSE session, to the replica holding its stream."""
+        return f"{self.prefix}.mcp.sse.{replica}.{session}"
 
     @property
     def all_dlq(self) -> str:

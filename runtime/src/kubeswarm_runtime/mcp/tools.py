@@ -152,7 +152,7 @@ async def list_discoveries(runtime: AgentRuntime, args: ListDiscoveriesInput) ->
     found = await runtime.swarm.discoveries.list(
         agent=args.agent_id, type=args.discovery_type, since_seq=args.since_seq, limit=args.limit
     )
-    last_seq = found[-1].seq or args.since_seq if found else args.since_seq
+    last_seq = (found[-1].seq or args.since_seq) if found else args.since_seq
     return DiscoveriesOutput(discoveries=[d for d in found if d.confidence >= args.min_confidence], last_seq=last_seq)
 
 

@@ -1,0 +1,70 @@
+"""Local mode end to end: `kubeswarm demo`, and `kubeswarm up` driven by the CLI verbs, stopped by Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+EXAMPLE = Path(__file__).parents[2] / "examples" / "swarm.yaml"
+KUBESWARM = [sys.executable, "-m", "kubeswarm_runtime.cli"]
+
+
+def _env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("KUBESWARM_")}
+
+
+def test_demo_runs_the_example_swarm(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [*KUBESWARM, "demo", str(EXAMPLE), "--state-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=180, env=_env(),
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "demo passed" in proc.stdout
+    assert "seen by" in proc.stdout
+    assert "9/9 tasks answered" in proc.stdout
+
+
+def _cli(state: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*KUBESWARM, *args, "--state-dir", str(state)], capture_output=True, text=True, timeout=60, env=_env())
+
+
+def test_up_then_cli_verbs_then_ctrl_c(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    log = (tmp_path / "up.log").open("w")
+    up = subprocess.Popen([*KUBESWARM, "up", str(EXAMPLE), "--state-dir", str(state)], stdout=log, stderr=subprocess.STDOUT, env=_env())
+    try:
+        deadline = time.monotonic() + 90
+        agents = ""
+        while time.monotonic() < deadline:
+            if (state / "swarm.json").exists():
+                agents = _cli(state, "agents").stdout
+                if agents.count("\n") == 4:  # header + 3 replicas
+                    break
+            time.sleep(0.2)
+        assert "scout-1" in agents and "critic-0" in agents, agents
+        task = _cli(state, "task", "review", '{"prompt": "check"}')
+        assert task.returncode == 0, task.stderr
+        assert json.loads(task.stdout)["result"]["echo"] == {"prompt": "check"}
+        assert _cli(state, "discoveries").stdout == ""
+        up.send_signal(signal.SIGINT)
+        assert up.wait(60) == 0
+        table = (tmp_path / "up.log").read_text()
+        assert "MCP ENDPOINT" in table and "http://127.0.0.1:" in table
+        assert not (state / "swarm.json").exists()
+    finally:
+        if up.poll() is None:  # a failed assertion: still stop the agents and nats-server it started
+            up.send_signal(signal.SIGINT)
+            try:
+                up.wait(60)
+            except subprocess.TimeoutExpired:
+                up.kill()
+                up.wait()
