@@ -128,6 +128,11 @@ class Namespace:
         data: dict[str, Any] = json.loads(proc.stdout)
         return data
 
+    def must(self, *args: str) -> dict[str, Any]:
+        obj = self.get(*args)
+        assert obj is not None, f"{' '.join(args)} not found in {self.name}"
+        return obj
+
     def apply(self, manifest: dict[str, Any]) -> subprocess.CompletedProcess[str]:
         return self.kubectl("apply", "-f", "-", input=json.dumps(manifest))
 

@@ -84,6 +84,11 @@ def digest(value: object) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
 
+def data_digests(data: Mapping[str, str]) -> dict[str, str]:
+    """Per-key content hashes of a Secret's or ConfigMap's data: enough to notice a change, no value kept."""
+    return {key: hashlib.sha256(value.encode()).hexdigest()[:16] for key, value in data.items()}
+
+
 def selector_labels(agent: Agent) -> dict[str, str]:
     """Pod selector of the Deployment, Service, PDB and NetworkPolicy (immutable: only stable labels)."""
     return {NAME_LABEL: APP_NAME, AGENT_LABEL: agent.metadata.name}
@@ -213,9 +218,10 @@ def build_deployment(
     ``with_replicas=False`` leaves replicas to whoever else scales the Deployment (an HPA).
     """
     spec = agent.spec
-    env = [{"name": s.env, "valueFrom": {"secretKeyRef": {"name": s.secret, "key": s.key}}} for s in secret_env(
-        agent, api_key_env=api_key_env, jwt_key_env=jwt_key_env
-    )]
+    env = [
+        {"name": s.env, "valueFrom": {"secretKeyRef": {"name": s.secret, "key": s.key}}}
+        for s in secret_env(agent, api_key_env=api_key_env, jwt_key_env=jwt_key_env)
+    ]
     container: Manifest = {
         "name": "runtime",
         "image": spec.image or image,

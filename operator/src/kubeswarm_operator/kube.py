@@ -7,10 +7,11 @@ create, delete) and responses stay cheap to handle.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
+import logging
 import socket
+import uuid
 from typing import Any
 
 from kubernetes_asyncio import client, config
@@ -20,6 +21,7 @@ from . import metrics
 from .children import KINDS_BY_NAME, Kind
 
 Manifest = dict[str, Any]
+log = logging.getLogger(__name__)
 AGENT_PATH = "/apis/kubeswarm.io/v1alpha1/namespaces/{namespace}/agents/{name}"
 EVENTS_PATH = "/apis/events.k8s.io/v1/namespaces/{namespace}/events"
 
@@ -28,6 +30,11 @@ def kind_path(kind: Kind, namespace: str, name: str | None = None) -> str:
     base = "/api/v1" if kind.group == "" else f"/apis/{kind.api_version}"
     path = f"{base}/namespaces/{namespace}/{kind.plural}"
     return f"{path}/{name}" if name else path
+
+
+def namespace_terminating(error: ApiException) -> bool:
+    """The namespace is being deleted: nothing can be created in it, and nothing needs to be."""
+    return error.status == 403 and "NamespaceTerminating" in str(error.reason)
 
 
 async def load_config() -> None:
@@ -48,7 +55,13 @@ class Kube:
         await self.api.close()
 
     async def _call(
-        self, verb: str, what: str, path: str, *, body: object = None, query: list[tuple[str, str]] | None = None,
+        self,
+        verb: str,
+        what: str,
+        path: str,
+        *,
+        body: object = None,
+        query: list[tuple[str, str]] | None = None,
         content_type: str = "application/json",
     ) -> Manifest:
         metrics.API_REQUESTS.labels(verb, what).inc()
@@ -63,7 +76,11 @@ class Kube:
                 _preload_content=False,
                 _return_http_data_only=True,
             )
-            data: Manifest = json.loads(await response.read())
+            raw = await response.read()
+            # Without preloading, the client leaves the status check to us.
+            if not 200 <= response.status <= 299:
+                raise ApiException(status=response.status, reason=raw.decode(errors="replace")[:1000])
+            data: Manifest = json.loads(raw)
             return data
         except ApiException as error:
             metrics.API_ERRORS.labels(verb, what, str(error.status)).inc()
@@ -88,7 +105,11 @@ class Kube:
 
     async def merge_patch(self, kind: Kind, namespace: str, name: str, patch: Manifest) -> Manifest:
         return await self._call(
-            "PATCH", kind.kind, kind_path(kind, namespace, name), body=patch, content_type="application/merge-patch+json",
+            "PATCH",
+            kind.kind,
+            kind_path(kind, namespace, name),
+            body=patch,
+            content_type="application/merge-patch+json",
             query=[("fieldManager", self.field_manager)],
         )
 
@@ -102,7 +123,11 @@ class Kube:
     async def patch_agent_status(self, namespace: str, name: str, status: Manifest) -> None:
         path = AGENT_PATH.format(namespace=namespace, name=name) + "/status"
         await self._call(
-            "PATCH", "Agent", path, body={"status": status}, content_type="application/merge-patch+json",
+            "PATCH",
+            "Agent",
+            path,
+            body={"status": status},
+            content_type="application/merge-patch+json",
             query=[("fieldManager", self.field_manager)],
         )
 
@@ -112,7 +137,8 @@ class Kube:
         event = {
             "apiVersion": "events.k8s.io/v1",
             "kind": "Event",
-            "metadata": {"generateName": f"{regarding['name']}.", "namespace": regarding["namespace"]},
+            # Named like client-go's recorder does: the object's name and a unique suffix.
+            "metadata": {"name": f"{regarding['name']}.{uuid.uuid4().hex[:16]}", "namespace": regarding["namespace"]},
             "regarding": regarding,
             "type": type_,
             "reason": reason,
@@ -122,7 +148,9 @@ class Kube:
             "reportingController": f"kubeswarm.io/{self.field_manager}",
             "reportingInstance": self.instance[:128],
         }
-        # Counted in API_ERRORS; an event is not worth failing a reconcile.
-        with contextlib.suppress(ApiException):
+        try:
             await self._call("POST", "Event", EVENTS_PATH.format(namespace=regarding["namespace"]), body=event)
-
+        except ApiException as error:
+            # An event is not worth failing a reconcile for.
+            if not namespace_terminating(error):
+                log.warning("posting event %s on %s failed: %s", reason, regarding["name"], error.reason)

@@ -22,7 +22,7 @@ class OperatorSettings(BaseSettings):
     field_manager: str = Field(default="kubeswarm-operator", description="Server-side apply field manager of every child.")
     resync_seconds: float = Field(default=60.0, gt=0, description="Period of the level check of each Agent.")
     worker_limit: int = Field(default=32, ge=1, description="Objects handled concurrently.")
-    watch_server_timeout: float = Field(default=300.0, gt=0, description="Server-side timeout of one watch request.")
+    watch_server_timeout: int = Field(default=300, gt=0, description="Server-side timeout of one watch request.")
     watch_client_timeout: float = Field(default=330.0, gt=0, description="Client-side timeout of one watch request.")
     metrics_port: int = Field(default=9091, ge=0, le=65535, description="Port of the operator's /metrics (0: off).")
     health_port: int = Field(default=8081, ge=0, le=65535, description="Port of the /healthz liveness endpoint (0: off).")

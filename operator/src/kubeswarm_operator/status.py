@@ -175,4 +175,3 @@ def status_patch(status: AgentStatus) -> Manifest:
     return status.model_dump(mode="json", by_alias=True, exclude={"conditions"}) | {
         "conditions": [c.model_dump(mode="json", by_alias=True, exclude_none=True) for c in status.conditions]
     }
-

@@ -1,0 +1,323 @@
+"""Converge one Agent: desired children vs the watched live state, write only what differs, report status.
+
+Level-based: create, update, resume, child events and the periodic resync all
+call the same ``reconcile``.  Live state comes from the operator's watches
+(a :class:`World` of in-memory views), so a reconcile that finds everything
+in place makes no API request at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as dt
+import logging
+import secrets
+import time
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes_asyncio.client.exceptions import ApiException
+from kubeswarm_runtime.render import MCP_JWT_KEY_ENV, MODEL_API_KEY_ENV, render_runtime_env
+from kubeswarm_runtime.resources import API_VERSION, Agent, Swarm
+
+from . import metrics
+from .children import (
+    CHILD_KINDS,
+    CONFIG_MAP,
+    DEPLOYMENT,
+    INGRESS,
+    JWT_SECRET_KEY,
+    SECRET,
+    SPEC_HASH_ANNOTATION,
+    ChildInputs,
+    Kind,
+    Manifest,
+    build_children,
+    child_name,
+    config_hash,
+    data_digests,
+    digest,
+    referenced_objects,
+    secret_name,
+)
+from .drift import contains
+from .kube import Kube, namespace_terminating
+from .nats_access import swarm_nats_url
+from .settings import OperatorSettings
+from .status import Event, Observed, compute_status, status_patch, transitions
+
+log = logging.getLogger(__name__)
+
+# After a write, the watch needs a moment to show it; within this window a
+# stale view is not taken for drift (which would write the same thing again).
+SETTLE_SECONDS = 5.0
+
+Key = tuple[str, str]  # (namespace, name)
+View = Mapping[Any, Collection[Any]]  # a kopf index (or a dict of lists in tests)
+
+
+def one(view: View, key: object) -> Any:
+    values = view.get(key)
+    return next(iter(values), None) if values else None
+
+
+@dataclass(frozen=True)
+class World:
+    """The operator's watched views of the cluster, all keyed by (namespace, name) unless noted."""
+
+    agents: View  # Agent bodies
+    swarms: View  # Swarm bodies
+    children: Mapping[Kind, View]  # live children (Secrets and ConfigMaps: digests only, see handlers)
+    scaled: View  # (namespace, kind, name) of HPA targets -> HPA name
+
+
+@dataclass(frozen=True)
+class Refs:
+    """What the pods read from Secrets and ConfigMaps: content digests, and what is missing."""
+
+    digests: dict[tuple[str, str], object]
+    missing: list[str]
+
+
+class AgentReconciler:
+    def __init__(self, kube: Kube, settings: OperatorSettings) -> None:
+        self.kube = kube
+        self.settings = settings
+        self.world: World | None = None
+        self._locks: dict[Key, asyncio.Lock] = {}
+        self._queued: dict[Key, asyncio.Task[None]] = {}
+        self._recent: dict[tuple[str, str, str], tuple[str, float]] = {}
+        self._recent_status: dict[Key, tuple[Manifest, float]] = {}
+        self._phases: dict[Key, str] = {}
+        self._slots = asyncio.Semaphore(settings.worker_limit)
+
+    # -- entry points
+
+    async def reconcile(self, agent: Agent) -> None:
+        """Bring one Agent's children and status to the desired state (raises on API errors, for retries)."""
+        assert self.world is not None, "attach() a World first"
+        key = (agent.metadata.namespace, agent.metadata.name)
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        started = time.perf_counter()
+        async with self._slots, lock:
+            try:
+                wrote = await self._converge(agent, self.world)
+            except ApiException as error:
+                if namespace_terminating(error):
+                    log.debug("namespace of Agent %s/%s is being deleted; leaving it be", *key)
+                    return
+                metrics.RECONCILES.labels("Agent", "error").inc()
+                raise
+            except Exception:
+                metrics.RECONCILES.labels("Agent", "error").inc()
+                raise
+            finally:
+                metrics.RECONCILE_SECONDS.labels("Agent").observe(time.perf_counter() - started)
+        metrics.RECONCILES.labels("Agent", "applied" if wrote else "unchanged").inc()
+
+    def enqueue(self, namespace: str, name: str, delay: float = 0.2) -> None:
+        """Reconcile soon, from the latest watched body; bursts of child events collapse into one run."""
+        key = (namespace, name)
+        if key in self._queued:
+            return
+        self._queued[key] = asyncio.get_running_loop().create_task(self._run_queued(key, delay))
+
+    def forget(self, namespace: str, name: str) -> None:
+        key = (namespace, name)
+        self._locks.pop(key, None)
+        self._recent_status.pop(key, None)
+        self._phases.pop(key, None)
+        self._count_phases()
+
+    async def resync_forever(self) -> None:
+        """The periodic level check: every Agent, spread over the resync period."""
+        while True:
+            await asyncio.sleep(self.settings.resync_seconds)
+            if self.world is None:
+                continue
+            keys = list(self.world.agents.keys())
+            gap = self.settings.resync_seconds / max(len(keys), 1) / 2
+            for namespace, name in keys:
+                self.enqueue(namespace, name, delay=0)
+                await asyncio.sleep(gap)
+
+    async def close(self) -> None:
+        for task in self._queued.values():
+            task.cancel()
+        await asyncio.gather(*self._queued.values(), return_exceptions=True)
+
+    # -- internals
+
+    async def _run_queued(self, key: Key, delay: float) -> None:
+        await asyncio.sleep(delay)
+        del self._queued[key]
+        body = one(self.world.agents, key) if self.world else None
+        if body is None:
+            return
+        try:
+            await self.reconcile(Agent.model_validate(body))
+        except Exception:
+            # The next child event or the resync retries; kopf handlers retry on their own.
+            log.exception("reconciling Agent %s/%s failed", *key)
+
+    async def _converge(self, agent: Agent, world: World) -> bool:
+        namespace = agent.metadata.namespace
+        swarm_body = one(world.swarms, (namespace, agent.spec.swarm))
+        swarm = Swarm.model_validate(swarm_body) if swarm_body else None
+        nats_url = swarm_nats_url(swarm, self.settings.nats_url)
+        runtime_env = render_runtime_env(agent, swarm, namespace=namespace, nats_url=nats_url)
+
+        live_secret = one(world.children[SECRET], (namespace, secret_name(agent)))
+        # Base64 as in a Secret's data, so its digests match what the watch reports once it exists.
+        new_secret_data = (
+            None
+            if live_secret and JWT_SECRET_KEY in live_secret.get("digests", {})
+            else {JWT_SECRET_KEY: base64.b64encode(secrets.token_bytes(48)).decode()}
+        )
+        refs = self._refs(agent, world, runtime_env, new_secret_data)
+        inputs = ChildInputs(
+            image=self.settings.runtime_image,
+            runtime_env=runtime_env,
+            nats_url=nats_url,
+            ingress_namespace=self.settings.ingress_namespace,
+            config_hash=config_hash(refs.digests),
+            api_key_env=MODEL_API_KEY_ENV,
+            jwt_key_env=MCP_JWT_KEY_ENV,
+            scaled_externally=bool(world.scaled.get((namespace, "Deployment", agent.metadata.name))),
+        )
+        desired = build_children(agent, inputs)
+        actions = []
+        for kind in CHILD_KINDS:
+            live = one(world.children[kind], (namespace, child_name(agent, kind)))
+            action = await self._converge_child(agent, kind, desired[kind], live, new_secret_data)
+            if action:
+                actions.append(action)
+
+        observed = Observed(
+            deployment=one(world.children[DEPLOYMENT], (namespace, agent.metadata.name)),
+            nats_url=nats_url,
+            missing_refs=refs.missing,
+            ingress_wanted=agent.spec.mcp.enabled and agent.spec.mcp.ingress.enabled,
+            ingress=one(world.children[INGRESS], (namespace, agent.metadata.name)),
+            ingress_problem=None if agent.spec.mcp.ingress.kind == "Ingress" else "HTTPRoute is not supported yet; use kind Ingress",
+        )
+        wrote_status = await self._report(agent, observed, actions)
+        return bool(actions) or wrote_status
+
+    def _refs(self, agent: Agent, world: World, runtime_env: Mapping[str, str], new_secret: Mapping[str, str] | None) -> Refs:
+        """Digests of everything the pods read: ours from what we are about to write, others' from the watch."""
+        own = {
+            ("ConfigMap", child_name(agent, CONFIG_MAP)): digest(dict(runtime_env)),
+            ("Secret", secret_name(agent)): data_digests(new_secret) if new_secret else None,
+        }
+        digests: dict[tuple[str, str], object] = {}
+        missing = []
+        for ref in sorted(referenced_objects(agent)):
+            kind, name = ref
+            if own.get(ref) is not None:
+                digests[ref] = own[ref]
+                continue
+            live = one(world.children[SECRET if kind == "Secret" else CONFIG_MAP], (agent.metadata.namespace, name))
+            digests[ref] = live.get("digests") if live else None
+            if live is None:
+                missing.append(f'{kind.lower()} "{name}" not found')
+        api_ref = agent.spec.model.api_key_secret_ref
+        if api_ref is not None:
+            keys = digests.get(("Secret", api_ref.name))
+            if isinstance(keys, dict) and api_ref.key not in keys:
+                missing.append(f'secret "{api_ref.name}" has no key "{api_ref.key}"')
+        return Refs(digests, missing)
+
+    async def _converge_child(
+        self, agent: Agent, kind: Kind, want: Manifest | None, live: Manifest | None, new_secret: Mapping[str, str] | None
+    ) -> str | None:
+        """Write one child if it differs; returns what was done, for the Agent's events."""
+        namespace, name = agent.metadata.namespace, child_name(agent, kind)
+        if want is None:
+            if live is None:
+                return None
+            await self.kube.delete(kind, namespace, name)
+            return f"deleted {kind.kind} {name}"
+        if live is not None and contains(live, want) and not (kind is SECRET and new_secret):
+            return None
+        wanted_hash = want["metadata"]["annotations"][SPEC_HASH_ANNOTATION]
+        recent_key = (kind.kind, namespace, name)
+        last = self._recent.get(recent_key)
+        if last is not None and last[0] == wanted_hash and time.monotonic() < last[1]:
+            # We wrote exactly this moments ago; the watch has not caught up. Look again once it has.
+            self.enqueue(namespace, agent.metadata.name, delay=SETTLE_SECONDS)
+            return None
+        if kind is SECRET and new_secret is not None:
+            with_data = {**want, "data": dict(new_secret)}
+            if live is None:
+                await self.kube.create(with_data)  # a 409 means it exists after all: never overwrite a key
+            else:
+                await self.kube.merge_patch(kind, namespace, name, {"data": dict(new_secret)})
+        else:
+            await self._apply(kind, want, live)
+        self._recent[recent_key] = (wanted_hash, time.monotonic() + SETTLE_SECONDS)
+        if live is None:
+            return f"created {kind.kind} {name}"
+        if live.get("metadata", {}).get("annotations", {}).get(SPEC_HASH_ANNOTATION) == wanted_hash:
+            return f"reverted a change made outside the Agent to {kind.kind} {name}"
+        return f"updated {kind.kind} {name}"
+
+    async def _apply(self, kind: Kind, want: Manifest, live: Manifest | None) -> None:
+        try:
+            await self.kube.apply(want)
+        except ApiException as error:
+            if error.status != 422 or live is None:
+                raise
+            # A hand edit can leave a list entry that merges with ours into an invalid object (two Service
+            # ports named mcp). A merge patch replaces lists whole: take the content back, then own it again.
+            content = {key: value for key, value in want.items() if key not in ("apiVersion", "kind", "metadata")}
+            await self.kube.merge_patch(kind, want["metadata"]["namespace"], want["metadata"]["name"], content)
+            await self.kube.apply(want)
+
+    async def _report(self, agent: Agent, observed: Observed, actions: list[str]) -> bool:
+        """Write the status if it changed, with Events for what was done and what changed."""
+        now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        new = compute_status(agent, observed, now)
+        key = (agent.metadata.namespace, agent.metadata.name)
+        if self._phases.get(key) != new.phase:
+            self._phases[key] = str(new.phase)
+            self._count_phases()
+        events = self._action_events(agent, actions)
+        patch = status_patch(new)
+        changed = agent.status is None or status_patch(agent.status) != patch
+        # Our own status write may not have reached the watched body yet: do not write (or announce) it twice.
+        recent = self._recent_status.get(key)
+        echo = recent is not None and recent[0] == patch and time.monotonic() < recent[1]
+        if changed and not echo:
+            await self.kube.patch_agent_status(*key, patch)
+            self._recent_status[key] = (patch, time.monotonic() + SETTLE_SECONDS)
+            events += transitions(agent.status, new)
+        regarding = {"apiVersion": API_VERSION, "kind": "Agent", "name": key[1], "namespace": key[0], "uid": agent.metadata.uid}
+        for event in events:
+            await self.kube.post_event(regarding, event.type, event.reason, event.message, action="Reconcile")
+        return changed and not echo
+
+    @staticmethod
+    def _action_events(agent: Agent, actions: list[str]) -> list[Event]:
+        if not actions:
+            return []
+        first_time = agent.status is None or agent.status.observed_generation is None
+        if first_time:
+            return [Event("Normal", "Created", "; ".join(actions))]
+        restored = [a for a in actions if a.startswith(("created", "reverted"))]
+        updated = [a for a in actions if not a.startswith(("created", "reverted"))]
+        events = []
+        if restored:
+            events.append(Event("Warning", "Restored", "; ".join(restored)))
+        if updated:
+            events.append(Event("Normal", "Updated", "; ".join(updated)))
+        return events
+
+    def _count_phases(self) -> None:
+        counts: dict[str, int] = {}
+        for phase in self._phases.values():
+            counts[phase] = counts.get(phase, 0) + 1
+        for phase in ("Pending", "Running", "Degraded", "Failed"):
+            metrics.AGENTS.labels(phase).set(counts.get(phase, 0))

@@ -1,0 +1,203 @@
+"""The reconciler against an in-memory World and a recording Kube: it writes only what differs."""
+
+from __future__ import annotations
+
+import base64
+from collections import defaultdict
+from typing import Any
+
+import pytest
+from kubeswarm_operator import children, reconciler
+from kubeswarm_operator.children import CHILD_KINDS, Kind, data_digests
+from kubeswarm_operator.reconciler import AgentReconciler, World
+from kubeswarm_operator.settings import OperatorSettings
+from kubeswarm_operator.status import Observed, compute_status, transitions
+from kubeswarm_runtime.resources import Agent, AgentStatus
+
+pytestmark = pytest.mark.unit
+Manifest = dict[str, Any]
+
+
+class RecordingKube:
+    """Stands in for the API: records writes and keeps what was written, as the watch would show it."""
+
+    def __init__(self) -> None:
+        self.writes: list[tuple[str, str, str]] = []
+        self.status: Manifest | None = None
+        self.objects: dict[tuple[str, str], Manifest] = {}
+
+    async def apply(self, obj: Manifest) -> Manifest:
+        self.writes.append(("apply", obj["kind"], obj["metadata"]["name"]))
+        self.objects[obj["kind"], obj["metadata"]["name"]] = obj
+        return obj
+
+    async def create(self, obj: Manifest) -> Manifest:
+        self.writes.append(("create", obj["kind"], obj["metadata"]["name"]))
+        self.objects[obj["kind"], obj["metadata"]["name"]] = obj
+        return obj
+
+    async def merge_patch(self, kind: Kind, namespace: str, name: str, patch: Manifest) -> Manifest:
+        self.writes.append(("merge", kind.kind, name))
+        return patch
+
+    async def delete(self, kind: Kind, namespace: str, name: str) -> None:
+        self.writes.append(("delete", kind.kind, name))
+        self.objects.pop((kind.kind, name), None)
+
+    async def patch_agent_status(self, namespace: str, name: str, status: Manifest) -> None:
+        self.writes.append(("status", "Agent", name))
+        self.status = status
+
+    async def post_event(self, regarding: Manifest, type_: str, reason: str, message: str, action: str) -> None:
+        self.writes.append(("event", reason, message))
+
+
+def agent_body(status: Manifest | None = None, **spec: Any) -> Manifest:
+    return {
+        "apiVersion": "kubeswarm.io/v1alpha1",
+        "kind": "Agent",
+        "metadata": {"name": "scout", "namespace": "lab", "uid": "u-1", "generation": 1},
+        "spec": spec,
+        "status": status,
+    }
+
+
+def world_from(kube: RecordingKube, extra_secrets: dict[str, dict[str, str]] | None = None) -> World:
+    """What the watches would show after the recorded writes (a ready Deployment, Secrets as digests)."""
+    views: dict[Kind, dict[tuple[str, str], list[Manifest]]] = {kind: defaultdict(list) for kind in CHILD_KINDS}
+    for (kind_name, name), obj in kube.objects.items():
+        kind = children.KINDS_BY_NAME[kind_name]
+        live = dict(obj)
+        if kind is children.SECRET:
+            live["digests"] = data_digests(live.pop("data", {}))
+        if kind is children.DEPLOYMENT:
+            n = obj["spec"].get("replicas", 1)
+            live["status"] = {"replicas": n, "readyReplicas": n, "updatedReplicas": n, "observedGeneration": 1}
+            live["metadata"] = {**live["metadata"], "generation": 1}
+        views[kind][("lab", name)].append(live)
+    for name, data in (extra_secrets or {}).items():
+        views[children.SECRET][("lab", name)].append({"digests": data_digests(data)})
+    return World(agents={}, swarms={}, children=views, scaled={})
+
+
+def make(kube: RecordingKube) -> AgentReconciler:
+    rec = AgentReconciler(kube, OperatorSettings(runtime_image="runtime:1", nats_url="nats://nats:4222"))  # type: ignore[arg-type]
+    rec.world = World(agents={}, swarms={}, children={kind: {} for kind in CHILD_KINDS}, scaled={})
+    return rec
+
+
+async def test_first_reconcile_creates_every_child_then_a_resync_writes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    kube = RecordingKube()
+    rec = make(kube)
+    await rec.reconcile(Agent.model_validate(agent_body()))
+    kinds = [(verb, kind) for verb, kind, _ in kube.writes if verb in ("apply", "create")]
+    assert kinds == [
+        ("apply", "ConfigMap"),
+        ("create", "Secret"),
+        ("apply", "Service"),
+        ("apply", "NetworkPolicy"),
+        ("apply", "Deployment"),
+    ]
+    assert ("status", "Agent", "scout") in kube.writes
+    assert any(w[0] == "event" and w[1] == "Created" for w in kube.writes)
+    created_secret = kube.objects["Secret", "scout-credentials"]
+    assert len(base64.b64decode(created_secret["data"]["jwt-key"])) == 48
+
+    # The watch now shows what was written, and the Agent carries its status.
+    rec.world = world_from(kube)
+    status = kube.status
+    kube.writes.clear()
+    monkeypatch.setattr(reconciler, "SETTLE_SECONDS", 0.0)
+    await rec.reconcile(Agent.model_validate(agent_body(status=status)))
+    status_after_ready = kube.status
+    kube.writes.clear()
+    await rec.reconcile(Agent.model_validate(agent_body(status=status_after_ready)))
+    assert kube.writes == []
+
+
+async def test_a_referenced_secret_change_rolls_the_deployment_only() -> None:
+    kube = RecordingKube()
+    rec = make(kube)
+    spec = {"model": {"provider": "anthropic", "name": "m", "apiKeySecretRef": {"name": "llm", "key": "k"}}}
+    rec.world = world_from(kube, {"llm": {"k": "b25l"}})
+    await rec.reconcile(Agent.model_validate(agent_body(**spec)))
+    before = kube.objects["Deployment", "scout"]["spec"]["template"]["metadata"]["annotations"][children.CONFIG_HASH_ANNOTATION]
+    rec.world = world_from(kube, {"llm": {"k": "dHdv"}})
+    kube.writes.clear()
+    await rec.reconcile(Agent.model_validate(agent_body(status=kube.status, **spec)))
+    applied = [(verb, kind) for verb, kind, _ in kube.writes if verb in ("apply", "create", "merge")]
+    assert applied == [("apply", "Deployment")]
+    after = kube.objects["Deployment", "scout"]["spec"]["template"]["metadata"]["annotations"][children.CONFIG_HASH_ANNOTATION]
+    assert after != before
+
+
+async def test_missing_secret_key_is_reported_with_an_actionable_message() -> None:
+    kube = RecordingKube()
+    rec = make(kube)
+    rec.world = world_from(kube, {"llm": {"other": "eA=="}})
+    spec = {"model": {"provider": "anthropic", "name": "m", "apiKeySecretRef": {"name": "llm", "key": "api-key"}}}
+    await rec.reconcile(Agent.model_validate(agent_body(**spec)))
+    assert kube.status is not None
+    secrets_ready = next(c for c in kube.status["conditions"] if c["type"] == "SecretsReady")
+    assert secrets_ready["status"] == "False"
+    assert secrets_ready["reason"] == "SecretNotFound"
+    assert secrets_ready["message"] == 'secret "llm" has no key "api-key"'
+    assert ("event", "SecretNotFound", 'SecretsReady: secret "llm" has no key "api-key"') in kube.writes
+
+
+async def test_children_the_agent_no_longer_wants_are_deleted(monkeypatch: pytest.MonkeyPatch) -> None:
+    kube = RecordingKube()
+    rec = make(kube)
+    await rec.reconcile(Agent.model_validate(agent_body(replicas=3)))
+    assert ("apply", "PodDisruptionBudget", "scout") in kube.writes
+    rec.world = world_from(kube)
+    monkeypatch.setattr(reconciler, "SETTLE_SECONDS", 0.0)
+    await rec.reconcile(Agent.model_validate(agent_body(status=kube.status, replicas=1)))
+    assert ("delete", "PodDisruptionBudget", "scout") in kube.writes
+
+
+def deployment_status(ready: int, wanted: int = 2, failure: bool = False) -> Manifest:
+    conditions = [{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded", "message": "stuck"}] if failure else []
+    return {
+        "metadata": {"generation": 1},
+        "spec": {"replicas": wanted},
+        "status": {
+            "replicas": wanted,
+            "readyReplicas": ready,
+            "updatedReplicas": wanted,
+            "observedGeneration": 1,
+            "conditions": conditions,
+        },
+    }
+
+
+@pytest.mark.parametrize(
+    ("deployment", "phase", "ready_reason"),
+    [
+        (None, "Pending", "DeploymentMissing"),
+        (deployment_status(0), "Pending", "ReplicasNotReady"),
+        (deployment_status(1), "Degraded", "ReplicasNotReady"),
+        (deployment_status(2), "Running", "AllReplicasReady"),
+        (deployment_status(0, failure=True), "Failed", "ProgressDeadlineExceeded"),
+        (deployment_status(0, wanted=0), "Running", "ScaledToZero"),
+    ],
+)
+def test_phase_and_ready_follow_the_deployment(deployment: Manifest | None, phase: str, ready_reason: str) -> None:
+    agent = Agent.model_validate(agent_body())
+    status = compute_status(agent, Observed(deployment=deployment, nats_url="nats://n:4222"), "2026-01-01T00:00:00Z")
+    assert status.phase == phase
+    assert status.conditions[0].type == "Ready"
+    assert status.conditions[0].reason == ready_reason
+
+
+def test_transition_times_are_kept_while_a_condition_holds() -> None:
+    agent = Agent.model_validate(agent_body())
+    first = compute_status(agent, Observed(deployment=deployment_status(2), nats_url="n"), "t1")
+    again = compute_status(agent.model_copy(update={"status": first}), Observed(deployment=deployment_status(2), nats_url="n"), "t2")
+    assert first == again
+    assert transitions(first, again) == []
+    degraded = compute_status(agent.model_copy(update={"status": first}), Observed(deployment=deployment_status(1), nats_url="n"), "t3")
+    ready = next(c for c in degraded.conditions if c.type == "Ready")
+    assert ready.last_transition_time == "t3"
+    assert [e.reason for e in transitions(first, degraded)] == ["ReplicasNotReady", "PhaseDegraded"]
+    assert isinstance(degraded, AgentStatus)
