@@ -145,6 +145,19 @@ class McpAuth(Model):
         return self
 
 
+# An HTTPRoute attaches to a Gateway through parentRefs; without one it serves nothing.
+HTTP_ROUTE_GATEWAY_RULE = cel(
+    "!self.enabled || self.kind != 'HTTPRoute' || has(self.className)",
+    "kind HTTPRoute needs className: the name of the Gateway to attach to",
+    ".className",
+)
+
+
+def check_route_gateway(enabled: bool, kind: str, class_name: str | None) -> None:
+    if enabled and kind == "HTTPRoute" and not class_name:
+        raise ValueError(HTTP_ROUTE_GATEWAY_RULE["message"])
+
+
 class IngressTls(Model):
     secret_name: str = Field(min_length=1, description="Secret of type kubernetes.io/tls holding the certificate.")
 
@@ -154,6 +167,7 @@ class IngressSpec(Model):
         json_schema_extra={
             "x-kubernetes-validations": [
                 cel("!self.enabled || has(self.host)", "host is required when ingress is enabled", ".host"),
+                HTTP_ROUTE_GATEWAY_RULE,
             ]
         }
     )
@@ -172,6 +186,7 @@ class IngressSpec(Model):
     def _check(self) -> IngressSpec:
         if self.enabled and not self.host:
             raise ValueError("host is required when ingress is enabled")
+        check_route_gateway(self.enabled, self.kind, self.class_name)
         return self
 
 
@@ -378,6 +393,7 @@ class GatewaySpec(Model):
         json_schema_extra={
             "x-kubernetes-validations": [
                 cel("!self.enabled || has(self.host)", "host is required when the gateway is enabled", ".host"),
+                HTTP_ROUTE_GATEWAY_RULE,
             ]
         }
     )
@@ -393,6 +409,7 @@ class GatewaySpec(Model):
     def _check(self) -> GatewaySpec:
         if self.enabled and not self.host:
             raise ValueError("host is required when the gateway is enabled")
+        check_route_gateway(self.enabled, self.kind, self.class_name)
         return self
 
 
@@ -444,6 +461,9 @@ class SwarmStatus(Model):
     conditions: list[Condition] = Field(default_factory=list, description="Ready, NatsReady, ...", json_schema_extra=CONDITIONS_LIST)
     streams: dict[str, int] = Field(default_factory=dict, description="Message count of each stream.")
     observed_generation: int | None = Field(default=None, description="Generation of the spec last reconciled.")
+    endpoint: str | None = Field(
+        default=None, description="External URL of the gateway, once it exists; each agent is at <endpoint>/agents/<agent>/mcp."
+    )
 
 
 class Swarm(Model):
