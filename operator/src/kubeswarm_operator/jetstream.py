@@ -13,7 +13,7 @@ import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from kubeswarm_runtime.config import StreamsConfig
+from kubeswarm_runtime.config import McpConfig, StreamsConfig
 from kubeswarm_runtime.connection import NatsConnection
 from kubeswarm_runtime.names import PRIORITIES, Priority, SwarmNames
 from kubeswarm_runtime.resources import StreamsSpec
@@ -27,11 +27,15 @@ SERVER_DEFAULT_DUPLICATE_WINDOW = 120.0
 
 @dataclass(frozen=True)
 class SwarmStoreNames(SwarmNames):
-    """The runtime's names plus the MCP sessions bucket, which only the swarm-wide setup needs to know."""
+    """The runtime's names plus its MCP stores' (named as the runtime's MCP layer names them)."""
 
     @property
-    def sessions_bucket(self) -> str:
-        return f"{self.base}_sessions"
+    def mcp_sessions_bucket(self) -> str:
+        return f"{self.base}_mcp_sessions"
+
+    @property
+    def mcp_events_stream(self) -> str:
+        return f"{self.base}_MCP_EVENTS"
 
 
 def runtime_streams(spec: StreamsSpec) -> StreamsConfig:
@@ -60,14 +64,16 @@ def desired_buckets(names: SwarmStoreNames, spec: StreamsSpec) -> list[api.KeyVa
 
     The registry and task buckets are created by the runtime's own setup
     (same options); here they are listed again only to compare replicas and
-    TTL, which the Swarm may change later.  MCP sessions expire like task
-    state, after ``maxAgeSeconds`` without a write.
+    TTL, which the Swarm may change later.  MCP sessions expire after the
+    runtime's session TTL, as the runtime would create the bucket.
     """
     ttl = float(spec.max_age_seconds) or None
     return [
         api.KeyValueConfig(bucket=names.agents_bucket, history=1, replicas=spec.replicas),
         api.KeyValueConfig(bucket=names.tasks_bucket, history=1, ttl=ttl, replicas=spec.replicas),
-        api.KeyValueConfig(bucket=names.sessions_bucket, history=1, ttl=ttl, replicas=spec.replicas),
+        api.KeyValueConfig(
+            bucket=names.mcp_sessions_bucket, history=1, ttl=McpConfig().session_ttl_seconds, replicas=spec.replicas
+        ),
     ]
 
 
@@ -86,11 +92,7 @@ def task_consumer(names: SwarmNames, capability: str, priority: Priority, spec: 
 
 
 def desired_consumers(names: SwarmNames, capabilities: Iterable[str], spec: StreamsSpec) -> list[api.ConsumerConfig]:
-    return [
-        task_consumer(names, capability, priority, spec)
-        for capability in sorted(set(capabilities))
-        for priority in PRIORITIES
-    ]
+    return [task_consumer(names, capability, priority, spec) for capability in sorted(set(capabilities)) for priority in PRIORITIES]
 
 
 def stream_differs(live: api.StreamConfig, want: api.StreamConfig) -> bool:
@@ -180,8 +182,8 @@ async def _converge_consumers(conn: NatsConnection, names: SwarmNames, wanted: l
 async def remove(conn: NatsConnection, names: SwarmStoreNames) -> list[str]:
     """Delete every stream and bucket of the swarm (the Swarm is being deleted)."""
     removed = []
-    streams = [config.name for config in stream_configs(names, StreamsConfig())]
-    buckets = [KV_STREAM.format(bucket=b) for b in (names.agents_bucket, names.tasks_bucket, names.sessions_bucket)]
+    streams = [config.name for config in stream_configs(names, StreamsConfig())] + [names.mcp_events_stream]
+    buckets = [KV_STREAM.format(bucket=b) for b in (names.agents_bucket, names.tasks_bucket, names.mcp_sessions_bucket)]
     for stream in [*streams, *buckets]:
         assert stream
         try:

@@ -104,9 +104,7 @@ class NatsPool:
                 await asyncio.wait_for(conn.connect(), timeout=self.connect_timeout * 2)
             except TimeoutError:
                 await conn.close()
-                raise NatsUnavailable(
-                    f"no NATS server answered at {target.url} within {self.connect_timeout * 2:.0f}s"
-                ) from None
+                raise NatsUnavailable(f"no NATS server answered at {target.url} within {self.connect_timeout * 2:.0f}s") from None
             self._connections[target] = conn
             return conn
 

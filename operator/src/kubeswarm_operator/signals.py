@@ -1,0 +1,50 @@
+"""What the operator's periodic loops found about an Agent, for its reconcile to put into its status.
+
+The Agent's status has one writer (its reconcile); the autoscaler, the AWS
+secret sync and the HTTPRoute check report here instead and ask for a
+reconcile, so two writers never take turns replacing each other's
+conditions.  A condition given here replaces the reconcile's own of the
+same type (e.g. ``SecretsReady`` with the AWS error code).
+"""
+
+from __future__ import annotations
+
+from kubeswarm_runtime.resources import Condition
+
+Key = tuple[str, str]  # (namespace, name)
+
+
+class AgentSignals:
+    def __init__(self) -> None:
+        self._conditions: dict[Key, dict[str, Condition]] = {}
+        self._backlog: dict[Key, int] = {}
+
+    def set_condition(self, key: Key, cond: Condition) -> bool:
+        """Record a condition; True if it changed (then the Agent needs a reconcile)."""
+        mine = self._conditions.setdefault(key, {})
+        if mine.get(cond.type) == cond:
+            return False
+        mine[cond.type] = cond
+        return True
+
+    def clear_condition(self, key: Key, type_: str) -> bool:
+        return self._conditions.get(key, {}).pop(type_, None) is not None
+
+    def set_backlog(self, key: Key, backlog: int | None) -> bool:
+        if self._backlog.get(key) == backlog:
+            return False
+        if backlog is None:
+            self._backlog.pop(key, None)
+        else:
+            self._backlog[key] = backlog
+        return True
+
+    def conditions(self, key: Key) -> list[Condition]:
+        return list(self._conditions.get(key, {}).values())
+
+    def backlog(self, key: Key) -> int | None:
+        return self._backlog.get(key)
+
+    def forget(self, key: Key) -> None:
+        self._conditions.pop(key, None)
+        self._backlog.pop(key, None)
