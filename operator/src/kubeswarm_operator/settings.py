@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -29,6 +30,15 @@ class OperatorSettings(BaseSettings):
     ingress_namespace: str = Field(
         default="ingress-nginx", description="Namespace of the ingress controller allowed to reach MCP endpoints."
     )
+    # -- Swarms, autoscaling, AWS (the operator's own NATS identity is used where a Swarm names no credentials)
+    nats_creds_file: Path | None = Field(default=None, description="NATS .creds file of the operator's own connections.")
+    nats_user: str | None = Field(default=None, description="NATS user of the operator's own connections.")
+    nats_password: SecretStr | None = Field(default=None, description="NATS password of the operator's own connections.")
+    nats_connect_timeout_seconds: float = Field(default=3.0, gt=0, description="How long one NATS connection attempt may take.")
+    swarm_resync_seconds: float = Field(default=30.0, gt=0, description="Period of each Swarm's level check (stream counts, gateway).")
+    autoscale_interval_seconds: float = Field(default=2.0, gt=0, description="How often the backlog of autoscaled Agents is read.")
+    aws_endpoint_url: str | None = Field(default=None, description="Secrets Manager endpoint override (tests, VPC endpoints).")
+    aws_refresh_seconds: float = Field(default=300.0, gt=0, description="How often AWS secrets are re-read to pick up rotation.")
 
     @field_validator("namespaces", mode="before")
     @classmethod
