@@ -9,6 +9,7 @@ import sys
 
 from .app import run_agent
 from .config import ConfigError, load_config
+from .mcp import serve_mcp
 
 
 def main() -> int:
@@ -21,7 +22,7 @@ def main() -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
-    asyncio.run(run_agent(config))
+    asyncio.run(run_agent(config, extensions=(serve_mcp,)))
     return 0
 
 
