@@ -22,6 +22,7 @@ from .. import __version__
 from ..runtime import AgentRuntime
 from .jsonrpc import (
     HEADER_MISMATCH,
+    INTERNAL_ERROR,
     INVALID_PARAMS,
     METHOD_NOT_FOUND,
     TOOL_FAILED,
@@ -29,7 +30,9 @@ from .jsonrpc import (
     RpcError,
     RpcMessage,
     encode,
+    error_reply,
     invalid_params,
+    result_reply,
 )
 from .tools import ToolFailure, ToolRegistry, ToolSpec
 
@@ -202,6 +205,17 @@ class McpServer:
             log.exception("tool %s failed", tool.name)
             return _error_result(f"{tool.name} failed unexpectedly; the agent's log has the details")
         return {"content": [{"type": "text", "text": encode(structured).decode()}], "structuredContent": structured, "isError": False}
+
+    async def reply(self, message: RpcMessage, version: str | None) -> dict[str, Any]:
+        """The JSON-RPC reply to a request under an MCP revision, or as a ``/rpc`` call (``version`` None)."""
+        try:
+            result = await (self.rpc(message) if version is None else self.handle(message, version))
+        except RpcError as exc:
+            return error_reply(message.id, exc)
+        except Exception:
+            log.exception("%s failed", message.method)
+            return error_reply(message.id, RpcError(INTERNAL_ERROR, "Internal error"))
+        return result_reply(message.id, result)
 
     # -- /rpc and /ws/mcp: MCP's tool methods plus each tool as a method of its own
 

@@ -1,0 +1,98 @@
+"""The HTTP+SSE transport of protocol 2024-11-05: ``GET /sse`` holds the stream, ``POST /messages`` sends.
+
+A POST may reach any replica: it answers the request and routes the reply
+over NATS to the replica holding the session's stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from ..config import McpConfig
+from .http import CLIENT_GONE, KEEPALIVE, SseStream, json_response, sse_event
+from .jsonrpc import RpcError, RpcMessage, check, decode, encode, error_reply, id_of, result_reply
+from .protocol import LATEST_HANDSHAKE_VERSION, McpServer
+from .security import Guard, StreamSlots
+from .state import LegacyRouter, McpState, SessionRecord
+
+
+@dataclass
+class LegacySse:
+    server: McpServer
+    state: McpState
+    router: LegacyRouter
+    guard: Guard
+    slots: StreamSlots
+    config: McpConfig
+    _background: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_get("/sse", self.stream)
+        app.router.add_post("/messages", self.message)
+
+    async def stream(self, request: web.Request) -> web.StreamResponse:
+        caller = await self.guard.admit(request)
+        with self.slots.hold():
+            replica = self.state.runtime.config.replica_id
+            record = SessionRecord(transport="sse", caller=caller.subject or "", holder=replica, touched_at=time.time())
+            session_id = await self.state.create_session(record)
+            inbox = await self.router.open(session_id)
+            stream = await SseStream.open(request, self.config.write_timeout_seconds)
+            try:
+                await stream.send(sse_event(f"/messages?session_id={session_id}".encode(), event="endpoint"))
+                async with asyncio.timeout(self.config.timeout_seconds):
+                    while True:
+                        try:
+                            async with asyncio.timeout(self.config.keepalive_seconds):
+                                frame = await inbox.get()
+                        except TimeoutError:
+                            await stream.send(KEEPALIVE)
+                            continue
+                        await stream.send(sse_event(frame, event="message"))
+            except CLIENT_GONE:
+                pass
+            finally:
+                self.router.close(session_id)
+                with contextlib.suppress(Exception):  # it expires anyway
+                    await self.state.end_session(session_id)
+            return stream.response
+
+    async def message(self, request: web.Request) -> web.Response:
+        caller = await self.guard.admit(request)
+        session_id = request.query.get("session_id")
+        if not session_id:
+            raise web.HTTPBadRequest(text="session_id is required")
+        record = await self.state.session(session_id)
+        if record is None or record.transport != "sse" or record.caller != (caller.subject or ""):
+            raise web.HTTPNotFound(text="Could not find session")
+        body = await self.guard.read_body(request)
+        obj = None
+        try:
+            obj = decode(body)
+            message = check(obj)
+        except RpcError as exc:
+            return json_response(error_reply(id_of(obj), exc), status=400)
+        if message.is_notification or message.is_response:
+            return web.Response(status=202, text="Accepted")
+        task = asyncio.create_task(self._answer(session_id, record, message))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return web.Response(status=202, text="Accepted")
+
+    async def _answer(self, session_id: str, record: SessionRecord, message: RpcMessage) -> None:
+        assert record.holder is not None
+        if message.method == "initialize":
+            try:
+                version, result = self.server.initialize(message.params)
+                await self.state.save_session(session_id, record.model_copy(update={"version": version}))
+                reply = result_reply(message.id, result)
+            except RpcError as exc:
+                reply = error_reply(message.id, exc)
+        else:
+            reply = await self.server.reply(message, record.version or LATEST_HANDSHAKE_VERSION)
+        await self.router.send(record.holder, session_id, encode(reply))

@@ -1,0 +1,104 @@
+"""``/rpc`` (JSON-RPC 2.0 over POST, batches included) and ``/ws/mcp`` (the same over a WebSocket).
+
+Methods: ``list_tools``, ``call_tool`` (and their MCP names), and every tool
+by its own name with its arguments as params.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from ..config import McpConfig
+from .http import json_response
+from .jsonrpc import INVALID_REQUEST, SERVER_BUSY, RpcError, check, decode, encode, error_reply, id_of
+from .protocol import McpServer
+from .security import Guard, StreamSlots
+
+
+@dataclass
+class JsonRpc:
+    server: McpServer
+    guard: Guard
+    slots: StreamSlots
+    config: McpConfig
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_post("/rpc", self.post)
+        app.router.add_get("/ws/mcp", self.websocket)
+
+    async def answer(self, payload: Any) -> Any:
+        """The reply to a decoded payload (one message or a batch); None when only notifications came."""
+        if isinstance(payload, list):
+            if not payload:
+                return error_reply(None, RpcError(INVALID_REQUEST, "Invalid request: an empty batch"))
+            replies = [r for r in await asyncio.gather(*(self._answer_one(item) for item in payload)) if r is not None]
+            return replies or None
+        return await self._answer_one(payload)
+
+    async def _answer_one(self, obj: Any) -> dict[str, Any] | None:
+        try:
+            message = check(obj)
+        except RpcError as exc:
+            return error_reply(id_of(obj), exc)
+        if message.is_response:
+            return None
+        reply = await self.server.reply(message, None)
+        return None if message.is_notification else reply
+
+    async def post(self, request: web.Request) -> web.Response:
+        await self.guard.admit(request)
+        body = await self.guard.read_body(request)
+        try:
+            payload = decode(body)
+        except RpcError as exc:
+            return json_response(error_reply(None, exc))
+        reply = await self.answer(payload)
+        return web.Response(status=204) if reply is None else json_response(reply)
+
+    async def websocket(self, request: web.Request) -> web.WebSocketResponse:
+        await self.guard.admit(request)
+        cfg = self.config
+        with self.slots.hold():
+            ws = web.WebSocketResponse(heartbeat=cfg.keepalive_seconds, max_msg_size=cfg.max_request_bytes)
+            await ws.prepare(request)
+            running: set[asyncio.Task[None]] = set()
+
+            async def send(reply: Any) -> None:
+                if reply is not None and not ws.closed:
+                    async with asyncio.timeout(cfg.write_timeout_seconds):
+                        await ws.send_str(encode(reply).decode())
+
+            async def serve(payload: Any) -> None:
+                with contextlib.suppress(ConnectionError, TimeoutError):
+                    await send(await self.answer(payload))
+
+            try:
+                async with asyncio.timeout(cfg.timeout_seconds):
+                    async for frame in ws:
+                        if frame.type is not WSMsgType.TEXT:
+                            await send(error_reply(None, RpcError(INVALID_REQUEST, "Invalid request: send JSON-RPC as text frames")))
+                            continue
+                        try:
+                            payload = decode(frame.data)
+                        except RpcError as exc:
+                            await send(error_reply(None, exc))
+                            continue
+                        if len(running) >= cfg.ws_max_in_flight:
+                            busy = RpcError(SERVER_BUSY, f"Too many requests in flight on this connection (limit {cfg.ws_max_in_flight})")
+                            await send(error_reply(id_of(payload), busy))
+                            continue
+                        task = asyncio.create_task(serve(payload))
+                        running.add(task)
+                        task.add_done_callback(running.discard)
+            except (TimeoutError, ConnectionError):
+                pass
+            finally:
+                for task in running:
+                    task.cancel()
+                await ws.close()
+            return ws

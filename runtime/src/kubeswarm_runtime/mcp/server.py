@@ -1,0 +1,52 @@
+"""Wiring: the agent's MCP and JSON-RPC surface added to the runtime's aiohttp app."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from ..app import RUNTIME
+from .discovery_stream import DiscoveryStream
+from .fanout import DiscoveryFanout
+from .http import json_response
+from .legacy import LegacySse
+from .protocol import McpServer
+from .rpc import JsonRpc
+from .security import WELL_KNOWN_RESOURCE, Guard, StreamSlots
+from .state import LegacyRouter, McpState
+from .streamable import StreamableHttp
+from .tools import ToolRegistry
+
+
+def serve_mcp(app: web.Application) -> None:
+    """An ``AppExtension``: ``/mcp``, ``/sse`` + ``/messages``, ``/rpc``, ``/ws/mcp``, ``/sse/discoveries`` and RFC 9728 metadata.
+
+    Probes and metrics are not touched: they stay unauthenticated.
+    """
+    runtime = app[RUNTIME]
+    config = runtime.config.mcp
+    if not config.enabled:
+        return
+    guard = Guard(config, runtime.config.endpoint)
+    slots = StreamSlots(config.max_streams)
+    server = McpServer(runtime, ToolRegistry(page_size=config.tools_page_size))
+    state = McpState(runtime, config.session_ttl_seconds)
+    router = LegacyRouter(runtime)
+    fanout = DiscoveryFanout(runtime)
+    StreamableHttp(server, state, guard, slots, config).add_routes(app)
+    LegacySse(server, state, router, guard, slots, config).add_routes(app)
+    JsonRpc(server, guard, slots, config).add_routes(app)
+    DiscoveryStream(runtime, fanout, guard, slots, config).add_routes(app)
+
+    async def resource_metadata(request: web.Request) -> web.Response:
+        return json_response(guard.resource.document(request))
+
+    # RFC 9728: at the root, and with the resource's path appended.
+    app.router.add_get(WELL_KNOWN_RESOURCE, resource_metadata)
+    app.router.add_get(WELL_KNOWN_RESOURCE + "/mcp", resource_metadata)
+
+    async def stop(_app: web.Application) -> None:
+        await fanout.stop()
+        await router.stop()
+        await guard.auth.close()
+
+    app.on_shutdown.append(stop)

@@ -1,0 +1,226 @@
+"""``/mcp``: MCP Streamable HTTP for the current revision (stateless) and the 2025 ones (sessions).
+
+- 2026-07-28: every POST carries ``_meta`` and the mirrored headers; no
+  session, no GET; closing an SSE response cancels the request.
+- 2025-03-26 to 2025-11-25: ``initialize`` opens a session (``Mcp-Session-Id``,
+  kept in NATS); SSE responses are recorded in JetStream, so ``GET`` with
+  ``Last-Event-ID`` resumes them on any replica; ``DELETE`` ends the session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from ..config import McpConfig
+from .http import CLIENT_GONE, KEEPALIVE, RECONNECT_MS, SseStream, accepts, json_response, sse_event, status_of
+from .jsonrpc import INVALID_REQUEST, RpcError, RpcMessage, check, decode, encode, error_reply, id_of, result_reply
+from .protocol import (
+    HANDSHAKE_VERSIONS,
+    MODERN_VERSIONS,
+    SUPPORTED_VERSIONS,
+    McpServer,
+    is_modern_request,
+    modern_version,
+    unsupported_version,
+)
+from .security import Caller, Guard, StreamSlots
+from .state import McpState, SessionRecord, event_id, new_stream_id, parse_event_id
+
+log = logging.getLogger(__name__)
+
+SESSION_HEADER = "Mcp-Session-Id"
+VERSION_HEADER = "MCP-Protocol-Version"
+
+
+def _reject(status: int, error: RpcError, request_id: Any = None) -> web.Response:
+    return json_response(error_reply(request_id, error), status=status)
+
+
+@dataclass
+class StreamableHttp:
+    server: McpServer
+    state: McpState
+    guard: Guard
+    slots: StreamSlots
+    config: McpConfig
+    _background: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_post("/mcp", self.post)
+        app.router.add_get("/mcp", self.get)
+        app.router.add_delete("/mcp", self.delete)
+
+    def _streams(self, message: RpcMessage, request: web.Request) -> bool:
+        """Answer over SSE: a call of a tool that may take long, from a client that takes SSE."""
+        if message.method != "tools/call" or not accepts(request, "text/event-stream"):
+            return False
+        tool = self.server.registry.by_name.get(message.params.get("name"))  # type: ignore[arg-type]
+        return tool is not None and tool.slow
+
+    # -- POST
+
+    async def post(self, request: web.Request) -> web.StreamResponse:
+        caller = await self.guard.admit(request)
+        if not (accepts(request, "application/json") or accepts(request, "text/event-stream")):
+            raise web.HTTPNotAcceptable(text="Accept must list application/json and text/event-stream")
+        body = await self.guard.read_body(request)
+        obj: Any = None
+        try:
+            obj = decode(body)
+            if isinstance(obj, list):
+                raise RpcError(INVALID_REQUEST, "Invalid request: batches are not part of this protocol")
+            message = check(obj)
+        except RpcError as exc:
+            return _reject(400, exc, id_of(obj))
+        session_id = request.headers.get(SESSION_HEADER)
+        if session_id is not None:
+            return await self._in_session(request, caller, session_id, message)
+        if message.method == "initialize":
+            return await self._initialize(caller, message)
+        header_version = request.headers.get(VERSION_HEADER)
+        if is_modern_request(message) or header_version in MODERN_VERSIONS:
+            return await self._stateless(request, message)
+        if header_version is not None and header_version not in SUPPORTED_VERSIONS:
+            return _reject(400, unsupported_version(header_version), message.id)
+        return _reject(400, RpcError(INVALID_REQUEST, f"Bad request: {SESSION_HEADER} header is required (initialize first)"), message.id)
+
+    async def _stateless(self, request: web.Request, message: RpcMessage) -> web.StreamResponse:
+        try:
+            version = modern_version(message, request.headers)
+        except RpcError as exc:
+            return _reject(400, exc, message.id)
+        if message.is_notification or message.is_response:
+            return web.Response(status=202)
+        if self._streams(message, request):
+            return await self._stream_cancellable(request, message, version)
+        reply = await self.server.reply(message, version)
+        return json_response(reply, status_of(reply))
+
+    async def _initialize(self, caller: Caller, message: RpcMessage) -> web.Response:
+        try:
+            version, result = self.server.initialize(message.params)
+        except RpcError as exc:
+            return _reject(400, exc, message.id)
+        record = SessionRecord(transport="streamable", caller=caller.subject or "", version=version, touched_at=time.time())
+        session_id = await self.state.create_session(record)
+        return json_response(result_reply(message.id, result), headers={SESSION_HEADER: session_id})
+
+    async def _session(self, request: web.Request, caller: Caller, session_id: str) -> SessionRecord:
+        """The caller's live session (404 when unknown or expired) after checking the version header (400)."""
+        header_version = request.headers.get(VERSION_HEADER)
+        if header_version is not None and header_version not in HANDSHAKE_VERSIONS:
+            raise web.HTTPBadRequest(
+                body=encode(error_reply(None, unsupported_version(header_version))), content_type="application/json"
+            )
+        record = await self.state.session(session_id)
+        if record is None or record.transport != "streamable" or record.caller != (caller.subject or ""):
+            raise web.HTTPNotFound(
+                body=encode(error_reply(None, RpcError(INVALID_REQUEST, "Session not found: it ended or expired; initialize again"))),
+                content_type="application/json",
+            )
+        return record
+
+    async def _in_session(self, request: web.Request, caller: Caller, session_id: str, message: RpcMessage) -> web.StreamResponse:
+        record = await self._session(request, caller, session_id)
+        if message.is_notification or message.is_response:
+            return web.Response(status=202)
+        assert record.version is not None
+        if self._streams(message, request):
+            return await self._stream_resumable(request, session_id, message, record.version)
+        reply = await self.server.reply(message, record.version)
+        return json_response(reply, status_of(reply))
+
+    # -- SSE responses
+
+    async def _stream_cancellable(self, request: web.Request, message: RpcMessage, version: str) -> web.StreamResponse:
+        """2026-07-28: the response stream is the request; the client closing it cancels the work."""
+        with self.slots.hold():
+            stream = await SseStream.open(request, self.config.write_timeout_seconds)
+            work = asyncio.ensure_future(self.server.reply(message, version))
+            try:
+                reply = await stream.wait(work, self.config.keepalive_seconds)
+                await stream.send(sse_event(encode(reply), event="message"))
+            except CLIENT_GONE:
+                work.cancel()
+            return stream.response
+
+    async def _stream_resumable(self, request: web.Request, session_id: str, message: RpcMessage, version: str) -> web.StreamResponse:
+        """2025 sessions: events go to JetStream first, so the client may drop and resume here or on another replica."""
+        with self.slots.hold():
+            stream_id = new_stream_id()
+            priming = await self.state.append_event(session_id, stream_id, 0, None)
+            # The work records its reply whether or not this client is still listening.
+            work = asyncio.create_task(self._answer_and_record(session_id, stream_id, message, version))
+            self._background.add(work)
+            work.add_done_callback(self._background.discard)
+            stream = await SseStream.open(request, self.config.write_timeout_seconds)
+            try:
+                await stream.send(sse_event(b"", event_id=priming, retry_ms=RECONNECT_MS))
+                reply = await stream.wait(asyncio.shield(work), self.config.keepalive_seconds)
+                await stream.send(sse_event(encode(reply), event="message", event_id=event_id(stream_id, 1)))
+            except CLIENT_GONE:
+                log.debug("client left stream %s of session %s; it can resume", stream_id, session_id)
+            return stream.response
+
+    async def _answer_and_record(self, session_id: str, stream_id: str, message: RpcMessage, version: str) -> dict[str, Any]:
+        reply = await self.server.reply(message, version)
+        await self.state.append_event(session_id, stream_id, 1, reply)
+        return reply
+
+    # -- GET: resume a stream (Last-Event-ID), or the session's stream for server-initiated messages
+
+    async def get(self, request: web.Request) -> web.StreamResponse:
+        caller = await self.guard.admit(request)
+        session_id = request.headers.get(SESSION_HEADER)
+        if session_id is None:
+            if request.headers.get(VERSION_HEADER) in MODERN_VERSIONS:
+                raise web.HTTPMethodNotAllowed("GET", ["POST"])
+            raise web.HTTPBadRequest(text=f"{SESSION_HEADER} header is required")
+        if not accepts(request, "text/event-stream"):
+            raise web.HTTPNotAcceptable(text="Accept must list text/event-stream")
+        await self._session(request, caller, session_id)
+        last_event_id = request.headers.get("Last-Event-ID")
+        position = parse_event_id(last_event_id) if last_event_id is not None else None
+        if last_event_id is not None and position is None:
+            raise web.HTTPBadRequest(text="Last-Event-ID is not an event id of this server")
+        with self.slots.hold():
+            stream = await SseStream.open(request, self.config.write_timeout_seconds)
+            try:
+                async with asyncio.timeout(self.config.timeout_seconds):
+                    if position is None:
+                        await self._idle(stream)
+                    else:
+                        await self._resume(stream, session_id, *position)
+            except CLIENT_GONE:
+                pass
+            return stream.response
+
+    async def _resume(self, stream: SseStream, session_id: str, stream_id: str, after: int) -> None:
+        async for event in self.state.follow_events(session_id, stream_id, after):
+            if event is None:
+                await stream.send(KEEPALIVE)
+            else:
+                await stream.send(sse_event(encode(event[1]), event="message", event_id=event[0]))
+
+    async def _idle(self, stream: SseStream) -> None:
+        # This server sends no requests of its own; the stream carries keep-alives until the client or the timeout ends it.
+        while True:
+            await stream.send(KEEPALIVE)
+            await asyncio.sleep(self.config.keepalive_seconds)
+
+    # -- DELETE
+
+    async def delete(self, request: web.Request) -> web.Response:
+        caller = await self.guard.admit(request)
+        session_id = request.headers.get(SESSION_HEADER)
+        if session_id is None:
+            raise web.HTTPBadRequest(text=f"{SESSION_HEADER} header is required")
+        await self._session(request, caller, session_id)
+        await self.state.end_session(session_id)
+        return web.Response(status=204)
