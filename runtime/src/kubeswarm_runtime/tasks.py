@@ -18,6 +18,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from enum import StrEnum
 from typing import Any
 
@@ -44,6 +45,9 @@ IDLE_POLL_SECONDS = 0.5
 # How long an outcome (state, dead letter) is retried while JetStream is unavailable, e.g. while a
 # stream elects a new leader after a node died; the task's delivery is kept alive meanwhile.
 PUBLISH_PATIENCE_SECONDS = 30.0
+# A task still running after this long gets its "running" state written; quicker ones go from
+# pending straight to their outcome, which saves a write per task when tasks are short.
+RUNNING_STATE_DELAY_SECONDS = 0.05
 
 
 class TaskState(StrEnum):
@@ -231,22 +235,97 @@ class _Puller:
         self.consumer = consumer
         self.next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
         self.inbox = conn.nc.new_inbox()
-        self.sub: Subscription | None = None
+        self.delivered: asyncio.Queue[Msg] = asyncio.Queue()
 
     async def start(self) -> None:
-        self.sub = await self.conn.nc.subscribe(self.inbox)
+        async def deliver(msg: Msg) -> None:
+            self.delivered.put_nowait(msg)
+
+        await self.conn.nc.subscribe(self.inbox, cb=deliver)
 
     async def fetch(self, batch: int) -> list[Msg]:
-        assert self.sub is not None
         await self.conn.nc.publish(self.next_subject, json.dumps({"batch": batch, "no_wait": True}).encode(), reply=self.inbox)
         msgs: list[Msg] = []
-        with contextlib.suppress(nats.errors.TimeoutError, asyncio.TimeoutError):
-            while len(msgs) < batch:
-                msg = await self.sub.next_msg(timeout=JS_API_TIMEOUT)
-                if msg.headers and msg.headers.get("Status"):
-                    break  # 404 no messages / 408: the pull is done
-                msgs.append(msg)
+        # One deadline for the whole pull (a timer per message would cost more than the message).
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(JS_API_TIMEOUT):
+                while len(msgs) < batch:
+                    msg = await self.delivered.get()
+                    if msg.headers and msg.headers.get("Status"):
+                        break  # 404 no messages / 408: the pull is done
+                    msgs.append(msg)
         return msgs
+
+
+class _SuccessCommitter:
+    """Confirms the states of succeeded tasks in batches, then publishes their results and acks them.
+
+    One wait for JetStream's confirmations per batch rather than per task: with short tasks
+    this wait is what bounds a replica's throughput.
+    """
+
+    def __init__(self, worker: TaskWorker) -> None:
+        self.worker = worker
+        self.pending: list[tuple[Msg, TaskRecord]] = []
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._retrying: set[asyncio.Task[None]] = set()
+
+    def add(self, msg: Msg, record: TaskRecord) -> None:
+        self.pending.append((msg, record))
+        self._idle.clear()
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batch, self.pending = self.pending, []
+            await self._commit(batch)
+            if not self.pending:
+                self._idle.set()
+
+    async def flush(self) -> None:
+        await self._idle.wait()
+        if self._retrying:
+            await asyncio.gather(*self._retrying, return_exceptions=True)
+
+    async def _commit(self, batch: list[tuple[Msg, TaskRecord]]) -> None:
+        worker = self.worker
+        encoded = [record.model_dump_json().encode() for _, record in batch]
+        confirmations: list[asyncio.Future[api.PubAck]] = []
+        try:
+            for (_, record), data in zip(batch, encoded, strict=True):
+                confirmations.append(await worker.conn.js.publish_async(worker._state_subject(record.id), data))
+        except nats.errors.Error as exc:
+            log.info("state publish failed: %s", exc)
+        if confirmations:
+            await asyncio.wait(confirmations, timeout=JS_API_TIMEOUT)
+        for index, ((msg, record), data) in enumerate(zip(batch, encoded, strict=True)):
+            future = confirmations[index] if index < len(confirmations) else None
+            if future is not None and future.done() and not future.cancelled() and future.exception() is None:
+                await self._finish(msg, record, data)
+            else:
+                if future is not None:
+                    future.cancel()
+                retry = asyncio.create_task(self._commit_patiently(msg, record, data))
+                self._retrying.add(retry)
+                retry.add_done_callback(self._retrying.discard)
+
+    async def _commit_patiently(self, msg: Msg, record: TaskRecord, data: bytes) -> None:
+        if await self.worker._write_state(record):
+            await self._finish(msg, record, data)
+        else:
+            self.worker.metrics.tasks.labels(record.capability, "failed").inc()
+            await msg.nak()
+
+    async def _finish(self, msg: Msg, record: TaskRecord, data: bytes) -> None:
+        metrics = self.worker.metrics
+        await self.worker.conn.nc.publish(self.worker.names.task_result(record.id), data)
+        await msg.ack()
+        metrics.messages.labels("out", "task_result").inc()
+        metrics.tasks.labels(record.capability, "succeeded").inc()
 
 
 class TaskWorker:
@@ -269,12 +348,18 @@ class TaskWorker:
         self.metrics = metrics
         self.pullers: dict[Priority, list[_Puller]] = {p: [] for p in PRIORITIES}
         self.inflight: dict[str, asyncio.Task[None]] = {}
+        self._deliveries: dict[str, Msg] = {}
+        self._background: set[asyncio.Future[None]] = set()
+        self._committer = _SuccessCommitter(self)
         self.cancelled: set[str] = set()
         self.max_deliver: dict[str, int] = {}
         self._wake = asyncio.Event()
         self._stopping = False
         self._draining = False
         self._loop_task: asyncio.Task[None] | None = None
+        self._keepalive_task: asyncio.Task[None] | None = None
+        self._committer_task: asyncio.Task[None] | None = None
+        self._watch_task: asyncio.Task[None] | None = None
         self._subs: list[Subscription] = []
         self._cancel_watcher: Any = None
 
@@ -312,7 +397,10 @@ class TaskWorker:
                     )
                 )
                 self._subs.append(await nc.subscribe(self.names.task(capability, priority), cb=self._on_new_task))
+        self.metrics.tasks_in_flight.set_function(lambda: len(self.inflight))
         self._loop_task = asyncio.create_task(self._fetch_loop(), name="task-fetch-loop")
+        self._keepalive_task = asyncio.create_task(self._keep_alive(), name="task-keepalive")
+        self._committer_task = asyncio.create_task(self._committer.run(), name="task-committer")
 
     async def _watch_cancellations(self) -> None:
         loaded = asyncio.Event()
@@ -342,8 +430,10 @@ class TaskWorker:
 
     async def _fetch_loop(self) -> None:
         limit = self.config.concurrency
+        # Refill in batches: one pull per finished task would cost a round trip per task.
+        refill_at = limit - max(1, limit // 4)
         while not self._stopping:
-            if len(self.inflight) >= limit:
+            if len(self.inflight) > refill_at:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
@@ -386,12 +476,12 @@ class TaskWorker:
             return
         runner = asyncio.create_task(self._run(msg, task, puller), name=f"task-{task.id}")
         self.inflight[task.id] = runner
-        self.metrics.tasks_in_flight.set(len(self.inflight))
+        self._deliveries[task.id] = msg
         runner.add_done_callback(functools.partial(self._finished, task.id))
 
     def _finished(self, task_id: str, _runner: asyncio.Task[None]) -> None:
         self.inflight.pop(task_id, None)
-        self.metrics.tasks_in_flight.set(len(self.inflight))
+        self._deliveries.pop(task_id, None)
         self._wake.set()
 
     async def _run(self, msg: Msg, task: TaskMessage, puller: _Puller) -> None:
@@ -402,18 +492,23 @@ class TaskWorker:
             self.metrics.tasks.labels(task.capability, "cancelled").inc()
             return
         started = time.time()
-        running = TaskRecord.of(task, TaskState.RUNNING, attempts=attempt, agent=self.config.replica_id, started_at=started)
-        # Advisory: a lost "running" write is overwritten by the outcome, so it need not be confirmed.
-        await self.conn.nc.publish(self._state_subject(task.id), running.model_dump_json().encode())
-        keepalive = asyncio.create_task(self._keep_alive(msg))
+        agent = self.config.replica_id
+
+        def state(state: TaskState, **fields: Any) -> TaskRecord:
+            return TaskRecord.of(task, state, attempts=attempt, agent=agent, started_at=started, **fields)
+
+        # Advisory and late: a lost "running" write is overwritten by the outcome, so it is not confirmed.
+        announce_running = asyncio.get_running_loop().call_later(
+            RUNNING_STATE_DELAY_SECONDS, lambda: self._publish_running(state(TaskState.RUNNING))
+        )
         outcome = "succeeded"
         try:
             ctx = TaskContext(task.id, task.capability, task.input, attempt, self.config.agent)
             async with asyncio.timeout(self.config.task_timeout_seconds):
                 result = await self.handler.handle(ctx)
         except asyncio.CancelledError:
-            keepalive.cancel()
-            outcome = await self._interrupted(msg, task, running)
+            announce_running.cancel()
+            outcome = await self._interrupted(msg, state)
         except PermanentTaskError as exc:
             outcome = "dead"
             await self._dead_letter(msg, task, attempt, f"permanent error: {exc}")
@@ -424,33 +519,29 @@ class TaskWorker:
                 await self._dead_letter(msg, task, attempt, f"failed on the last of {attempt} deliveries: {reason}")
             else:
                 outcome = "failed"
-                await self._write_state(running.model_copy(update={"state": TaskState.FAILED, "error": reason, "updated_at": time.time()}))
+                await self._write_state(state(TaskState.FAILED, error=reason))
                 await msg.nak(delay=self._retry_delay(attempt))
         else:
-            done = running.model_copy(
-                update={"state": TaskState.SUCCEEDED, "result": result, "updated_at": time.time(), "finished_at": time.time()}
-            )
-            if await self._write_state(done):
-                await self.conn.nc.publish(self.names.task_result(task.id), done.model_dump_json().encode())
-                await msg.ack()
-                self.metrics.messages.labels("out", "task_result").inc()
-            else:
-                outcome = "failed"
-                await msg.nak()
+            self._committer.add(msg, state(TaskState.SUCCEEDED, result=result, finished_at=time.time()))  # counted once committed
         finally:
-            keepalive.cancel()
-            self.metrics.tasks.labels(task.capability, outcome).inc()
+            announce_running.cancel()
+            if outcome != "succeeded":
+                self.metrics.tasks.labels(task.capability, outcome).inc()
             self.metrics.task_duration.labels(task.capability).observe(time.time() - started)
 
-    async def _interrupted(self, msg: Msg, task: TaskMessage, running: TaskRecord) -> str:
+    def _publish_running(self, running: TaskRecord) -> None:
+        publish = self.conn.nc.publish(self._state_subject(running.id), running.model_dump_json().encode())
+        task = asyncio.ensure_future(publish)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _interrupted(self, msg: Msg, state: Callable[..., TaskRecord]) -> str:
         """A running task was cancelled: by its owner (ack it away) or by shutdown (hand it back)."""
         if self._draining:
-            await self._write_state(running.model_copy(update={"state": TaskState.PENDING, "updated_at": time.time()}))
+            await self._write_state(state(TaskState.PENDING))
             await msg.nak()
             return "requeued"
-        await self._write_state(
-            running.model_copy(update={"state": TaskState.CANCELLED, "updated_at": time.time(), "finished_at": time.time()})
-        )
+        await self._write_state(state(TaskState.CANCELLED, finished_at=time.time()))
         await msg.ack()
         return "cancelled"
 
@@ -458,13 +549,14 @@ class TaskWorker:
         streams = self.config.streams
         return backoff_delay(attempt - 1, streams.retry_backoff_seconds, streams.retry_backoff_max_seconds)
 
-    async def _keep_alive(self, msg: Msg) -> None:
+    async def _keep_alive(self) -> None:
         # Long tasks keep their delivery: tell the server "still working" well inside ack_wait.
         interval = max(self.config.streams.ack_wait_seconds / 3, 0.1)
         while True:
             await asyncio.sleep(interval)
-            with contextlib.suppress(nats.errors.Error):
-                await msg.in_progress()
+            for msg in list(self._deliveries.values()):
+                with contextlib.suppress(nats.errors.Error):
+                    await msg.in_progress()
 
     def _state_subject(self, task_id: str) -> str:
         return f"$KV.{self.names.tasks_bucket}.{task_key(task_id)}"
@@ -547,10 +639,13 @@ class TaskWorker:
             for task in late:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
+        await self._committer.flush()
+        for background in (self._committer_task, self._keepalive_task, self._watch_task):
+            if background is not None:
+                background.cancel()
         for sub in self._subs:
             with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()
-        self._watch_task.cancel()
         if self._cancel_watcher is not None:
             with contextlib.suppress(nats.errors.Error):
                 await self._cancel_watcher.stop()
