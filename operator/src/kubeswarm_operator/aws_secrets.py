@@ -14,12 +14,10 @@ import json
 
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
-from kubeswarm_runtime.resources import Agent, AwsSecretsManagerRef, Condition, SecretKeyRef
+from kubeswarm_runtime.resources import Agent, AwsSecretsManagerRef, Condition
 
-from .children import SECRET, Manifest, child_labels, owner_reference
+from .children import AWS_SYNCED_KEY, SECRET, Manifest, aws_synced_secret_name, child_labels, owner_reference
 from .status import condition
-
-SYNCED_KEY = "api-key"
 
 
 class AwsSecretError(Exception):
@@ -28,18 +26,6 @@ class AwsSecretError(Exception):
         self.code = code
         self.ref = ref
         self.detail = detail
-
-
-def synced_secret_name(agent: Agent) -> str:
-    return f"{agent.metadata.name}-aws-api-key"
-
-
-def api_key_ref(agent: Agent) -> SecretKeyRef | None:
-    """Where the pods read the model API key: the user's Secret, or the one synced from AWS."""
-    model = agent.spec.model
-    if model.aws_secrets_manager is not None:
-        return SecretKeyRef(name=synced_secret_name(agent), key=SYNCED_KEY)
-    return model.api_key_secret_ref
 
 
 def _read(ref: AwsSecretsManagerRef, endpoint_url: str | None) -> str:
@@ -72,13 +58,13 @@ async def read_secret(ref: AwsSecretsManagerRef, endpoint_url: str | None) -> st
 
 
 def synced_data(value: str) -> dict[str, str]:
-    return {SYNCED_KEY: base64.b64encode(value.encode()).decode()}
+    return {AWS_SYNCED_KEY: base64.b64encode(value.encode()).decode()}
 
 
 def build_synced_secret(agent: Agent, value: str) -> Manifest:
     """The Agent-owned Secret the pods read the key from (deleted with the Agent)."""
     metadata = {
-        "name": synced_secret_name(agent),
+        "name": aws_synced_secret_name(agent),
         "namespace": agent.metadata.namespace,
         "labels": child_labels(agent),
         "ownerReferences": [owner_reference(agent)],
@@ -95,5 +81,5 @@ def failure_condition(error: AwsSecretError) -> Condition:
 def synced_condition(agent: Agent) -> Condition:
     ref = agent.spec.model.aws_secrets_manager
     assert ref is not None
-    message = f"API key synced from AWS secret {ref.secret_id!r} into Secret {synced_secret_name(agent)!r}"
+    message = f"API key synced from AWS secret {ref.secret_id!r} into Secret {aws_synced_secret_name(agent)!r}"
     return condition("SecretsReady", True, "SyncedFromAws", message)

@@ -18,12 +18,11 @@ from typing import Any
 
 from kubeswarm_runtime.resources import Agent, Condition, GatewaySpec, Swarm
 
-from .children import INGRESS, Kind, sse_annotations
+from .children import INGRESS, OAUTH_METADATA_PATH, Kind, sse_annotations
 from .status import condition
 
 Manifest = dict[str, Any]
 
-OAUTH_METADATA_PATH = "/.well-known/oauth-protected-resource"
 HTTP_ROUTE = Kind("gateway.networking.k8s.io/v1", "HTTPRoute", "httproutes")
 NGINX = "nginx.ingress.kubernetes.io"
 RUNTIME_MCP_PATH = "/mcp"

@@ -47,6 +47,18 @@ async def get(kube: Kube, kind: Kind, namespace: str, name: str) -> Manifest | N
         raise
 
 
+async def list_objects(kube: Kube, kind: Kind, namespace: str, label_selector: str) -> list[Manifest]:
+    """Objects of a kind in a namespace matching the selector; none if the kind is not served."""
+    try:
+        found = await kube._call("GET", kind.kind, kind_path(kind, namespace), query=[("labelSelector", label_selector)])
+    except ApiException as error:
+        if error.status == 404:
+            return []
+        raise
+    items: list[Manifest] = found.get("items", [])
+    return items
+
+
 async def merge_patch_status(kube: Kube, kind: Kind, namespace: str, name: str, status: Manifest) -> None:
     await kube._call(
         "PATCH", kind.kind, kind_path(kind, namespace, name) + "/status", body={"status": status},

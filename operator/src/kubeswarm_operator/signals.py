@@ -9,7 +9,9 @@ same type (e.g. ``SecretsReady`` with the AWS error code).
 
 from __future__ import annotations
 
-from kubeswarm_runtime.resources import Condition
+from kubeswarm_runtime.resources import AgentStatus, Condition
+
+from .status import stamp
 
 Key = tuple[str, str]  # (namespace, name)
 
@@ -44,6 +46,15 @@ class AgentSignals:
 
     def backlog(self, key: Key) -> int | None:
         return self._backlog.get(key)
+
+    def merge(self, key: Key, status: AgentStatus, old: AgentStatus | None, now: str) -> AgentStatus:
+        """The reconcile's status with these conditions (same type: these win) and this backlog."""
+        mine = self._conditions.get(key, {})
+        if not mine and status.backlog == self.backlog(key):
+            return status
+        stamped = stamp(list(mine.values()), old.conditions if old else [], status.observed_generation, now)
+        kept = [c for c in status.conditions if c.type not in mine]
+        return status.model_copy(update={"conditions": kept + stamped, "backlog": self.backlog(key)})
 
     def forget(self, key: Key) -> None:
         self._conditions.pop(key, None)
