@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from kubeswarm_runtime.resources import API_VERSION, Agent, AuthMode, Provider
+from kubeswarm_runtime.resources import API_VERSION, Agent, AuthMode, Provider, SecretKeyRef
 
 Manifest = dict[str, Any]
 
@@ -32,6 +32,7 @@ SPEC_HASH_ANNOTATION = "kubeswarm.io/spec-hash"
 CONFIG_HASH_ANNOTATION = "kubeswarm.io/config-hash"
 
 JWT_SECRET_KEY = "jwt-key"  # noqa: S105 (the name of a key, not a secret)
+AWS_SYNCED_KEY = "api-key"  # the key of the Secret an AWS Secrets Manager value is synced into
 METRICS_PORT = 9090
 RUNTIME_COMMAND = ["python", "-m", "kubeswarm_runtime"]
 RUNTIME_USER = 10001
@@ -167,10 +168,22 @@ class SecretEnv:
     key: str
 
 
+def aws_synced_secret_name(agent: Agent) -> str:
+    return f"{agent.metadata.name}-aws-api-key"
+
+
+def api_key_ref(agent: Agent) -> SecretKeyRef | None:
+    """Where the pods read the model API key: the user's Secret, or the one the operator syncs from AWS Secrets Manager."""
+    model = agent.spec.model
+    if model.aws_secrets_manager is not None:
+        return SecretKeyRef(name=aws_synced_secret_name(agent), key=AWS_SYNCED_KEY)
+    return model.api_key_secret_ref
+
+
 def secret_env(agent: Agent, *, api_key_env: str, jwt_key_env: str) -> list[SecretEnv]:
     """Environment the runtime reads from Secrets (the API key, the JWT signing key)."""
     out = []
-    ref = agent.spec.model.api_key_secret_ref
+    ref = api_key_ref(agent)
     if ref is not None:
         out.append(SecretEnv(api_key_env, ref.name, ref.key))
     if agent.spec.mcp.auth.mode is AuthMode.JWT:
@@ -181,8 +194,9 @@ def secret_env(agent: Agent, *, api_key_env: str, jwt_key_env: str) -> list[Secr
 def referenced_objects(agent: Agent) -> set[tuple[str, str]]:
     """(kind, name) of every Secret and ConfigMap the pods read: a change to any of them rolls the pods."""
     refs = {("ConfigMap", config_map_name(agent)), ("Secret", secret_name(agent))}
-    if agent.spec.model.api_key_secret_ref is not None:
-        refs.add(("Secret", agent.spec.model.api_key_secret_ref.name))
+    api_key = api_key_ref(agent)
+    if api_key is not None:
+        refs.add(("Secret", api_key.name))
     for var in agent.spec.env:
         source = var.get("valueFrom") or {}
         for field, kind in (("secretKeyRef", "Secret"), ("configMapKeyRef", "ConfigMap")):
@@ -333,6 +347,9 @@ def build_network_policy(agent: Agent, *, nats_url: str, ingress_namespace: str)
     )
 
 
+OAUTH_METADATA_PATH = "/.well-known/oauth-protected-resource"
+
+
 def sse_annotations(timeout_seconds: int) -> dict[str, str]:
     """ingress-nginx settings that keep SSE and streamed MCP responses flowing."""
     prefix = "nginx.ingress.kubernetes.io"
@@ -348,12 +365,10 @@ def build_ingress(agent: Agent) -> Manifest | None:
     ingress = agent.spec.mcp.ingress
     if not (agent.spec.mcp.enabled and ingress.enabled and ingress.kind == "Ingress"):
         return None
-    path = {
-        "path": ingress.path,
-        "pathType": "Prefix",
-        "backend": {"service": {"name": agent.metadata.name, "port": {"name": "mcp"}}},
-    }
-    spec: Manifest = {"rules": [{"host": ingress.host, "http": {"paths": [path]}}]}
+    backend = {"service": {"name": agent.metadata.name, "port": {"name": "mcp"}}}
+    # MCP clients find the authorization server through the RFC 9728 metadata of the same host.
+    paths = [{"path": p, "pathType": "Prefix", "backend": backend} for p in (ingress.path, OAUTH_METADATA_PATH)]
+    spec: Manifest = {"rules": [{"host": ingress.host, "http": {"paths": paths}}]}
     if ingress.class_name:
         spec = {"ingressClassName": ingress.class_name, **spec}
     if ingress.tls:

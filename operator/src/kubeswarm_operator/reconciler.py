@@ -34,6 +34,7 @@ from .children import (
     ChildInputs,
     Kind,
     Manifest,
+    api_key_ref,
     build_children,
     child_name,
     config_hash,
@@ -46,6 +47,7 @@ from .drift import contains
 from .kube import Kube, namespace_terminating
 from .nats_access import swarm_nats_url
 from .settings import OperatorSettings
+from .signals import AgentSignals
 from .status import Event, Observed, compute_status, status_patch, transitions
 
 log = logging.getLogger(__name__)
@@ -92,6 +94,8 @@ class AgentReconciler:
         self._recent_status: dict[Key, tuple[Manifest, float]] = {}
         self._phases: dict[Key, str] = {}
         self._slots = asyncio.Semaphore(settings.worker_limit)
+        # What the operator's loops (autoscaler, AWS secret sync, HTTPRoutes) found; merged into the status.
+        self.signals = AgentSignals()
 
     # -- entry points
 
@@ -199,9 +203,9 @@ class AgentReconciler:
             deployment=one(world.children[DEPLOYMENT], (namespace, agent.metadata.name)),
             nats_url=nats_url,
             missing_refs=refs.missing,
-            ingress_wanted=agent.spec.mcp.enabled and agent.spec.mcp.ingress.enabled,
+            # An HTTPRoute's readiness comes from the route loop (signals).
+            ingress_wanted=agent.spec.mcp.enabled and agent.spec.mcp.ingress.enabled and agent.spec.mcp.ingress.kind == "Ingress",
             ingress=one(world.children[INGRESS], (namespace, agent.metadata.name)),
-            ingress_problem=None if agent.spec.mcp.ingress.kind == "Ingress" else "HTTPRoute is not supported yet; use kind Ingress",
         )
         wrote_status = await self._report(agent, observed, actions)
         return bool(actions) or wrote_status
@@ -223,7 +227,7 @@ class AgentReconciler:
             digests[ref] = live.get("digests") if live else None
             if live is None:
                 missing.append(f'{kind.lower()} "{name}" not found')
-        api_ref = agent.spec.model.api_key_secret_ref
+        api_ref = api_key_ref(agent)
         if api_ref is not None:
             keys = digests.get(("Secret", api_ref.name))
             if isinstance(keys, dict) and api_ref.key not in keys:
@@ -279,8 +283,8 @@ class AgentReconciler:
     async def _report(self, agent: Agent, observed: Observed, actions: list[str]) -> bool:
         """Write the status if it changed, with Events for what was done and what changed."""
         now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        new = compute_status(agent, observed, now)
         key = (agent.metadata.namespace, agent.metadata.name)
+        new = self.signals.merge(key, compute_status(agent, observed, now), agent.status, now)
         if self._phases.get(key) != new.phase:
             self._phases[key] = str(new.phase)
             self._count_phases()
