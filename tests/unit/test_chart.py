@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import kubernetes_validate
+import kubernetes_validate  # type: ignore[import-untyped]  # no stubs; used as validate(doc, version)
 import pytest
 import yaml
 from kubeswarm_operator.children import APP_NAME, MANAGED_BY, MANAGED_BY_LABEL
@@ -184,8 +184,12 @@ def test_operator_env_names_are_operator_settings(rendered: dict[str, list[Manif
     for value_set, docs in rendered.items():
         ours = {name for name in operator_env(docs) if name.startswith("KUBESWARM_")}
         assert ours <= known, f"{value_set}: the operator reads none of {sorted(ours - known)}"
-        # And they parse: the operator would start with them.
-        OperatorSettings(**{name.removeprefix(prefix).lower(): value for name, value in operator_env(docs).items() if name in known})
+        # And they parse: the operator reads them from its environment as it would in the pod.
+        with pytest.MonkeyPatch.context() as env:
+            for name, value in operator_env(docs).items():
+                env.setenv(name, value)
+            settings = OperatorSettings()
+        assert settings.nats_url == operator_env(docs)["KUBESWARM_NATS_URL"]
 
 
 def test_operator_is_told_the_nats_url_and_namespaces(rendered: dict[str, list[Manifest]]) -> None:
@@ -325,11 +329,11 @@ def test_dashboards_are_config_maps_for_the_grafana_sidecar(rendered: dict[str, 
 
 
 def test_helm_test_hook_checks_the_operator_and_nats(rendered: dict[str, list[Manifest]]) -> None:
-    pod = one(rendered["defaults"], "Pod")
-    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
-    urls = pod["spec"]["containers"][0]["args"][1:]
+    job = one(rendered["defaults"], "Job")
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    urls = job["spec"]["template"]["spec"]["containers"][0]["args"][1:]
     assert urls == [
         f"http://ks-kubeswarm-operator.{NAMESPACE}.svc:9091/metrics",
         f"http://ks-kubeswarm-nats.{NAMESPACE}.svc:8222/healthz?js-enabled-only=true",
     ]
-    assert one(rendered["external-nats"], "Pod")["spec"]["containers"][0]["args"][1:] == urls[:1]
+    assert one(rendered["external-nats"], "Job")["spec"]["template"]["spec"]["containers"][0]["args"][1:] == urls[:1]

@@ -1,0 +1,204 @@
+"""The chart on a real API server: install, helm test, the operator under the chart's identity, upgrade, uninstall.
+
+There is no container runtime on the test bed, so the operator Deployment's pod is only
+admitted and marked Ready by kwok.  The operator process itself runs here, as
+``python -m kubeswarm_operator`` with the environment the chart's Deployment gives it and
+a token of the chart's ServiceAccount: whatever it does, the chart's RBAC must allow.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.testbed.cluster import KubeAccess
+from tests.unit.test_chart import CHART, Manifest, find, helm, one, operator_env, values_args
+
+from .conftest import REPO, Operator, until
+
+pytestmark = pytest.mark.e2e
+
+RELEASE = "ks"
+CRDS = ("agents.kubeswarm.io", "swarms.kubeswarm.io")
+EXAMPLE = REPO / "examples" / "agent-anthropic.yaml"
+# The test bed has no volume provisioner: NATS pods wait for their volumes, which is fine
+# here (the agents' NATS is not under test), so helm does not --wait.
+VALUES: Manifest = {
+    "dashboards": {"enabled": True},
+    "operator": {"image": {"tag": "e2e"}},
+    "runtime": {"image": {"tag": "e2e"}},
+}
+READY = 60
+
+
+@dataclass
+class Release:
+    cluster: KubeAccess
+    namespace: str
+    tmp: Path
+
+    def helm(self, *args: str, check: bool = True) -> Any:
+        return helm(*args, "--namespace", self.namespace, check=check, kubeconfig=self.cluster.kubeconfig)
+
+    def install(self, command: str, values: Manifest) -> str:
+        out = self.helm(command, RELEASE, str(CHART), *values_args(values, self.tmp), "--timeout", "2m")
+        return str(out.stdout)
+
+    def manifest(self) -> list[Manifest]:
+        out = self.helm("get", "manifest", RELEASE)
+        return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
+
+    def get(self, *args: str, namespace: str | None = None) -> Manifest | None:
+        proc = self.cluster.kubectl("-n", namespace or self.namespace, "get", *args, "-o", "json", check=False)
+        if proc.returncode != 0:
+            assert "NotFound" in proc.stderr, proc.stderr
+            return None
+        found: Manifest = json.loads(proc.stdout)
+        return found
+
+    @property
+    def service_account(self) -> str:
+        return f"system:serviceaccount:{self.namespace}:{RELEASE}-kubeswarm-operator"
+
+    def can(self, verb: str, resource: str, namespace: str) -> bool:
+        proc = self.cluster.kubectl("auth", "can-i", verb, resource, "-n", namespace, f"--as={self.service_account}", check=False)
+        return proc.stdout.strip() == "yes"
+
+    def operator(self, log: Path) -> Operator:
+        """The real operator, with the chart Deployment's environment and the chart ServiceAccount's token."""
+        token = self.cluster.kubectl(
+            "-n", self.namespace, "create", "token", f"{RELEASE}-kubeswarm-operator", "--duration=1h"
+        ).stdout.strip()
+        admin = yaml.safe_load(self.cluster.kubeconfig.read_text())
+        kubeconfig = self.tmp / f"operator-{uuid.uuid4().hex[:6]}.kubeconfig"
+        kubeconfig.write_text(yaml.safe_dump({
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "testbed", "cluster": admin["clusters"][0]["cluster"]}],
+            "users": [{"name": "operator", "user": {"token": token}}],
+            "contexts": [{"name": "operator", "context": {"cluster": "testbed", "user": "operator"}}],
+            "current-context": "operator",
+        }))
+        return Operator(kubeconfig, log, env=operator_env(self.manifest())).start()
+
+
+def adopt_crds(cluster: KubeAccess, namespace: str) -> None:
+    """CRDs applied earlier with kubectl (by other e2e tests) become the release's, as a user would adopt them."""
+    for crd in CRDS:
+        if cluster.kubectl("get", "crd", crd, check=False).returncode == 0:
+            cluster.kubectl("label", "--overwrite", "crd", crd, "app.kubernetes.io/managed-by=Helm")
+            cluster.kubectl(
+                "annotate", "--overwrite", "crd", crd, f"meta.helm.sh/release-name={RELEASE}", f"meta.helm.sh/release-namespace={namespace}"
+            )
+
+
+@pytest.fixture(scope="module")
+def release(cluster: KubeAccess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Release]:
+    name = f"kubeswarm-{uuid.uuid4().hex[:6]}"
+    # The restricted Pod Security Standard, enforced: a non-compliant pod of the chart is refused.
+    cluster.kubectl("create", "namespace", name)
+    cluster.kubectl("label", "namespace", name, "pod-security.kubernetes.io/enforce=restricted")
+    adopt_crds(cluster, name)
+    rel = Release(cluster, name, tmp_path_factory.mktemp("chart-e2e"))
+    yield rel
+    rel.helm("uninstall", RELEASE, "--wait", check=False)
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture
+def agents_namespace(cluster: KubeAccess) -> Iterator[str]:
+    name = f"agents-{uuid.uuid4().hex[:6]}"
+    cluster.kubectl("create", "namespace", name)
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+def example_agent_becomes_ready(release: Release, namespace: str, name: str, log: Path) -> None:
+    """The example Agent (and the Secret it names) applied as ``name``; the operator, as the chart's identity, makes it Running."""
+    example = yaml.safe_load(EXAMPLE.read_text())
+    example["metadata"]["name"] = name
+    ref = example["spec"]["model"]["apiKeySecretRef"]
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": ref["name"]}, "stringData": {ref["key"]: "not-a-real-key"}}
+    for manifest in (secret, example):
+        release.cluster.kubectl("-n", namespace, "apply", "-f", "-", input=json.dumps(manifest))
+    operator = release.operator(log)
+    try:
+
+        def ready() -> Manifest | None:
+            status = (release.get("agent", name, namespace=namespace) or {}).get("status") or {}
+            conditions = {c["type"]: c["status"] for c in status.get("conditions", [])}
+            return status if status.get("phase") == "Running" and conditions.get("Ready") == "True" else None
+
+        until(ready, READY, f"example Agent {namespace}/{name} Running (operator log: {log})")
+    finally:
+        operator.stop()
+    forbidden = [line for line in log.read_text().splitlines() if "Forbidden" in line or " 403" in line]
+    assert not forbidden, "the operator was refused by the chart's RBAC:\n" + "\n".join(forbidden[:10])
+
+
+def test_install_test_operate_upgrade_uninstall(release: Release, agents_namespace: str, cluster: KubeAccess, tmp_path: Path) -> None:
+    notes = release.install("install", VALUES)
+    assert f"kubectl -n {release.namespace} rollout status deployment/{RELEASE}-kubeswarm-operator" in notes
+
+    # Installed: every object of the release exists, and the pods were admitted as restricted.
+    manifest = release.manifest()
+    for doc in manifest:
+        namespace = doc["metadata"].get("namespace", release.namespace)
+        assert release.get(doc["kind"].lower(), doc["metadata"]["name"], namespace=namespace), f"{doc['kind']} {doc['metadata']['name']}"
+    for crd in CRDS:
+        cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{crd}")
+    cluster.kubectl("-n", release.namespace, "rollout", "status", f"deployment/{RELEASE}-kubeswarm-operator", "--timeout=60s")
+    statefulset = one(manifest, "StatefulSet")
+    def nats_pods() -> int:
+        return len((release.get("pods", "-l", "app.kubernetes.io/component=nats") or {"items": []})["items"])
+
+    until(lambda: nats_pods() == statefulset["spec"]["replicas"], 30, "every NATS server pod admitted")
+    assert len(find(manifest, "ConfigMap")) > 1  # NATS config and the dashboards
+
+    # helm test: its Job runs (kwok completes it: the check itself needs real containers).
+    tested = release.helm("test", RELEASE, "--timeout", "90s")
+    assert "Phase:          Succeeded" in tested.stdout, tested.stdout
+
+    # The operator, as the chart's ServiceAccount, cluster-wide.
+    assert not release.can("list", "pods", agents_namespace) and not release.can("delete", "namespaces", agents_namespace)
+    example_agent_becomes_ready(release, agents_namespace, "writer", tmp_path / "operator-cluster.log")
+
+    # Upgrade to watching one namespace: the ClusterRole gives way to a Role there.
+    release.install("upgrade", {**VALUES, "operator": {**VALUES["operator"], "watchNamespaces": [agents_namespace]}})
+    upgraded = release.manifest()
+    assert operator_env(upgraded)["KUBESWARM_NAMESPACES"] == agents_namespace
+    assert release.get("role", f"{RELEASE}-kubeswarm-operator", namespace=agents_namespace)
+    until(lambda: release.get("clusterrole", f"{RELEASE}-kubeswarm-operator") is None, 30, "the cluster-wide ClusterRole removed")
+    assert not release.can("list", "secrets", release.namespace) and release.can("list", "secrets", agents_namespace)
+    example_agent_becomes_ready(release, agents_namespace, "writer-2", tmp_path / "operator-namespaced.log")
+
+    # Uninstall: nothing of the release is left but the CRDs it was asked to keep.
+    release.helm("uninstall", RELEASE, "--wait", "--timeout", "2m")
+
+    def leftovers() -> list[str]:
+        found = []
+        for kind in ["all", "configmaps", "secrets", "serviceaccounts", "persistentvolumeclaims", "roles", "rolebindings", "jobs"]:
+            for namespace in (release.namespace, agents_namespace):
+                items = (release.get(kind, "-l", f"app.kubernetes.io/instance={RELEASE}", namespace=namespace) or {}).get("items", [])
+                found += [f"{item['kind']} {namespace}/{item['metadata']['name']}" for item in items]
+        pvcs = (release.get("persistentvolumeclaims", namespace=release.namespace) or {}).get("items", [])
+        found += [f"PersistentVolumeClaim {p['metadata']['name']}" for p in pvcs]
+        for kind in ("clusterroles", "clusterrolebindings"):
+            items = json.loads(cluster.kubectl("get", kind, "-l", f"app.kubernetes.io/instance={RELEASE}", "-o", "json").stdout)["items"]
+            found += [f"{kind} {item['metadata']['name']}" for item in items]
+        return found
+
+    try:
+        until(lambda: "gone" if not leftovers() else None, 60, "every object of the release gone", interval=1)
+    except AssertionError as error:
+        raise AssertionError(f"left behind: {leftovers()}") from error
+    for crd in CRDS:
+        kept = release.get("crd", crd)
+        assert kept and kept["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
