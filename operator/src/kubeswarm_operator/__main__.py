@@ -13,7 +13,7 @@ import sys
 
 import kopf
 
-from . import handlers  # noqa: F401  (registers the handlers)
+from . import handlers, swarm_handlers  # noqa: F401  (registers the handlers)
 from .settings import OperatorSettings
 
 
