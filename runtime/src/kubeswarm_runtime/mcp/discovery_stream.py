@@ -70,13 +70,14 @@ class DiscoveryStream:
             # Subscribe before reading history: whatever is published meanwhile is queued, duplicates are skipped by seq.
             subscriber = await self.fanout.subscribe(filter)
             try:
-                if since is None:
-                    info = await self.runtime.conn.js.stream_info(self.runtime.swarm.names.discoveries_stream)
-                    since = max(0, (info.state.last_seq or 0) - replay)
+                info = await self.runtime.conn.js.stream_info(self.runtime.swarm.names.discoveries_stream)
+                stored = info.state.last_seq or 0
+                since = max(0, stored - replay) if since is None else since
                 stream = await SseStream.open(request, self.config.write_timeout_seconds)
                 await stream.send(b"retry: " + str(RECONNECT_MS).encode() + b"\n\n")
                 async with asyncio.timeout(self.config.timeout_seconds):
-                    last = await self._replay(stream, filter, since)
+                    # Only a stream with something to replay costs a consumer of its own.
+                    last = await self._replay(stream, filter, since) if since < stored else since
                     while not (subscriber.overflowed and subscriber.queue.empty()):
                         try:
                             async with asyncio.timeout(self.config.keepalive_seconds):

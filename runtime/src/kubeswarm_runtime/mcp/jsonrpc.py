@@ -5,10 +5,10 @@ The bottom layer of the MCP package: knows nothing of MCP methods or HTTP.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from pydantic import ValidationError
 
 PARSE_ERROR = -32700
@@ -55,8 +55,8 @@ class RpcMessage:
 
 def decode(body: bytes | str) -> Any:
     try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
         raise RpcError(PARSE_ERROR, "Parse error: the body is not valid JSON") from None
 
 
@@ -101,7 +101,7 @@ def error_reply(request_id: RequestId | None, error: RpcError) -> dict[str, Any]
 
 
 def encode(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+    return orjson.dumps(obj)
 
 
 def invalid_params(exc: ValidationError, *, prefix: str = "") -> RpcError:

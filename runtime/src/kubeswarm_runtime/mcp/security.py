@@ -278,6 +278,8 @@ class Guard:
         limit = self.config.max_request_bytes
         if request.content_length is not None and request.content_length > limit:
             raise _too_large(limit, request.content_length)
+        if request.content.is_eof():  # the usual small request: already all here
+            return request.content.read_nowait()
         chunks: list[bytes] = []
         size = 0
         try:

@@ -1,0 +1,315 @@
+"""MCP endpoint benchmark: tools/call throughput and latency, and the RSS of 1,000 SSE subscribers.
+
+    .venv/bin/python -m bench.bench_mcp [--seconds 10] [--clients 16]
+
+Three servers, each in its own process, under the same closed-loop load
+(``--clients`` connections, each sending its next request when the last
+answer arrived) from a separate load-generator process:
+
+- kubeswarm: one runtime process (``python -m kubeswarm_runtime``), a stateless
+  2026-07-28 ``tools/call`` of ``get_agent_info``;
+- (a) the official SDK's ``MCPServer`` (stateless JSON, under uvicorn) serving
+  an equivalent tool;
+- (b) a bare aiohttp handler that parses the request and returns the same JSON:
+  the ceiling for a Python server here.
+
+Then one runtime holds 1,000 concurrent ``/sse/discoveries`` subscribers
+(opened by another process); its RSS is read and one discovery is checked to
+reach all of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from tests.testbed.nats import NatsServer
+from tests.testbed.procs import ManagedProcess, free_port
+
+MODERN = "2026-07-28"
+TOOL = "get_agent_info"
+
+
+def call_body(request_id: int) -> bytes:
+    meta = {
+        "io.modelcontextprotocol/protocolVersion": MODERN,
+        "io.modelcontextprotocol/clientCapabilities": {},
+        "io.modelcontextprotocol/clientInfo": {"name": "bench", "version": "1"},
+    }
+    return json.dumps(
+        {"jsonrpc": "2.0", "id": request_id, "method": "tools/call", "params": {"name": TOOL, "arguments": {}, "_meta": meta}}
+    ).encode()
+
+
+def http_request(port: int, body: bytes) -> bytes:
+    head = (
+        f"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+        f"Accept: application/json, text/event-stream\r\nMCP-Protocol-Version: {MODERN}\r\nMcp-Method: tools/call\r\n"
+        f"Mcp-Name: {TOOL}\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+# -- the servers under test (each run as `python -m bench.bench_mcp serve-... PORT`)
+
+AGENT_INFO: dict[str, Any] = {
+    "id": "bench-1", "agent": "bench", "role": "worker", "capabilities": ["echo"], "version": "0.1.0", "load": 0,
+    "concurrency": 4, "heartbeat_seconds": 10.0, "endpoint": None, "started_at": 1.0, "last_seen": 2.0, "state": "up",
+}
+
+
+def serve_sdk(port: int) -> None:
+    import uvicorn
+    from mcp.server.mcpserver import MCPServer
+
+    server = MCPServer("bench")
+
+    @server.tool(name=TOOL, description="Describe this agent replica.")
+    def get_agent_info() -> dict[str, Any]:
+        return {"agent": dict(AGENT_INFO, last_seen=time.time())}
+
+    app = server.streamable_http_app(stateless_http=True, json_response=True)
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+def serve_bare(port: int) -> None:
+    from aiohttp import web
+
+    async def handle(request: web.Request) -> web.Response:
+        message = json.loads(await request.read())
+        structured = {"agent": dict(AGENT_INFO, last_seen=time.time())}
+        result = {"content": [{"type": "text", "text": json.dumps(structured)}], "structuredContent": structured, "isError": False}
+        return web.Response(
+            body=json.dumps({"jsonrpc": "2.0", "id": message["id"], "result": result}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+
+    app = web.Application()
+    app.router.add_post("/mcp", handle)
+    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
+
+
+# -- the load generator (its own process: server and client never share a loop)
+
+
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head[9:12])
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line[:15].lower() == b"content-length:":
+            length = int(line[15:])
+    return status, await reader.readexactly(length)
+
+
+async def _client(port: int, deadline: float, latencies: list[float], errors: list[int]) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    request = http_request(port, call_body(1))
+    try:
+        while (start := time.perf_counter()) < deadline:
+            writer.write(request)
+            status, body = await _read_response(reader)
+            latencies.append(time.perf_counter() - start)
+            if status != 200 or b'"isError":true' in body or b'"error"' in body[:40]:
+                errors.append(status)
+    finally:
+        writer.close()
+
+
+async def load(port: int, seconds: float, clients: int) -> dict[str, float]:
+    # A short warm-up, then the measured run.
+    await asyncio.gather(*(_client(port, time.perf_counter() + 1.0, [], []) for _ in range(clients)))
+    latencies: list[float] = []
+    errors: list[int] = []
+    started = time.perf_counter()
+    await asyncio.gather(*(_client(port, started + seconds, latencies, errors) for _ in range(clients)))
+    elapsed = time.perf_counter() - started
+    latencies.sort()
+    return {
+        "rps": len(latencies) / elapsed,
+        "p50_ms": latencies[len(latencies) // 2] * 1000,
+        "p99_ms": latencies[int(len(latencies) * 0.99)] * 1000,
+        "errors": len(errors),
+    }
+
+
+async def hold_sse(port: int, count: int, ready_file: Path) -> None:
+    """Open ``count`` discovery streams, say so in ``ready_file``, then count deliveries of one discovery."""
+    received = 0
+    connected = 0
+    all_connected = asyncio.Event()
+
+    async def subscriber() -> None:
+        nonlocal received, connected
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /sse/discoveries?replay=0 HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n")
+        await reader.readuntil(b"\r\n\r\n")
+        await reader.readuntil(b"retry: ")
+        connected += 1
+        if connected == count:
+            all_connected.set()
+        await reader.readuntil(b"event: discovery")
+        received += 1
+        writer.close()
+
+    tasks = []
+    for _ in range(count):
+        tasks.append(asyncio.create_task(subscriber()))
+        await asyncio.sleep(0.001)  # pacing, not synchronisation: spreads the connects
+    await asyncio.wait_for(all_connected.wait(), timeout=120)
+    await asyncio.to_thread(ready_file.write_text, "ready")
+    await asyncio.wait_for(asyncio.gather(*tasks), timeout=60)
+    print(json.dumps({"received": received}), flush=True)
+
+
+# -- orchestration
+
+
+def _wait_http(process: ManagedProcess, port: int, path: str, method: str = "GET") -> None:
+    def ok() -> bool:
+        request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method)
+        with urllib.request.urlopen(request, timeout=1) as response:  # noqa: S310 - loopback http
+            return bool(response.status < 500)
+
+    process.wait_until(ok, 60, "serving")
+
+
+def _runtime(nats_url: str, workdir: Path, **env: str) -> tuple[ManagedProcess, int]:
+    port = free_port()
+    base = {k: v for k, v in os.environ.items() if not k.startswith("KUBESWARM_")}
+    process = ManagedProcess(
+        "runtime", [sys.executable, "-m", "kubeswarm_runtime"], workdir / f"runtime-{port}.log",
+        env=base | {
+            "KUBESWARM_AGENT": "bench", "KUBESWARM_REPLICA_ID": f"bench-{port}", "KUBESWARM_SUBJECT_PREFIX": "ks.bench",
+            "KUBESWARM_CAPABILITIES": "echo", "KUBESWARM_NATS__URL": nats_url, "KUBESWARM_MCP__PORT": str(port),
+            "KUBESWARM_METRICS_PORT": str(free_port()), "KUBESWARM_MCP__RATE_LIMIT_PER_SECOND": "0",
+            "KUBESWARM_LOG_LEVEL": "WARNING", **env,
+        },
+    )
+    process.start()
+    _wait_http(process, port, "/readyz")
+    return process, port
+
+
+def _server(kind: str, workdir: Path) -> tuple[ManagedProcess, int]:
+    port = free_port()
+    process = ManagedProcess(kind, [sys.executable, "-m", "bench.bench_mcp", kind, str(port)], workdir / f"{kind}.log")
+    process.start()
+    process.wait_until(lambda: _accepts(port), 60, "serving")
+    return process, port
+
+
+def _accepts(port: int) -> bool:
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+        return True
+
+
+def _measure(port: int, seconds: float, clients: int) -> dict[str, float]:
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.bench_mcp", "load", str(port), str(seconds), str(clients)],
+        check=True, capture_output=True, text=True,
+    )
+    return dict(json.loads(out.stdout))
+
+
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+def run(seconds: float, clients: int, subscribers: int) -> None:
+    with tempfile.TemporaryDirectory(prefix="bench-mcp-") as tmp:
+        workdir = Path(tmp)
+        nats = NatsServer(workdir / "nats").start()
+        started: list[ManagedProcess] = []
+        try:
+            runtime, runtime_port = _runtime(nats.url, workdir)
+            started.append(runtime)
+            sdk, sdk_port = _server("serve-sdk", workdir)
+            started.append(sdk)
+            bare, bare_port = _server("serve-bare", workdir)
+            started.append(bare)
+            results = {name: _measure(port, seconds, clients) for name, port in
+                       (("kubeswarm", runtime_port), ("(a) SDK MCPServer", sdk_port), ("(b) bare aiohttp", bare_port))}
+            for process in (sdk, bare):
+                process.stop()
+            print(f"tools/call, {clients} closed-loop clients, {seconds:.0f}s each, 2026-07-28 stateless JSON")
+            print(f"{'server':<20}{'rps':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}")
+            for name, r in results.items():
+                print(f"{name:<20}{r['rps']:>10.0f}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}{r['errors']:>8.0f}")
+            ours, sdk_r, bare_r = results.values()
+            print(f"kubeswarm / (a): {ours['rps'] / sdk_r['rps']:.2f}x rps (goal >= 4x);"
+                  f" kubeswarm / (b): {ours['rps'] / bare_r['rps']:.2f} (goal >= 0.5); p99 {ours['p99_ms']:.2f} ms (goal < 5)")
+            runtime.stop()
+            started.remove(runtime)
+            _rss_run(nats.url, workdir, subscribers)
+        finally:
+            for process in started:
+                process.stop()
+            nats.stop()
+
+
+def _rss_run(nats_url: str, workdir: Path, subscribers: int) -> None:
+    runtime, port = _runtime(nats_url, workdir, KUBESWARM_MCP__KEEPALIVE_SECONDS="30")
+    try:
+        idle = _rss_mib(runtime.pid)
+        ready = workdir / "sse-ready"
+        holder = subprocess.Popen(
+            [sys.executable, "-m", "bench.bench_mcp", "hold-sse", str(port), str(subscribers), str(ready)],
+            stdout=subprocess.PIPE, text=True,
+        )
+        deadline = time.monotonic() + 120
+        while not ready.exists():
+            if holder.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the SSE subscribers did not all connect")
+            time.sleep(0.1)
+        held = _rss_mib(runtime.pid)
+        share = urllib.request.Request(
+            f"http://127.0.0.1:{port}/rpc", method="POST", headers={"Content-Type": "application/json"},
+            data=json.dumps({"jsonrpc": "2.0", "id": 1, "method": "share_discovery",
+                             "params": {"discovery_type": "bench", "content": "to everyone"}}).encode(),
+        )
+        urllib.request.urlopen(share, timeout=10).read()  # noqa: S310 - loopback http
+        out, _ = holder.communicate(timeout=120)
+        received = json.loads(out.strip().splitlines()[-1])["received"]
+        print(f"RSS of one runtime: idle {idle:.1f} MiB; with {subscribers} SSE subscribers {held:.1f} MiB (goal <= 128); "
+              f"one discovery reached {received}/{subscribers}")
+    finally:
+        runtime.stop()
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] in ("serve-sdk", "serve-bare", "load", "hold-sse"):
+        command, args = sys.argv[1], sys.argv[2:]
+        if command == "serve-sdk":
+            serve_sdk(int(args[0]))
+        elif command == "serve-bare":
+            serve_bare(int(args[0]))
+        elif command == "load":
+            print(json.dumps(asyncio.run(load(int(args[0]), float(args[1]), int(args[2])))))
+        else:
+            asyncio.run(hold_sse(int(args[0]), int(args[1]), Path(args[2])))
+        return
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--subscribers", type=int, default=1000)
+    options = parser.parse_args()
+    run(options.seconds, options.clients, options.subscribers)
+
+
+if __name__ == "__main__":
+    main()
