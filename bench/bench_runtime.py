@@ -22,14 +22,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import nats  # noqa: E402
-from nats.js import api  # noqa: E402
+import nats
+from kubeswarm_runtime.client import SwarmClient
+from kubeswarm_runtime.config import NatsConfig, RuntimeConfig
+from kubeswarm_runtime.runtime import AgentRuntime
+from nats.aio.msg import Msg
+from nats.js import api
 
-from kubeswarm_runtime.client import SwarmClient  # noqa: E402
-from kubeswarm_runtime.config import NatsConfig, RuntimeConfig  # noqa: E402
-from kubeswarm_runtime.runtime import AgentRuntime  # noqa: E402
-from tests.testbed.nats import NatsServer  # noqa: E402
-from tests.testbed.procs import ManagedProcess, free_port  # noqa: E402
+from tests.testbed.nats import NatsServer
+from tests.testbed.procs import ManagedProcess, free_port
 
 CONCURRENCY = 64
 
@@ -60,11 +61,19 @@ async def runtime_throughput(url: str, count: int) -> float:
     runtime = AgentRuntime(
         RuntimeConfig(agent="bench", subject_prefix=prefix, capabilities=["echo"], concurrency=CONCURRENCY, nats={"url": url})
     )
-    succeeded = runtime.metrics.tasks.labels("echo", "succeeded")
+    results = 0
+    all_done = asyncio.Event()
+
+    async def on_result(_msg: Msg) -> None:
+        nonlocal results
+        results += 1
+        if results == count:
+            all_done.set()
+
+    await client.conn.nc.subscribe(client.names.task_result("*"), cb=on_result)
     started = time.perf_counter()
     await runtime.start()
-    while succeeded._value.get() < count:
-        await asyncio.sleep(0.005)
+    await all_done.wait()
     elapsed = time.perf_counter() - started
     await runtime.stop()
     await client.close()
@@ -85,7 +94,7 @@ async def latencies(call: Callable[[], Awaitable[object]], count: int) -> list[f
 async def raw_request_reply(url: str, count: int) -> list[float]:
     responder, requester = await nats.connect(url), await nats.connect(url)
 
-    async def answer(msg: nats.aio.msg.Msg) -> None:
+    async def answer(msg: Msg) -> None:
         await msg.respond(msg.data)
 
     await responder.subscribe("raw.rr", queue="q", cb=answer)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from kubeswarm_runtime.client import SwarmClient
+from kubeswarm_runtime.config import RuntimeConfig
 from kubeswarm_runtime.tasks import DeadLetter, TaskRecord, TaskState
 
 from tests.integration.runtime_helpers import (
@@ -29,17 +30,22 @@ async def _running_on(client: SwarmClient, task_id: str, replica: str) -> bool:
     return record is not None and record.state is TaskState.RUNNING and record.agent == replica
 
 
+async def _kill_9_while_running(client: SwarmClient, config: RuntimeConfig, task_input: object, logs: Path) -> TaskRecord:
+    """Run ``config`` as a process, give it a task, and SIGKILL it while the task runs."""
+    process = runtime_process(config, logs)
+    try:
+        task = await client.tasks.create(config.capabilities[0], task_input)
+        await wait_for(lambda: _running_on(client, task.id, config.replica_id), what="task running in the process")
+        process.kill()
+    finally:
+        process.stop()
+    return task
+
+
 async def test_task_redelivered_after_kill_9_mid_task(nats_server: NatsServer, tmp_path: Path) -> None:
     prefix = unique_prefix()
-    doomed = agent_config(nats_server.url, prefix, "w", ["slow"])
     async with swarm_client(nats_server.url, prefix) as client:
-        process = runtime_process(doomed, tmp_path)
-        try:
-            task = await client.tasks.create("slow", {"sleep": 1.0})
-            await wait_for(lambda: _running_on(client, task.id, doomed.replica_id), what="task running in the process")
-            process.kill()
-        finally:
-            process.stop()
+        task = await _kill_9_while_running(client, agent_config(nats_server.url, prefix, "w", ["slow"]), {"sleep": 1.0}, tmp_path)
         survivor = agent_config(nats_server.url, prefix, "w", ["slow"])
         async with running(survivor):
             record = await client.tasks.wait(task.id, 30)
@@ -54,13 +60,7 @@ async def test_crash_on_last_delivery_is_dead_lettered(nats_server: NatsServer, 
         dlq = await client.conn.js.subscribe(client.names.dlq("hang"), stream=client.names.dlq_stream)
         # One delivery allowed: the runner is killed during it, so the server gives up on the task.
         crashing = agent_config(nats_server.url, prefix, "w", ["hang"], streams={"max_deliver": 1})
-        process = runtime_process(crashing, tmp_path)
-        try:
-            task = await client.tasks.create("hang", {"sleep": 60})
-            await wait_for(lambda: _running_on(client, task.id, crashing.replica_id), what="task running")
-            process.kill()
-        finally:
-            process.stop()
+        task = await _kill_9_while_running(client, crashing, {"sleep": 60}, tmp_path)
         async with running(agent_config(nats_server.url, prefix, "w", ["hang"], streams={"max_deliver": 1})):
             letter = DeadLetter.model_validate_json((await dlq.next_msg(timeout=20)).data)
             assert letter.task.id == task.id

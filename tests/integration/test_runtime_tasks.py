@@ -127,3 +127,13 @@ async def test_results_published_on_result_subject(nats_server: NatsServer) -> N
         assert payload["result"]["echo"] == "hello"
         listed = await client.tasks.list(capability="r")
         assert [t.id for t in listed] == ["fixed-id"]
+
+
+async def test_long_task_kept_alive_past_ack_wait(nats_server: NatsServer) -> None:
+    prefix = unique_prefix()
+    config = agent_config(nats_server.url, prefix, "w", ["long"], streams={"ack_wait_seconds": 0.6})
+    async with running(config), swarm_client(nats_server.url, prefix) as client:
+        task = await client.tasks.create("long", {"sleep": 2.0})
+        record = await client.tasks.wait(task.id, 20)
+        assert record.state is TaskState.SUCCEEDED
+        assert record.attempts == 1  # "in progress" kept the delivery: never redelivered
