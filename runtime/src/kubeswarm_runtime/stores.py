@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from nats.js import api
 from nats.js.kv import KeyValue
@@ -19,33 +20,19 @@ class SwarmStores:
 
 
 def stream_configs(names: SwarmNames, streams: StreamsConfig) -> list[api.StreamConfig]:
+    def stream(name: str, subject: str, retention: api.RetentionPolicy, **limits: Any) -> api.StreamConfig:
+        return api.StreamConfig(
+            name=name, subjects=[subject], retention=retention, num_replicas=streams.replicas,
+            storage=api.StorageType.FILE, **limits,
+        )
+
     max_age = streams.max_age_seconds or None
+    dedup = streams.duplicate_window_seconds
     return [
-        api.StreamConfig(
-            name=names.tasks_stream,
-            subjects=[names.all_tasks],
-            retention=api.RetentionPolicy.WORK_QUEUE,
-            duplicate_window=streams.duplicate_window_seconds,
-            num_replicas=streams.replicas,
-            storage=api.StorageType.FILE,
-        ),
-        api.StreamConfig(
-            name=names.discoveries_stream,
-            subjects=[names.all_discoveries],
-            retention=api.RetentionPolicy.LIMITS,
-            max_age=max_age,
-            num_replicas=streams.replicas,
-            storage=api.StorageType.FILE,
-        ),
-        api.StreamConfig(
-            name=names.dlq_stream,
-            subjects=[names.all_dlq],
-            retention=api.RetentionPolicy.LIMITS,
-            max_age=max_age,
-            duplicate_window=streams.duplicate_window_seconds,
-            num_replicas=streams.replicas,
-            storage=api.StorageType.FILE,
-        ),
+        # Tasks never expire: they leave the work queue when acknowledged (or dead-lettered).
+        stream(names.tasks_stream, names.all_tasks, api.RetentionPolicy.WORK_QUEUE, duplicate_window=dedup),
+        stream(names.discoveries_stream, names.all_discoveries, api.RetentionPolicy.LIMITS, max_age=max_age),
+        stream(names.dlq_stream, names.all_dlq, api.RetentionPolicy.LIMITS, max_age=max_age, duplicate_window=dedup),
     ]
 
 
