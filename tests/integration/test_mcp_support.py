@@ -112,7 +112,7 @@ async def sse_events(response: aiohttp.ClientResponse) -> AsyncIterator[dict[str
     async for raw in response.content:
         line = raw.decode().rstrip("\r\n")
         if not line:
-            if event:
+            if "data" in event:  # as browsers do: an event without data is not dispatched
                 yield event
             event = {}
         elif not line.startswith(":"):

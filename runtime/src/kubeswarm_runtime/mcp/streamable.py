@@ -115,15 +115,12 @@ class StreamableHttp:
         """The caller's live session (404 when unknown or expired) after checking the version header (400)."""
         header_version = request.headers.get(VERSION_HEADER)
         if header_version is not None and header_version not in HANDSHAKE_VERSIONS:
-            raise web.HTTPBadRequest(
-                body=encode(error_reply(None, unsupported_version(header_version))), content_type="application/json"
-            )
+            unsupported = error_reply(None, unsupported_version(header_version))
+            raise web.HTTPBadRequest(text=encode(unsupported).decode(), content_type="application/json")
         record = await self.state.session(session_id)
         if record is None or record.transport != "streamable" or record.caller != (caller.subject or ""):
-            raise web.HTTPNotFound(
-                body=encode(error_reply(None, RpcError(INVALID_REQUEST, "Session not found: it ended or expired; initialize again"))),
-                content_type="application/json",
-            )
+            gone = RpcError(INVALID_REQUEST, "Session not found: it ended or expired; initialize again")
+            raise web.HTTPNotFound(text=encode(error_reply(None, gone)).decode(), content_type="application/json")
         return record
 
     async def _in_session(self, request: web.Request, caller: Caller, session_id: str, message: RpcMessage) -> web.StreamResponse:
