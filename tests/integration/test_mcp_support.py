@@ -50,7 +50,7 @@ class Agent:
 
 
 @asynccontextmanager
-async def mcp_agent(nats_url: str, prefix: str | None = None, **mcp: Any) -> AsyncIterator[Agent]:
+async def mcp_agent(nats_url: str, *, prefix: str | None = None, **mcp: Any) -> AsyncIterator[Agent]:
     """One agent (capabilities echo, gated) serving the MCP surface on a free port; rate limit off unless given."""
     config = agent_config(
         nats_url, prefix or unique_prefix(), "agent", ["echo", "gated"],
