@@ -47,6 +47,10 @@ def purge(url: str, stream: str) -> None:
     jetstream(url, query)
 
 
+def streams_ready(namespace: Namespace, swarm: str) -> None:
+    until(lambda: ((namespace.get("swarm", swarm) or {}).get("status") or {}).get("streams"), 60, f"swarm {swarm}'s streams")
+
+
 def replicas(namespace: Namespace, name: str) -> int:
     body = namespace.get("agent", name)
     assert body is not None
@@ -63,6 +67,7 @@ def test_backlog_scales_up_then_down_after_the_delay(
 ) -> None:
     namespace.apply(swarm_manifest("queue", nats_server.url, prefix))
     namespace.apply(autoscaled("worker", "queue", "crunch"))
+    streams_ready(namespace, "queue")
     until(lambda: (condition(namespace.get("agent", "worker"), "Scaling") or {}).get("reason") == "BacklogMatched", 60,
           "the autoscaler to see an empty queue")
     assert replicas(namespace, "worker") == 1
@@ -100,6 +105,7 @@ def test_hpa_on_the_agent_takes_over(operator: Operator, namespace: Namespace, n
         }
     )
     namespace.apply(autoscaled("worker", "queue", "crunch"))
+    streams_ready(namespace, "queue")
     publish_tasks(nats_server.url, f"{prefix}.tasks.crunch", 9)
 
     def handed_off() -> dict[str, Any] | None:
