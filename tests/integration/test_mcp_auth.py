@@ -35,7 +35,7 @@ def bearer(token: str) -> dict[str, str]:
 
 
 async def test_jwt_auth(nats_server: NatsServer) -> None:
-    settings = {"auth": "jwt", "jwt_key": SWARM_KEY, "audience": "kubeswarm", "required_scopes": ["swarm:use"]}
+    settings: dict[str, Any] = {"auth": "jwt", "jwt_key": SWARM_KEY, "audience": "kubeswarm", "required_scopes": ["swarm:use"]}
     async with mcp_agent(nats_server.url, **settings) as agent, aiohttp.ClientSession() as http:
         body, headers = modern_call("tools/list")
         async with http.post(agent.mcp, json=body, headers=headers) as response:
@@ -109,7 +109,7 @@ async def test_oidc_auth(nats_server: NatsServer) -> None:
             payload = {"iss": issuer_url, "aud": "agent-api", "sub": "carol", "exp": int(time.time()) + 300, "scope": "mcp", **claims}
             return jwt.encode(payload, signer, "RS256", headers={"kid": kid})
 
-        settings = {"auth": "oidc", "issuer": issuer_url, "audience": "agent-api", "required_scopes": ["mcp"]}
+        settings: dict[str, Any] = {"auth": "oidc", "issuer": issuer_url, "audience": "agent-api", "required_scopes": ["mcp"]}
         async with mcp_agent(nats_server.url, **settings) as agent, aiohttp.ClientSession() as http:
             body, headers = modern_call("tools/list")
             async with http.post(agent.mcp, json=body, headers={**headers, **bearer(token())}) as response:
