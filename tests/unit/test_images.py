@@ -1,0 +1,188 @@
+"""The images, as far as this machine can tell without a container engine.
+
+Proven here: the Dockerfile parses and has the shape we promise (pinned base, non-root,
+final stages that only copy a venv in), the image locks are what images/lock.sh makes and
+pin the versions the tests ran, and the venvs images/install.sh builds (the script every
+Dockerfile stage runs) start the runtime and the operator.  Not proven: that a container
+engine builds the Dockerfile and that the base image tag exists in the registry.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+from dockerfile_parse import DockerfileParser
+from kubeswarm_operator.children import RUNTIME_COMMAND, RUNTIME_USER
+
+from tests.e2e.conftest import until
+from tests.testbed.nats import NatsServer
+from tests.testbed.procs import free_port
+from tests.unit.test_chart import one, render
+
+REPO = Path(__file__).resolve().parents[2]
+IMAGES = REPO / "images"
+TARGETS = ("runtime", "operator")
+# Packages only the operator may carry.
+OPERATOR_ONLY = {"kopf", "kubernetes-asyncio", "kubernetes"}
+
+
+def stages() -> dict[str, list[dict[str, str]]]:
+    """Instructions of each stage, by stage name."""
+    parser = DockerfileParser(path=str(REPO / "Dockerfile"))
+    result: dict[str, list[dict[str, str]]] = {}
+    current = ""
+    for instruction in parser.structure:
+        if instruction["instruction"] == "FROM":
+            current = instruction["value"].split(" AS ")[-1].strip() if " AS " in instruction["value"] else instruction["value"]
+            result[current] = []
+        result.setdefault(current, []).append(instruction)
+    return result
+
+
+def normalized(name: str) -> str:
+    """A distribution name as package indexes compare them (PEP 503)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def pins(lock: Path) -> dict[str, str]:
+    return {normalized(m.group(1)): m.group(2) for m in re.finditer(r"^([A-Za-z0-9_.-]+)==(\S+)", lock.read_text(), re.M)}
+
+
+@pytest.mark.unit
+def test_base_image_is_pinned_and_shared() -> None:
+    parser = DockerfileParser(path=str(REPO / "Dockerfile"))
+    args = dict(i["value"].split("=", 1) for i in parser.structure if i["instruction"] == "ARG")
+    base = args["PYTHON_IMAGE"]
+    assert re.fullmatch(r"python:3\.11\.\d+-slim-[a-z]+(@sha256:[a-f0-9]{64})?", base), base
+    froms = {name: instructions[0]["value"].split()[0] for name, instructions in stages().items()}
+    assert froms["build"] == froms["base"] == "${PYTHON_IMAGE}"
+    assert froms["runtime"] == froms["operator"] == "base"
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("target", TARGETS)
+def test_final_stage_only_copies_the_venv_in(target: str) -> None:
+    final = stages()[target]
+    assert not [i for i in final if i["instruction"] == "RUN"], "a final stage must not build anything"
+    copies = [i["value"] for i in final if i["instruction"] == "COPY"]
+    assert copies == [f"--from={target}-venv /opt/kubeswarm /opt/kubeswarm"]
+    # The venv was made by the script the tests below run.
+    assert [i["value"] for i in stages()[f"{target}-venv"] if i["instruction"] == "RUN"] == [f"images/install.sh {target} /opt/kubeswarm"]
+
+
+@pytest.mark.unit
+def test_images_run_as_the_user_the_pods_expect(tmp_path: Path) -> None:
+    base = stages()["base"]
+    assert [i["value"] for i in base if i["instruction"] == "USER"] == [f"{RUNTIME_USER}:{RUNTIME_USER}"]
+    assert any("pip uninstall" in i["value"] for i in base if i["instruction"] == "RUN")
+    deployment = one(render({}, tmp_path), "Deployment")
+    assert deployment["spec"]["template"]["spec"]["securityContext"]["runAsUser"] == RUNTIME_USER
+
+
+@pytest.mark.unit
+def test_entrypoints_are_what_the_pods_run(tmp_path: Path) -> None:
+    entrypoints = {target: next(i["value"] for i in stages()[target] if i["instruction"] == "ENTRYPOINT") for target in TARGETS}
+    chart_command = one(render({}, tmp_path), "Deployment")["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert entrypoints["operator"] == str(chart_command).replace("'", '"')
+    assert entrypoints["runtime"] == str(RUNTIME_COMMAND).replace("'", '"')
+
+
+@pytest.mark.unit
+def test_image_locks_pin_what_the_tests_ran() -> None:
+    tested = pins(REPO / "requirements.lock")
+    for target in TARGETS:
+        locked = pins(IMAGES / f"requirements-{target}.lock")
+        assert locked
+        drifted = {name: (version, tested.get(name)) for name, version in locked.items() if tested.get(name) != version}
+        assert not drifted, f"{target}: {drifted} differ from requirements.lock: run `make images-lock`"
+    runtime = set(pins(IMAGES / "requirements-runtime.lock"))
+    assert not runtime & OPERATOR_ONLY
+    assert OPERATOR_ONLY - {"kubernetes"} <= set(pins(IMAGES / "requirements-operator.lock"))
+
+
+@pytest.mark.unit
+def test_image_locks_are_what_lock_sh_makes(tmp_path: Path) -> None:
+    subprocess.run([str(IMAGES / "lock.sh"), str(tmp_path)], check=True, capture_output=True, timeout=300)
+    for lock in sorted(IMAGES.glob("requirements-*.lock")):
+        assert (tmp_path / lock.name).read_text() == lock.read_text(), f"{lock.name} is stale: run `make images-lock`"
+
+
+# -- the venvs the images run
+
+
+@pytest.fixture(scope="module")
+def venvs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("images")
+    built = {}
+    for target in TARGETS:
+        venv = root / target
+        # The interpreter the image's python would be: a plain CPython 3.11, not this test venv.
+        env = {**os.environ, "PYTHON": os.path.realpath(sys.executable)}
+        proc = subprocess.run([str(IMAGES / "install.sh"), target, str(venv)], env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr + proc.stdout
+        built[target] = venv
+    return built
+
+
+def installed(venv: Path) -> set[str]:
+    out = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", "import importlib.metadata as m; print('\\n'.join(d.metadata['Name'] for d in m.distributions()))"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    return {normalized(name) for name in out.split()}
+
+
+@pytest.mark.integration
+def test_image_venvs_hold_exactly_their_lock(venvs: dict[str, Path]) -> None:
+    for target, venv in venvs.items():
+        ours = {"kubeswarm-runtime"} | ({"kubeswarm-operator"} if target == "operator" else set())
+        assert installed(venv) == set(pins(IMAGES / f"requirements-{target}.lock")) | ours
+        assert not installed(venv) & {"pip", "setuptools", "hatchling"}
+
+
+@pytest.mark.integration
+def test_operator_image_entrypoint_starts(venvs: dict[str, Path]) -> None:
+    proc = subprocess.run(
+        [str(venvs["operator"] / "bin" / "python"), "-m", "kubeswarm_operator", "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0 and "--namespace" in proc.stdout, proc.stderr
+
+
+@pytest.mark.integration
+def test_runtime_image_entrypoint_serves_an_agent(venvs: dict[str, Path], nats_server: NatsServer, tmp_path: Path) -> None:
+    """The runtime venv alone (no kopf, no Kubernetes client) runs an agent that gets ready on a real NATS."""
+    probe_port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBESWARM_")} | {
+        "KUBESWARM_AGENT": "image-check",
+        "KUBESWARM_SUBJECT_PREFIX": "ks.images.check",
+        "KUBESWARM_CAPABILITIES": "echo",
+        "KUBESWARM_NATS__URL": nats_server.url,
+        "KUBESWARM_MCP__PORT": str(probe_port),
+        "KUBESWARM_METRICS_PORT": str(free_port()),
+    }
+    log = tmp_path / "runtime.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [str(venvs["runtime"] / "bin" / "python"), "-m", "kubeswarm_runtime"], env=env, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path
+        )
+    try:
+
+        def ready() -> bool:
+            assert process.poll() is None, f"the runtime exited with {process.returncode}:\n{log.read_text()[-3000:]}"
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{probe_port}/readyz", timeout=2) as response:
+                    return bool(response.status == 200)
+            except OSError:
+                return False
+
+        until(ready, 60, f"the runtime's /readyz (log: {log})")
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    assert process.returncode == 0, log.read_text()[-3000:]
