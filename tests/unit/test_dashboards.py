@@ -151,7 +151,8 @@ def test_every_series_the_dashboards_read_is_exported_with_those_labels(name: st
         known = [exported[m] for m in checked if m in exported]
         for metric, matchers in SELECTOR.findall(expr):
             if metric in exported:
-                problems += [f"{title}: {metric} has no label {label}" for label in MATCHER.findall(matchers) if label not in exported[metric]]
+                missing = [label for label in MATCHER.findall(matchers) if label not in exported[metric]]
+                problems += [f"{title}: {metric} has no label {label}" for label in missing]
         grouped = {label.strip() for group in GROUPING.findall(expr) for label in group.split(",") if label.strip()}
         wanted = (grouped | set(LEGEND.findall(legend)) | label_values_label(expr)) - PROMQL_FUNCTIONS_AND_KEYWORDS
         for labels in known:

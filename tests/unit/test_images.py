@@ -17,7 +17,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from dockerfile_parse import DockerfileParser
+from dockerfile_parse import DockerfileParser  # type: ignore[import-untyped]  # no stubs in the lock
 from kubeswarm_operator.children import RUNTIME_COMMAND, RUNTIME_USER
 
 from tests.e2e.conftest import until
@@ -131,10 +131,8 @@ def venvs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def installed(venv: Path) -> set[str]:
-    out = subprocess.run(
-        [str(venv / "bin" / "python"), "-c", "import importlib.metadata as m; print('\\n'.join(d.metadata['Name'] for d in m.distributions()))"],
-        capture_output=True, text=True, check=True,
-    ).stdout
+    script = "import importlib.metadata as m; print('\\n'.join(d.metadata['Name'] for d in m.distributions()))"
+    out = subprocess.run([str(venv / "bin" / "python"), "-c", script], capture_output=True, text=True, check=True).stdout
     return {normalized(name) for name in out.split()}
 
 
@@ -168,9 +166,8 @@ def test_runtime_image_entrypoint_serves_an_agent(venvs: dict[str, Path], nats_s
     }
     log = tmp_path / "runtime.log"
     with log.open("wb") as out:
-        process = subprocess.Popen(
-            [str(venvs["runtime"] / "bin" / "python"), "-m", "kubeswarm_runtime"], env=env, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path
-        )
+        argv = [str(venvs["runtime"] / "bin" / "python"), "-m", "kubeswarm_runtime"]
+        process = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
     try:
 
         def ready() -> bool:
