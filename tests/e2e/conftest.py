@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import sysconfig
 import time
 import urllib.request
 import uuid
@@ -18,7 +19,7 @@ from typing import Any, TypeVar
 import pytest
 
 from tests.testbed.cluster import KubeAccess
-from tests.testbed.procs import free_port
+from tests.testbed.procs import ManagedProcess, free_port, port_accepts
 
 REPO = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
@@ -101,10 +102,41 @@ OPERATOR_ENV = {
 }
 
 
+@dataclass(frozen=True)
+class MotoServer:
+    """moto in server mode: AWS Secrets Manager on loopback."""
+
+    url: str
+
+    @property
+    def client_env(self) -> dict[str, str]:
+        """What a boto3 client (the operator's, a test's) needs: dummy credentials; the endpoint is passed explicitly."""
+        return {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "eu-west-1"}
+
+    @property
+    def operator_env(self) -> dict[str, str]:
+        # Rotation is picked up within seconds in tests (300 s by default).
+        return {**self.client_env, "KUBESWARM_AWS_ENDPOINT_URL": self.url, "KUBESWARM_AWS_REFRESH_SECONDS": "3"}
+
+
 @pytest.fixture(scope="session")
-def operator(cluster: KubeAccess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
+def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
+    port = free_port()
+    process = ManagedProcess(
+        "moto", [sysconfig.get_path("scripts") + "/moto_server", "-H", "127.0.0.1", "-p", str(port)],
+        tmp_path_factory.mktemp("moto") / "moto.log", [port],
+    )
+    process.start()
+    process.wait_until(lambda: port_accepts(port), 60, "accepting connections")
+    yield MotoServer(f"http://127.0.0.1:{port}")
+    process.stop()
+
+
+@pytest.fixture(scope="session")
+def operator(cluster: KubeAccess, moto_server: MotoServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
     install_crds(cluster)
-    op = Operator(cluster.kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log", env=OPERATOR_ENV).start()
+    env = {**OPERATOR_ENV, **moto_server.operator_env}
+    op = Operator(cluster.kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log", env=env).start()
     yield op
     op.stop()
 
