@@ -1,0 +1,100 @@
+"""API keys from AWS Secrets Manager (moto in server mode): sync, rotation rolls the pods, errors by code, no value leaks."""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import uuid
+from typing import Any
+
+import boto3
+import pytest
+from kubeswarm_runtime.render import MODEL_API_KEY_ENV
+
+from tests.e2e.conftest import MotoServer, Namespace, Operator, until
+from tests.e2e.test_operator_swarm import condition
+
+pytestmark = pytest.mark.e2e
+
+REGION = "eu-west-1"
+CONFIG_HASH = "kubeswarm.io/config-hash"
+
+
+@pytest.fixture
+def secretsmanager(moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch) -> Any:
+    for key, value in moto_server.client_env.items():
+        monkeypatch.setenv(key, value)
+    return boto3.client("secretsmanager", region_name=REGION, endpoint_url=moto_server.url)
+
+
+def aws_agent(name: str, secret_id: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "kubeswarm.io/v1alpha1",
+        "kind": "Agent",
+        "metadata": {"name": name},
+        "spec": {
+            "model": {
+                "provider": "anthropic",
+                "name": "claude-sonnet-4-5",
+                "awsSecretsManager": {"secretId": secret_id, "region": REGION, "key": "apiKey"},
+            }
+        },
+    }
+
+
+def synced_value(namespace: Namespace, agent: str) -> str | None:
+    secret = namespace.get("secret", f"{agent}-aws-api-key")
+    encoded = (secret or {}).get("data", {}).get("api-key")
+    return base64.b64decode(encoded).decode() if encoded else None
+
+
+def pod_config_hash(namespace: Namespace, agent: str) -> str | None:
+    deployment = namespace.get("deployment", agent) or {}
+    return deployment.get("spec", {}).get("template", {}).get("metadata", {}).get("annotations", {}).get(CONFIG_HASH)
+
+
+def test_sync_rotation_failure_and_no_leaks(operator: Operator, namespace: Namespace, secretsmanager: Any) -> None:
+    secret_id = f"e2e/{uuid.uuid4().hex[:8]}/anthropic"
+    first, second = f"sk-first-{secrets.token_hex(12)}", f"sk-second-{secrets.token_hex(12)}"
+    secretsmanager.create_secret(Name=secret_id, SecretString=json.dumps({"apiKey": first}))
+
+    namespace.apply(aws_agent("writer", secret_id))
+    until(lambda: synced_value(namespace, "writer") == first, 60, "the AWS value synced into the Agent's Secret")
+    secret = namespace.get("secret", "writer-aws-api-key")
+    assert secret is not None
+    assert [ref["kind"] for ref in secret["metadata"]["ownerReferences"]] == ["Agent"]
+    body = until(lambda: (b := namespace.get("agent", "writer")) and condition(b, "SecretsReady") and b, 60, "SecretsReady")
+    assert condition(body, "SecretsReady")["reason"] == "SyncedFromAws"  # type: ignore[index]
+
+    deployment = until(lambda: namespace.get("deployment", "writer"), 60, "the Deployment")
+    env = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {"name": MODEL_API_KEY_ENV, "valueFrom": {"secretKeyRef": {"name": "writer-aws-api-key", "key": "api-key"}}} in env
+    before = until(lambda: pod_config_hash(namespace, "writer"), 30, "the pods' config hash")
+
+    # Rotation in AWS: the timer picks it up, the Secret changes, the pods roll.
+    secretsmanager.put_secret_value(SecretId=secret_id, SecretString=json.dumps({"apiKey": second}))
+    until(lambda: synced_value(namespace, "writer") == second, 60, "the rotated value synced")
+    until(lambda: pod_config_hash(namespace, "writer") not in (None, before), 60, "the pods to roll on rotation")
+
+    # A secret that does not exist: a condition with AWS's error code.
+    namespace.apply(aws_agent("orphan", f"e2e/{uuid.uuid4().hex[:8]}/missing"))
+
+    def failed() -> dict[str, Any] | None:
+        cond = condition(namespace.get("agent", "orphan"), "SecretsReady")
+        return cond if cond and cond["status"] == "False" else None
+
+    cond = until(failed, 60, "SecretsReady=False for the missing AWS secret")
+    assert cond["reason"] == "ResourceNotFoundException"
+
+    # The values never show outside Secrets: operator log, events, statuses, ConfigMaps.
+    places = {
+        "operator log": operator.log.read_text(errors="replace"),
+        "events": namespace.kubectl("get", "events", "-o", "json").stdout,
+        "agent statuses": namespace.kubectl("get", "agents", "-o", "jsonpath={.items[*].status}").stdout,
+        "configmaps": namespace.kubectl("get", "configmaps", "-o", "json").stdout,
+        "describe": namespace.kubectl("describe", "agents").stdout,
+    }
+    for value in (first, second):
+        for place, text in places.items():
+            assert value not in text, f"a secret value leaked into the {place}"
