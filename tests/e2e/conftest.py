@@ -99,6 +99,8 @@ OPERATOR_ENV = {
     "KUBESWARM_NATS_URL": "nats://nats.kubeswarm-system.svc:4222",
     "KUBESWARM_RUNTIME_IMAGE": "kubeswarm/runtime:e2e",
     "KUBESWARM_RESYNC_SECONDS": "10",
+    # Swarm status and route acceptance are re-read on this period: short, so tests see them change.
+    "KUBESWARM_SWARM_RESYNC_SECONDS": "3",
 }
 
 
