@@ -13,7 +13,7 @@ export UV_CACHE_DIR ?= $(HOME)/.cache/kubeswarm/uv
 PYTEST_ARGS ?=
 
 .PHONY: help venv lock test test-unit test-integration test-e2e test-kind lint testbed testbed-regenerate \
-        cluster-up cluster-down crds run-operator bench demo
+        cluster-up cluster-down crds run-operator bench demo up
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -73,5 +73,44 @@ run-operator: venv ## install the CRDs into the current KUBECONFIG's cluster and
 	$(BIN)/kubectl apply --server-side --force-conflicts -f crds/
 	$(BIN)/python -m kubeswarm_operator $(OPERATOR_ARGS)
 
+demo: venv ## local mode end to end: an example swarm on an embedded NATS answers tasks and shares a discovery
+	$(BIN)/kubeswarm demo examples/swarm.yaml
+
+up: venv ## local mode: run the example swarm until Ctrl-C, printing each agent's MCP endpoint
+	$(BIN)/kubeswarm up examples/swarm.yaml
+
 bench: testbed ## run every benchmark in bench/ (each prints its ratios against a baseline run beside it)
 	@set -e; for script in bench/bench_*.py; do echo "== $$script"; $(BIN)/python $$script; done
+
+# -- packaging: images, chart, dashboards (no container engine needed except for `images`)
+
+IMAGE_TAG ?= $(shell sed -n 's/^appVersion: "\(.*\)"/\1/p' charts/kubeswarm/Chart.yaml)
+IMAGE_REPO ?= kubeswarm
+CONTAINER_ENGINE ?= $(shell command -v docker || command -v podman)
+HELM = $(shell $(BIN)/python -c 'from tests.testbed import build; print(build.build(next(c for c in build.COMPONENTS if c.name == "helm")) / "helm")')
+
+.PHONY: images images-lock dashboards chart chart-lint
+
+images: ## build the runtime and operator images (needs docker or podman)
+	@test -n "$(CONTAINER_ENGINE)" || { echo "make images needs docker or podman; without one, 'make test-images' checks what it can" >&2; exit 1; }
+	$(CONTAINER_ENGINE) build --target runtime -t $(IMAGE_REPO)/runtime:$(IMAGE_TAG) .
+	$(CONTAINER_ENGINE) build --target operator -t $(IMAGE_REPO)/operator:$(IMAGE_TAG) .
+
+images-lock: | $(UV) ## recompile images/requirements-*.lock (the versions requirements.lock pins)
+	UV=$(UV) images/lock.sh
+
+test-images: venv ## the image checks that need no container engine (locks, Dockerfile, venvs, entrypoints)
+	$(BIN)/pytest tests/unit/test_images.py $(PYTEST_ARGS)
+
+dashboards: venv ## rebuild charts/kubeswarm/dashboards/*.json from dashboards/build.py
+	$(BIN)/python -m dashboards.build
+
+chart: venv testbed dashboards ## copy crds/ into the chart and package it into dist/
+	rm -f charts/kubeswarm/files/crds/*.yaml
+	cp crds/*.yaml charts/kubeswarm/files/crds/
+	mkdir -p dist
+	$(HELM) package charts/kubeswarm --destination dist
+
+chart-lint: venv testbed ## helm lint --strict and the chart's unit tests (schemas, RBAC, NATS config)
+	$(HELM) lint --strict charts/kubeswarm
+	$(BIN)/pytest tests/unit/test_chart.py tests/unit/test_dashboards.py $(PYTEST_ARGS)
