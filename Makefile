@@ -89,7 +89,7 @@ IMAGE_REPO ?= kubeswarm
 CONTAINER_ENGINE ?= $(shell command -v docker || command -v podman)
 HELM = $(shell $(BIN)/python -c 'from tests.testbed import build; print(build.build(next(c for c in build.COMPONENTS if c.name == "helm")) / "helm")')
 
-.PHONY: images images-lock dashboards chart chart-lint
+.PHONY: images images-lock test-images dashboards chart chart-lint
 
 images: ## build the runtime and operator images (needs docker or podman)
 	@test -n "$(CONTAINER_ENGINE)" || { echo "make images needs docker or podman; without one, 'make test-images' checks what it can" >&2; exit 1; }

@@ -337,3 +337,27 @@ def test_helm_test_hook_checks_the_operator_and_nats(rendered: dict[str, list[Ma
         f"http://ks-kubeswarm-nats.{NAMESPACE}.svc:8222/healthz?js-enabled-only=true",
     ]
     assert one(rendered["external-nats"], "Job")["spec"]["template"]["spec"]["containers"][0]["args"][1:] == urls[:1]
+
+
+# -- the development loop
+
+
+def test_skaffold_builds_the_dockerfile_targets_and_deploys_dev_values(tmp_path: Path) -> None:
+    skaffold = yaml.safe_load((REPO / "skaffold.yaml").read_text())
+    targets = {a["image"]: a["docker"]["target"] for a in skaffold["build"]["artifacts"]}
+    assert targets == {"kubeswarm/runtime": "runtime", "kubeswarm/operator": "operator"}
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert all(f" AS {target}\n" in dockerfile for target in targets.values())
+    (chart_release,) = skaffold["deploy"]["helm"]["releases"]
+    assert REPO / chart_release["chartPath"] == CHART
+    # What skaffold would pass, with the template fields filled in as skaffold does.
+    values = yaml.safe_load((REPO / chart_release["valuesFiles"][0]).read_text())
+    built = {"operator": "dev-operator:abc123", "runtime": "dev-runtime:abc123"}
+    for key, template in chart_release["setValueTemplates"].items():
+        part, field = key.split(".")[0], key.split(".")[-1]
+        assert template.startswith("{{.IMAGE_") and part in built
+        values.setdefault(part, {}).setdefault("image", {})[field] = built[part].split(":")[0 if field == "repository" else 1]
+    docs = render(values, tmp_path)
+    assert one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["image"] == built["operator"]
+    assert operator_env(docs)["KUBESWARM_RUNTIME_IMAGE"] == built["runtime"]
+    assert one(docs, "StatefulSet")["spec"]["replicas"] == 1
