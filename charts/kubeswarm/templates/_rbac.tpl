@@ -9,6 +9,7 @@ What the operator does, verb by verb (kubeswarm_operator.handlers and .kube):
   a change to one an Agent references rolls its pods.
 - HorizontalPodAutoscalers: read only, so the operator never fights a user's HPA.
 - Events (events.k8s.io): created on Agents for every notable transition.
+- HTTPRoutes (Gateway API): a Swarm gateway or an Agent's route where a Gateway serves MCP.
 */}}
 {{- define "kubeswarm.operatorRules" -}}
 - apiGroups: [kubeswarm.io]
@@ -28,6 +29,9 @@ What the operator does, verb by verb (kubeswarm_operator.handlers and .kube):
   verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [networking.k8s.io]
   resources: [networkpolicies, ingresses]
+  verbs: [get, list, watch, create, patch, delete]
+- apiGroups: [gateway.networking.k8s.io]
+  resources: [httproutes]
   verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [autoscaling]
   resources: [horizontalpodautoscalers]
