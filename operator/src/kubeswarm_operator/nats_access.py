@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,30 +88,38 @@ class NatsPool:
     def __init__(self, connect_timeout: float) -> None:
         self.connect_timeout = connect_timeout
         self._connections: dict[NatsTarget, CredentialedConnection] = {}
-        self._lock = asyncio.Lock()
+        self._locks: dict[NatsTarget, asyncio.Lock] = {}
+        # A target that just failed fails again at once for a while: many Swarms and Agents may share it,
+        # and each would otherwise wait out the connect timeout.
+        self._failed: dict[NatsTarget, tuple[NatsUnavailable, float]] = {}
 
     async def get(self, target: NatsTarget) -> NatsConnection:
         """A connected connection to ``target``, or NatsUnavailable."""
-        async with self._lock:
+        async with self._locks.setdefault(target, asyncio.Lock()):
             conn = self._connections.get(target)
             if conn is not None and not conn.nc.is_closed:
                 if conn.connected:
                     return conn
                 # Known but reconnecting: say so rather than wait on it.
                 raise NatsUnavailable(f"connection to NATS at {target.url} lost; reconnecting")
+            failed = self._failed.get(target)
+            if failed is not None and time.monotonic() < failed[1]:
+                raise failed[0]
             conn = CredentialedConnection(target, self.connect_timeout)
             try:
                 # The runtime's connect retries forever (right for a pod); the operator gives up and reports.
                 await asyncio.wait_for(conn.connect(), timeout=self.connect_timeout * 2)
             except TimeoutError:
                 await conn.close()
-                raise NatsUnavailable(f"no NATS server answered at {target.url} within {self.connect_timeout * 2:.0f}s") from None
+                error = NatsUnavailable(f"no NATS server answered at {target.url} within {self.connect_timeout * 2:.0f}s")
+                self._failed[target] = (error, time.monotonic() + self.connect_timeout * 2)
+                raise error from None
+            self._failed.pop(target, None)
             self._connections[target] = conn
             return conn
 
     async def close(self) -> None:
-        async with self._lock:
-            for conn in self._connections.values():
-                with contextlib.suppress(Exception):
-                    await conn.close()
-            self._connections.clear()
+        for conn in self._connections.values():
+            with contextlib.suppress(Exception):
+                await conn.close()
+        self._connections.clear()

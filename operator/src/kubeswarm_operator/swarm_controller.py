@@ -108,10 +108,10 @@ class SwarmController:
         """Converge; raises NatsUnavailable (after writing the status) when NATS cannot be reached."""
         key = (swarm.metadata.namespace, swarm.metadata.name)
         async with self._locks.setdefault(key, asyncio.Lock()):
-            actions, invalid = await self._converge_members(swarm, world)
-            members = joined(swarm, valid_agents(world.agents))
-            nats = await self._converge_streams(swarm, members)
+            actions, members, invalid = await self._converge_members(swarm, world)
+            # NATS last: an unreachable server (slow to give up on) must not hold up the rest.
             gateway = await self._converge_gateway(swarm, members)
+            nats = await self._converge_streams(swarm, members)
             actions += [*nats.actions, *gateway.actions]
             observed = SwarmObserved(
                 nats=nats.condition, streams=nats.streams, invalid=invalid, ingress=gateway.condition, endpoint=gateway.endpoint
@@ -130,8 +130,12 @@ class SwarmController:
 
     # -- internals
 
-    async def _converge_members(self, swarm: Swarm, world: World) -> tuple[list[str], Mapping[str, str]]:
-        """Apply the listed members, delete the unlisted ones; returns what was done and the invalid member specs."""
+    async def _converge_members(self, swarm: Swarm, world: World) -> tuple[list[str], list[Agent], Mapping[str, str]]:
+        """Apply the listed members, delete the unlisted ones.
+
+        Returns what was done, every member (listed ones as applied, even before
+        the watch shows them, and those that joined) and the invalid member specs.
+        """
         namespace = swarm.metadata.namespace
         wanted = build_members(swarm)
         actions = []
@@ -145,7 +149,10 @@ class SwarmController:
         for name in stale_members(swarm, in_namespace):
             await self.kube.delete(AGENT, namespace, name)
             actions.append(f"deleted Agent {name} (no longer in spec.agents)")
-        return actions, wanted.invalid
+        members = {a.metadata.name: a for a in joined(swarm, valid_agents(world.agents))}
+        for name, manifest in wanted.manifests.items():
+            members.setdefault(name, Agent.model_validate(manifest))
+        return actions, sorted(members.values(), key=lambda a: a.metadata.name), wanted.invalid
 
     async def _converge_streams(self, swarm: Swarm, members: Sequence[Agent]) -> NatsOutcome:
         names = jetstream.SwarmStoreNames(swarm.subject_prefix)

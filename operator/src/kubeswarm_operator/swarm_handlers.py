@@ -14,11 +14,12 @@ from collections.abc import Mapping
 from typing import Any
 
 import kopf
+from kubernetes_asyncio.client.exceptions import ApiException
 from kubeswarm_runtime.resources import Agent, Swarm
 
 from .agent_loops import AgentLoops
 from .handlers import AGENTS, SWARMS, world
-from .kube import Kube
+from .kube import Kube, namespace_terminating
 from .nats_access import NatsPool, NatsUnavailable
 from .reconciler import AgentReconciler, one
 from .settings import OperatorSettings
@@ -61,6 +62,9 @@ class SwarmQueue:
             await self.controller.reconcile(Swarm.model_validate(body), world(self.kwargs))
         except NatsUnavailable as error:
             log.info("Swarm %s/%s: %s (the change handler retries)", *key, error)
+        except ApiException as error:
+            if not namespace_terminating(error):
+                log.exception("reconciling Swarm %s/%s failed", *key)
         except Exception:
             log.exception("reconciling Swarm %s/%s failed", *key)
 
