@@ -9,6 +9,11 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
+from kubeswarm_runtime.app import build_app
+from kubeswarm_runtime.config import RuntimeConfig
+from kubeswarm_runtime.mcp import serve_mcp
+from kubeswarm_runtime.runtime import AgentRuntime
 
 from tests.integration.runtime_helpers import wait_for
 from tests.integration.test_mcp_support import (
@@ -23,6 +28,7 @@ from tests.integration.test_mcp_support import (
     sse_events,
 )
 from tests.testbed.nats import NatsServer
+from tests.testbed.procs import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -296,3 +302,29 @@ async def test_slow_request_body_times_out(nats_server: NatsServer) -> None:
         status_line = await asyncio.wait_for(reader.readline(), 20)
         assert b" 408 " in status_line
         writer.close()
+
+
+async def test_before_the_swarm_connects_stateless_calls_work_and_sessions_wait() -> None:
+    runtime = AgentRuntime(RuntimeConfig(agent="early", replica_id="early-1"))  # never started: no NATS
+    app = build_app(runtime)
+    serve_mcp(app)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            url = f"http://127.0.0.1:{port}/mcp"
+            body, headers = modern_call("tools/list")
+            status, reply = await post(http, url, body, headers)
+            assert status == 200 and len(reply["result"]["tools"]) == 11
+            body, headers = modern_call("tools/call", {"name": "list_agents", "arguments": {}})
+            status, reply = await post(http, url, body, headers)
+            assert status == 200 and reply["result"]["isError"]
+            params = {"protocolVersion": LEGACY, "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}
+            status, _ = await post(http, url, rpc("initialize", params))
+            assert status == 503
+            async with http.get(f"http://127.0.0.1:{port}/sse") as response:
+                assert response.status == 503 and response.headers["Retry-After"] == "1"
+    finally:
+        await runner.cleanup()

@@ -17,14 +17,18 @@ import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import aiohttp
-import jwt
 from aiohttp import web
 
 from ..config import McpConfig
+
+if TYPE_CHECKING:
+    # PyJWT (and the cryptography it loads, ~9 MiB) is imported only when a token is checked:
+    # an agent with auth "none" never loads it.
+    import jwt
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +97,8 @@ class JwksKeys:
         self._http: aiohttp.ClientSession | None = None
 
     async def key(self, kid: str | None) -> jwt.PyJWK:
+        import jwt
+
         if (found := self._pick(kid)) is not None:
             return found
         async with self._lock:
@@ -109,6 +115,8 @@ class JwksKeys:
         return self._keys.get(kid)
 
     async def _fetch(self) -> None:
+        import jwt
+
         self._fetched_at = time.monotonic()
         if self._http is None:
             self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
@@ -144,6 +152,8 @@ class Authenticator:
     async def authenticate(self, request: web.Request) -> Caller:
         if self.config.auth == "none":
             return Caller(key=f"peer:{request.remote}")
+        import jwt
+
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
@@ -171,6 +181,8 @@ class Authenticator:
         return Caller(key=f"sub:{subject}", subject=subject, scopes=frozenset(scopes))
 
     async def _verify(self, token: str, request: web.Request) -> dict[str, Any]:
+        import jwt
+
         cfg = self.config
         options = {"require": ["exp"], "verify_aud": cfg.audience is not None or cfg.auth == "oidc"}
         if cfg.auth == "jwt":

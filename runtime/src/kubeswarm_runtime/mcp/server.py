@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import nats
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from ..app import RUNTIME
 from .discovery_stream import DiscoveryStream
@@ -11,8 +13,8 @@ from .http import json_response
 from .legacy import LegacySse
 from .protocol import McpServer
 from .rpc import JsonRpc
-from .security import WELL_KNOWN_RESOURCE, Guard, StreamSlots
-from .state import LegacyRouter, McpState
+from .security import WELL_KNOWN_RESOURCE, Guard, StreamSlots, problem
+from .state import LegacyRouter, McpState, SwarmUnavailable
 from .streamable import StreamableHttp
 from .tools import ToolRegistry
 
@@ -50,3 +52,13 @@ def serve_mcp(app: web.Application) -> None:
         await guard.auth.close()
 
     app.on_shutdown.append(stop)
+    app.middlewares.append(swarm_unavailable)
+
+
+@web.middleware
+async def swarm_unavailable(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """No NATS (not yet connected, or down): 503, so clients and load balancers retry elsewhere or later."""
+    try:
+        return await handler(request)
+    except (SwarmUnavailable, nats.errors.Error) as exc:
+        raise problem(web.HTTPServiceUnavailable, "swarm_unavailable", str(exc) or type(exc).__name__, {"Retry-After": "1"}) from None

@@ -31,6 +31,10 @@ _EVENT_ID = re.compile(r"^(?P<stream>[0-9a-f]{16})-(?P<n>\d{1,9})$")
 FOLLOW_POLL_SECONDS = 1.0
 
 
+class SwarmUnavailable(Exception):
+    """The runtime is not connected to the swarm (yet): shared state cannot be read or written."""
+
+
 class SessionRecord(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -73,6 +77,8 @@ class McpState:
         self._lock = asyncio.Lock()
 
     async def sessions(self) -> KeyValue:
+        if not self.runtime.started:
+            raise SwarmUnavailable("this agent is not connected to the swarm yet")
         if self._sessions is None:
             async with self._lock:
                 if self._sessions is None:
