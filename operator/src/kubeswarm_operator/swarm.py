@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubeswarm_runtime.resources import API_VERSION, Agent, Condition, Phase, Swarm, SwarmMember, SwarmStatus
+from pydantic import ValidationError
 
 from .children import INGRESS, MANAGED_BY, MANAGED_BY_LABEL, SPEC_HASH_ANNOTATION, SWARM_LABEL, Kind, digest
 from .ingress import HTTP_ROUTE, gateway_ingress_body, gateway_name, gateway_route_body, gateway_route_name
@@ -79,8 +80,10 @@ def build_members(swarm: Swarm) -> Members:
     for member in swarm.spec.agents:
         try:
             manifests[member.name] = build_member(swarm, member)
-        except ValueError as error:
-            invalid[member.name] = str(error).splitlines()[0] if str(error) else type(error).__name__
+        except ValidationError as error:
+            invalid[member.name] = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or 'spec'}: {e['msg']}" for e in error.errors(include_url=False)
+            )
     return Members(manifests, invalid)
 
 

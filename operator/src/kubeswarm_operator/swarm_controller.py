@@ -71,6 +71,10 @@ def valid_agents(bodies: Mapping[Any, Any]) -> list[Agent]:
     return agents
 
 
+def deleting(swarm: Swarm) -> bool:
+    return bool((swarm.metadata.model_extra or {}).get("deletionTimestamp"))
+
+
 @dataclass(frozen=True)
 class NatsOutcome:
     condition: Condition
@@ -108,6 +112,8 @@ class SwarmController:
         """Converge; raises NatsUnavailable (after writing the status) when NATS cannot be reached."""
         key = (swarm.metadata.namespace, swarm.metadata.name)
         async with self._locks.setdefault(key, asyncio.Lock()):
+            if deleting(swarm):
+                return  # the finalizer removes its streams; provisioning now would bring them back
             actions, members, invalid = await self._converge_members(swarm, world)
             # NATS last: an unreachable server (slow to give up on) must not hold up the rest.
             gateway = await self._converge_gateway(swarm, members)
@@ -121,8 +127,10 @@ class SwarmController:
             raise nats.error
 
     async def remove_streams(self, swarm: Swarm) -> list[str]:
-        conn = await self.pool.get(await self.target(swarm))
-        return await jetstream.remove(conn, jetstream.SwarmStoreNames(swarm.subject_prefix))
+        # After any reconcile under way, which may still be creating them.
+        async with self._locks.setdefault((swarm.metadata.namespace, swarm.metadata.name), asyncio.Lock()):
+            conn = await self.pool.get(await self.target(swarm))
+            return await jetstream.remove(conn, jetstream.SwarmStoreNames(swarm.subject_prefix))
 
     def forget(self, namespace: str, name: str) -> None:
         self._locks.pop((namespace, name), None)

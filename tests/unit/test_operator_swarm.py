@@ -1,0 +1,148 @@
+"""A Swarm's members, streams, status and NATS target, without a cluster or NATS."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kubeswarm_operator import jetstream
+from kubeswarm_operator.jetstream import SwarmStoreNames, consumer_differs, desired_consumers, desired_streams, stream_differs
+from kubeswarm_operator.settings import OperatorSettings
+from kubeswarm_operator.status import condition
+from kubeswarm_operator.swarm import (
+    SwarmObserved,
+    build_member,
+    build_members,
+    capabilities,
+    compute_swarm_status,
+    joined,
+    stale_members,
+)
+from kubeswarm_operator.swarm_controller import nats_target
+from kubeswarm_runtime.names import SwarmNames
+from kubeswarm_runtime.resources import Agent, StreamsSpec, Swarm
+from kubeswarm_runtime.stores import stream_configs
+from nats.js import api
+
+NOW = "2026-01-01T00:00:00Z"
+
+
+def swarm(**spec: Any) -> Swarm:
+    return Swarm.model_validate(
+        {"metadata": {"name": "team", "namespace": "ns", "uid": "swarm-uid", "generation": 2}, "spec": spec}
+    )
+
+
+def agent(name: str, swarm_name: str = "team", ready: bool = False, **spec: Any) -> Agent:
+    status = {"conditions": [{"type": "Ready", "status": "True" if ready else "False", "reason": "x"}]}
+    return Agent.model_validate(
+        {"metadata": {"name": name, "namespace": "ns"}, "spec": {"swarm": swarm_name, **spec}, "status": status}
+    )
+
+
+def test_member_is_defaults_then_template_then_replicas_owned_by_the_swarm() -> None:
+    team = swarm(
+        defaults={"capabilities": ["research"], "model": {"maxTokens": 500}},
+        agents=[{"name": "alpha", "replicas": 3, "template": {"role": "lead", "model": {"provider": "echo"}}}],
+    )
+    member = build_member(team, team.spec.agents[0])
+    assert member["metadata"]["name"] == "alpha"
+    assert member["metadata"]["namespace"] == "ns"
+    assert member["metadata"]["ownerReferences"][0] | {} == {
+        "apiVersion": "kubeswarm.io/v1alpha1", "kind": "Swarm", "name": "team", "uid": "swarm-uid",
+        "controller": True, "blockOwnerDeletion": True,
+    }
+    assert member["spec"] == {
+        "swarm": "team", "replicas": 3, "role": "lead", "capabilities": ["research"],
+        "model": {"maxTokens": 500, "provider": "echo"},
+    }
+    assert build_member(team, team.spec.agents[0]) == member  # same input, same manifest: re-running writes nothing
+
+
+def test_an_autoscaled_member_leaves_replicas_to_the_autoscaler() -> None:
+    team = swarm(agents=[{"name": "alpha", "replicas": 2, "template": {"autoscaling": {"enabled": True}}}])
+    assert "replicas" not in build_member(team, team.spec.agents[0])["spec"]
+
+
+def test_invalid_member_specs_are_reported_not_built() -> None:
+    team = swarm(agents=[{"name": "ok"}, {"name": "bad", "template": {"model": {"provider": "anthropic"}}}])
+    members = build_members(team)
+    assert list(members.manifests) == ["ok"]
+    assert "anthropic" in members.invalid["bad"]
+
+
+def test_stale_members_are_only_those_the_swarm_controls() -> None:
+    team = swarm(agents=[{"name": "alpha"}])
+    owned = {"kind": "Swarm", "uid": "swarm-uid", "controller": True}
+    bodies = [
+        {"metadata": {"name": "alpha", "ownerReferences": [owned]}},
+        {"metadata": {"name": "beta", "ownerReferences": [owned]}},
+        {"metadata": {"name": "gamma"}},  # joined by spec.swarm, not created by the Swarm
+        {"metadata": {"name": "delta", "ownerReferences": [{**owned, "uid": "other"}]}},
+    ]
+    assert stale_members(team, bodies) == ["beta"]
+
+
+def test_members_are_the_agents_naming_the_swarm_in_its_namespace() -> None:
+    other_ns = Agent.model_validate({"metadata": {"name": "far", "namespace": "elsewhere"}, "spec": {"swarm": "team"}})
+    found = joined(swarm(), [agent("b"), agent("a", capabilities=["x", "y"]), agent("c", swarm_name="other"), other_ns])
+    assert [a.metadata.name for a in found] == ["a", "b"]
+    assert capabilities([*found, agent("d", capabilities=["y", "z"])]) == ["x", "y", "z"]
+
+
+def test_status_aggregates_members_nats_and_streams() -> None:
+    team = swarm()
+    nats_ok = condition("NatsReady", True, "StreamsProvisioned", "3 streams")
+    members = [agent("a", ready=True), agent("b")]
+    status = compute_swarm_status(team, members, SwarmObserved(nats_ok, {"S_TASKS": 4}, {}), NOW)
+    assert (status.phase, status.agents, status.ready_agents, status.streams) == ("Degraded", 2, 1, {"S_TASKS": 4})
+    assert {c.type: c.reason for c in status.conditions} == {"Ready": "AgentsNotReady", "NatsReady": "StreamsProvisioned"}
+    assert all(c.observed_generation == 2 and c.last_transition_time == NOW for c in status.conditions)
+
+    all_ready = compute_swarm_status(team, [agent("a", ready=True)], SwarmObserved(nats_ok, {}, {}), NOW)
+    assert all_ready.phase == "Running"
+
+
+def test_nats_outage_keeps_the_last_stream_counts_and_degrades() -> None:
+    team = swarm().model_copy(update={"status": compute_swarm_status(
+        swarm(), [agent("a", ready=True)], SwarmObserved(condition("NatsReady", True, "x", ""), {"S_TASKS": 9}, {}), NOW
+    )})
+    down = condition("NatsReady", False, "Unreachable", "no NATS server answered")
+    status = compute_swarm_status(team, [agent("a", ready=True)], SwarmObserved(down, None, {}), "2026-01-02T00:00:00Z")
+    assert status.streams == {"S_TASKS": 9}
+    assert status.phase == "Degraded"
+    ready = {c.type: c for c in status.conditions}["Ready"]
+    assert (ready.status, ready.reason, ready.last_transition_time) == ("False", "NatsNotReady", "2026-01-02T00:00:00Z")
+
+
+def test_streams_carry_the_swarm_limits_over_the_runtime_names() -> None:
+    names = SwarmStoreNames("ks.ns.team")
+    spec = StreamsSpec(replicas=3, max_age_seconds=60, max_bytes=1 << 20, discoveries_retention="interest", max_deliver=7)
+    streams = {s.name: s for s in desired_streams(names, spec)}
+    assert set(streams) == {s.name for s in stream_configs(SwarmNames("ks.ns.team"), jetstream.runtime_streams(spec))}
+    assert streams[names.discoveries_stream].retention == api.RetentionPolicy.INTEREST
+    assert streams[names.tasks_stream].retention == api.RetentionPolicy.WORK_QUEUE
+    assert all(s.num_replicas == 3 and s.max_bytes == 1 << 20 for s in streams.values())
+    # JetStream refuses a dedup window longer than the stream keeps messages.
+    assert streams[names.dlq_stream].duplicate_window == 60
+    consumers = desired_consumers(names, ["b", "a", "a"], spec)
+    assert [c.durable_name for c in consumers] == ["a-high", "a", "a-low", "b-high", "b", "b-low"]
+    assert {c.max_deliver for c in consumers} == {7}
+
+
+def test_only_what_the_swarm_controls_makes_an_update() -> None:
+    want = desired_streams(SwarmStoreNames("p"), StreamsSpec())[0]
+    assert not stream_differs(want, want)
+    assert stream_differs(want, desired_streams(SwarmStoreNames("p"), StreamsSpec(replicas=3))[0])
+    consumer = desired_consumers(SwarmStoreNames("p"), ["a"], StreamsSpec())[0]
+    assert not consumer_differs(consumer, consumer)
+    assert consumer_differs(consumer, desired_consumers(SwarmStoreNames("p"), ["a"], StreamsSpec(max_deliver=9))[0])
+
+
+def test_nats_target_prefers_the_swarm_credentials_and_keeps_secrets_out_of_repr() -> None:
+    settings = OperatorSettings(nats_url="nats://default:4222", nats_user="op", nats_password="op-pass")  # type: ignore[arg-type]
+    own = nats_target(swarm(nats={"url": "nats://team:4222"}), settings, None)
+    assert (own.url, own.user, own.password) == ("nats://team:4222", "op", "op-pass")
+    creds = nats_target(swarm(nats={"clusterRef": {"name": "nats", "namespace": "infra"}}), settings, "CREDS-TEXT")
+    assert (creds.url, creds.creds, creds.user, creds.password) == ("nats://nats.infra.svc:4222", "CREDS-TEXT", None, None)
+    assert "CREDS-TEXT" not in repr(creds) and "op-pass" not in repr(own)
+    assert nats_target(None, settings, None).url == "nats://default:4222"
