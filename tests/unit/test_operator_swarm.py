@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from kubeswarm_operator import jetstream
-from kubeswarm_operator.jetstream import SwarmStoreNames, consumer_differs, desired_consumers, desired_streams, stream_differs
+from kubeswarm_operator.jetstream import consumer_differs, desired_consumers, desired_streams, stream_differs
 from kubeswarm_operator.settings import OperatorSettings
 from kubeswarm_operator.status import condition
 from kubeswarm_operator.swarm import (
@@ -115,7 +115,7 @@ def test_nats_outage_keeps_the_last_stream_counts_and_degrades() -> None:
 
 
 def test_streams_carry_the_swarm_limits_over_the_runtime_names() -> None:
-    names = SwarmStoreNames("ks.ns.team")
+    names = SwarmNames("ks.ns.team")
     spec = StreamsSpec(replicas=3, max_age_seconds=60, max_bytes=1 << 20, discoveries_retention="interest", max_deliver=7)
     streams = {s.name: s for s in desired_streams(names, spec)}
     assert set(streams) == {s.name for s in stream_configs(SwarmNames("ks.ns.team"), jetstream.runtime_streams(spec))}
@@ -130,12 +130,12 @@ def test_streams_carry_the_swarm_limits_over_the_runtime_names() -> None:
 
 
 def test_only_what_the_swarm_controls_makes_an_update() -> None:
-    want = desired_streams(SwarmStoreNames("p"), StreamsSpec())[0]
+    want = desired_streams(SwarmNames("p"), StreamsSpec())[0]
     assert not stream_differs(want, want)
-    assert stream_differs(want, desired_streams(SwarmStoreNames("p"), StreamsSpec(replicas=3))[0])
-    consumer = desired_consumers(SwarmStoreNames("p"), ["a"], StreamsSpec())[0]
+    assert stream_differs(want, desired_streams(SwarmNames("p"), StreamsSpec(replicas=3))[0])
+    consumer = desired_consumers(SwarmNames("p"), ["a"], StreamsSpec())[0]
     assert not consumer_differs(consumer, consumer)
-    assert consumer_differs(consumer, desired_consumers(SwarmStoreNames("p"), ["a"], StreamsSpec(max_deliver=9))[0])
+    assert consumer_differs(consumer, desired_consumers(SwarmNames("p"), ["a"], StreamsSpec(max_deliver=9))[0])
 
 
 def test_nats_target_prefers_the_swarm_credentials_and_keeps_secrets_out_of_repr() -> None:

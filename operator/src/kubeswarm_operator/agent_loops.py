@@ -39,22 +39,11 @@ from .reconciler import World, one
 from .signals import AgentSignals
 from .status import condition
 from .swarm import AGENT
-from .swarm_controller import SwarmController
+from .swarm_controller import SwarmController, valid_agents
 
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]
-
-
-def agents_of(world: World) -> list[Agent]:
-    out = []
-    for values in world.agents.values():
-        for body in values:
-            try:
-                out.append(Agent.model_validate(body))
-            except ValueError:
-                continue
-    return out
 
 
 def regarding(agent: Agent) -> dict[str, Any]:
@@ -99,7 +88,7 @@ class AgentLoops:
     async def _each(self, step: Callable[[Agent], Awaitable[None]]) -> None:
         if self.world is None:
             return
-        agents = agents_of(self.world)
+        agents = valid_agents(self.world.agents)
         results = await asyncio.gather(*(self._locked(agent, step) for agent in agents), return_exceptions=True)
         for agent, result in zip(agents, results, strict=True):
             if isinstance(result, Exception):

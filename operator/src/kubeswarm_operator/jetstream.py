@@ -25,19 +25,6 @@ KV_STREAM = "KV_{bucket}"
 SERVER_DEFAULT_DUPLICATE_WINDOW = 120.0
 
 
-@dataclass(frozen=True)
-class SwarmStoreNames(SwarmNames):
-    """The runtime's names plus its MCP stores' (named as the runtime's MCP layer names them)."""
-
-    @property
-    def mcp_sessions_bucket(self) -> str:
-        return f"{self.base}_mcp_sessions"
-
-    @property
-    def mcp_events_stream(self) -> str:
-        return f"{self.base}_MCP_EVENTS"
-
-
 def runtime_streams(spec: StreamsSpec) -> StreamsConfig:
     """The Swarm's stream settings in the runtime's terms (ack wait, backoff: the runtime's defaults)."""
     return StreamsConfig(replicas=spec.replicas, max_age_seconds=spec.max_age_seconds, max_deliver=spec.max_deliver)
@@ -59,7 +46,7 @@ def dedup_window(window: float, max_age: float | None) -> float:
     return min(window, max_age) if max_age else window
 
 
-def desired_buckets(names: SwarmStoreNames, spec: StreamsSpec) -> list[api.KeyValueConfig]:
+def desired_buckets(names: SwarmNames, spec: StreamsSpec) -> list[api.KeyValueConfig]:
     """Registry, task state and MCP sessions.
 
     The registry and task buckets are created by the runtime's own setup
@@ -116,7 +103,7 @@ class Provisioned:
     actions: tuple[str, ...]
 
 
-async def provision(conn: NatsConnection, names: SwarmStoreNames, spec: StreamsSpec, capabilities: Iterable[str]) -> Provisioned:
+async def provision(conn: NatsConnection, names: SwarmNames, spec: StreamsSpec, capabilities: Iterable[str]) -> Provisioned:
     """Create or update the swarm's streams, buckets and task consumers; delete consumers no member needs."""
     js = conn.js
     actions: list[str] = []
@@ -179,7 +166,7 @@ async def _converge_consumers(conn: NatsConnection, names: SwarmNames, wanted: l
     return actions
 
 
-async def remove(conn: NatsConnection, names: SwarmStoreNames) -> list[str]:
+async def remove(conn: NatsConnection, names: SwarmNames) -> list[str]:
     """Delete every stream and bucket of the swarm (the Swarm is being deleted)."""
     removed = []
     streams = [config.name for config in stream_configs(names, StreamsConfig())] + [names.mcp_events_stream]

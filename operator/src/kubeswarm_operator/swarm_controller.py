@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import nats.errors
+from kubeswarm_runtime.names import SwarmNames
 from kubeswarm_runtime.resources import API_VERSION, Agent, Condition, Swarm
 from nats.js.errors import Error as JetStreamError
 
@@ -130,7 +131,7 @@ class SwarmController:
         # After any reconcile under way, which may still be creating them.
         async with self._locks.setdefault((swarm.metadata.namespace, swarm.metadata.name), asyncio.Lock()):
             conn = await self.pool.get(await self.target(swarm))
-            return await jetstream.remove(conn, jetstream.SwarmStoreNames(swarm.subject_prefix))
+            return await jetstream.remove(conn, SwarmNames(swarm.subject_prefix))
 
     def forget(self, namespace: str, name: str) -> None:
         self._locks.pop((namespace, name), None)
@@ -163,7 +164,7 @@ class SwarmController:
         return actions, sorted(members.values(), key=lambda a: a.metadata.name), wanted.invalid
 
     async def _converge_streams(self, swarm: Swarm, members: Sequence[Agent]) -> NatsOutcome:
-        names = jetstream.SwarmStoreNames(swarm.subject_prefix)
+        names = SwarmNames(swarm.subject_prefix)
         try:
             target = await self.target(swarm)
             conn = await self.pool.get(target)
