@@ -108,15 +108,13 @@ def child_labels(agent: Agent) -> dict[str, str]:
     }
 
 
+def controller_reference(kind: str, name: str, uid: str | None) -> Manifest:
+    """An ownerReference to a kubeswarm object (Agent or Swarm) that controls the child."""
+    return {"apiVersion": API_VERSION, "kind": kind, "name": name, "uid": uid, "controller": True, "blockOwnerDeletion": True}
+
+
 def owner_reference(agent: Agent) -> Manifest:
-    return {
-        "apiVersion": API_VERSION,
-        "kind": "Agent",
-        "name": agent.metadata.name,
-        "uid": agent.metadata.uid,
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
+    return controller_reference("Agent", agent.metadata.name, agent.metadata.uid)
 
 
 def manifest(agent: Agent, kind: Kind, body: Manifest, *, annotations: Mapping[str, str] | None = None) -> Manifest:

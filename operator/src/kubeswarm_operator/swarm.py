@@ -14,7 +14,7 @@ from typing import Any
 from kubeswarm_runtime.resources import API_VERSION, Agent, Condition, Phase, Swarm, SwarmMember, SwarmStatus
 from pydantic import ValidationError
 
-from .children import INGRESS, MANAGED_BY, MANAGED_BY_LABEL, SPEC_HASH_ANNOTATION, SWARM_LABEL, Kind, digest
+from .children import INGRESS, MANAGED_BY, MANAGED_BY_LABEL, SPEC_HASH_ANNOTATION, SWARM_LABEL, Kind, controller_reference, digest
 from .ingress import HTTP_ROUTE, gateway_ingress_body, gateway_name, gateway_route_body, gateway_route_name
 from .status import condition, stamp
 
@@ -25,14 +25,7 @@ SWARM = Kind(API_VERSION, "Swarm", "swarms")
 
 
 def owner_reference(swarm: Swarm) -> Manifest:
-    return {
-        "apiVersion": API_VERSION,
-        "kind": "Swarm",
-        "name": swarm.metadata.name,
-        "uid": swarm.metadata.uid,
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
+    return controller_reference("Swarm", swarm.metadata.name, swarm.metadata.uid)
 
 
 def swarm_labels(swarm: Swarm) -> dict[str, str]:
