@@ -10,6 +10,10 @@ from typing import Any
 
 import nats
 import pytest
+from kubeswarm_operator.jetstream import provision
+from kubeswarm_operator.nats_access import NatsPool, NatsTarget
+from kubeswarm_runtime.names import SwarmNames
+from kubeswarm_runtime.resources import StreamsSpec
 from nats.js.errors import NotFoundError
 
 from tests.e2e.conftest import Namespace, Operator, until
@@ -60,6 +64,18 @@ def consumer_names(url: str, stream: str) -> set[str]:
         return {info.name for info in await js.consumers_info(stream)}
 
     return set(jetstream(url, query))
+
+
+def provision_again(url: str, prefix: str, streams: dict[str, Any], capabilities: list[str]) -> tuple[str, ...]:
+    async def run() -> tuple[str, ...]:
+        conn = await NatsPool(connect_timeout=3).get(NatsTarget(url))
+        try:
+            done = await provision(conn, SwarmNames(prefix), StreamsSpec.model_validate(streams), capabilities)
+        finally:
+            await conn.close()
+        return done.actions
+
+    return asyncio.run(run())
 
 
 def condition(body: dict[str, Any] | None, type_: str) -> dict[str, Any] | None:
@@ -118,6 +134,8 @@ def test_swarm_members_streams_status_and_finalizer(
     # One durable consumer per capability and priority, for owned and joined members alike.
     wanted = {f"{cap}{suffix}" for cap in ("research", "code", "review") for suffix in ("", "-high", "-low")}
     until(lambda: consumer_names(nats_server.url, f"{base}_TASKS") == wanted, 30, "task consumers of every capability")
+    # Level-based: provisioning the same spec again finds everything in place and writes nothing.
+    assert provision_again(nats_server.url, prefix, swarm["spec"]["streams"], ["research", "code", "review"]) == ()
 
     # The spec changes: a member leaves, the streams keep messages for less time.
     swarm["spec"]["agents"] = swarm["spec"]["agents"][:1]
