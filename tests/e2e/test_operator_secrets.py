@@ -51,7 +51,8 @@ def synced_value(namespace: Namespace, agent: str) -> str | None:
 
 def pod_config_hash(namespace: Namespace, agent: str) -> str | None:
     deployment = namespace.get("deployment", agent) or {}
-    return deployment.get("spec", {}).get("template", {}).get("metadata", {}).get("annotations", {}).get(CONFIG_HASH)
+    value = deployment.get("spec", {}).get("template", {}).get("metadata", {}).get("annotations", {}).get(CONFIG_HASH)
+    return str(value) if value is not None else None
 
 
 def test_sync_rotation_failure_and_no_leaks(operator: Operator, namespace: Namespace, secretsmanager: Any) -> None:

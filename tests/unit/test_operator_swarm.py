@@ -72,8 +72,8 @@ def test_invalid_member_specs_are_reported_not_built() -> None:
 
 def test_stale_members_are_only_those_the_swarm_controls() -> None:
     team = swarm(agents=[{"name": "alpha"}])
-    owned = {"kind": "Swarm", "uid": "swarm-uid", "controller": True}
-    bodies = [
+    owned: dict[str, Any] = {"kind": "Swarm", "uid": "swarm-uid", "controller": True}
+    bodies: list[dict[str, Any]] = [
         {"metadata": {"name": "alpha", "ownerReferences": [owned]}},
         {"metadata": {"name": "beta", "ownerReferences": [owned]}},
         {"metadata": {"name": "gamma"}},  # joined by spec.swarm, not created by the Swarm
@@ -139,7 +139,7 @@ def test_only_what_the_swarm_controls_makes_an_update() -> None:
 
 
 def test_nats_target_prefers_the_swarm_credentials_and_keeps_secrets_out_of_repr() -> None:
-    settings = OperatorSettings(nats_url="nats://default:4222", nats_user="op", nats_password="op-pass")  # type: ignore[arg-type]
+    settings = OperatorSettings(nats_url="nats://default:4222", nats_user="op", nats_password="op-pass")
     own = nats_target(swarm(nats={"url": "nats://team:4222"}), settings, None)
     assert (own.url, own.user, own.password) == ("nats://team:4222", "op", "op-pass")
     creds = nats_target(swarm(nats={"clusterRef": {"name": "nats", "namespace": "infra"}}), settings, "CREDS-TEXT")
