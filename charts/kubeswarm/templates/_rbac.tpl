@@ -7,6 +7,7 @@ What the operator does, verb by verb (kubeswarm_operator.handlers and .kube):
   server-side (patch), created (generated Secrets, never overwritten) and deleted (an
   Ingress or PodDisruptionBudget no longer wanted). Secrets and ConfigMaps are watched whole:
   a change to one an Agent references rolls its pods.
+- Agents' scale subresource: the backlog autoscaler sets replicas through it, as an HPA does.
 - HorizontalPodAutoscalers: read only, so the operator never fights a user's HPA.
 - Events (events.k8s.io): created on Agents for every notable transition.
 - HTTPRoutes (Gateway API): a Swarm gateway or an Agent's route where a Gateway serves MCP.
@@ -17,6 +18,9 @@ What the operator does, verb by verb (kubeswarm_operator.handlers and .kube):
   verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [kubeswarm.io]
   resources: [agents/status, swarms/status]
+  verbs: [get, patch]
+- apiGroups: [kubeswarm.io]
+  resources: [agents/scale]
   verbs: [get, patch]
 - apiGroups: [""]
   resources: [configmaps, secrets, services]
