@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from typing import Any
@@ -12,6 +11,7 @@ import nats
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from .codec import decode_json, encode_json
 from .connection import NatsConnection
 from .handlers.base import TaskContext, TaskHandler
 from .metrics import RuntimeMetrics
@@ -89,6 +89,10 @@ class CapabilityService:
         self.breakers: dict[str, CircuitBreaker] = {}
         self._subs: list[Subscription] = []
         self._semaphore: asyncio.Semaphore | None = None
+        # Metric children looked up once (labels() takes a lock and a lookup on every call).
+        self._requests_out = metrics.messages.labels("out", "capability_request")
+        self._requests_in = metrics.messages.labels("in", "capability_request")
+        self._breaker_shown: dict[str, str] = {}
 
     def breaker(self, capability: str) -> CircuitBreaker:
         if capability not in self.breakers:
@@ -100,9 +104,9 @@ class CapabilityService:
         breaker = self.breaker(capability)
         if not breaker.allow():
             raise CapabilityUnavailable(f"capability {capability!r} is failing; circuit open for up to {breaker.cooldown:.0f}s")
-        self.metrics.messages.labels("out", "capability_request").inc()
+        self._requests_out.inc()
         try:
-            reply = await self.conn.nc.request(self.names.capability(capability), json.dumps(payload).encode(), timeout=timeout_seconds)
+            reply = await self.conn.nc.request(self.names.capability(capability), encode_json(payload), timeout=timeout_seconds)
         except nats.errors.NoRespondersError:
             breaker.failed()
             self._breaker_gauge(capability)
@@ -111,7 +115,7 @@ class CapabilityService:
             breaker.failed()
             self._breaker_gauge(capability)
             raise CapabilityError(f"capability {capability!r} did not answer within {timeout_seconds}s") from None
-        answer = json.loads(reply.data)
+        answer = decode_json(reply.data)
         if not answer.get("ok"):
             breaker.failed()
             self._breaker_gauge(capability)
@@ -121,7 +125,10 @@ class CapabilityService:
         return answer.get("result")
 
     def _breaker_gauge(self, capability: str) -> None:
-        self.metrics.breaker_open.labels(capability).set(0 if self.breaker(capability).state == "closed" else 1)
+        state = self.breaker(capability).state
+        if self._breaker_shown.get(capability) != state:  # the gauge is set on changes only
+            self._breaker_shown[capability] = state
+            self.metrics.breaker_open.labels(capability).set(0 if state == "closed" else 1)
 
     async def serve(self, capabilities: list[str], handler: TaskHandler, concurrency: int) -> None:
         """Answer requests for ``capabilities`` (one queue group per capability: one replica answers each)."""
@@ -135,15 +142,15 @@ class CapabilityService:
 
     async def _answer(self, msg: Msg, capability: str, handler: TaskHandler) -> None:
         assert self._semaphore is not None
-        self.metrics.messages.labels("in", "capability_request").inc()
+        self._requests_in.inc()
         async with self._semaphore:
             try:
-                payload = json.loads(msg.data) if msg.data else None
+                payload = decode_json(msg.data) if msg.data else None
                 result = await handler.handle(TaskContext(msg.reply or "request", capability, payload, 1, self.agent))
                 answer: dict[str, Any] = {"ok": True, "result": result}
             except Exception as exc:
                 answer = {"ok": False, "error": str(exc) or type(exc).__name__}
-        await msg.respond(json.dumps(answer).encode())
+        await msg.respond(encode_json(answer))
 
     async def stop(self) -> None:
         for sub in self._subs:

@@ -30,6 +30,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFound
 from nats.js.kv import KeyValue
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from .codec import DecodeError, decode_json, encode_json
 from .config import RuntimeConfig
 from .connection import JS_API_TIMEOUT, NatsConnection, backoff_delay
 from .handlers.base import PermanentTaskError, TaskContext, TaskHandler
@@ -104,6 +105,25 @@ class TaskRecord(BaseModel):
             id=task.id, capability=task.capability, priority=task.priority, input=task.input,
             created_at=task.created_at, state=state, updated_at=time.time(), **fields,
         )
+
+
+def encode_record(
+    task: TaskMessage,
+    state: TaskState,
+    *,
+    attempts: int,
+    agent: str,
+    started_at: float,
+    result: Any = None,
+    error: str | None = None,
+    finished_at: float | None = None,
+) -> bytes:
+    """A worker's ``TaskRecord`` of ``task``, serialized without building the model (the hot path of every task)."""
+    return encode_json({
+        "id": task.id, "capability": task.capability, "priority": task.priority, "state": state, "attempts": attempts,
+        "input": task.input, "result": result, "error": error, "agent": agent, "created_at": task.created_at,
+        "updated_at": time.time(), "started_at": started_at, "finished_at": finished_at,
+    })
 
 
 class DeadLetter(BaseModel):
@@ -236,45 +256,149 @@ class _Puller:
         self.consumer = consumer
         self.next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
         self.inbox = conn.nc.new_inbox()
-        self.delivered: asyncio.Queue[Msg] = asyncio.Queue()
+        # Delivered and not yet returned by fetch(); a delivery arriving after its pull gave up waits here for the next.
+        self._delivered: list[Msg] = []
+        self._wanted = 0
+        self._pull_done: asyncio.Future[None] | None = None
 
     async def start(self) -> None:
-        async def deliver(msg: Msg) -> None:
-            self.delivered.put_nowait(msg)
+        await self.conn.nc.subscribe(self.inbox, cb=self._deliver)
 
-        await self.conn.nc.subscribe(self.inbox, cb=deliver)
+    async def _deliver(self, msg: Msg) -> None:
+        if msg.headers and msg.headers.get("Status"):
+            ended = True  # 404 no messages / 408: the pull is done
+        else:
+            self._delivered.append(msg)
+            ended = len(self._delivered) >= self._wanted
+        if ended and self._pull_done is not None and not self._pull_done.done():
+            self._pull_done.set_result(None)
 
     async def fetch(self, batch: int) -> list[Msg]:
+        self._wanted = batch
+        self._pull_done = asyncio.get_running_loop().create_future()
         await self.conn.nc.publish(self.next_subject, json.dumps({"batch": batch, "no_wait": True}).encode(), reply=self.inbox)
-        msgs: list[Msg] = []
         # One deadline for the whole pull (a timer per message would cost more than the message).
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(JS_API_TIMEOUT):
-                while len(msgs) < batch:
-                    msg = await self.delivered.get()
-                    if msg.headers and msg.headers.get("Status"):
-                        break  # 404 no messages / 408: the pull is done
-                    msgs.append(msg)
+                await self._pull_done
+        msgs, self._delivered = self._delivered, []
         return msgs
+
+
+class _Confirmations:
+    """JetStream's acknowledgements of one batch of publishes: which were stored, and when all have answered."""
+
+    __slots__ = ("answered", "left", "stored")
+
+    def __init__(self, size: int) -> None:
+        self.stored = [False] * size
+        self.left = size
+        self.answered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def record(self, index: int, stored: bool) -> None:
+        if not 0 <= index < len(self.stored):
+            return
+        self.stored[index] = stored
+        self.left -= 1
+        if self.left <= 0 and not self.answered.done():
+            self.answered.set_result(None)
+
+
+def _stored(reply: Msg) -> bool:
+    """Whether a JetStream publish acknowledgement says "stored" (not an error, nor a 503 "no stream")."""
+    if reply.headers:
+        return False
+    try:
+        ack = decode_json(reply.data)
+    except DecodeError:
+        return False
+    return isinstance(ack, dict) and "error" not in ack and "seq" in ack
+
+
+def _deliveries(msg: Msg) -> int:
+    """``msg.metadata.num_delivered``, read straight from the usual ack subject (building the metadata costs more)."""
+    assert msg.reply
+    # $JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<timestamp>.<pending>
+    tokens = msg.reply.split(".")
+    if len(tokens) == 9 and tokens[0] == "$JS" and tokens[1] == "ACK":
+        return int(tokens[4])
+    return msg.metadata.num_delivered  # the longer forms (domain, account hash)
+
+
+class _Watch:
+    """One timer per running task: first its late "running" state, then its timeout.
+
+    A quick task only ever costs the first timer (cancelled when it ends); ``asyncio.timeout``
+    plus a separate timer would cost several times more on every task.
+    """
+
+    __slots__ = ("expired", "handle", "runner", "state", "task", "worker")
+
+    def __init__(self, worker: TaskWorker, task: TaskMessage, state: Callable[..., bytes]) -> None:
+        self.worker = worker
+        self.task = task
+        self.state = state
+        self.expired = False
+        runner = asyncio.current_task()
+        assert runner is not None
+        self.runner = runner
+        timeout = worker.config.task_timeout_seconds
+        loop = asyncio.get_running_loop()
+        if timeout > RUNNING_STATE_DELAY_SECONDS:
+            self.handle = loop.call_later(RUNNING_STATE_DELAY_SECONDS, self._running)
+        else:
+            self.handle = loop.call_later(timeout, self._expire)
+
+    def _running(self) -> None:
+        # Advisory and late: a lost "running" write is overwritten by the outcome, so it is not confirmed.
+        self.worker._publish_running(self.task, self.state(TaskState.RUNNING))
+        remaining = self.worker.config.task_timeout_seconds - RUNNING_STATE_DELAY_SECONDS
+        self.handle = asyncio.get_running_loop().call_later(remaining, self._expire)
+
+    def _expire(self) -> None:
+        self.expired = True
+        self.runner.cancel()
+
+    def stop(self) -> None:
+        self.handle.cancel()
 
 
 class _SuccessCommitter:
     """Confirms the states of succeeded tasks in batches, then publishes their results and acks them.
 
     One wait for JetStream's confirmations per batch rather than per task: with short tasks
-    this wait is what bounds a replica's throughput.
+    this wait is what bounds a replica's throughput. The confirmations of a batch come back
+    on one subscription (``<inbox>.<batch>.<index>``) and fill one ``_Confirmations``: no future
+    nor parsed PubAck per task.
     """
 
     def __init__(self, worker: TaskWorker) -> None:
         self.worker = worker
-        self.pending: list[tuple[Msg, TaskRecord]] = []
+        self.pending: list[tuple[Msg, TaskMessage, bytes]] = []
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
         self._retrying: set[asyncio.Task[None]] = set()
+        self._inbox = ""
+        self._batches: dict[int, _Confirmations] = {}
+        self._batch_number = 0
 
-    def add(self, msg: Msg, record: TaskRecord) -> None:
-        self.pending.append((msg, record))
+    async def start(self) -> Subscription:
+        nc = self.worker.conn.nc
+        self._inbox = nc.new_inbox() + "."
+        return await nc.subscribe(self._inbox + ">", cb=self._on_confirmation)
+
+    async def _on_confirmation(self, reply: Msg) -> None:
+        number, _, index = reply.subject[len(self._inbox) :].partition(".")
+        try:
+            batch = self._batches.get(int(number))
+            if batch is not None:
+                batch.record(int(index), _stored(reply))
+        except ValueError:
+            pass  # not one of ours
+
+    def add(self, msg: Msg, task: TaskMessage, record: bytes) -> None:
+        self.pending.append((msg, task, record))
         self._idle.clear()
         self._wake.set()
 
@@ -292,41 +416,47 @@ class _SuccessCommitter:
         if self._retrying:
             await asyncio.gather(*self._retrying, return_exceptions=True)
 
-    async def _commit(self, batch: list[tuple[Msg, TaskRecord]]) -> None:
+    async def _commit(self, batch: list[tuple[Msg, TaskMessage, bytes]]) -> None:
+        if not batch:
+            return
         worker = self.worker
-        encoded = [record.model_dump_json().encode() for _, record in batch]
-        confirmations: list[asyncio.Future[api.PubAck]] = []
+        self._batch_number += 1
+        number = self._batch_number
+        confirmations = self._batches[number] = _Confirmations(len(batch))
+        reply = f"{self._inbox}{number}."
+        publish = worker.conn.nc.publish
+        state_prefix = worker._state_prefix
         try:
-            for (_, record), data in zip(batch, encoded, strict=True):
-                confirmations.append(await worker.conn.js.publish_async(worker._state_subject(record.id), data))
+            for index, (_, task, data) in enumerate(batch):
+                await publish(state_prefix + task.id, data, reply=reply + str(index))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(JS_API_TIMEOUT):
+                    await confirmations.answered
         except nats.errors.Error as exc:
             log.info("state publish failed: %s", exc)
-        if confirmations:
-            await asyncio.wait(confirmations, timeout=JS_API_TIMEOUT)
-        for index, ((msg, record), data) in enumerate(zip(batch, encoded, strict=True)):
-            future = confirmations[index] if index < len(confirmations) else None
-            if future is not None and future.done() and not future.cancelled() and future.exception() is None:
-                await self._finish(msg, record, data)
+        finally:
+            del self._batches[number]  # late confirmations are ignored: those states are written again
+        for (msg, task, data), stored in zip(batch, confirmations.stored, strict=True):
+            if stored:
+                await self._finish(msg, task, data)
             else:
-                if future is not None:
-                    future.cancel()
-                retry = asyncio.create_task(self._commit_patiently(msg, record, data))
+                retry = asyncio.create_task(self._commit_patiently(msg, task, data))
                 self._retrying.add(retry)
                 retry.add_done_callback(self._retrying.discard)
 
-    async def _commit_patiently(self, msg: Msg, record: TaskRecord, data: bytes) -> None:
-        if await self.worker._write_state(record):
-            await self._finish(msg, record, data)
+    async def _commit_patiently(self, msg: Msg, task: TaskMessage, data: bytes) -> None:
+        if await self.worker._publish_patiently(self.worker._state_subject(task.id), data):
+            await self._finish(msg, task, data)
         else:
-            self.worker.metrics.tasks.labels(record.capability, "failed").inc()
+            self.worker._count(task.capability, "failed")
             await msg.nak()
 
-    async def _finish(self, msg: Msg, record: TaskRecord, data: bytes) -> None:
-        metrics = self.worker.metrics
-        await self.worker.conn.nc.publish(self.worker.names.task_result(record.id), data)
+    async def _finish(self, msg: Msg, task: TaskMessage, data: bytes) -> None:
+        worker = self.worker
+        await worker.conn.nc.publish(worker._result_prefix + task.id, data)
         await msg.ack()
-        metrics.messages.labels("out", "task_result").inc()
-        metrics.tasks.labels(record.capability, "succeeded").inc()
+        worker._results_out.inc()
+        worker._count(task.capability, "succeeded")
 
 
 class TaskWorker:
@@ -363,6 +493,25 @@ class TaskWorker:
         self._watch_task: asyncio.Task[None] | None = None
         self._subs: list[Subscription] = []
         self._cancel_watcher: Any = None
+        # Hot-path constants: subject prefixes and metric children (labels() costs a lock and a lookup per call).
+        self._state_prefix = f"$KV.{names.tasks_bucket}.{task_key('')}"
+        self._result_prefix = names.task_result("")
+        self._tasks_in = metrics.messages.labels("in", "task")
+        self._results_out = metrics.messages.labels("out", "task_result")
+        self._outcomes: dict[tuple[str, str], Any] = {}
+        self._durations: dict[str, Any] = {}
+
+    def _count(self, capability: str, outcome: str) -> None:
+        counter = self._outcomes.get((capability, outcome))
+        if counter is None:
+            counter = self._outcomes[capability, outcome] = self.metrics.tasks.labels(capability, outcome)
+        counter.inc()
+
+    def _observe_duration(self, capability: str, seconds: float) -> None:
+        histogram = self._durations.get(capability)
+        if histogram is None:
+            histogram = self._durations[capability] = self.metrics.task_duration.labels(capability)
+        histogram.observe(seconds)
 
     @property
     def load(self) -> int:
@@ -398,6 +547,7 @@ class TaskWorker:
                     )
                 )
                 self._subs.append(await nc.subscribe(self.names.task(capability, priority), cb=self._on_new_task))
+        self._subs.append(await self._committer.start())
         self.metrics.tasks_in_flight.set_function(lambda: len(self.inflight))
         self._loop_task = asyncio.create_task(self._fetch_loop(), name="task-fetch-loop")
         self._keepalive_task = asyncio.create_task(self._keep_alive(), name="task-keepalive")
@@ -486,30 +636,33 @@ class TaskWorker:
         self._wake.set()
 
     async def _run(self, msg: Msg, task: TaskMessage, puller: _Puller) -> None:
-        attempt = msg.metadata.num_delivered
-        self.metrics.messages.labels("in", "task").inc()
+        attempt = _deliveries(msg)
+        self._tasks_in.inc()
         if task.id in self.cancelled:
             await msg.ack()
-            self.metrics.tasks.labels(task.capability, "cancelled").inc()
+            self._count(task.capability, "cancelled")
             return
         started = time.time()
         agent = self.config.replica_id
 
-        def state(state: TaskState, **fields: Any) -> TaskRecord:
-            return TaskRecord.of(task, state, attempts=attempt, agent=agent, started_at=started, **fields)
+        def state(state: TaskState, **fields: Any) -> bytes:
+            return encode_record(task, state, attempts=attempt, agent=agent, started_at=started, **fields)
 
-        # Advisory and late: a lost "running" write is overwritten by the outcome, so it is not confirmed.
-        announce_running = asyncio.get_running_loop().call_later(
-            RUNNING_STATE_DELAY_SECONDS, lambda: self._publish_running(state(TaskState.RUNNING))
-        )
         outcome = "succeeded"
         try:
             ctx = TaskContext(task.id, task.capability, task.input, attempt, self.config.agent)
-            async with asyncio.timeout(self.config.task_timeout_seconds):
+            watch = _Watch(self, task, state)
+            try:
                 result = await self.handler.handle(ctx)
+            except asyncio.CancelledError:
+                if not watch.expired:
+                    raise
+                watch.runner.uncancel()
+                raise TimeoutError from None
+            finally:
+                watch.stop()
         except asyncio.CancelledError:
-            announce_running.cancel()
-            outcome = await self._interrupted(msg, state)
+            outcome = await self._interrupted(msg, task, state)
         except PermanentTaskError as exc:
             outcome = "dead"
             await self._dead_letter(msg, task, attempt, f"permanent error: {exc}")
@@ -520,29 +673,28 @@ class TaskWorker:
                 await self._dead_letter(msg, task, attempt, f"failed on the last of {attempt} deliveries: {reason}")
             else:
                 outcome = "failed"
-                await self._write_state(state(TaskState.FAILED, error=reason))
+                await self._write_state(task, state(TaskState.FAILED, error=reason))
                 await msg.nak(delay=self._retry_delay(attempt))
         else:
-            self._committer.add(msg, state(TaskState.SUCCEEDED, result=result, finished_at=time.time()))  # counted once committed
+            # Counted once committed.
+            self._committer.add(msg, task, state(TaskState.SUCCEEDED, result=result, finished_at=time.time()))
         finally:
-            announce_running.cancel()
             if outcome != "succeeded":
-                self.metrics.tasks.labels(task.capability, outcome).inc()
-            self.metrics.task_duration.labels(task.capability).observe(time.time() - started)
+                self._count(task.capability, outcome)
+            self._observe_duration(task.capability, time.time() - started)
 
-    def _publish_running(self, running: TaskRecord) -> None:
-        publish = self.conn.nc.publish(self._state_subject(running.id), running.model_dump_json().encode())
-        task = asyncio.ensure_future(publish)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+    def _publish_running(self, task: TaskMessage, running: bytes) -> None:
+        publishing = asyncio.ensure_future(self.conn.nc.publish(self._state_subject(task.id), running))
+        self._background.add(publishing)
+        publishing.add_done_callback(self._background.discard)
 
-    async def _interrupted(self, msg: Msg, state: Callable[..., TaskRecord]) -> str:
+    async def _interrupted(self, msg: Msg, task: TaskMessage, state: Callable[..., bytes]) -> str:
         """A running task was cancelled: by its owner (ack it away) or by shutdown (hand it back)."""
         if self._draining:
-            await self._write_state(state(TaskState.PENDING))
+            await self._write_state(task, state(TaskState.PENDING))
             await msg.nak()
             return "requeued"
-        await self._write_state(state(TaskState.CANCELLED, finished_at=time.time()))
+        await self._write_state(task, state(TaskState.CANCELLED, finished_at=time.time()))
         await msg.ack()
         return "cancelled"
 
@@ -560,11 +712,11 @@ class TaskWorker:
                     await msg.in_progress()
 
     def _state_subject(self, task_id: str) -> str:
-        return f"$KV.{self.names.tasks_bucket}.{task_key(task_id)}"
+        return self._state_prefix + task_id
 
-    async def _write_state(self, record: TaskRecord) -> bool:
+    async def _write_state(self, task: TaskMessage, record: bytes) -> bool:
         """Store a task's state, confirmed, before its message is acked (so the two never disagree)."""
-        return await self._publish_patiently(self._state_subject(record.id), record.model_dump_json().encode())
+        return await self._publish_patiently(self._state_subject(task.id), record)
 
     async def _publish_patiently(self, subject: str, data: bytes, headers: dict[str, str] | None = None) -> bool:
         deadline = time.monotonic() + PUBLISH_PATIENCE_SECONDS
@@ -593,9 +745,8 @@ class TaskWorker:
         )
         if not sent:
             return False
-        await self._write_state(
-            TaskRecord.of(task, TaskState.DEAD, attempts=attempts, error=reason, agent=self.config.replica_id, finished_at=time.time())
-        )
+        dead = TaskRecord.of(task, TaskState.DEAD, attempts=attempts, error=reason, agent=self.config.replica_id, finished_at=time.time())
+        await self._write_state(task, dead.model_dump_json().encode())
         self.metrics.dead_letters.labels(task.capability).inc()
         log.warning("task %s dead-lettered: %s", task.id, reason)
         return True
