@@ -14,7 +14,8 @@ matters for a p99 on a busy machine). Both pull the same messages (the
 runtime's task JSON with its ``Nats-Msg-Id`` header) in batches of ``CONCURRENCY`` and are
 timed in steady state, from the first message handled on. The runtime's completions are
 read from its own task counter rather than through a result subscriber in this process
-(that subscriber would bill its own work to the runtime; the raw loop has none).
+(that subscriber would bill its own work to the runtime; the raw loop has none). The process
+settles its heap as an agent process does once started (``app.settle_heap``), for both sides.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import nats
+from kubeswarm_runtime.app import settle_heap
 from kubeswarm_runtime.client import SwarmClient
 from kubeswarm_runtime.config import NatsConfig, RuntimeConfig
 from kubeswarm_runtime.runtime import AgentRuntime
@@ -182,6 +184,8 @@ async def main() -> int:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=5, help="alternating raw/runtime rounds; the median ratio is reported")
     args = parser.parse_args()
+    # What an agent process does once set up (app.run_agent), here for both sides alike.
+    settle_heap()
     tput_ratios: list[float] = []
     p99_ratios: list[float] = []
     with tempfile.TemporaryDirectory(prefix="kubeswarm-bench-") as tmp:

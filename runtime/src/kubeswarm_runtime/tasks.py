@@ -16,9 +16,10 @@ import contextlib
 import functools
 import json
 import logging
+import math
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from enum import StrEnum
 from typing import Any
 
@@ -49,6 +50,8 @@ PUBLISH_PATIENCE_SECONDS = 30.0
 # A task still running after this long gets its "running" state written; quicker ones go from
 # pending straight to their outcome, which saves a write per task when tasks are short.
 RUNNING_STATE_DELAY_SECONDS = 0.05
+# Batches of succeeded tasks whose states may await JetStream's confirmation at the same time.
+COMMITS_IN_FLIGHT = 4
 
 
 class TaskState(StrEnum):
@@ -260,6 +263,16 @@ class _Puller:
         self._delivered: list[Msg] = []
         self._wanted = 0
         self._pull_done: asyncio.Future[None] | None = None
+        # Whether a pull may find something: its last pull came back full, or a task was published since.
+        # An empty queue is then left alone (a pull that finds nothing is a wasted round trip) until
+        # a task is published to it or the periodic sweep that picks up redeliveries.
+        self.maybe_more = True
+        self._published = 0
+
+    def published(self) -> None:
+        """A task was published to this queue."""
+        self._published += 1
+        self.maybe_more = True
 
     async def start(self) -> None:
         await self.conn.nc.subscribe(self.inbox, cb=self._deliver)
@@ -274,6 +287,12 @@ class _Puller:
             self._pull_done.set_result(None)
 
     async def fetch(self, batch: int) -> list[Msg]:
+        published_before = self._published
+        msgs = await self._pull(batch)
+        self.maybe_more = len(msgs) >= batch or self._published != published_before
+        return msgs
+
+    async def _pull(self, batch: int) -> list[Msg]:
         self._wanted = batch
         self._pull_done = asyncio.get_running_loop().create_future()
         await self.conn.nc.publish(self.next_subject, json.dumps({"batch": batch, "no_wait": True}).encode(), reply=self.inbox)
@@ -367,9 +386,10 @@ class _SuccessCommitter:
     """Confirms the states of succeeded tasks in batches, then publishes their results and acks them.
 
     One wait for JetStream's confirmations per batch rather than per task: with short tasks
-    this wait is what bounds a replica's throughput. The confirmations of a batch come back
-    on one subscription (``<inbox>.<batch>.<index>``) and fill one ``_Confirmations``: no future
-    nor parsed PubAck per task.
+    this wait is what bounds a replica's throughput. A few batches are confirmed at once (the
+    next one need not wait for the round trip of the last); beyond that, successes pile up
+    into a bigger batch. The confirmations of a batch come back on one subscription
+    (``<inbox>.<batch>.<index>``) and fill one ``_Confirmations``: no future nor parsed PubAck per task.
     """
 
     def __init__(self, worker: TaskWorker) -> None:
@@ -379,6 +399,7 @@ class _SuccessCommitter:
         self._idle = asyncio.Event()
         self._idle.set()
         self._retrying: set[asyncio.Task[None]] = set()
+        self._committing: set[asyncio.Task[None]] = set()
         self._inbox = ""
         self._batches: dict[int, _Confirmations] = {}
         self._batch_number = 0
@@ -406,10 +427,22 @@ class _SuccessCommitter:
         while True:
             await self._wake.wait()
             self._wake.clear()
+            while len(self._committing) >= COMMITS_IN_FLIGHT:
+                await asyncio.wait(set(self._committing), return_when=asyncio.FIRST_COMPLETED)
             batch, self.pending = self.pending, []
-            await self._commit(batch)
-            if not self.pending:
-                self._idle.set()
+            if batch:
+                commit = asyncio.create_task(self._commit(batch))
+                self._committing.add(commit)
+                commit.add_done_callback(self._committed)
+            self._check_idle()
+
+    def _committed(self, commit: asyncio.Task[None]) -> None:
+        self._committing.discard(commit)
+        self._check_idle()
+
+    def _check_idle(self) -> None:
+        if not self.pending and not self._committing:
+            self._idle.set()
 
     async def flush(self) -> None:
         await self._idle.wait()
@@ -546,7 +579,7 @@ class TaskWorker:
                         self.names.max_deliveries_advisory(consumer), queue="kubeswarm-dlq", cb=self._on_max_deliveries
                     )
                 )
-                self._subs.append(await nc.subscribe(self.names.task(capability, priority), cb=self._on_new_task))
+                self._subs.append(await nc.subscribe(self.names.task(capability, priority), cb=self._new_task_callback(puller)))
         self._subs.append(await self._committer.start())
         self.metrics.tasks_in_flight.set_function(lambda: len(self.inflight))
         self._loop_task = asyncio.create_task(self._fetch_loop(), name="task-fetch-loop")
@@ -576,24 +609,37 @@ class TaskWorker:
         self._watch_task = asyncio.create_task(follow(), name="cancel-watcher")
         await loaded.wait()
 
-    async def _on_new_task(self, _msg: Msg) -> None:
-        self._wake.set()
+    def _new_task_callback(self, puller: _Puller) -> Callable[[Msg], Awaitable[None]]:
+        async def on_new_task(_msg: Msg) -> None:
+            puller.published()
+            self._wake.set()
+
+        return on_new_task
 
     async def _fetch_loop(self) -> None:
         limit = self.config.concurrency
         # Refill in batches: one pull per finished task would cost a round trip per task.
         refill_at = limit - max(1, limit // 4)
+        swept_at = -math.inf
         while not self._stopping:
             if len(self.inflight) > refill_at:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
             took = False
+            # Every queue is pulled now and then, busy or not: redeliveries (naks with a delay,
+            # expired acks) publish nothing, so only a pull finds them.
+            now = time.monotonic()
+            sweep = now - swept_at >= IDLE_POLL_SECONDS
+            if sweep:
+                swept_at = now
             for priority in PRIORITIES:
                 for puller in self.pullers[priority]:
                     free = limit - len(self.inflight)
                     if free <= 0 or self._stopping:
                         break
+                    if not (sweep or puller.maybe_more):
+                        continue
                     msgs = await self._fetch(puller, free)
                     for msg in msgs:
                         await self._start(msg, puller)
