@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -61,11 +60,20 @@ def index_id(kind: Kind) -> str:
 # -- the view of the cluster
 
 
+# Annotations that can be large and that no comparison needs (the reconciler never sets them).
+UNCOMPARED_ANNOTATIONS = ("kubectl.kubernetes.io/last-applied-configuration", f"{GROUP}/last-handled-configuration")
+
+
 def prune(body: Mapping[str, Any]) -> dict[str, Any]:
-    """A child as the reconciler compares it: no managedFields (big, and not ours to compare)."""
-    out = copy.deepcopy(dict(body))
-    out.get("metadata", {}).pop("managedFields", None)
-    return out
+    """An object as the reconciler reads it: without managedFields and bulky annotations.
+
+    Only the top level and metadata are copied: kopf hands every watch event
+    a freshly parsed body and never reuses it, so sharing spec and status is safe.
+    """
+    meta = {key: value for key, value in body.get("metadata", {}).items() if key != "managedFields"}
+    if "annotations" in meta:
+        meta["annotations"] = {k: v for k, v in meta["annotations"].items() if k not in UNCOMPARED_ANNOTATIONS}
+    return {**body, "metadata": meta}
 
 
 def typed(body: Mapping[str, Any], resource: kopf.Resource) -> dict[str, Any]:
@@ -216,6 +224,8 @@ def configure(settings: kopf.OperatorSettings, ours: OperatorSettings) -> None:
     settings.watching.client_timeout = ours.watch_client_timeout
     settings.watching.connect_timeout = 30
     settings.queueing.worker_limit = ours.worker_limit
+    # A worker holds its slot until idle this long: kopf's 5 s default caps throughput near worker_limit / 5 objects per second.
+    settings.queueing.idle_timeout = 0.5
     settings.posting.enabled = False  # we post our own Events, not kopf's log lines
     settings.peering.standalone = True
     for kind in CHILD_KINDS:

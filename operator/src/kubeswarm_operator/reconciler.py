@@ -14,13 +14,13 @@ import datetime as dt
 import logging
 import secrets
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from kubernetes_asyncio.client.exceptions import ApiException
 from kubeswarm_runtime.render import MCP_JWT_KEY_ENV, MODEL_API_KEY_ENV, render_runtime_env
-from kubeswarm_runtime.resources import API_VERSION, Agent, Swarm
+from kubeswarm_runtime.resources import API_VERSION, Agent, AgentStatus, Swarm
 
 from . import metrics
 from .children import (
@@ -54,7 +54,8 @@ log = logging.getLogger(__name__)
 
 # After a write, the watch needs a moment to show it; within this window a
 # stale view is not taken for drift (which would write the same thing again).
-SETTLE_SECONDS = 5.0
+SETTLE_SECONDS = 15.0
+PODS_READ = (CONFIG_MAP, SECRET)
 
 Key = tuple[str, str]  # (namespace, name)
 View = Mapping[Any, Collection[Any]]  # a kopf index (or a dict of lists in tests)
@@ -91,9 +92,10 @@ class AgentReconciler:
         self._locks: dict[Key, asyncio.Lock] = {}
         self._queued: dict[Key, asyncio.Task[None]] = {}
         self._recent: dict[tuple[str, str, str], tuple[str, float]] = {}
-        self._recent_status: dict[Key, tuple[Manifest, float]] = {}
+        self._recent_status: dict[Key, tuple[AgentStatus, float]] = {}
         self._phases: dict[Key, str] = {}
         self._slots = asyncio.Semaphore(settings.worker_limit)
+        self._posting: set[asyncio.Task[None]] = set()
         # What the operator's loops (autoscaler, AWS secret sync, HTTPRoutes) found; merged into the status.
         self.signals = AgentSignals()
 
@@ -147,10 +149,15 @@ class AgentReconciler:
                 self.enqueue(namespace, name, delay=0)
                 await asyncio.sleep(gap)
 
+    async def flush_events(self) -> None:
+        """Wait for the Events being posted in the background."""
+        await asyncio.gather(*self._posting, return_exceptions=True)
+
     async def close(self) -> None:
         for task in self._queued.values():
             task.cancel()
         await asyncio.gather(*self._queued.values(), return_exceptions=True)
+        await self.flush_events()
 
     # -- internals
 
@@ -192,12 +199,21 @@ class AgentReconciler:
             scaled_externally=bool(world.scaled.get((namespace, "Deployment", agent.metadata.name))),
         )
         desired = build_children(agent, inputs)
-        actions = []
-        for kind in CHILD_KINDS:
-            live = one(world.children[kind], (namespace, child_name(agent, kind)))
-            action = await self._converge_child(agent, kind, desired[kind], live, new_secret_data)
-            if action:
-                actions.append(action)
+
+        async def converge(kinds: Iterable[Kind]) -> list[str | None]:
+            return await asyncio.gather(
+                *(
+                    self._converge_child(
+                        agent, kind, desired[kind], one(world.children[kind], (namespace, child_name(agent, kind))), new_secret_data
+                    )
+                    for kind in kinds
+                )
+            )
+
+        # What the pods read first, then the rest in parallel (a Service's IP allocation is slow; pods need not wait for it).
+        done = await converge(PODS_READ)
+        done += await converge(kind for kind in CHILD_KINDS if kind not in PODS_READ)
+        actions = [action for action in done if action]
 
         observed = Observed(
             deployment=one(world.children[DEPLOYMENT], (namespace, agent.metadata.name)),
@@ -284,24 +300,30 @@ class AgentReconciler:
         """Write the status if it changed, with Events for what was done and what changed."""
         now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         key = (agent.metadata.namespace, agent.metadata.name)
-        new = self.signals.merge(key, compute_status(agent, observed, now), agent.status, now)
+        # The status we wrote moments ago may not have reached the watched body yet: compare with
+        # (and carry transition times over from) that one, so it is neither written nor announced twice.
+        recent = self._recent_status.get(key)
+        old = recent[0] if recent is not None and time.monotonic() < recent[1] else agent.status
+        seen = agent.model_copy(update={"status": old})
+        new = self.signals.merge(key, compute_status(seen, observed, now), old, now)
         if self._phases.get(key) != new.phase:
             self._phases[key] = str(new.phase)
             self._count_phases()
         events = self._action_events(agent, actions)
-        patch = status_patch(new)
-        changed = agent.status is None or status_patch(agent.status) != patch
-        # Our own status write may not have reached the watched body yet: do not write (or announce) it twice.
-        recent = self._recent_status.get(key)
-        echo = recent is not None and recent[0] == patch and time.monotonic() < recent[1]
-        if changed and not echo:
-            await self.kube.patch_agent_status(*key, patch)
-            self._recent_status[key] = (patch, time.monotonic() + SETTLE_SECONDS)
-            events += transitions(agent.status, new)
+        changed = old is None or status_patch(old) != status_patch(new)
+        if changed:
+            await self.kube.patch_agent_status(*key, status_patch(new))
+            self._recent_status[key] = (new, time.monotonic() + SETTLE_SECONDS)
+            events += transitions(old, new)
         regarding = {"apiVersion": API_VERSION, "kind": "Agent", "name": key[1], "namespace": key[0], "uid": agent.metadata.uid}
         for event in events:
-            await self.kube.post_event(regarding, event.type, event.reason, event.message, action="Reconcile")
-        return changed and not echo
+            # Posted in the background: an Event is not worth holding a reconcile slot for.
+            task = asyncio.get_running_loop().create_task(
+                self.kube.post_event(regarding, event.type, event.reason, event.message, action="Reconcile")
+            )
+            self._posting.add(task)
+            task.add_done_callback(self._posting.discard)
+        return changed
 
     @staticmethod
     def _action_events(agent: Agent, actions: list[str]) -> list[Event]:

@@ -154,19 +154,22 @@ def transitions(old: AgentStatus | None, new: AgentStatus) -> list[Event]:
     """Events for condition changes a human would want in `kubectl describe`.
 
     A condition seen for the first time is news only when it reports a
-    problem (Ready starts out False on every new Agent, so not that one).
+    problem (Ready starts out False on every new Agent, so not that one);
+    a phase change is news when it is for the worse.
     """
     before = {c.type: c for c in (old.conditions if old else [])}
     events = []
     for cond in new.conditions:
+        if cond.type == "NatsReady":
+            continue  # follows pod readiness, which the Ready event already tells
         prev = before.get(cond.type)
         first_problem = prev is None and cond.status == "False" and cond.type != "Ready"
         if first_problem or (prev is not None and prev.status != cond.status):
             kind = "Normal" if cond.status == "True" else "Warning"
             events.append(Event(kind, cond.reason, f"{cond.type}: {cond.message}"))
-    if old is not None and old.phase is not None and new.phase is not None and old.phase != new.phase:
-        kind = "Warning" if new.phase in (Phase.FAILED, Phase.DEGRADED) else "Normal"
-        events.append(Event(kind, f"Phase{new.phase.value}", f"phase {old.phase.value} -> {new.phase.value}"))
+    troubled = new.phase in (Phase.FAILED, Phase.DEGRADED)
+    if old is not None and old.phase is not None and new.phase is not None and old.phase != new.phase and troubled:
+        events.append(Event("Warning", f"Phase{new.phase.value}", f"phase {old.phase.value} -> {new.phase.value}"))
     return events
 
 

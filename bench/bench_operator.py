@@ -1,0 +1,180 @@
+"""1,000 Agents applied at once: time to all Ready, operator peak RSS, API requests per Agent, idle resync writes.
+
+    python bench/bench_operator.py [--agents N] [--resync SECONDS]
+
+Runs against KUBECONFIG when set (or KUBESWARM_E2E_KUBECONFIG), else starts
+its own test bed (tests.testbed.cluster).  API requests are counted on the
+API server (``apiserver_request_total`` from ``kubectl get --raw /metrics``,
+every client: operator, controllers, scheduler, kwok) and by the operator
+itself (``kubeswarm_operator_api_requests_total``: its writes; its watches
+are a handful of long requests).  Goals on a 2-core machine: all Ready
+within 90 s, operator RSS at most 250 MiB, zero writes in an idle resync.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from kubernetes_asyncio import client, config
+
+from tests.e2e.conftest import Operator, install_crds, until
+from tests.testbed.cluster import Cluster, ExistingCluster, KubeAccess
+
+NAMESPACE = "bench-operator"
+# Small requests: the test bed's two fake nodes have 32 CPUs each, 64 default-sized (100m) pods too few for 1,000.
+BENCH_SPEC = {"capabilities": ["bench"], "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}}}
+WRITE_VERBS = {"POST", "PUT", "PATCH", "DELETE", "CREATE", "UPDATE", "APPLY"}
+SAMPLE = re.compile(r"^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<value>\S+)$")
+
+
+def apiserver_requests(cluster: KubeAccess) -> Counter[str]:
+    """apiserver_request_total summed by verb (dry runs and watches included as the server counts them)."""
+    counts: Counter[str] = Counter()
+    for line in cluster.kubectl("get", "--raw", "/metrics", timeout=60).stdout.splitlines():
+        match = SAMPLE.match(line)
+        if match:
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', match["labels"]))
+            counts[labels.get("verb", "?")] += int(float(match["value"]))
+    return counts
+
+
+def operator_writes(op: Operator) -> float:
+    return sum(v for series, v in op.metrics().items() if series.startswith("kubeswarm_operator_api_requests_total{"))
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def agents_ready(cluster: KubeAccess, count: int) -> int:
+    data = json.loads(cluster.kubectl("get", "agents", "-n", NAMESPACE, "-o", "json", timeout=60).stdout)
+    ready = sum(
+        1
+        for item in data["items"]
+        if (item.get("status") or {}).get("phase") == "Running" and (item["status"].get("readyReplicas") or 0) >= 1
+    )
+    return ready if ready >= count else 0
+
+
+def agent_manifests(count: int) -> list[dict[str, object]]:
+    return [
+        {"apiVersion": "kubeswarm.io/v1alpha1", "kind": "Agent", "metadata": {"name": f"a{i:04d}"}, "spec": BENCH_SPEC}
+        for i in range(count)
+    ]
+
+
+async def create_agents(kubeconfig: Path, manifests: list[dict[str, object]], in_flight: int = 64) -> None:
+    """Create the Agents concurrently, as a burst of users or a GitOps sync would (kubectl sends one at a time)."""
+    api_client = await config.new_client_from_config(config_file=str(kubeconfig))
+    api = client.CustomObjectsApi(api_client)
+    slots = asyncio.Semaphore(in_flight)
+
+    async def create(body: dict[str, object]) -> None:
+        async with slots:
+            await api.create_namespaced_custom_object("kubeswarm.io", "v1alpha1", NAMESPACE, "agents", body)
+
+    try:
+        await asyncio.gather(*(create(body) for body in manifests))
+    finally:
+        await api_client.close()
+
+
+def last_created_after(cluster: KubeAccess, kind: str, start: str) -> float:
+    """Seconds from the first Agent's creation to the newest object of ``kind`` (where the time went)."""
+    data = json.loads(cluster.kubectl("get", kind, "-n", NAMESPACE, "-o", "json", timeout=120).stdout)
+    stamps = [item["metadata"]["creationTimestamp"] for item in data["items"]]
+    return (parse_time(max(stamps)) - parse_time(start)) if stamps else float("nan")
+
+
+def parse_time(stamp: str) -> float:
+    return dt.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC).timestamp()
+
+
+def diff(after: Counter[str], before: Counter[str]) -> dict[str, int]:
+    return {verb: after[verb] - before[verb] for verb in sorted(after) if after[verb] - before[verb]}
+
+
+def run(cluster: KubeAccess, count: int, resync: float, workdir: Path) -> None:
+    install_crds(cluster)
+    cluster.kubectl("delete", "namespace", NAMESPACE, "--ignore-not-found", "--wait=true", timeout=300)
+    cluster.kubectl("create", "namespace", NAMESPACE)
+    env = {"KUBESWARM_RESYNC_SECONDS": str(resync), "KUBESWARM_RUNTIME_IMAGE": "kubeswarm/runtime:bench"}
+    op = Operator(cluster.kubeconfig, workdir / "operator.log", env=env).start()
+    assert op.process is not None
+    try:
+        before = apiserver_requests(cluster)
+        op_before = operator_writes(op)
+        started = time.monotonic()
+        asyncio.run(create_agents(cluster.kubeconfig, agent_manifests(count)))
+        applied = time.monotonic() - started
+        until(lambda: agents_ready(cluster, count), 900, f"{count} Agents Running", interval=2)
+        ready_after = time.monotonic() - started
+        first = min(
+            a["metadata"]["creationTimestamp"]
+            for a in json.loads(cluster.kubectl("get", "agents", "-n", NAMESPACE, "-o", "json").stdout)["items"]
+        )
+        timeline = {kind: last_created_after(cluster, kind, first) for kind in ("agents", "deployments", "replicasets", "pods")}
+        after = apiserver_requests(cluster)
+        op_after = operator_writes(op)
+        created = diff(after, before)
+        total = sum(created.values())
+        print(f"agents: {count}")
+        print(f"creating all Agents (64 requests in flight): {applied:.1f} s")
+        print(f"all Ready after: {ready_after:.1f} s   (goal: <= 90 s)")
+        print("last one created, seconds after the first Agent: " + ", ".join(f"{k} {v:.0f}" for k, v in timeline.items()))
+        print(f"API requests, all clients: {total} = {total / count:.1f} per Agent; by verb: {created}")
+        print(f"API requests by the operator's reconciler: {op_after - op_before:.0f} = {(op_after - op_before) / count:.1f} per Agent")
+
+        # Idle: wait until one full resync of every Agent has happened, counting writes meanwhile.
+        unchanged = 'kubeswarm_operator_reconciles_total{kind="Agent",outcome="unchanged"}'
+        time.sleep(min(resync, 10))  # let the last status writes of the rollout land before the baseline
+        idle_before, idle_op = apiserver_requests(cluster), operator_writes(op)
+        start_count = op.metrics().get(unchanged, 0)
+        until(lambda: op.metrics().get(unchanged, 0) >= start_count + count, resync * 4 + 60, "a full idle resync", interval=1)
+        idle_after, idle_op_after = apiserver_requests(cluster), operator_writes(op)
+        server_writes = {v: n for v, n in diff(idle_after, idle_before).items() if v in WRITE_VERBS}
+        print(
+            f"idle resync of {count} Agents: operator writes {idle_op_after - idle_op:.0f} (goal: 0); "
+            f"API server writes meanwhile (all clients: leases, kwok, events): {server_writes}"
+        )
+        print(f"operator peak RSS: {peak_rss_mib(op.process.pid):.0f} MiB   (goal: <= 250 MiB)")
+    finally:
+        op.stop()
+        cluster.kubectl("delete", "namespace", NAMESPACE, "--wait=false", check=False)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--agents", type=int, default=1000)
+    parser.add_argument("--resync", type=float, default=30.0, help="operator resync period for the idle check")
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="bench-operator-"))
+    kubeconfig = os.environ.get("KUBECONFIG") or os.environ.get("KUBESWARM_E2E_KUBECONFIG")
+    if kubeconfig:
+        run(ExistingCluster(Path(kubeconfig)), args.agents, args.resync, workdir)
+        return 0
+    testbed = Cluster(workdir / "cluster").start()
+    try:
+        run(testbed, args.agents, args.resync, workdir)
+    finally:
+        testbed.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
