@@ -49,7 +49,7 @@ class SwarmClient:
             names=names,
             stores=stores,
             tasks=TaskService(conn, names, stores.tasks),
-            agents=AgentDirectory(stores.agents),
+            agents=AgentDirectory(conn, names, stores.agents),
             discoveries=DiscoveryService(conn, names, metrics, agent or sender),
             messages=MessageService(conn, names, metrics, sender),
             capabilities=CapabilityService(conn, names, metrics, agent=sender),

@@ -21,6 +21,8 @@ from .metrics import RuntimeMetrics
 log = logging.getLogger(__name__)
 
 JS_API_TIMEOUT = 5.0
+# The JetStream API's subject prefix (no domain); a few calls nats-py lacks are made on it directly.
+JS_API_PREFIX = "$JS.API"
 # Readiness re-checks JetStream at most this often.
 JS_CHECK_INTERVAL = 2.0
 
@@ -64,7 +66,7 @@ class NatsConnection:
                 log.warning("NATS at %s not reachable (%s); retrying in %.1fs", self.config.url, exc, delay)
                 attempt += 1
                 await asyncio.sleep(delay)
-        self._js = self.nc.jetstream(timeout=JS_API_TIMEOUT)
+        self._js = self.nc.jetstream(prefix=JS_API_PREFIX, timeout=JS_API_TIMEOUT)
         self.metrics.nats_connected.set(1)
         log.info("connected to NATS %s", self.nc.connected_url.netloc if self.nc.connected_url else self.config.url)
 

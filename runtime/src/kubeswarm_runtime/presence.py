@@ -51,11 +51,14 @@ class AgentInfo(BaseModel):
 class AgentDirectory:
     """Read the registry (any process connected to the swarm)."""
 
-    def __init__(self, bucket: KeyValue) -> None:
+    def __init__(self, conn: NatsConnection, names: SwarmNames, bucket: KeyValue) -> None:
+        self.conn = conn
+        self.names = names
         self.bucket = bucket
 
     async def list(self, *, capability: str | None = None) -> list[AgentInfo]:
-        agents = [AgentInfo.model_validate_json(value) for value in await read_bucket(self.bucket, ">")]
+        entries = await read_bucket(self.conn, self.names.agents_bucket, ">")
+        agents = [AgentInfo.model_validate_json(value) for value in entries.values()]
         # The bucket's TTLs remove silent agents; the age check also covers a bucket made without them.
         return sorted(
             (a for a in agents if a.alive and (capability is None or capability in a.capabilities)), key=lambda a: a.id

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import secrets
 from dataclasses import dataclass
 from typing import Any
 
+import nats
 from nats.js import api
 from nats.js.kv import KeyValue
 
 from .config import StreamsConfig
-from .connection import NatsConnection
+from .connection import JS_API_PREFIX, JS_API_TIMEOUT, NatsConnection
 from .names import SwarmNames
 
 
@@ -49,18 +52,64 @@ async def ensure_swarm_stores(conn: NatsConnection, names: SwarmNames, streams: 
     return SwarmStores(tasks=tasks, agents=agents)
 
 
-async def read_bucket(bucket: KeyValue, keys: str) -> list[bytes]:
-    """Current values of the keys matching a pattern (deleted and expired keys left out)."""
-    values: list[bytes] = []
-    watcher = await bucket.watch(keys, ignore_deletes=True)
+# Pull at most this many entries per request when reading a bucket.
+READ_PAGE = 1000
+# The server removes a reader's consumer this long after a reader that died before deleting it.
+READER_INACTIVE_SECONDS = 60.0
+# Headers of a message that removes its key: a KV delete or purge, or a server-placed expiry marker.
+_REMOVAL_HEADERS = ("KV-Operation", "Nats-Marker-Reason")
+
+
+async def read_bucket(conn: NatsConnection, bucket: str, keys: str) -> dict[str, bytes]:
+    """Current values of the keys of ``bucket`` matching a pattern, by last write (deleted and expired keys left out).
+
+    Deterministic: an empty answer means no key matches. A consumer of the bucket's stream (last message per
+    subject, no acks, pulled) is made for the read; its creation answer says how many messages it holds, and
+    they are pulled until the server reports none pending. (nats-py's KV ``watch``/``keys`` signal "no more
+    entries" from a consumer-info count taken after the server may already have pushed the entries, so they
+    can report an empty bucket before the entries arrive.)
+    """
+    js, nc = conn.js, conn.nc
+    stream, prefix = f"KV_{bucket}", f"$KV.{bucket}."
+    name = f"read-{secrets.token_hex(8)}"
+    info = await js.add_consumer(
+        stream,
+        api.ConsumerConfig(
+            name=name, filter_subject=prefix + keys, deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
+            ack_policy=api.AckPolicy.NONE, mem_storage=True, num_replicas=1, inactive_threshold=READER_INACTIVE_SECONDS,
+        ),
+    )
+    values: dict[str, bytes] = {}
+    pending = info.num_pending or 0
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox) if pending else None
     try:
-        async for entry in watcher:
-            if entry is None:
-                break
-            if entry.value:
-                values.append(entry.value)
-            if entry.delta == 0:
-                break
+        while pending:
+            batch = min(READ_PAGE, pending)
+            await nc.publish(f"{JS_API_PREFIX}.CONSUMER.MSG.NEXT.{stream}.{name}", b'{"batch":%d,"no_wait":true}' % batch, reply=inbox)
+            assert sub is not None
+            for _ in range(batch):
+                msg = await sub.next_msg(timeout=JS_API_TIMEOUT)
+                headers = msg.headers or {}
+                status = headers.get("Status")
+                if status is not None:
+                    if status in (api.StatusCode.NO_MESSAGES, api.StatusCode.REQUEST_TIMEOUT):
+                        pending = 0  # what was pending is gone (expired or purged meanwhile)
+                        break
+                    raise nats.errors.Error(f"reading bucket {bucket}: {status} {headers.get('Description', '')}".rstrip())
+                key = msg.subject[len(prefix) :]
+                if msg.data and not any(h in headers for h in _REMOVAL_HEADERS):
+                    values[key] = msg.data
+                else:
+                    values.pop(key, None)
+                pending = msg.metadata.num_pending or 0
+                if not pending:
+                    break
     finally:
-        await watcher.stop()  # type: ignore[no-untyped-call]
+        if sub is not None:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+        with contextlib.suppress(nats.errors.Error):
+            # No need to wait for the answer: the inactivity threshold removes the consumer should this be lost.
+            await nc.publish(f"{JS_API_PREFIX}.CONSUMER.DELETE.{stream}.{name}")
     return values

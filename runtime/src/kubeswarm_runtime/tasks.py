@@ -180,7 +180,8 @@ class TaskService:
         return TaskRecord.model_validate_json(entry.value) if entry.value else None
 
     async def list(self, *, state: TaskState | None = None, capability: str | None = None, limit: int = 100) -> list[TaskRecord]:
-        records = [TaskRecord.model_validate_json(value) for value in await read_bucket(self.bucket, "task.>")]
+        entries = await read_bucket(self.conn, self.names.tasks_bucket, task_key(">"))
+        records = [TaskRecord.model_validate_json(value) for value in entries.values()]
         records = [r for r in records if (state is None or r.state is state) and (capability is None or r.capability == capability)]
         records.sort(key=lambda r: r.created_at, reverse=True)
         return records[:limit]
@@ -587,27 +588,26 @@ class TaskWorker:
         self._committer_task = asyncio.create_task(self._committer.run(), name="task-committer")
 
     async def _watch_cancellations(self) -> None:
-        loaded = asyncio.Event()
+        """Follow cancellations; returns once the existing ones are known, so a cancelled pending task is never started."""
+        # The watch is opened first so nothing written from now on is missed; the existing cancellations are then read
+        # with read_bucket, not taken from the watch (whose "existing entries done" marker may precede the entries).
+        watcher = await self.bucket.watch(cancel_key(">"), ignore_deletes=True, meta_only=True)  # the keys say it all
+        self._cancel_watcher = watcher
 
-        # The watcher delivers existing cancellations first, then new ones; fetching starts once the
-        # existing ones are known so a cancelled pending task is never started.
         async def follow() -> None:
-            watcher = await self.bucket.watch("cancel.>", ignore_deletes=True)
-            self._cancel_watcher = watcher
             async for entry in watcher:
-                if entry is None:
-                    loaded.set()
-                    continue
-                task_id = entry.key.removeprefix("cancel.")
-                self.cancelled.add(task_id)
-                running = self.inflight.get(task_id)
-                if running is not None:
-                    running.cancel()
-                if entry.delta == 0:
-                    loaded.set()
+                if entry is not None:
+                    self._on_cancel(entry.key.removeprefix(cancel_key("")))
 
         self._watch_task = asyncio.create_task(follow(), name="cancel-watcher")
-        await loaded.wait()
+        for key in await read_bucket(self.conn, self.names.tasks_bucket, cancel_key(">")):
+            self._on_cancel(key.removeprefix(cancel_key("")))
+
+    def _on_cancel(self, task_id: str) -> None:
+        self.cancelled.add(task_id)
+        running = self.inflight.get(task_id)
+        if running is not None:
+            running.cancel()
 
     def _new_task_callback(self, puller: _Puller) -> Callable[[Msg], Awaitable[None]]:
         async def on_new_task(_msg: Msg) -> None:
