@@ -30,7 +30,6 @@ pytestmark = pytest.mark.unit
 # issue tracker). The test fails once one exists, so that it is then checked like the rest.
 AWAITED = {
     "kubeswarm_operator_agent_replicas": "operator: desired and ready replicas per Agent {namespace, agent, swarm, state}",
-    "kubeswarm_mcp_requests_total": "runtime: MCP requests {method, outcome, code}",
 }
 # What Prometheus adds to every scraped series.
 PROMETHEUS_TARGET_LABELS = {"job", "instance"}

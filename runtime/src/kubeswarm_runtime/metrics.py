@@ -41,6 +41,11 @@ class RuntimeMetrics:
             registry=r,
         )
         self.dead_letters = Counter("kubeswarm_dead_letters", "Tasks sent to the dead-letter subject.", ["capability"], registry=r)
+        self.mcp_requests = Counter(
+            "kubeswarm_mcp_requests",
+            "MCP and JSON-RPC requests handled, by method, outcome (ok, error) and code (JSON-RPC error code or HTTP status).",
+            ["method", "outcome", "code"], registry=r,
+        )
 
     def record_tokens(self, provider: str, model: str, usage: dict[str, int]) -> None:
         for kind, count in usage.items():

@@ -16,6 +16,7 @@ from aiohttp import web
 from ..config import McpConfig
 from .http import CLIENT_GONE, KEEPALIVE, SseStream, json_response, sse_event
 from .jsonrpc import RpcError, RpcMessage, check, decode, encode, error_reply, id_of, result_reply
+from .metering import OK, method_of
 from .protocol import LATEST_HANDSHAKE_VERSION, McpServer
 from .security import Guard, StreamSlots
 from .state import LegacyRouter, McpState, SessionRecord
@@ -76,8 +77,11 @@ class LegacySse:
             obj = decode(body)
             message = check(obj)
         except RpcError as exc:
+            self.server.meter.count(method_of(obj), exc.code)
             return json_response(error_reply(id_of(obj), exc), status=400)
         if message.is_notification or message.is_response:
+            if message.is_notification:
+                self.server.meter.count(message.method)
             return web.Response(status=202, text="Accepted")
         task = asyncio.create_task(self._answer(session_id, record, message))
         self._background.add(task)
@@ -93,6 +97,7 @@ class LegacySse:
                 reply = result_reply(message.id, result)
             except RpcError as exc:
                 reply = error_reply(message.id, exc)
+            self.server.meter.count(message.method, reply["error"]["code"] if "error" in reply else OK)
         else:
             reply = await self.server.reply(message, record.version or LATEST_HANDSHAKE_VERSION)
         await self.router.send(record.holder, session_id, encode(reply))

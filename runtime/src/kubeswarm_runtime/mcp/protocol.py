@@ -34,6 +34,7 @@ from .jsonrpc import (
     invalid_params,
     result_reply,
 )
+from .metering import OK, RequestMeter
 from .tools import ToolFailure, ToolRegistry, ToolSpec
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,16 @@ CLIENT_CAPABILITIES_META = "io.modelcontextprotocol/clientCapabilities"
 SERVER_INFO_META = "io.modelcontextprotocol/serverInfo"
 # Method -> the param mirrored in the Mcp-Name header (2026-07-28).
 NAME_BEARING_METHODS = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
+# What clients send under the MCP specification (those this server lacks are answered -32601) and the /rpc
+# names: the method label of kubeswarm_mcp_requests_total; any other name is metered as "unknown".
+MCP_METHODS = (
+    "initialize", "ping", "tools/list", "tools/call", "server/discover", "resources/list", "resources/templates/list",
+    "resources/read", "resources/subscribe", "resources/unsubscribe", "prompts/list", "prompts/get", "completion/complete",
+    "logging/setLevel", "notifications/initialized", "notifications/cancelled", "notifications/progress",
+    "notifications/roots/list_changed",
+)
+RPC_METHODS = ("list_tools", "call_tool")
+CALL_METHODS = frozenset({"tools/call", "call_tool"})
 # The tool list never changes while a process runs; clients may cache it this long.
 TOOLS_TTL_MS = 300_000
 _BASE64_SENTINEL = ("=?base64?", "?=")
@@ -122,6 +133,7 @@ class McpServer:
         self._handshake_pages = [self._page(i, modern=False) for i in range(len(registry.pages))]
         self._modern_pages = [self._page(i, modern=True) for i in range(len(registry.pages))]
         self._page_of_cursor = {_cursor(i): i for i in range(1, len(registry.pages))}
+        self.meter = RequestMeter(runtime.metrics.mcp_requests, (*MCP_METHODS, *RPC_METHODS, *registry.by_name))
 
     def _page(self, index: int, *, modern: bool) -> dict[str, Any]:
         page: dict[str, Any] = {"tools": self.registry.pages[index]}
@@ -207,14 +219,19 @@ class McpServer:
         return {"content": [{"type": "text", "text": encode(structured).decode()}], "structuredContent": structured, "isError": False}
 
     async def reply(self, message: RpcMessage, version: str | None) -> dict[str, Any]:
-        """The JSON-RPC reply to a request under an MCP revision, or as a ``/rpc`` call (``version`` None)."""
+        """The JSON-RPC reply to a request under an MCP revision, or as a ``/rpc`` call (``version`` None); metered."""
+        method = message.method
         try:
             result = await (self.rpc(message) if version is None else self.handle(message, version))
         except RpcError as exc:
+            self.meter.count(method, exc.code)
             return error_reply(message.id, exc)
         except Exception:
-            log.exception("%s failed", message.method)
+            log.exception("%s failed", method)
+            self.meter.count(method, INTERNAL_ERROR)
             return error_reply(message.id, RpcError(INTERNAL_ERROR, "Internal error"))
+        # A tool result with isError is a failure of the tool, the same as /rpc's -31001 for a tool called by name.
+        self.meter.count(method, TOOL_FAILED if method in CALL_METHODS and result.get("isError") else OK)
         return result_reply(message.id, result)
 
     # -- /rpc and /ws/mcp: MCP's tool methods plus each tool as a method of its own

@@ -15,7 +15,8 @@ from aiohttp import WSMsgType, web
 
 from ..config import McpConfig
 from .http import json_response
-from .jsonrpc import INVALID_REQUEST, SERVER_BUSY, RpcError, check, decode, encode, error_reply, id_of
+from .jsonrpc import INVALID_REQUEST, SERVER_BUSY, RequestId, RpcError, check, decode, encode, error_reply, id_of
+from .metering import NO_METHOD, method_of
 from .protocol import McpServer
 from .security import Guard, StreamSlots
 
@@ -35,7 +36,7 @@ class JsonRpc:
         """The reply to a decoded payload (one message or a batch); None when only notifications came."""
         if isinstance(payload, list):
             if not payload:
-                return error_reply(None, RpcError(INVALID_REQUEST, "Invalid request: an empty batch"))
+                return self._error(NO_METHOD, None, RpcError(INVALID_REQUEST, "Invalid request: an empty batch"))
             replies = [r for r in await asyncio.gather(*(self._answer_one(item) for item in payload)) if r is not None]
             return replies or None
         return await self._answer_one(payload)
@@ -44,11 +45,16 @@ class JsonRpc:
         try:
             message = check(obj)
         except RpcError as exc:
-            return error_reply(id_of(obj), exc)
+            return self._error(method_of(obj), id_of(obj), exc)
         if message.is_response:
             return None
         reply = await self.server.reply(message, None)
         return None if message.is_notification else reply
+
+    def _error(self, method: str, request_id: RequestId | None, error: RpcError) -> dict[str, Any]:
+        """An error reply to a request answered here rather than by the server (counted)."""
+        self.server.meter.count(method, error.code)
+        return error_reply(request_id, error)
 
     async def post(self, request: web.Request) -> web.Response:
         await self.guard.admit(request)
@@ -56,7 +62,7 @@ class JsonRpc:
         try:
             payload = decode(body)
         except RpcError as exc:
-            return json_response(error_reply(None, exc))
+            return json_response(self._error(NO_METHOD, None, exc))
         reply = await self.answer(payload)
         return web.Response(status=204) if reply is None else json_response(reply)
 
@@ -81,16 +87,17 @@ class JsonRpc:
                 async with asyncio.timeout(cfg.timeout_seconds):
                     async for frame in ws:
                         if frame.type is not WSMsgType.TEXT:
-                            await send(error_reply(None, RpcError(INVALID_REQUEST, "Invalid request: send JSON-RPC as text frames")))
+                            binary = RpcError(INVALID_REQUEST, "Invalid request: send JSON-RPC as text frames")
+                            await send(self._error(NO_METHOD, None, binary))
                             continue
                         try:
                             payload = decode(frame.data)
                         except RpcError as exc:
-                            await send(error_reply(None, exc))
+                            await send(self._error(NO_METHOD, None, exc))
                             continue
                         if len(running) >= cfg.ws_max_in_flight:
                             busy = RpcError(SERVER_BUSY, f"Too many requests in flight on this connection (limit {cfg.ws_max_in_flight})")
-                            await send(error_reply(id_of(payload), busy))
+                            await send(self._error(method_of(payload), id_of(payload), busy))
                             continue
                         task = asyncio.create_task(serve(payload))
                         running.add(task)

@@ -18,6 +18,13 @@ from .state import LegacyRouter, McpState, SwarmUnavailable
 from .streamable import StreamableHttp
 from .tools import ToolRegistry
 
+# The HTTP requests that carry JSON-RPC requests: metered (kubeswarm_mcp_requests_total) even when refused.
+JSONRPC_POSTS = frozenset({"/mcp", "/messages", "/rpc"})
+
+
+def carries_jsonrpc(request: web.Request) -> bool:
+    return (request.method == "POST" and request.path in JSONRPC_POSTS) or request.path == "/ws/mcp"
+
 
 def serve_mcp(app: web.Application) -> None:
     """An ``AppExtension``: ``/mcp``, ``/sse`` + ``/messages``, ``/rpc``, ``/ws/mcp``, ``/sse/discoveries`` and RFC 9728 metadata.
@@ -52,6 +59,8 @@ def serve_mcp(app: web.Application) -> None:
         await guard.auth.close()
 
     app.on_shutdown.append(stop)
+    # Outermost: refusals are counted with their final status, the 503 of swarm_unavailable included.
+    app.middlewares.append(server.meter.refusals(carries_jsonrpc))
     app.middlewares.append(swarm_unavailable)
 
 

@@ -20,6 +20,7 @@ from aiohttp import web
 from ..config import McpConfig
 from .http import CLIENT_GONE, KEEPALIVE, RECONNECT_MS, SseStream, accepts, json_response, sse_event, status_of
 from .jsonrpc import INVALID_REQUEST, RpcError, RpcMessage, check, decode, encode, error_reply, id_of, result_reply
+from .metering import method_of
 from .protocol import (
     HANDSHAKE_VERSIONS,
     MODERN_VERSIONS,
@@ -38,10 +39,6 @@ SESSION_HEADER = "Mcp-Session-Id"
 VERSION_HEADER = "MCP-Protocol-Version"
 
 
-def _reject(status: int, error: RpcError, request_id: Any = None) -> web.Response:
-    return json_response(error_reply(request_id, error), status=status)
-
-
 @dataclass
 class StreamableHttp:
     server: McpServer
@@ -55,6 +52,10 @@ class StreamableHttp:
         app.router.add_post("/mcp", self.post)
         app.router.add_get("/mcp", self.get)
         app.router.add_delete("/mcp", self.delete)
+
+    def _reject(self, status: int, error: RpcError, method: str, request_id: Any = None) -> web.Response:
+        self.server.meter.count(method, error.code)
+        return json_response(error_reply(request_id, error), status=status)
 
     def _streams(self, message: RpcMessage, request: web.Request) -> bool:
         """Answer over SSE: a call of a tool that may take long, from a client that takes SSE."""
@@ -77,7 +78,8 @@ class StreamableHttp:
                 raise RpcError(INVALID_REQUEST, "Invalid request: batches are not part of this protocol")
             message = check(obj)
         except RpcError as exc:
-            return _reject(400, exc, id_of(obj))
+            return self._reject(400, exc, method_of(obj), id_of(obj))
+        self.server.meter.reading(message.method)
         session_id = request.headers.get(SESSION_HEADER)
         if session_id is not None:
             return await self._in_session(request, caller, session_id, message)
@@ -87,16 +89,17 @@ class StreamableHttp:
         if is_modern_request(message) or header_version in MODERN_VERSIONS:
             return await self._stateless(request, message)
         if header_version is not None and header_version not in SUPPORTED_VERSIONS:
-            return _reject(400, unsupported_version(header_version), message.id)
-        return _reject(400, RpcError(INVALID_REQUEST, f"Bad request: {SESSION_HEADER} header is required (initialize first)"), message.id)
+            return self._reject(400, unsupported_version(header_version), message.method, message.id)
+        missing = RpcError(INVALID_REQUEST, f"Bad request: {SESSION_HEADER} header is required (initialize first)")
+        return self._reject(400, missing, message.method, message.id)
 
     async def _stateless(self, request: web.Request, message: RpcMessage) -> web.StreamResponse:
         try:
             version = modern_version(message, request.headers)
         except RpcError as exc:
-            return _reject(400, exc, message.id)
+            return self._reject(400, exc, message.method, message.id)
         if message.is_notification or message.is_response:
-            return web.Response(status=202)
+            return self._accepted(message)
         if self._streams(message, request):
             return await self._stream_cancellable(request, message, version)
         reply = await self.server.reply(message, version)
@@ -106,9 +109,10 @@ class StreamableHttp:
         try:
             version, result = self.server.initialize(message.params)
         except RpcError as exc:
-            return _reject(400, exc, message.id)
+            return self._reject(400, exc, message.method, message.id)
         record = SessionRecord(transport="streamable", caller=caller.subject or "", version=version, touched_at=time.time())
         session_id = await self.state.create_session(record)
+        self.server.meter.count(message.method)
         return json_response(result_reply(message.id, result), headers={SESSION_HEADER: session_id})
 
     async def _session(self, request: web.Request, caller: Caller, session_id: str) -> SessionRecord:
@@ -126,12 +130,18 @@ class StreamableHttp:
     async def _in_session(self, request: web.Request, caller: Caller, session_id: str, message: RpcMessage) -> web.StreamResponse:
         record = await self._session(request, caller, session_id)
         if message.is_notification or message.is_response:
-            return web.Response(status=202)
+            return self._accepted(message)
         assert record.version is not None
         if self._streams(message, request):
             return await self._stream_resumable(request, session_id, message, record.version)
         reply = await self.server.reply(message, record.version)
         return json_response(reply, status_of(reply))
+
+    def _accepted(self, message: RpcMessage) -> web.Response:
+        """202 for a notification (counted) or a client's response to us (not a request)."""
+        if message.is_notification:
+            self.server.meter.count(message.method)
+        return web.Response(status=202)
 
     # -- SSE responses
 
