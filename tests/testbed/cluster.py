@@ -202,38 +202,35 @@ class Cluster(KubeAccess):
         apiserver.wait_until(self._apiserver_ready, timeout, "ready (/readyz)")
 
         kubeconfig = str(self.kubeconfig)
-        controller_manager = self._start(
-            "kube-controller-manager",
-            [
-                str(binaries["kube-controller-manager"]),
+
+        def control_loop_flags(port: int) -> list[str]:
+            """What the controller manager and the scheduler share: admin identity, a loopback port, no election."""
+            return [
                 f"--kubeconfig={kubeconfig}",
                 f"--authentication-kubeconfig={kubeconfig}",
                 f"--authorization-kubeconfig={kubeconfig}",
                 "--bind-address=127.0.0.1",
-                f"--secure-port={self.controller_manager_port}",
+                f"--secure-port={port}",
+                "--leader-elect=false",
+                *CONTROLLER_RATE_LIMITS,
+                "--v=1",
+            ]
+
+        controller_manager = self._start(
+            "kube-controller-manager",
+            [
+                str(binaries["kube-controller-manager"]),
+                *control_loop_flags(self.controller_manager_port),
                 f"--service-account-private-key-file={pki.sa_key}",
                 f"--root-ca-file={pki.ca_cert}",
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
                 "--use-service-account-credentials=false",
-                "--leader-elect=false",
-                *CONTROLLER_RATE_LIMITS,
-                "--v=1",
             ],
             [self.controller_manager_port],
         )
         scheduler = self._start(
             "kube-scheduler",
-            [
-                str(binaries["kube-scheduler"]),
-                f"--kubeconfig={kubeconfig}",
-                f"--authentication-kubeconfig={kubeconfig}",
-                f"--authorization-kubeconfig={kubeconfig}",
-                "--bind-address=127.0.0.1",
-                f"--secure-port={self.scheduler_port}",
-                "--leader-elect=false",
-                *CONTROLLER_RATE_LIMITS,
-                "--v=1",
-            ],
+            [str(binaries["kube-scheduler"]), *control_loop_flags(self.scheduler_port)],
             [self.scheduler_port],
         )
         kwok = self._start(
