@@ -80,7 +80,7 @@ up: venv ## local mode: run the example swarm until Ctrl-C, printing each agent'
 	$(BIN)/kubeswarm up examples/swarm.yaml
 
 bench: testbed ## run every benchmark in bench/ (each prints its ratios against a baseline run beside it)
-	@set -e; for script in bench/bench_*.py; do echo "== $$script"; $(BIN)/python $$script; done
+	@set -e; for script in bench/bench_*.py; do name=$$(basename $$script .py); echo "== $$name"; $(BIN)/python -m bench.$$name; done
 
 # -- packaging: images, chart, dashboards (no container engine needed except for `images`)
 
