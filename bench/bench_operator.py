@@ -61,6 +61,32 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
+CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+
+
+def cpu_seconds(operator_pid: int) -> dict[str, float]:
+    """CPU time (user + system) so far of the operator and of each control-plane process on this machine."""
+    tick = os.sysconf("SC_CLK_TCK")
+    found: dict[str, float] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv0 = (proc / "cmdline").read_bytes().split(b"\0")[0].decode()
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        name = "operator" if int(proc.name) == operator_pid else Path(argv0).name
+        if name == "operator" or name in CONTROL_PLANE:
+            found[name] = found.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return found
+
+
+def cpu_line(after: dict[str, float], before: dict[str, float], seconds: float) -> str:
+    used = {name: after[name] - before.get(name, 0.0) for name in sorted(after, key=lambda n: -(after[n] - before.get(n, 0.0)))}
+    return f"CPU seconds over {seconds:.0f} s ({os.cpu_count()} CPUs): " + ", ".join(f"{n} {v:.0f}" for n, v in used.items())
+
+
 def agents_ready(cluster: KubeAccess, count: int) -> int:
     data = json.loads(cluster.kubectl("get", "agents", "-n", NAMESPACE, "-o", "json", timeout=60).stdout)
     ready = sum(
@@ -94,6 +120,57 @@ async def create_agents(kubeconfig: Path, manifests: list[dict[str, object]], in
         await api_client.close()
 
 
+BASELINE_NAMESPACE = "bench-baseline"
+
+
+def bare_objects(count: int) -> list[tuple[str, dict[str, object]]]:
+    """A Deployment (one pod, as an Agent's) and a Service per name: what the control plane must do for the Agents."""
+    out: list[tuple[str, dict[str, object]]] = []
+    for i in range(count):
+        labels = {"app": f"b{i:04d}"}
+        container = {"name": "runtime", "image": "kubeswarm/runtime:bench", "resources": BENCH_SPEC["resources"],
+                     "ports": [{"name": "mcp", "containerPort": 8080}]}
+        out.append(("services", {"apiVersion": "v1", "kind": "Service", "metadata": {"name": f"b{i:04d}"},
+                                 "spec": {"selector": labels, "ports": [{"name": "mcp", "port": 8080, "targetPort": "mcp"}]}}))
+        out.append(("deployments", {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": f"b{i:04d}"},
+                                    "spec": {"replicas": 1, "selector": {"matchLabels": labels},
+                                             "template": {"metadata": {"labels": labels}, "spec": {"containers": [container]}}}}))
+    return out
+
+
+async def create_bare(kubeconfig: Path, objects: list[tuple[str, dict[str, object]]], in_flight: int = 64) -> None:
+    api_client = await config.new_client_from_config(config_file=str(kubeconfig))
+    core, apps = client.CoreV1Api(api_client), client.AppsV1Api(api_client)
+    slots = asyncio.Semaphore(in_flight)
+
+    async def create(kind: str, body: dict[str, object]) -> None:
+        async with slots:
+            if kind == "services":
+                await core.create_namespaced_service(BASELINE_NAMESPACE, body)  # type: ignore[arg-type]  # sent as is
+            else:
+                await apps.create_namespaced_deployment(BASELINE_NAMESPACE, body)  # type: ignore[arg-type]  # sent as is
+
+    try:
+        await asyncio.gather(*(create(kind, body) for kind, body in objects))
+    finally:
+        await api_client.close()
+
+
+def deployments_ready(cluster: KubeAccess, namespace: str, count: int) -> int:
+    data = json.loads(cluster.kubectl("get", "deployments", "-n", namespace, "-o", "json", timeout=60).stdout)
+    ready = sum(1 for item in data["items"] if ((item.get("status") or {}).get("readyReplicas") or 0) >= 1)
+    return ready if ready >= count else 0
+
+
+def control_plane_baseline(cluster: KubeAccess, count: int) -> float:
+    """Seconds until ``count`` bare Deployments + Services, created directly (no operator), all have a ready pod."""
+    cluster.kubectl("create", "namespace", BASELINE_NAMESPACE)
+    started = time.monotonic()
+    asyncio.run(create_bare(cluster.kubeconfig, bare_objects(count)))
+    until(lambda: deployments_ready(cluster, BASELINE_NAMESPACE, count), 900, f"{count} bare Deployments ready", interval=2)
+    return time.monotonic() - started
+
+
 def last_created_after(cluster: KubeAccess, kind: str, start: str) -> float:
     """Seconds from the first Agent's creation to the newest object of ``kind`` (where the time went)."""
     data = json.loads(cluster.kubectl("get", kind, "-n", NAMESPACE, "-o", "json", timeout=120).stdout)
@@ -109,9 +186,10 @@ def diff(after: Counter[str], before: Counter[str]) -> dict[str, int]:
     return {verb: after[verb] - before[verb] for verb in sorted(after) if after[verb] - before[verb]}
 
 
-def run(cluster: KubeAccess, count: int, resync: float, workdir: Path) -> None:
+def run(cluster: KubeAccess, count: int, resync: float, workdir: Path, baseline: bool) -> None:
     install_crds(cluster)
-    cluster.kubectl("delete", "namespace", NAMESPACE, "--ignore-not-found", "--wait=true", timeout=300)
+    for namespace in (NAMESPACE, BASELINE_NAMESPACE):
+        cluster.kubectl("delete", "namespace", namespace, "--ignore-not-found", "--wait=true", timeout=300)
     cluster.kubectl("create", "namespace", NAMESPACE)
     env = {"KUBESWARM_RESYNC_SECONDS": str(resync), "KUBESWARM_RUNTIME_IMAGE": "kubeswarm/runtime:bench"}
     op = Operator(cluster.kubeconfig, workdir / "operator.log", env=env).start()
@@ -119,11 +197,13 @@ def run(cluster: KubeAccess, count: int, resync: float, workdir: Path) -> None:
     try:
         before = apiserver_requests(cluster)
         op_before = operator_writes(op)
+        cpu_before = cpu_seconds(op.process.pid)
         started = time.monotonic()
         asyncio.run(create_agents(cluster.kubeconfig, agent_manifests(count)))
         applied = time.monotonic() - started
         until(lambda: agents_ready(cluster, count), 900, f"{count} Agents Running", interval=2)
         ready_after = time.monotonic() - started
+        cpu_after = cpu_seconds(op.process.pid)
         first = min(
             a["metadata"]["creationTimestamp"]
             for a in json.loads(cluster.kubectl("get", "agents", "-n", NAMESPACE, "-o", "json").stdout)["items"]
@@ -138,6 +218,7 @@ def run(cluster: KubeAccess, count: int, resync: float, workdir: Path) -> None:
         print(f"all Ready after: {ready_after:.1f} s   (goal: <= 90 s)")
         print("last one created, seconds after the first Agent: " + ", ".join(f"{k} {v:.0f}" for k, v in timeline.items()))
         print(f"API requests, all clients: {total} = {total / count:.1f} per Agent; by verb: {created}")
+        print(cpu_line(cpu_after, cpu_before, ready_after))
         print(f"API requests by the operator's reconciler: {op_after - op_before:.0f} = {(op_after - op_before) / count:.1f} per Agent")
 
         # Idle: wait until one full resync of every Agent has happened, counting writes meanwhile.
@@ -153,24 +234,35 @@ def run(cluster: KubeAccess, count: int, resync: float, workdir: Path) -> None:
             f"API server writes meanwhile (all clients: leases, kwok, events): {server_writes}"
         )
         print(f"operator peak RSS: {peak_rss_mib(op.process.pid):.0f} MiB   (goal: <= 250 MiB)")
+        op.stop()
+        if baseline:
+            # The same test bed, the Agents' objects still there: the control plane alone, for comparison.
+            cpu_before = cpu_seconds(op.process.pid)
+            bare = control_plane_baseline(cluster, count)
+            print(cpu_line(cpu_seconds(op.process.pid), cpu_before, bare) + " (baseline)")
+            print(f"control-plane baseline: {count} bare Deployments + Services created directly (64 in flight), "
+                  f"all with a ready pod after {bare:.1f} s   vs {count} Agents through the operator: {ready_after:.1f} s")
     finally:
         op.stop()
-        cluster.kubectl("delete", "namespace", NAMESPACE, "--wait=false", check=False)
+        for namespace in (NAMESPACE, BASELINE_NAMESPACE):
+            cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--agents", type=int, default=1000)
     parser.add_argument("--resync", type=float, default=30.0, help="operator resync period for the idle check")
+    parser.add_argument("--no-baseline", dest="baseline", action="store_false",
+                        help="skip the control-plane baseline (bare Deployments + Services without the operator)")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="bench-operator-"))
     kubeconfig = os.environ.get("KUBECONFIG") or os.environ.get("KUBESWARM_E2E_KUBECONFIG")
     if kubeconfig:
-        run(ExistingCluster(Path(kubeconfig)), args.agents, args.resync, workdir)
+        run(ExistingCluster(Path(kubeconfig)), args.agents, args.resync, workdir, args.baseline)
         return 0
     testbed = Cluster(workdir / "cluster").start()
     try:
-        run(testbed, args.agents, args.resync, workdir)
+        run(testbed, args.agents, args.resync, workdir, args.baseline)
     finally:
         testbed.stop()
     return 0

@@ -12,7 +12,8 @@ from kubeswarm_operator.children import CHILD_KINDS, Kind, data_digests
 from kubeswarm_operator.reconciler import AgentReconciler, World
 from kubeswarm_operator.settings import OperatorSettings
 from kubeswarm_operator.status import Observed, compute_status, transitions
-from kubeswarm_runtime.resources import Agent, AgentStatus
+from kubeswarm_runtime.resources import Agent, AgentStatus, Condition
+from prometheus_client import REGISTRY
 
 pytestmark = pytest.mark.unit
 Manifest = dict[str, Any]
@@ -142,6 +143,68 @@ async def test_missing_secret_key_is_reported_with_an_actionable_message() -> No
     assert secrets_ready["reason"] == "SecretNotFound"
     assert secrets_ready["message"] == 'secret "llm" has no key "api-key"'
     assert ("event", "SecretNotFound", 'SecretsReady: secret "llm" has no key "api-key"') in kube.writes
+
+
+async def test_ready_is_false_while_a_secret_key_is_missing_even_with_ready_pods() -> None:
+    kube = RecordingKube()
+    rec = make(kube)
+    spec = {"model": {"provider": "anthropic", "name": "m", "apiKeySecretRef": {"name": "llm", "key": "api-key"}}}
+    rec.world = world_from(kube, {"llm": {"other": "eA=="}})
+    await rec.reconcile(Agent.model_validate(agent_body(**spec)))
+    rec.world = world_from(kube, {"llm": {"other": "eA=="}})  # now with a Deployment whose pods are all ready
+    await rec.reconcile(Agent.model_validate(agent_body(status=kube.status, **spec)))
+    assert kube.status is not None
+    conditions = {c["type"]: c for c in kube.status["conditions"]}
+    assert (conditions["Ready"]["status"], conditions["Ready"]["reason"]) == ("False", "SecretsNotReady")
+    assert conditions["SecretsReady"]["status"] == "False"
+    assert kube.status["readyReplicas"] == 1
+
+
+async def test_ready_follows_a_secrets_ready_failure_of_the_aws_sync() -> None:
+    kube = RecordingKube()
+    rec = make(kube)
+    await rec.reconcile(Agent.model_validate(agent_body()))
+    rec.world = world_from(kube)
+    failed = Condition(type="SecretsReady", status="False", reason="ResourceNotFoundException", message="AWS says no")
+    rec.signals.set_condition(("lab", "scout"), failed)
+    await rec.reconcile(Agent.model_validate(agent_body(status=kube.status)))
+    assert kube.status is not None
+    ready = next(c for c in kube.status["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"], ready["message"]) == ("False", "SecretsNotReady", "AWS says no")
+
+
+async def test_replica_series_per_agent_and_removed_with_the_agent() -> None:
+    kube = RecordingKube()
+    rec = make(kube)
+    await rec.reconcile(Agent.model_validate(agent_body(replicas=2)))
+    rec.world = world_from(kube)
+    await rec.reconcile(Agent.model_validate(agent_body(status=kube.status, replicas=2)))
+
+    def sample(state: str) -> float | None:
+        labels = {"namespace": "lab", "agent": "scout", "swarm": "default", "state": state}
+        return REGISTRY.get_sample_value("kubeswarm_operator_agent_replicas", labels)
+
+    assert (sample("desired"), sample("ready")) == (2, 2)
+    rec.forget("lab", "scout")
+    assert (sample("desired"), sample("ready")) == (None, None)
+
+
+async def test_a_sooner_request_brings_a_queued_recheck_forward() -> None:
+    kube = RecordingKube()
+    rec = make(kube)
+    rec.world = World(agents={("lab", "scout"): [agent_body()]}, swarms={}, children={k: {} for k in CHILD_KINDS}, scaled={})
+    rec.enqueue("lab", "scout", delay=3600)  # a settle recheck, far off
+    later = rec._queued["lab", "scout"]
+    rec.enqueue("lab", "scout", delay=0)  # a child's event
+    soon = rec._queued["lab", "scout"]
+    assert soon is not later
+    await soon
+    assert later.cancelled()
+    assert ("status", "Agent", "scout") in kube.writes
+    rec.enqueue("lab", "scout", delay=3600)
+    rec.enqueue("lab", "scout", delay=7200)  # a later request leaves the sooner run queued
+    assert len(rec._queued) == 1
+    await rec.close()
 
 
 async def test_children_the_agent_no_longer_wants_are_deleted(monkeypatch: pytest.MonkeyPatch) -> None:

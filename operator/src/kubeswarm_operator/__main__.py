@@ -11,13 +11,25 @@ import argparse
 import logging
 import sys
 
-import kopf
-
-from . import handlers, swarm_handlers  # noqa: F401  (registers the handlers)
 from .settings import OperatorSettings
+
+# kopf imports these client libraries when they are installed, only to recognise their model
+# objects; the operator uses none of them (kubernetes_asyncio's generated models alone take
+# some 70 MiB).  Marked absent before kopf is imported, kopf skips them.
+UNUSED_CLIENTS = ("kubernetes", "kubernetes_asyncio", "pykube")
+
+
+def without_unused_clients() -> None:
+    for name in UNUSED_CLIENTS:
+        sys.modules.setdefault(name, None)  # type: ignore[arg-type]
 
 
 def main(argv: list[str] | None = None) -> int:
+    without_unused_clients()
+    import kopf
+
+    from . import handlers, swarm_handlers  # noqa: F401  (registers the handlers)
+
     parser = argparse.ArgumentParser(prog="python -m kubeswarm_operator", description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "-n", "--namespace", action="append", default=None, help="watch only this namespace (repeatable; default: the whole cluster)"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import nats.errors
@@ -30,7 +30,7 @@ from .aws_secrets import (
     synced_condition,
     synced_data,
 )
-from .children import SECRET, aws_synced_secret_name, data_digests, manifest
+from .children import AWS_SYNCED_SUFFIX, SECRET, aws_synced_secret_name, data_digests, manifest
 from .drift import contains
 from .ingress import HTTP_ROUTE, Exposure, agent_route_body, ingress_ready
 from .kube import Kube
@@ -44,6 +44,18 @@ from .swarm_controller import SwarmController, valid_agents
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]
+
+
+def autoscaled(spec: Mapping[str, Any]) -> bool:
+    return bool((spec.get("autoscaling") or {}).get("enabled"))
+
+
+def aws_backed(spec: Mapping[str, Any]) -> bool:
+    return bool((spec.get("model") or {}).get("awsSecretsManager"))
+
+
+def routed(spec: Mapping[str, Any]) -> bool:
+    return ((spec.get("mcp") or {}).get("ingress") or {}).get("kind") == "HTTPRoute"
 
 
 def regarding(agent: Agent) -> dict[str, Any]:
@@ -65,6 +77,7 @@ class AgentLoops:
         self._scaled_to: dict[Key, int] = {}
         self._synced: dict[Key, str] = {}  # the AWS reference last synced (secret id, region, key)
         self._routed: set[Key] = set()  # Agents that have (or had) an HTTPRoute
+        self._autoscaled: set[Key] = set()  # Agents that autoscale (or did, until their condition is cleared)
         self._locks: dict[tuple[str, str, str], asyncio.Lock] = {}
 
     def _signal(self, agent: Agent, changed: bool) -> None:
@@ -76,19 +89,25 @@ class AgentLoops:
     async def autoscale_forever(self) -> None:
         while True:
             started = time.monotonic()
-            await self._each(self.autoscale)
+            await self._each(self.autoscale, lambda key, spec: key in self._autoscaled or autoscaled(spec))
             await asyncio.sleep(max(0.0, self.settings.autoscale_interval_seconds - (time.monotonic() - started)))
 
     async def refresh_secrets_forever(self) -> None:
         """Re-read every AWS secret now and then: rotation in AWS reaches the Secret (and rolls the pods)."""
         while True:
             await asyncio.sleep(self.settings.aws_refresh_seconds)
-            await self._each(self.sync_secret)
+            await self._each(self.sync_secret, lambda key, spec: key in self._synced or aws_backed(spec))
 
-    async def _each(self, step: Callable[[Agent], Awaitable[None]]) -> None:
+    async def _each(self, step: Callable[[Agent], Awaitable[None]], concerns: Callable[[Key, Mapping[str, Any]], bool]) -> None:
+        """Run ``step`` on every Agent it concerns (judged from the raw spec: most Agents are not parsed at all)."""
         if self.world is None:
             return
-        agents = valid_agents(self.world.agents)
+        bodies = {
+            key: values
+            for key, values in self.world.agents.items()
+            if any(concerns(key, body.get("spec") or {}) for body in values)
+        }
+        agents = valid_agents(bodies)
         results = await asyncio.gather(*(self._locked(agent, step) for agent in agents), return_exceptions=True)
         for agent, result in zip(agents, results, strict=True):
             if isinstance(result, Exception):
@@ -98,6 +117,14 @@ class AgentLoops:
         # One run of a step per Agent at a time (the timer and an Agent event may meet).
         async with self._locks.setdefault((agent.metadata.namespace, agent.metadata.name, step.__name__), asyncio.Lock()):
             await step(agent)
+
+    def concerned(self, key: Key, spec: Mapping[str, Any]) -> bool:
+        """Does an Agent's change concern these loops at once (its route, its AWS secret)?  Most do not."""
+        if key in self._routed or key in self._synced or routed(spec) or aws_backed(spec):
+            return True
+        # A synced Secret left from an AWS reference removed while the operator was down.
+        synced = (key[0], key[1] + AWS_SYNCED_SUFFIX)
+        return self.world is not None and bool(self.world.children[SECRET].get(synced))
 
     async def changed(self, agent: Agent) -> None:
         """An Agent was created or changed: its secret (if its AWS reference is new) and route now, not at the next tick."""
@@ -111,6 +138,7 @@ class AgentLoops:
         for state in (self._low_since, self._scaled_to, self._synced):
             state.pop(key, None)
         self._routed.discard(key)
+        self._autoscaled.discard(key)
         self.signals.forget(key)
 
     @staticmethod
@@ -128,10 +156,12 @@ class AgentLoops:
         key = self._key(agent)
         spec = agent.spec.autoscaling
         if not spec.enabled:
+            self._autoscaled.discard(key)
             self._low_since.pop(key, None)
             changed = self.signals.clear_condition(key, "Scaling") | self.signals.set_backlog(key, None)
             self._signal(agent, changed)
             return
+        self._autoscaled.add(key)
         hpa = self._hpa(agent)
         if hpa is not None:
             self._low_since.pop(key, None)
@@ -234,5 +264,5 @@ class AgentLoops:
         """Route status (Gateway acceptance) changes without an Agent event: look again now and then."""
         while True:
             await asyncio.sleep(period)
-            await self._each(self.sync_route)
+            await self._each(self.sync_route, lambda key, spec: key in self._routed or routed(spec))
 

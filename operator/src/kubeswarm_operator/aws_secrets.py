@@ -1,6 +1,7 @@
 """API keys from AWS Secrets Manager, kept in a Kubernetes Secret owned by the Agent.
 
-boto3 is blocking, so every call runs in a worker thread.  Credentials come
+boto3 is blocking, so every call runs in a worker thread; it is imported on
+first use (some 30 MiB), so an operator with no AWS-backed Agent never loads it.  Credentials come
 from the operator's environment (or IRSA through it); the endpoint can be
 overridden (``KUBESWARM_AWS_ENDPOINT_URL``, for tests against moto).  Errors
 carry the AWS error code and the secret's id, never its value.
@@ -12,8 +13,6 @@ import asyncio
 import base64
 import json
 
-import boto3
-from botocore.exceptions import BotoCoreError, ClientError
 from kubeswarm_runtime.resources import Agent, AwsSecretsManagerRef, Condition
 
 from .children import AWS_SYNCED_KEY, SECRET, Manifest, aws_synced_secret_name, child_labels, owner_reference
@@ -29,6 +28,9 @@ class AwsSecretError(Exception):
 
 
 def _read(ref: AwsSecretsManagerRef, endpoint_url: str | None) -> str:
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
     # A session per call: boto3's default session is not safe to share across threads.
     client = boto3.session.Session().client("secretsmanager", region_name=ref.region, endpoint_url=endpoint_url)
     try:

@@ -166,8 +166,11 @@ class SecretEnv:
     key: str
 
 
+AWS_SYNCED_SUFFIX = "-aws-api-key"
+
+
 def aws_synced_secret_name(agent: Agent) -> str:
-    return f"{agent.metadata.name}-aws-api-key"
+    return agent.metadata.name + AWS_SYNCED_SUFFIX
 
 
 def api_key_ref(agent: Agent) -> SecretKeyRef | None:

@@ -30,7 +30,7 @@ from .children import (
     data_digests,
     referenced_objects,
 )
-from .kube import Kube, load_config
+from .kube import Kube
 from .reconciler import AgentReconciler, World
 from .settings import OperatorSettings
 
@@ -243,7 +243,6 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     ours: OperatorSettings = memo.settings
     configure(settings, ours)
-    await load_config()
     metrics.serve(ours.metrics_port)
     memo.reconciler = AgentReconciler(Kube(ours.field_manager), ours)
     memo.resync = asyncio.create_task(memo.reconciler.resync_forever())

@@ -1,8 +1,11 @@
-"""The few Kubernetes API calls the reconciler makes, on kubernetes_asyncio's authenticated client.
+"""The few Kubernetes API calls the operator makes, on a plain aiohttp session.
 
-Requests go through ``ApiClient.call_api`` with plain dicts: no generated
-model classes, so one code path serves every child kind (server-side apply,
-create, delete) and responses stay cheap to handle.
+Requests carry plain dicts (no generated model classes), so one code path
+serves every kind (server-side apply, create, delete).  Credentials are
+kopf's own: the service account in a pod, else the current KUBECONFIG
+context; a 401 (a rotated service-account token) logs in again once.
+The operator does not import a Kubernetes client library: the generated
+models of one cost some 70 MiB of memory.
 """
 
 from __future__ import annotations
@@ -12,10 +15,11 @@ import json
 import logging
 import socket
 import uuid
+from collections.abc import Callable
 from typing import Any
 
-from kubernetes_asyncio import client, config
-from kubernetes_asyncio.client.exceptions import ApiException
+import aiohttp
+import kopf
 
 from . import metrics
 from .children import KINDS_BY_NAME, Kind
@@ -24,6 +28,16 @@ Manifest = dict[str, Any]
 log = logging.getLogger(__name__)
 AGENT_PATH = "/apis/kubeswarm.io/v1alpha1/namespaces/{namespace}/agents/{name}"
 EVENTS_PATH = "/apis/events.k8s.io/v1/namespaces/{namespace}/events"
+TIMEOUT = aiohttp.ClientTimeout(total=60, connect=10)
+
+
+class ApiError(Exception):
+    """The API server answered with an error status; ``reason`` is the start of its response body."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(f"({status}) {reason}")
+        self.status = status
+        self.reason = reason
 
 
 def kind_path(kind: Kind, namespace: str, name: str | None = None) -> str:
@@ -32,27 +46,43 @@ def kind_path(kind: Kind, namespace: str, name: str | None = None) -> str:
     return f"{path}/{name}" if name else path
 
 
-def namespace_terminating(error: ApiException) -> bool:
+def namespace_terminating(error: ApiError) -> bool:
     """The namespace is being deleted: nothing can be created in it, and nothing needs to be."""
     return error.status == 403 and "NamespaceTerminating" in str(error.reason)
 
 
-async def load_config() -> None:
-    """In a pod, the service account; outside, the current KUBECONFIG context."""
-    try:
-        config.load_incluster_config()  # type: ignore[no-untyped-call]
-    except config.ConfigException:
-        await config.load_kube_config()
+def login() -> kopf.ConnectionInfo:
+    """In a pod, the service account; outside, the current KUBECONFIG context (as kopf's watches log in)."""
+    settings = kopf.OperatorSettings()
+    info = kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(settings=settings)
+    if info is None:
+        raise kopf.LoginError("no service account and no kubeconfig to log in with")
+    return info
 
 
 class Kube:
-    def __init__(self, field_manager: str, api: client.ApiClient | None = None) -> None:
+    def __init__(self, field_manager: str, connect: Callable[[], kopf.ConnectionInfo] = login) -> None:
         self.field_manager = field_manager
-        self.api = api or client.ApiClient()
         self.instance = socket.gethostname()
+        self._connect = connect
+        self._server = ""
+        self._session: aiohttp.ClientSession | None = None
+
+    def _open(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            info = self._connect()
+            self._server = info.server.rstrip("/")
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=info.as_ssl_context()),
+                headers={**info.as_http_headers(), "Accept": "application/json", "User-Agent": "kubeswarm-operator"},
+                timeout=TIMEOUT,
+                trust_env=info.trust_env,
+            )
+        return self._session
 
     async def close(self) -> None:
-        await self.api.close()
+        if self._session is not None:
+            await self._session.close()
 
     async def _call(
         self,
@@ -65,26 +95,23 @@ class Kube:
         content_type: str = "application/json",
     ) -> Manifest:
         metrics.API_REQUESTS.labels(verb, what).inc()
-        try:
-            response = await self.api.call_api(
-                path,
-                verb,
-                query_params=query or [],
-                header_params={"Content-Type": content_type, "Accept": "application/json"},
-                body=body,
-                auth_settings=["BearerToken"],
-                _preload_content=False,
-                _return_http_data_only=True,
-            )
-            raw = await response.read()
-            # Without preloading, the client leaves the status check to us.
-            if not 200 <= response.status <= 299:
-                raise ApiException(status=response.status, reason=raw.decode(errors="replace")[:1000])
-            data: Manifest = json.loads(raw)
-            return data
-        except ApiException as error:
-            metrics.API_ERRORS.labels(verb, what, str(error.status)).inc()
-            raise
+        data = None if body is None else json.dumps(body, separators=(",", ":"))
+        for attempt in (1, 2):
+            session = self._open()
+            async with session.request(
+                verb, self._server + path, params=query or None, data=data, headers={"Content-Type": content_type}
+            ) as response:
+                raw = await response.read()
+                status = response.status
+            if status == 401 and attempt == 1:
+                await session.close()  # a rotated token: log in again
+                continue
+            if not 200 <= status <= 299:
+                metrics.API_ERRORS.labels(verb, what, str(status)).inc()
+                raise ApiError(status, raw.decode(errors="replace")[:1000])
+            result: Manifest = json.loads(raw)
+            return result
+        raise AssertionError("unreachable")
 
     async def apply(self, obj: Manifest) -> Manifest:
         """Server-side apply under our field manager; force takes fields back from hand edits."""
@@ -98,7 +125,7 @@ class Kube:
         path = kind_path(KINDS_BY_NAME[obj["kind"]], obj["metadata"]["namespace"])
         try:
             return await self._call("POST", obj["kind"], path, body=obj, query=[("fieldManager", self.field_manager)])
-        except ApiException as error:
+        except ApiError as error:
             if error.status == 409:
                 return None
             raise
@@ -116,7 +143,7 @@ class Kube:
     async def delete(self, kind: Kind, namespace: str, name: str) -> None:
         try:
             await self._call("DELETE", kind.kind, kind_path(kind, namespace, name))
-        except ApiException as error:
+        except ApiError as error:
             if error.status != 404:
                 raise
 
@@ -150,7 +177,7 @@ class Kube:
         }
         try:
             await self._call("POST", "Event", EVENTS_PATH.format(namespace=regarding["namespace"]), body=event)
-        except ApiException as error:
+        except ApiError as error:
             # An event is not worth failing a reconcile for.
             if not namespace_terminating(error):
                 log.warning("posting event %s on %s failed: %s", reason, regarding["name"], error.reason)

@@ -14,6 +14,11 @@ RECONCILE_SECONDS = Histogram(
     buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 AGENTS = Gauge("kubeswarm_operator_agents", "Agents by phase.", ["phase"])
+AGENT_REPLICAS = Gauge(
+    "kubeswarm_operator_agent_replicas",
+    "Replicas of each Agent: desired (its Deployment's spec.replicas, else spec.replicas) and ready.",
+    ["namespace", "agent", "swarm", "state"],
+)
 API_REQUESTS = Counter("kubeswarm_operator_api_requests_total", "Requests the reconciler made, by verb and kind.", ["verb", "kind"])
 API_ERRORS = Counter("kubeswarm_operator_api_errors_total", "Failed API requests by verb, kind and HTTP status.", ["verb", "kind", "code"])
 

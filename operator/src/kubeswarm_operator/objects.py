@@ -9,10 +9,8 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from kubernetes_asyncio.client.exceptions import ApiException
-
 from .children import SECRET, Kind
-from .kube import Kube, kind_path
+from .kube import ApiError, Kube, kind_path
 
 Manifest = dict[str, Any]
 
@@ -30,7 +28,7 @@ async def apply(kube: Kube, kind: Kind, obj: Manifest, field_manager: str | None
             "PATCH", kind.kind, kind_path(kind, meta["namespace"], meta["name"]), body=obj, query=query,
             content_type="application/apply-patch+yaml",
         )
-    except ApiException as error:
+    except ApiError as error:
         # An apply creates what is missing, so a 404 means the kind itself is unknown.
         if error.status == 404:
             raise KindNotInstalled(f"the cluster does not serve {kind.kind} ({kind.api_version}); install its CRDs") from None
@@ -41,7 +39,7 @@ async def get(kube: Kube, kind: Kind, namespace: str, name: str) -> Manifest | N
     """The object, or None if it (or its kind) does not exist."""
     try:
         return await kube._call("GET", kind.kind, kind_path(kind, namespace, name))
-    except ApiException as error:
+    except ApiError as error:
         if error.status == 404:
             return None
         raise
@@ -51,7 +49,7 @@ async def list_objects(kube: Kube, kind: Kind, namespace: str, label_selector: s
     """Objects of a kind in a namespace matching the selector; none if the kind is not served."""
     try:
         found = await kube._call("GET", kind.kind, kind_path(kind, namespace), query=[("labelSelector", label_selector)])
-    except ApiException as error:
+    except ApiError as error:
         if error.status == 404:
             return []
         raise

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import datetime as dt
 import logging
 import secrets
@@ -18,7 +19,6 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kubernetes_asyncio.client.exceptions import ApiException
 from kubeswarm_runtime.render import MCP_JWT_KEY_ENV, MODEL_API_KEY_ENV, render_runtime_env
 from kubeswarm_runtime.resources import API_VERSION, Agent, AgentStatus, Swarm
 
@@ -44,7 +44,7 @@ from .children import (
     secret_name,
 )
 from .drift import contains
-from .kube import Kube, namespace_terminating
+from .kube import ApiError, Kube, namespace_terminating
 from .nats_access import swarm_nats_url
 from .settings import OperatorSettings
 from .signals import AgentSignals
@@ -91,9 +91,11 @@ class AgentReconciler:
         self.world: World | None = None
         self._locks: dict[Key, asyncio.Lock] = {}
         self._queued: dict[Key, asyncio.Task[None]] = {}
+        self._due: dict[Key, float] = {}  # when each queued run starts (event loop time)
         self._recent: dict[tuple[str, str, str], tuple[str, float]] = {}
         self._recent_status: dict[Key, tuple[AgentStatus, float]] = {}
         self._phases: dict[Key, str] = {}
+        self._replica_labels: dict[Key, tuple[str, str, str]] = {}  # (namespace, agent, swarm) of its replica series
         self._slots = asyncio.Semaphore(settings.worker_limit)
         self._posting: set[asyncio.Task[None]] = set()
         # What the operator's loops (autoscaler, AWS secret sync, HTTPRoutes) found; merged into the status.
@@ -110,7 +112,7 @@ class AgentReconciler:
         async with self._slots, lock:
             try:
                 wrote = await self._converge(agent, self.world)
-            except ApiException as error:
+            except ApiError as error:
                 if namespace_terminating(error):
                     log.debug("namespace of Agent %s/%s is being deleted; leaving it be", *key)
                     return
@@ -124,11 +126,21 @@ class AgentReconciler:
         metrics.RECONCILES.labels("Agent", "applied" if wrote else "unchanged").inc()
 
     def enqueue(self, namespace: str, name: str, delay: float = 0.2) -> None:
-        """Reconcile soon, from the latest watched body; bursts of child events collapse into one run."""
+        """Reconcile soon, from the latest watched body; bursts of child events collapse into one run.
+
+        A run queued for later (a settle recheck) is brought forward by a sooner request:
+        a child's event must not wait behind it.
+        """
         key = (namespace, name)
-        if key in self._queued:
-            return
-        self._queued[key] = asyncio.get_running_loop().create_task(self._run_queued(key, delay))
+        loop = asyncio.get_running_loop()
+        due = loop.time() + delay
+        queued = self._queued.get(key)
+        if queued is not None:
+            if self._due[key] <= due:
+                return
+            queued.cancel()  # still sleeping: a run takes itself off the queue before it starts
+        self._due[key] = due
+        self._queued[key] = loop.create_task(self._run_queued(key, delay))
 
     def forget(self, namespace: str, name: str) -> None:
         key = (namespace, name)
@@ -136,6 +148,7 @@ class AgentReconciler:
         self._recent_status.pop(key, None)
         self._phases.pop(key, None)
         self._count_phases()
+        self._drop_replica_series(key)
 
     async def resync_forever(self) -> None:
         """The periodic level check: every Agent, spread over the resync period."""
@@ -164,6 +177,7 @@ class AgentReconciler:
     async def _run_queued(self, key: Key, delay: float) -> None:
         await asyncio.sleep(delay)
         del self._queued[key]
+        del self._due[key]
         body = one(self.world.agents, key) if self.world else None
         if body is None:
             return
@@ -287,7 +301,7 @@ class AgentReconciler:
     async def _apply(self, kind: Kind, want: Manifest, live: Manifest | None) -> None:
         try:
             await self.kube.apply(want)
-        except ApiException as error:
+        except ApiError as error:
             if error.status != 422 or live is None:
                 raise
             # A hand edit can leave a list entry that merges with ours into an invalid object (two Service
@@ -309,6 +323,7 @@ class AgentReconciler:
         if self._phases.get(key) != new.phase:
             self._phases[key] = str(new.phase)
             self._count_phases()
+        self._count_replicas(agent, observed, new)
         events = self._action_events(agent, actions)
         changed = old is None or status_patch(old) != status_patch(new)
         if changed:
@@ -340,6 +355,24 @@ class AgentReconciler:
         if updated:
             events.append(Event("Normal", "Updated", "; ".join(updated)))
         return events
+
+    def _count_replicas(self, agent: Agent, observed: Observed, status: AgentStatus) -> None:
+        key = (agent.metadata.namespace, agent.metadata.name)
+        labels = (*key, agent.spec.swarm)
+        if self._replica_labels.get(key) != labels:
+            self._drop_replica_series(key)  # the Agent moved to another swarm
+            self._replica_labels[key] = labels
+        deployment_spec = (observed.deployment or {}).get("spec", {})
+        desired = int(deployment_spec.get("replicas", agent.spec.replicas))
+        metrics.AGENT_REPLICAS.labels(*labels, "desired").set(desired)
+        metrics.AGENT_REPLICAS.labels(*labels, "ready").set(status.ready_replicas or 0)
+
+    def _drop_replica_series(self, key: Key) -> None:
+        labels = self._replica_labels.pop(key, None)
+        if labels is not None:
+            for state in ("desired", "ready"):
+                with contextlib.suppress(KeyError):
+                    metrics.AGENT_REPLICAS.remove(*labels, state)
 
     def _count_phases(self) -> None:
         counts: dict[str, int] = {}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from kubeswarm_runtime.resources import AgentStatus, Condition
 
-from .status import stamp
+from .status import secrets_gate, stamp
 
 Key = tuple[str, str]  # (namespace, name)
 
@@ -52,9 +52,11 @@ class AgentSignals:
         mine = self._conditions.get(key, {})
         if not mine and status.backlog == self.backlog(key):
             return status
-        stamped = stamp(list(mine.values()), old.conditions if old else [], status.observed_generation, now)
         kept = [c for c in status.conditions if c.type not in mine]
-        return status.model_copy(update={"conditions": kept + stamped, "backlog": self.backlog(key)})
+        # Ready follows a SecretsReady given here too; stamped again, as it may have changed.
+        merged = secrets_gate(kept + list(mine.values()))
+        stamped = stamp(merged, old.conditions if old else [], status.observed_generation, now)
+        return status.model_copy(update={"conditions": stamped, "backlog": self.backlog(key)})
 
     def forget(self, key: Key) -> None:
         self._conditions.pop(key, None)

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from kubeswarm_runtime.resources import Agent, AgentStatus, Condition, Phase
+from kubeswarm_runtime.resources import Agent, AgentStatus, Condition, Phase, SwarmStatus
 
 from .children import endpoint, selector_string
 
@@ -74,7 +74,8 @@ def ready_condition(agent: Agent, observed: Observed, pods: Readiness | None) ->
         return condition("Ready", False, "DeploymentMissing", f"waiting for Deployment {name!r} to be created")
     if pods.failure:
         return condition("Ready", False, "ProgressDeadlineExceeded", pods.failure)
-    if observed.missing_refs and pods.ready < pods.wanted:
+    if observed.missing_refs:
+        # Not ready while a Secret or key the pods read is missing, even if pods run: a new pod could not start.
         return condition("Ready", False, "SecretsNotReady", "; ".join(observed.missing_refs))
     if pods.wanted == 0:
         return condition("Ready", True, "ScaledToZero", "spec.replicas is 0")
@@ -112,6 +113,15 @@ def ingress_condition(observed: Observed) -> Condition:
         return condition("IngressReady", False, "AwaitingAddress", message)
     first = addresses[0]
     return condition("IngressReady", True, "AddressAssigned", f"served at {first.get('hostname') or first.get('ip')}")
+
+
+def secrets_gate(conditions: Sequence[Condition]) -> list[Condition]:
+    """Ready is False while SecretsReady is False (whoever found it: the reconcile or the AWS sync)."""
+    secrets = next((c for c in conditions if c.type == "SecretsReady"), None)
+    if secrets is None or secrets.status != "False":
+        return list(conditions)
+    not_ready = condition("Ready", False, "SecretsNotReady", secrets.message)
+    return [not_ready if c.type == "Ready" and c.status == "True" else c for c in conditions]
 
 
 def phase(pods: Readiness | None) -> Phase:
@@ -173,8 +183,8 @@ def transitions(old: AgentStatus | None, new: AgentStatus) -> list[Event]:
     return events
 
 
-def status_patch(status: AgentStatus) -> Manifest:
-    """The status as JSON for a merge patch; unset fields become null so stale values are removed."""
+def status_patch(status: AgentStatus | SwarmStatus) -> Manifest:
+    """An Agent's or a Swarm's status as JSON for a merge patch; unset fields become null so stale values are removed."""
     return status.model_dump(mode="json", by_alias=True, exclude={"conditions"}) | {
         "conditions": [c.model_dump(mode="json", by_alias=True, exclude_none=True) for c in status.conditions]
     }

@@ -181,10 +181,3 @@ def compute_swarm_status(swarm: Swarm, members: Sequence[Agent], observed: Swarm
         observed_generation=swarm.metadata.generation,
         endpoint=observed.endpoint,
     )
-
-
-def swarm_status_patch(status: SwarmStatus) -> Manifest:
-    """The status as JSON for a merge patch; unset fields become null so stale values are removed."""
-    return status.model_dump(mode="json", by_alias=True, exclude={"conditions"}) | {
-        "conditions": [c.model_dump(mode="json", by_alias=True, exclude_none=True) for c in status.conditions]
-    }

@@ -29,7 +29,7 @@ from .kube import Kube
 from .nats_access import NatsPool, NatsTarget, NatsUnavailable, swarm_nats_url
 from .reconciler import World, one
 from .settings import OperatorSettings
-from .status import condition
+from .status import condition, status_patch
 from .swarm import (
     AGENT,
     SWARM,
@@ -41,7 +41,6 @@ from .swarm import (
     controlled_by,
     joined,
     stale_members,
-    swarm_status_patch,
 )
 
 log = logging.getLogger(__name__)
@@ -218,7 +217,7 @@ class SwarmController:
         now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         key = (swarm.metadata.namespace, swarm.metadata.name)
         new = compute_swarm_status(swarm, members, observed, now)
-        patch = swarm_status_patch(new)
+        patch = status_patch(new)
         regarding = {
             "apiVersion": API_VERSION, "kind": "Swarm", "name": swarm.metadata.name,
             "namespace": swarm.metadata.namespace, "uid": swarm.metadata.uid,
@@ -226,7 +225,7 @@ class SwarmController:
         if actions:
             await self.kube.post_event(regarding, "Normal", "Reconciled", "; ".join(actions), action="Reconcile")
         # The body may predate our last status write (the watch lags): do not write or announce it twice.
-        if (swarm.status is not None and swarm_status_patch(swarm.status) == patch) or self._written.get(key) == patch:
+        if (swarm.status is not None and status_patch(swarm.status) == patch) or self._written.get(key) == patch:
             return
         await objects.merge_patch_status(self.kube, SWARM, swarm.metadata.namespace, swarm.metadata.name, patch)
         self._written[key] = patch

@@ -14,12 +14,11 @@ from collections.abc import Mapping
 from typing import Any
 
 import kopf
-from kubernetes_asyncio.client.exceptions import ApiException
 from kubeswarm_runtime.resources import Agent, Swarm
 
 from .agent_loops import AgentLoops
 from .handlers import AGENTS, SWARMS, world
-from .kube import Kube, namespace_terminating
+from .kube import ApiError, Kube, namespace_terminating
 from .nats_access import NatsPool, NatsUnavailable
 from .reconciler import AgentReconciler, one
 from .settings import OperatorSettings
@@ -62,7 +61,7 @@ class SwarmQueue:
             await self.controller.reconcile(Swarm.model_validate(body), world(self.kwargs))
         except NatsUnavailable as error:
             log.info("Swarm %s/%s: %s (the change handler retries)", *key, error)
-        except ApiException as error:
+        except ApiError as error:
             if not namespace_terminating(error):
                 log.exception("reconciling Swarm %s/%s failed", *key)
         except Exception:
@@ -130,6 +129,8 @@ async def member_event(type: str, body: kopf.Body, namespace: str | None, name: 
             memo.swarm_queue.enqueue(ns, ref.get("name", ""))
     if type == "DELETED":
         memo.agent_loops.forget(ns, name)
+        return
+    if not memo.agent_loops.concerned((ns, name), body.get("spec", {})):
         return
     try:
         agent = Agent.model_validate(body)
