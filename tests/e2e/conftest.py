@@ -40,8 +40,9 @@ def until(probe: Callable[[], T | None], timeout: float, what: str, interval: fl
 def install_crds(cluster: KubeAccess) -> None:
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
     cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/agents.kubeswarm.io", "crd/swarms.kubeswarm.io")
-    # Discovery lags behind Established: wait until kubectl can resolve the kinds.
-    until(lambda: cluster.kubectl("get", "agents", "-A", check=False).returncode == 0, 30, "the Agent kind in discovery")
+    # Discovery and storage lag behind Established: wait until both kinds can be listed
+    # (an operator started earlier may get "storage is (re)initializing" on its first list).
+    until(lambda: cluster.kubectl("get", "agents,swarms", "-A", check=False).returncode == 0, 30, "the kinds in discovery")
 
 
 @dataclass
@@ -134,8 +135,14 @@ def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer
     process.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def operator(cluster: KubeAccess, moto_server: MotoServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
+    """The operator, cluster-wide, for the tests of one module.
+
+    Per module, not per session: a module that runs an operator of its own (test_chart's,
+    under the chart's identity) then never shares the cluster with this one, whatever the
+    order the modules run in.
+    """
     install_crds(cluster)
     env = {**OPERATOR_ENV, **moto_server.operator_env}
     op = Operator(cluster.kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log", env=env).start()

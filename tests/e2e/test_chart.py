@@ -8,6 +8,7 @@ a token of the chart's ServiceAccount: whatever it does, the chart's RBAC must a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
 from collections.abc import Iterator
@@ -18,7 +19,9 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.e2e.test_operator_autoscaling import publish_tasks
 from tests.testbed.cluster import KubeAccess
+from tests.testbed.nats import NatsServer
 from tests.unit.test_chart import CHART, Manifest, find, helm, one, operator_env, values_args
 
 from .conftest import REPO, Operator, until
@@ -120,6 +123,23 @@ def agents_namespace(cluster: KubeAccess) -> Iterator[str]:
     cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
+@contextlib.contextmanager
+def chart_operator(release: Release, log: Path) -> Iterator[Operator]:
+    """The operator as the chart's identity; afterwards, its log must show no refusal by the chart's RBAC."""
+    operator = release.operator(log)
+    try:
+        yield operator
+    finally:
+        operator.stop()
+    refusals = ("Forbidden", " 403", "Not enough permissions")
+    forbidden = [line for line in log.read_text().splitlines() if any(sign in line for sign in refusals)]
+    assert not forbidden, "the operator was refused by the chart's RBAC:\n" + "\n".join(forbidden[:10])
+
+
+def conditions_of(body: Manifest | None) -> dict[str, str]:
+    return {c["type"]: c["status"] for c in ((body or {}).get("status") or {}).get("conditions", [])}
+
+
 def example_agent_becomes_ready(release: Release, namespace: str, name: str, log: Path) -> None:
     """The example Agent (and the Secret it names) applied as ``name``; the operator, as the chart's identity, makes it Running."""
     example = yaml.safe_load(EXAMPLE.read_text())
@@ -128,23 +148,45 @@ def example_agent_becomes_ready(release: Release, namespace: str, name: str, log
     secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": ref["name"]}, "stringData": {ref["key"]: "not-a-real-key"}}
     for manifest in (secret, example):
         release.cluster.kubectl("-n", namespace, "apply", "-f", "-", input=json.dumps(manifest))
-    operator = release.operator(log)
-    try:
+    with chart_operator(release, log):
 
         def ready() -> Manifest | None:
-            status = (release.get("agent", name, namespace=namespace) or {}).get("status") or {}
-            conditions = {c["type"]: c["status"] for c in status.get("conditions", [])}
-            return status if status.get("phase") == "Running" and conditions.get("Ready") == "True" else None
+            body = release.get("agent", name, namespace=namespace)
+            status = (body or {}).get("status") or {}
+            return status if status.get("phase") == "Running" and conditions_of(body).get("Ready") == "True" else None
 
         until(ready, READY, f"example Agent {namespace}/{name} Running (operator log: {log})")
-    finally:
-        operator.stop()
-    refusals = ("Forbidden", " 403", "Not enough permissions")
-    forbidden = [line for line in log.read_text().splitlines() if any(sign in line for sign in refusals)]
-    assert not forbidden, "the operator was refused by the chart's RBAC:\n" + "\n".join(forbidden[:10])
 
 
-def test_install_test_operate_upgrade_uninstall(release: Release, agents_namespace: str, cluster: KubeAccess, tmp_path: Path) -> None:
+def swarm_scales_and_goes(release: Release, namespace: str, nats_url: str, log: Path) -> None:
+    """A Swarm with one autoscaled member, as the chart's identity: member Agent, streams, status, scale, finalizer."""
+    prefix = f"ks.chart.{uuid.uuid4().hex[:8]}"
+    member = {
+        "name": "cruncher",
+        "template": {
+            "capabilities": ["crunch"],
+            "autoscaling": {"enabled": True, "minReplicas": 1, "maxReplicas": 3, "targetBacklogPerReplica": 1,
+                            "scaleDownDelaySeconds": 600},
+        },
+    }
+    swarm = {
+        "apiVersion": "kubeswarm.io/v1alpha1", "kind": "Swarm", "metadata": {"name": "crew"},
+        "spec": {"nats": {"url": nats_url}, "subjectPrefix": prefix, "agents": [member]},
+    }
+    release.cluster.kubectl("-n", namespace, "apply", "-f", "-", input=json.dumps(swarm))
+    with chart_operator(release, log):
+        until(lambda: conditions_of(release.get("swarm", "crew", namespace=namespace)).get("Ready") == "True", READY,
+              f"Swarm {namespace}/crew Ready (operator log: {log})")
+        publish_tasks(nats_url, f"{prefix}.tasks.crunch", 2)  # 2 tasks, 1 per replica: 2 replicas, through agents/scale
+        until(lambda: ((release.get("agent", "cruncher", namespace=namespace) or {}).get("spec") or {}).get("replicas") == 2,
+              READY, f"the member scaled to 2 replicas (operator log: {log})")
+        # Deleting it runs the finalizer (its streams removed), which the operator then takes off.
+        release.cluster.kubectl("-n", namespace, "delete", "swarm", "crew", "--timeout=60s")
+
+
+def test_install_test_operate_upgrade_uninstall(
+    release: Release, agents_namespace: str, cluster: KubeAccess, nats_server: NatsServer, tmp_path: Path
+) -> None:
     notes = release.install("install", VALUES)
     assert f"kubectl -n {release.namespace} rollout status deployment/{RELEASE}-kubeswarm-operator" in notes
 
@@ -167,9 +209,10 @@ def test_install_test_operate_upgrade_uninstall(release: Release, agents_namespa
     tested = release.helm("test", RELEASE, "--timeout", "90s")
     assert "Phase:          Succeeded" in tested.stdout, tested.stdout
 
-    # The operator, as the chart's ServiceAccount, cluster-wide.
+    # The operator, as the chart's ServiceAccount, cluster-wide: an Agent, then a Swarm that autoscales its member.
     assert not release.can("list", "pods", agents_namespace) and not release.can("delete", "namespaces", agents_namespace)
     example_agent_becomes_ready(release, agents_namespace, "writer", tmp_path / "operator-cluster.log")
+    swarm_scales_and_goes(release, agents_namespace, nats_server.url, tmp_path / "operator-swarm.log")
 
     # Upgrade to watching one namespace: the ClusterRole gives way to a Role there.
     release.install("upgrade", {**VALUES, "operator": {**VALUES["operator"], "watchNamespaces": [agents_namespace]}})
