@@ -26,9 +26,6 @@ from tests.unit.test_chart import EVERYTHING, one, render
 
 pytestmark = pytest.mark.unit
 
-# Series the dashboards already show, which their owners have yet to export (asked for in the
-# issue tracker). The test fails once one exists, so that it is then checked like the rest.
-AWAITED: dict[str, str] = {}
 # What Prometheus adds to every scraped series.
 PROMETHEUS_TARGET_LABELS = {"job", "instance"}
 # What a Prometheus Operator ServiceMonitor adds to the operator's series.
@@ -141,11 +138,10 @@ def test_every_series_the_dashboards_read_is_exported_with_those_labels(name: st
     for title, expr, legend in targets(dashboards()[name]):
         metrics = set(METRIC.findall(expr))
         assert metrics, f"{title}: no kubeswarm series in {expr}"
-        checked = [m for m in metrics if m not in AWAITED]
-        for metric in checked:
+        for metric in metrics:
             if metric not in exported:
                 problems.append(f"{title}: {metric} is exported by neither the runtime nor the operator")
-        known = [exported[m] for m in checked if m in exported]
+        known = [exported[m] for m in metrics if m in exported]
         for metric, matchers in SELECTOR.findall(expr):
             if metric in exported:
                 missing = [label for label in MATCHER.findall(matchers) if label not in exported[metric]]
@@ -155,10 +151,3 @@ def test_every_series_the_dashboards_read_is_exported_with_those_labels(name: st
         for labels in known:
             problems += [f"{title}: a series in {expr!r} has no label {label}" for label in sorted(wanted - labels)]
     assert not problems, "\n".join(problems)
-
-
-def test_awaited_series_are_still_missing(exported: dict[str, frozenset[str]]) -> None:
-    arrived = sorted(set(AWAITED) & set(exported))
-    assert not arrived, f"{arrived} are exported now: drop them from AWAITED so their labels are checked"
-    used = {m for board in dashboards().values() for _, expr, _ in targets(board) for m in METRIC.findall(expr)}
-    assert set(AWAITED) <= used
