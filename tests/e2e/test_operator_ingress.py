@@ -23,9 +23,9 @@ from tests.testbed.nats import NatsServer
 
 pytestmark = pytest.mark.e2e
 
-# Pinned here (the test bed's pins.json is the lead's); standard channel: HTTPRoute with timeouts.
+# The newest release this Go toolchain can fetch (v1.7 wants Go 1.27); standard channel: HTTPRoute with timeouts.
 GATEWAY_API_MODULE = "sigs.k8s.io/gateway-api"
-GATEWAY_API_VERSION = "v1.2.1"
+GATEWAY_API_VERSION = "v1.6.3"
 GOMODCACHE = Path.home() / ".cache" / "kubeswarm" / "gomod"
 NGINX = "nginx.ingress.kubernetes.io"
 OAUTH = "/.well-known/oauth-protected-resource"
