@@ -263,3 +263,18 @@ def test_transition_times_are_kept_while_a_condition_holds() -> None:
     assert ready.last_transition_time == "t3"
     assert [e.reason for e in transitions(first, degraded)] == ["ReplicasNotReady", "PhaseDegraded"]
     assert isinstance(degraded, AgentStatus)
+
+
+async def test_an_agent_is_queued_for_a_new_generation_not_for_its_own_status_writes() -> None:
+    kube = RecordingKube()
+    rec = make(kube)
+    rec.world = World(agents={("lab", "scout"): [agent_body()]}, swarms={}, children={k: {} for k in CHILD_KINDS}, scaled={})
+    rec.observe("lab", "scout", "u-1", 1)  # created
+    first = rec._queued["lab", "scout"]
+    await first
+    assert ("status", "Agent", "scout") in kube.writes
+    rec.observe("lab", "scout", "u-1", 1)  # its status written: the same generation
+    assert ("lab", "scout") not in rec._queued
+    rec.observe("lab", "scout", "u-1", 2)  # the spec changed
+    assert ("lab", "scout") in rec._queued
+    await rec.close()

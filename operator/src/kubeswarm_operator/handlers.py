@@ -1,7 +1,8 @@
 """kopf wiring: watches (as indexes), thin handlers, operator settings.
 
-Handlers only validate the body into the Agent model and call the
-reconciler.  Indexes are the operator's in-memory view of the cluster; kopf
+Handlers only hand the reconciler what changed; it validates the body
+into the Agent model and works from its own queue.  Indexes are the
+operator's in-memory view of the cluster; kopf
 fills them from the initial listing before any handler runs, so a restarted
 operator sees what exists and does not recreate it.
 """
@@ -95,11 +96,11 @@ def shared_view(body: Mapping[str, Any]) -> dict[str, Any]:
     return view
 
 
-def owned_index(body: kopf.Body, resource: kopf.Resource, namespace: str | None, name: str, **_: Any) -> dict[Key, dict[str, Any]]:
+async def owned_index(body: kopf.Body, resource: kopf.Resource, namespace: str | None, name: str, **_: Any) -> dict[Key, dict[str, Any]]:
     return {(namespace, name): prune(typed(body, resource))}
 
 
-def shared_index(body: kopf.Body, resource: kopf.Resource, namespace: str | None, name: str, **_: Any) -> dict[Key, dict[str, Any]]:
+async def shared_index(body: kopf.Body, resource: kopf.Resource, namespace: str | None, name: str, **_: Any) -> dict[Key, dict[str, Any]]:
     return {(namespace, name): shared_view(typed(body, resource))}
 
 
@@ -111,12 +112,12 @@ for _kind in CHILD_KINDS:
 
 
 @kopf.index(*AGENTS)
-def agent_bodies(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> dict[Key, dict[str, Any]]:
+async def agent_bodies(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> dict[Key, dict[str, Any]]:
     return {(namespace, name): prune(body)}
 
 
 @kopf.index(*AGENTS)
-def agent_refs(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> dict[tuple[str, str | None, str], str]:
+async def agent_refs(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> dict[tuple[str, str | None, str], str]:
     """(kind, namespace, name) of each Secret and ConfigMap -> the Agents whose pods read it."""
     try:
         agent = Agent.model_validate(body)
@@ -126,12 +127,12 @@ def agent_refs(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> d
 
 
 @kopf.index(*SWARMS)
-def swarm_bodies(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> dict[Key, dict[str, Any]]:
+async def swarm_bodies(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> dict[Key, dict[str, Any]]:
     return {(namespace, name): prune(body)}
 
 
 @kopf.index(*HPAS)
-def hpa_targets(spec: kopf.Spec, namespace: str | None, name: str, **_: Any) -> dict[tuple[str, str, str], str]:
+async def hpa_targets(spec: kopf.Spec, namespace: str | None, name: str, **_: Any) -> dict[tuple[str, str, str], str]:
     target = spec.get("scaleTargetRef", {})
     return {(namespace or "", target.get("kind", ""), target.get("name", "")): name}
 
@@ -154,22 +155,21 @@ def reconciler(memo: kopf.Memo, kwargs: Mapping[str, Any]) -> AgentReconciler:
 # -- handlers
 
 
-@kopf.on.resume(*AGENTS, id="reconcile")
-@kopf.on.create(*AGENTS, id="reconcile")
-@kopf.on.update(*AGENTS, id="reconcile")
-async def reconcile_agent(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
-    try:
-        agent = Agent.model_validate(body)
-    except ValueError as error:
-        # The API server validated the same rules; only an older object could fail here. Retrying cannot help.
-        raise kopf.PermanentError(f"invalid Agent: {error}") from error
-    await reconciler(memo, kwargs).reconcile(agent)
-
-
 @kopf.on.event(*AGENTS)
-async def agent_event(type: str, namespace: str | None, name: str, memo: kopf.Memo, **kwargs: Any) -> None:
+async def agent_event(type: str | None, body: kopf.Body, namespace: str | None, name: str, memo: kopf.Memo, **kwargs: Any) -> None:
+    """A new or changed Agent is reconciled from the operator's own queue.
+
+    Not kopf's create/update/resume handlers: those write their bookkeeping
+    (last-handled configuration, progress) into the Agent, a PATCH per change
+    that also wakes every Agent watch once more.  The watched generation
+    tells a spec change from the Agent's own status writes.
+    """
+    rec = reconciler(memo, kwargs)
     if type == "DELETED":
-        reconciler(memo, kwargs).forget(namespace or "", name)
+        rec.forget(namespace or "", name)
+        return
+    meta = body.get("metadata", {})
+    rec.observe(namespace or "", name, meta.get("uid"), meta.get("generation"))
 
 
 async def child_event(type: str, labels: kopf.Labels, namespace: str | None, memo: kopf.Memo, **kwargs: Any) -> None:

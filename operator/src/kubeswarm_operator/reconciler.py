@@ -55,6 +55,8 @@ log = logging.getLogger(__name__)
 # After a write, the watch needs a moment to show it; within this window a
 # stale view is not taken for drift (which would write the same thing again).
 SETTLE_SECONDS = 15.0
+# A failed reconcile is tried again after 2, 4, 8 ... seconds, at most this far apart.
+RETRY_MAX_SECONDS = 60.0
 PODS_READ = (CONFIG_MAP, SECRET)
 
 Key = tuple[str, str]  # (namespace, name)
@@ -95,6 +97,8 @@ class AgentReconciler:
         self._recent: dict[tuple[str, str, str], tuple[str, float]] = {}
         self._recent_status: dict[Key, tuple[AgentStatus, float]] = {}
         self._phases: dict[Key, str] = {}
+        self._seen: dict[Key, tuple[object, object]] = {}  # (uid, generation) of each Agent last queued for its spec
+        self._failures: dict[Key, int] = {}  # consecutive failed runs, for the retry backoff
         self._replica_labels: dict[Key, tuple[str, str, str]] = {}  # (namespace, agent, swarm) of its replica series
         self._slots = asyncio.Semaphore(settings.worker_limit)
         self._posting: set[asyncio.Task[None]] = set()
@@ -105,11 +109,16 @@ class AgentReconciler:
 
     async def reconcile(self, agent: Agent) -> None:
         """Bring one Agent's children and status to the desired state (raises on API errors, for retries)."""
+        async with self._slots:
+            await self._reconcile(agent)
+
+    async def _reconcile(self, agent: Agent) -> None:
+        """``reconcile`` in a slot the caller holds."""
         assert self.world is not None, "attach() a World first"
         key = (agent.metadata.namespace, agent.metadata.name)
         lock = self._locks.setdefault(key, asyncio.Lock())
         started = time.perf_counter()
-        async with self._slots, lock:
+        async with lock:
             try:
                 wrote = await self._converge(agent, self.world)
             except ApiError as error:
@@ -142,8 +151,21 @@ class AgentReconciler:
         self._due[key] = due
         self._queued[key] = loop.create_task(self._run_queued(key, delay))
 
+    def observe(self, namespace: str, name: str, uid: object, generation: object) -> None:
+        """An Agent's watch event: reconcile now if it is new or its spec changed.
+
+        Its own status writes (and metadata edits) leave the generation as it
+        was: nothing to do for them, the children depend on the spec alone.
+        """
+        key = (namespace, name)
+        if self._seen.get(key) != (uid, generation):
+            self._seen[key] = (uid, generation)
+            self.enqueue(namespace, name, delay=0)
+
     def forget(self, namespace: str, name: str) -> None:
         key = (namespace, name)
+        self._seen.pop(key, None)
+        self._failures.pop(key, None)
         self._locks.pop(key, None)
         self._recent_status.pop(key, None)
         self._phases.pop(key, None)
@@ -176,16 +198,31 @@ class AgentReconciler:
 
     async def _run_queued(self, key: Key, delay: float) -> None:
         await asyncio.sleep(delay)
-        del self._queued[key]
-        del self._due[key]
+        async with self._slots:
+            # Off the queue only once a slot is free: events meanwhile collapse into this run, which reads the latest body.
+            del self._queued[key]
+            del self._due[key]
+            await self._run(key)
+
+    async def _run(self, key: Key) -> None:
         body = one(self.world.agents, key) if self.world else None
         if body is None:
             return
         try:
-            await self.reconcile(Agent.model_validate(body))
+            agent = Agent.model_validate(body)
+        except ValueError as error:
+            # The API server validated the same rules; only an older object could fail here. Retrying cannot help.
+            log.error("invalid Agent %s/%s: %s", *key, error)
+            return
+        try:
+            await self._reconcile(agent)
         except Exception:
-            # The next child event or the resync retries; kopf handlers retry on their own.
-            log.exception("reconciling Agent %s/%s failed", *key)
+            failures = self._failures[key] = self._failures.get(key, 0) + 1
+            log.exception("reconciling Agent %s/%s failed (attempt %d)", *key, failures)
+            if key in self._seen:
+                self.enqueue(*key, delay=min(RETRY_MAX_SECONDS, 2.0**failures))
+        else:
+            self._failures.pop(key, None)
 
     async def _converge(self, agent: Agent, world: World) -> bool:
         namespace = agent.metadata.namespace
