@@ -33,6 +33,42 @@ def backoff_delay(attempt: int, base: float, cap: float) -> float:
     return ceiling * random.uniform(0.5, 1.0)
 
 
+# How long a write keeps retrying through a JetStream leader election or a reconnect.
+PUBLISH_PATIENCE_SECONDS = 30.0
+
+
+async def publish_patiently(
+    js: JetStreamContext,
+    subject: str,
+    data: bytes,
+    *,
+    headers: dict[str, str] | None = None,
+    msg_ttl: float | None = None,
+    fail_fast: tuple[type[Exception], ...] = (),
+) -> bool:
+    """Publish to a stream, confirmed, retrying failures; False once patience runs out.
+
+    Right after a node loss (or a stream's creation on a cluster) the stream has no
+    leader for a moment and answers nothing: a retry, not an error, is the answer.
+    Errors in ``fail_fast`` (the caller can act on them) are raised at once.
+    """
+    deadline = time.monotonic() + PUBLISH_PATIENCE_SECONDS
+    attempt = 0
+    while True:
+        try:
+            await js.publish(subject, data, headers=headers, msg_ttl=msg_ttl)
+            return True
+        except fail_fast:
+            raise
+        except (TimeoutError, nats.errors.Error) as exc:
+            if time.monotonic() > deadline:
+                log.warning("giving up publishing to %s: %s", subject, exc)
+                return False
+            log.info("publishing to %s failed (%s); retrying", subject, exc)
+            await asyncio.sleep(backoff_delay(attempt, 0.1, 2.0))
+            attempt += 1
+
+
 class NatsConnection:
     def __init__(self, config: NatsConfig, metrics: RuntimeMetrics, name: str) -> None:
         self.config = config

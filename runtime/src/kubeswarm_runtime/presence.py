@@ -14,7 +14,7 @@ from nats.js.kv import KeyValue
 from pydantic import BaseModel, ConfigDict
 
 from .config import RuntimeConfig
-from .connection import NatsConnection
+from .connection import NatsConnection, publish_patiently
 from .metrics import RuntimeMetrics
 from .names import SwarmNames
 from .stores import read_bucket
@@ -124,13 +124,18 @@ class Presence:
         ttl = MISSED_HEARTBEATS * self.config.heartbeat_seconds
         if self._ttl_supported:
             try:
-                await self.conn.js.publish(subject, data, msg_ttl=max(ttl, 1.0))
+                await self._publish(subject, data, msg_ttl=max(ttl, 1.0))
                 return
             except nats.js.errors.BadRequestError as exc:
                 # A bucket created without per-message TTLs (by an older Swarm): readers check last_seen instead.
                 log.warning("agents bucket rejects per-message TTL (%s); relying on last_seen", exc)
                 self._ttl_supported = False
-        await self.conn.js.publish(subject, data)
+        await self._publish(subject, data)
+
+    async def _publish(self, subject: str, data: bytes, msg_ttl: float | None = None) -> None:
+        fail_fast = (nats.js.errors.BadRequestError,)  # TTLs refused: fall back at once
+        if not await publish_patiently(self.conn.js, subject, data, msg_ttl=msg_ttl, fail_fast=fail_fast):
+            raise TimeoutError(f"the agents bucket did not confirm {subject} in time")
 
     async def leave(self) -> None:
         with contextlib.suppress(nats.errors.Error, asyncio.TimeoutError):

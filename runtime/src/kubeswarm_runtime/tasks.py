@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .codec import DecodeError, decode_json, encode_json
 from .config import RuntimeConfig
-from .connection import JS_API_TIMEOUT, NatsConnection, backoff_delay
+from .connection import JS_API_TIMEOUT, NatsConnection, backoff_delay, publish_patiently
 from .handlers.base import PermanentTaskError, TaskContext, TaskHandler
 from .metrics import RuntimeMetrics
 from .names import PRIORITIES, Priority, SwarmNames, cancel_key, task_key
@@ -46,7 +46,6 @@ log = logging.getLogger(__name__)
 IDLE_POLL_SECONDS = 0.5
 # How long an outcome (state, dead letter) is retried while JetStream is unavailable, e.g. while a
 # stream elects a new leader after a node died; the task's delivery is kept alive meanwhile.
-PUBLISH_PATIENCE_SECONDS = 30.0
 # A task still running after this long gets its "running" state written; quicker ones go from
 # pending straight to their outcome, which saves a write per task when tasks are short.
 RUNNING_STATE_DELAY_SECONDS = 0.05
@@ -765,19 +764,7 @@ class TaskWorker:
         return await self._publish_patiently(self._state_subject(task.id), record)
 
     async def _publish_patiently(self, subject: str, data: bytes, headers: dict[str, str] | None = None) -> bool:
-        deadline = time.monotonic() + PUBLISH_PATIENCE_SECONDS
-        attempt = 0
-        while True:
-            try:
-                await self.conn.js.publish(subject, data, headers=headers)
-                return True
-            except (TimeoutError, nats.errors.Error) as exc:
-                if time.monotonic() > deadline:
-                    log.warning("giving up publishing to %s: %s", subject, exc)
-                    return False
-                log.info("publishing to %s failed (%s); retrying", subject, exc)
-                await asyncio.sleep(backoff_delay(attempt, 0.1, 2.0))
-                attempt += 1
+        return await publish_patiently(self.conn.js, subject, data, headers=headers)
 
     async def _dead_letter(self, msg: Msg, task: TaskMessage, attempts: int, reason: str) -> None:
         if await self._send_dead_letter(task, attempts, reason):
