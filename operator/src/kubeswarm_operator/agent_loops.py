@@ -36,14 +36,13 @@ from .ingress import HTTP_ROUTE, Exposure, agent_route_body, ingress_ready
 from .kube import Kube
 from .nats_access import NatsUnavailable
 from .reconciler import World, one
-from .signals import AgentSignals
+from .signals import AgentSignals, Key
 from .status import condition
 from .swarm import AGENT
 from .swarm_controller import SwarmController, valid_agents
 
 log = logging.getLogger(__name__)
 
-Key = tuple[str, str]
 
 
 def autoscaled(spec: Mapping[str, Any]) -> bool:

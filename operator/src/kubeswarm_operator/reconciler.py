@@ -47,7 +47,7 @@ from .drift import contains
 from .kube import ApiError, Kube, namespace_terminating
 from .nats_access import swarm_nats_url
 from .settings import OperatorSettings
-from .signals import AgentSignals
+from .signals import AgentSignals, Key
 from .status import Event, Observed, compute_status, status_patch, transitions
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,6 @@ SETTLE_SECONDS = 15.0
 RETRY_MAX_SECONDS = 60.0
 PODS_READ = (CONFIG_MAP, SECRET)
 
-Key = tuple[str, str]  # (namespace, name)
 View = Mapping[Any, Collection[Any]]  # a kopf index (or a dict of lists in tests)
 
 

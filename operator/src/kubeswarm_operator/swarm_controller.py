@@ -29,6 +29,7 @@ from .kube import Kube
 from .nats_access import NatsPool, NatsTarget, NatsUnavailable, swarm_nats_url
 from .reconciler import World, one
 from .settings import OperatorSettings
+from .signals import Key
 from .status import condition, status_patch
 from .swarm import (
     AGENT,
@@ -45,7 +46,6 @@ from .swarm import (
 
 log = logging.getLogger(__name__)
 
-Key = tuple[str, str]
 GATEWAY_KINDS = (INGRESS, HTTP_ROUTE)
 
 
