@@ -23,11 +23,14 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kubernetes_asyncio import client, config
+from kubernetes_asyncio import client, config, watch
+from kubeswarm_runtime.resources import GROUP, VERSION
 
 from tests.e2e.conftest import Operator, install_crds, until
 from tests.testbed.cluster import Cluster, ExistingCluster, KubeAccess
@@ -36,22 +39,29 @@ NAMESPACE = "bench-operator"
 # Small requests: the test bed's two fake nodes have 32 CPUs each, 64 default-sized (100m) pods too few for 1,000.
 BENCH_SPEC = {"capabilities": ["bench"], "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}}}
 WRITE_VERBS = {"POST", "PUT", "PATCH", "DELETE", "CREATE", "UPDATE", "APPLY"}
+BY_RESOURCE = ("verb", "resource", "subresource")
 SAMPLE = re.compile(r"^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<value>\S+)$")
 
 
-def apiserver_requests(cluster: KubeAccess) -> Counter[str]:
-    """apiserver_request_total summed by verb (dry runs and watches included as the server counts them)."""
+def apiserver_requests(cluster: KubeAccess, by: tuple[str, ...] = ("verb",)) -> Counter[str]:
+    """apiserver_request_total summed by the given labels (dry runs and watches included as the server counts them)."""
     counts: Counter[str] = Counter()
     for line in cluster.kubectl("get", "--raw", "/metrics", timeout=60).stdout.splitlines():
         match = SAMPLE.match(line)
         if match:
             labels = dict(re.findall(r'(\w+)="([^"]*)"', match["labels"]))
-            counts[labels.get("verb", "?")] += int(float(match["value"]))
+            counts[" ".join(labels.get(name, "?") for name in by)] += int(float(match["value"]))
     return counts
 
 
 def operator_writes(op: Operator) -> float:
-    return sum(v for series, v in op.metrics().items() if series.startswith("kubeswarm_operator_api_requests_total{"))
+    """The operator's write requests so far (its watches and reads left out)."""
+    return sum(
+        value
+        for series, value in op.metrics().items()
+        if series.startswith("kubeswarm_operator_api_requests_total{")
+        and dict(re.findall(r'(\w+)="([^"]*)"', series)).get("verb") in WRITE_VERBS
+    )
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -65,7 +75,7 @@ CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-sche
 
 
 def cpu_seconds(operator_pid: int) -> dict[str, float]:
-    """CPU time (user + system) so far of the operator and of each control-plane process on this machine."""
+    """CPU time (user + system) so far of the operator, each control-plane process on this machine, and this bench."""
     tick = os.sysconf("SC_CLK_TCK")
     found: dict[str, float] = {}
     for proc in Path("/proc").iterdir():
@@ -79,6 +89,8 @@ def cpu_seconds(operator_pid: int) -> dict[str, float]:
         name = "operator" if int(proc.name) == operator_pid else Path(argv0).name
         if name == "operator" or name in CONTROL_PLANE:
             found[name] = found.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    times = os.times()
+    found["bench (its watch, kubectl)"] = times.user + times.system + times.children_user + times.children_system
     return found
 
 
@@ -87,14 +99,41 @@ def cpu_line(after: dict[str, float], before: dict[str, float], seconds: float) 
     return f"CPU seconds over {seconds:.0f} s ({os.cpu_count()} CPUs): " + ", ".join(f"{n} {v:.0f}" for n, v in used.items())
 
 
-def agents_ready(cluster: KubeAccess, count: int) -> int:
-    data = json.loads(cluster.kubectl("get", "agents", "-n", NAMESPACE, "-o", "json", timeout=60).stdout)
-    ready = sum(
-        1
-        for item in data["items"]
-        if (item.get("status") or {}).get("phase") == "Running" and (item["status"].get("readyReplicas") or 0) >= 1
-    )
-    return ready if ready >= count else 0
+def agent_ready(item: dict[str, Any]) -> bool:
+    status = item.get("status") or {}
+    return status.get("phase") == "Running" and (status.get("readyReplicas") or 0) >= 1
+
+
+def deployment_ready(item: dict[str, Any]) -> bool:
+    return ((item.get("status") or {}).get("readyReplicas") or 0) >= 1
+
+
+async def watch_until_ready(
+    kubeconfig: Path, resource: tuple[str, str, str], namespace: str, count: int, ready: Callable[[dict[str, Any]], bool],
+    timeout: float = 900,
+) -> None:
+    """Return once ``count`` objects are ready, seen through one watch (a poll of 1,000 objects would load the machine)."""
+    api_client = await config.new_client_from_config(config_file=str(kubeconfig))
+    api = client.CustomObjectsApi(api_client)  # plain dicts for any kind, no model classes to build
+    group, version, plural = resource
+    done: set[str] = set()
+    try:
+        async with asyncio.timeout(timeout):
+            while len(done) < count:
+                async with watch.Watch().stream(
+                    api.list_namespaced_custom_object, group, version, namespace, plural, timeout_seconds=300
+                ) as events:
+                    async for event in events:
+                        item = event["object"]
+                        name = item.get("metadata", {}).get("name")
+                        if event["type"] != "DELETED" and ready(item):
+                            done.add(name)
+                        else:
+                            done.discard(name)
+                        if len(done) >= count:
+                            break
+    finally:
+        await api_client.close()
 
 
 def agent_manifests(count: int) -> list[dict[str, object]]:
@@ -121,6 +160,18 @@ async def create_agents(kubeconfig: Path, manifests: list[dict[str, object]], in
 
 
 BASELINE_NAMESPACE = "bench-baseline"
+
+
+async def create_and_wait(creating: Awaitable[None], readiness: Awaitable[None]) -> float:
+    """Create while already watching for readiness; returns when the creating finished (monotonic clock)."""
+    waiting = asyncio.ensure_future(readiness)
+    try:
+        await creating
+        created = time.monotonic()
+        await waiting
+    finally:
+        waiting.cancel()
+    return created
 
 
 def bare_objects(count: int) -> list[tuple[str, dict[str, object]]]:
@@ -156,18 +207,14 @@ async def create_bare(kubeconfig: Path, objects: list[tuple[str, dict[str, objec
         await api_client.close()
 
 
-def deployments_ready(cluster: KubeAccess, namespace: str, count: int) -> int:
-    data = json.loads(cluster.kubectl("get", "deployments", "-n", namespace, "-o", "json", timeout=60).stdout)
-    ready = sum(1 for item in data["items"] if ((item.get("status") or {}).get("readyReplicas") or 0) >= 1)
-    return ready if ready >= count else 0
-
-
 def control_plane_baseline(cluster: KubeAccess, count: int) -> float:
     """Seconds until ``count`` bare Deployments + Services, created directly (no operator), all have a ready pod."""
     cluster.kubectl("create", "namespace", BASELINE_NAMESPACE)
     started = time.monotonic()
-    asyncio.run(create_bare(cluster.kubeconfig, bare_objects(count)))
-    until(lambda: deployments_ready(cluster, BASELINE_NAMESPACE, count), 900, f"{count} bare Deployments ready", interval=2)
+    asyncio.run(create_and_wait(
+        create_bare(cluster.kubeconfig, bare_objects(count)),
+        watch_until_ready(cluster.kubeconfig, ("apps", "v1", "deployments"), BASELINE_NAMESPACE, count, deployment_ready),
+    ))
     return time.monotonic() - started
 
 
@@ -195,13 +242,14 @@ def run(cluster: KubeAccess, count: int, resync: float, workdir: Path, baseline:
     op = Operator(cluster.kubeconfig, workdir / "operator.log", env=env).start()
     assert op.process is not None
     try:
-        before = apiserver_requests(cluster)
+        before = apiserver_requests(cluster, BY_RESOURCE)
         op_before = operator_writes(op)
         cpu_before = cpu_seconds(op.process.pid)
         started = time.monotonic()
-        asyncio.run(create_agents(cluster.kubeconfig, agent_manifests(count)))
-        applied = time.monotonic() - started
-        until(lambda: agents_ready(cluster, count), 900, f"{count} Agents Running", interval=2)
+        applied = asyncio.run(create_and_wait(
+            create_agents(cluster.kubeconfig, agent_manifests(count)),
+            watch_until_ready(cluster.kubeconfig, (GROUP, VERSION, "agents"), NAMESPACE, count, agent_ready),
+        )) - started
         ready_after = time.monotonic() - started
         cpu_after = cpu_seconds(op.process.pid)
         first = min(
@@ -209,17 +257,20 @@ def run(cluster: KubeAccess, count: int, resync: float, workdir: Path, baseline:
             for a in json.loads(cluster.kubectl("get", "agents", "-n", NAMESPACE, "-o", "json").stdout)["items"]
         )
         timeline = {kind: last_created_after(cluster, kind, first) for kind in ("agents", "deployments", "replicasets", "pods")}
-        after = apiserver_requests(cluster)
+        after = apiserver_requests(cluster, BY_RESOURCE)
         op_after = operator_writes(op)
-        created = diff(after, before)
+        by_resource = diff(after, before)
+        created = dict(sum((Counter({key.split()[0]: n}) for key, n in by_resource.items()), Counter()))
         total = sum(created.values())
         print(f"agents: {count}")
         print(f"creating all Agents (64 requests in flight): {applied:.1f} s")
         print(f"all Ready after: {ready_after:.1f} s   (goal: <= 90 s)")
         print("last one created, seconds after the first Agent: " + ", ".join(f"{k} {v:.0f}" for k, v in timeline.items()))
         print(f"API requests, all clients: {total} = {total / count:.1f} per Agent; by verb: {created}")
+        print("API requests per Agent by verb and resource, all clients: " + ", ".join(
+            f"{key} {n / count:.2f}" for key, n in sorted(by_resource.items(), key=lambda item: -item[1]) if n >= count / 10))
         print(cpu_line(cpu_after, cpu_before, ready_after))
-        print(f"API requests by the operator's reconciler: {op_after - op_before:.0f} = {(op_after - op_before) / count:.1f} per Agent")
+        print(f"API writes by the operator: {op_after - op_before:.0f} = {(op_after - op_before) / count:.1f} per Agent")
 
         # Idle: wait until one full resync of every Agent has happened, counting writes meanwhile.
         unchanged = 'kubeswarm_operator_reconciles_total{kind="Agent",outcome="unchanged"}'

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-from collections import defaultdict
 from typing import Any
 
 import pytest
@@ -65,7 +64,7 @@ def agent_body(status: Manifest | None = None, **spec: Any) -> Manifest:
 
 def world_from(kube: RecordingKube, extra_secrets: dict[str, dict[str, str]] | None = None) -> World:
     """What the watches would show after the recorded writes (a ready Deployment, Secrets as digests)."""
-    views: dict[Kind, dict[tuple[str, str], list[Manifest]]] = {kind: defaultdict(list) for kind in CHILD_KINDS}
+    views: dict[Kind, dict[tuple[str, str], Manifest]] = {kind: {} for kind in CHILD_KINDS}
     for (kind_name, name), obj in kube.objects.items():
         kind = children.KINDS_BY_NAME[kind_name]
         live = dict(obj)
@@ -75,9 +74,9 @@ def world_from(kube: RecordingKube, extra_secrets: dict[str, dict[str, str]] | N
             n = obj["spec"].get("replicas", 1)
             live["status"] = {"replicas": n, "readyReplicas": n, "updatedReplicas": n, "observedGeneration": 1}
             live["metadata"] = {**live["metadata"], "generation": 1}
-        views[kind][("lab", name)].append(live)
+        views[kind][("lab", name)] = live
     for name, data in (extra_secrets or {}).items():
-        views[children.SECRET][("lab", name)].append({"digests": data_digests(data)})
+        views[children.SECRET][("lab", name)] = {"digests": data_digests(data)}
     return World(agents={}, swarms={}, children=views, scaled={})
 
 

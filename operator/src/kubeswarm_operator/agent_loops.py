@@ -215,7 +215,7 @@ class AgentLoops:
         key = self._key(agent)
         ref = agent.spec.model.aws_secrets_manager
         assert self.world is not None
-        live = one(self.world.children[SECRET], (agent.metadata.namespace, aws_synced_secret_name(agent)))
+        live = self.world.children[SECRET].get((agent.metadata.namespace, aws_synced_secret_name(agent)))
         if ref is None:
             self._synced.pop(key, None)
             if live is not None:

@@ -15,7 +15,7 @@ import json
 import logging
 import socket
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
@@ -40,9 +40,14 @@ class ApiError(Exception):
         self.reason = reason
 
 
-def kind_path(kind: Kind, namespace: str, name: str | None = None) -> str:
+def collection_path(kind: Kind, namespace: str | None) -> str:
+    """The kind's objects in one namespace, or in all (``namespace=None``)."""
     base = "/api/v1" if kind.group == "" else f"/apis/{kind.api_version}"
-    path = f"{base}/namespaces/{namespace}/{kind.plural}"
+    return f"{base}/namespaces/{namespace}/{kind.plural}" if namespace else f"{base}/{kind.plural}"
+
+
+def kind_path(kind: Kind, namespace: str, name: str | None = None) -> str:
+    path = collection_path(kind, namespace)
     return f"{path}/{name}" if name else path
 
 
@@ -61,10 +66,14 @@ def login() -> kopf.ConnectionInfo:
 
 
 class Kube:
-    def __init__(self, field_manager: str, connect: Callable[[], kopf.ConnectionInfo] = login) -> None:
+    def __init__(
+        self, field_manager: str, connect: Callable[[], kopf.ConnectionInfo] = login, *, connections: int = 100
+    ) -> None:
+        """``connections``: at most this many at once (0: no limit, for long watch requests)."""
         self.field_manager = field_manager
         self.instance = socket.gethostname()
         self._connect = connect
+        self._connections = connections
         self._server = ""
         self._session: aiohttp.ClientSession | None = None
 
@@ -73,7 +82,7 @@ class Kube:
             info = self._connect()
             self._server = info.server.rstrip("/")
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(ssl=info.as_ssl_context()),
+                connector=aiohttp.TCPConnector(ssl=info.as_ssl_context(), limit=self._connections),
                 headers={**info.as_http_headers(), "Accept": "application/json", "User-Agent": "kubeswarm-operator"},
                 timeout=TIMEOUT,
                 trust_env=info.trust_env,
@@ -112,6 +121,42 @@ class Kube:
             result: Manifest = json.loads(raw)
             return result
         raise AssertionError("unreachable")
+
+    async def list_page(self, kind: Kind, namespace: str | None, query: list[tuple[str, str]]) -> Manifest:
+        """One page of a listing (``limit`` and ``continue`` in ``query``)."""
+        return await self._call("GET", kind.kind, collection_path(kind, namespace), query=query)
+
+    async def watch(
+        self, kind: Kind, namespace: str | None, query: list[tuple[str, str]], read_timeout: float
+    ) -> AsyncIterator[Manifest]:
+        """The events of one watch request, parsed, until the server ends it.
+
+        ``read_timeout``: the longest silence tolerated (a stalled connection
+        otherwise hangs forever); bookmarks keep a healthy one talking.
+        """
+        metrics.API_REQUESTS.labels("WATCH", kind.kind).inc()
+        timeout = aiohttp.ClientTimeout(total=None, connect=TIMEOUT.connect, sock_read=read_timeout)
+        for attempt in (1, 2):
+            session = self._open()
+            url = self._server + collection_path(kind, namespace)
+            async with session.get(url, params=[*query, ("watch", "true")], timeout=timeout) as response:
+                if response.status == 401 and attempt == 1:
+                    await session.close()  # a rotated token: log in again
+                    continue
+                if response.status != 200:
+                    metrics.API_ERRORS.labels("WATCH", kind.kind, str(response.status)).inc()
+                    raise ApiError(response.status, (await response.read()).decode(errors="replace")[:1000])
+                # One JSON document per line; a line can outgrow any chunk (a large Secret), so lines are cut here.
+                buffer = bytearray()
+                async for chunk in response.content.iter_any():
+                    buffer.extend(chunk)
+                    start = 0
+                    while (end := buffer.find(b"\n", start)) >= 0:
+                        if end > start:
+                            yield json.loads(buffer[start:end])
+                        start = end + 1
+                    del buffer[:start]
+            return
 
     async def apply(self, obj: Manifest) -> Manifest:
         """Server-side apply under our field manager; force takes fields back from hand edits."""

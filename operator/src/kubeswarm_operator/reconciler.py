@@ -16,7 +16,7 @@ import logging
 import secrets
 import time
 from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from kubeswarm_runtime.render import MCP_JWT_KEY_ENV, MODEL_API_KEY_ENV, render_runtime_env
@@ -73,8 +73,9 @@ class World:
 
     agents: View  # Agent bodies
     swarms: View  # Swarm bodies
-    children: Mapping[Kind, View]  # live children (Secrets and ConfigMaps: digests only, see handlers)
+    children: Mapping[Kind, Mapping[Key, Manifest]]  # live children (Secrets and ConfigMaps: digests only, see handlers)
     scaled: View  # (namespace, kind, name) of HPA targets -> HPA name
+    refs: View = field(default_factory=dict)  # (kind, namespace, name) of a Secret or ConfigMap -> Agents reading it
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,7 @@ class AgentReconciler:
         self.kube = kube
         self.settings = settings
         self.world: World | None = None
+        self.children: dict[Kind, Mapping[Key, Manifest]] = {}  # the watched children, by kind (filled at startup)
         self._locks: dict[Key, asyncio.Lock] = {}
         self._queued: dict[Key, asyncio.Task[None]] = {}
         self._due: dict[Key, float] = {}  # when each queued run starts (event loop time)
@@ -230,7 +232,7 @@ class AgentReconciler:
         nats_url = swarm_nats_url(swarm, self.settings.nats_url)
         runtime_env = render_runtime_env(agent, swarm, namespace=namespace, nats_url=nats_url)
 
-        live_secret = one(world.children[SECRET], (namespace, secret_name(agent)))
+        live_secret = world.children[SECRET].get((namespace, secret_name(agent)))
         # Base64 as in a Secret's data, so its digests match what the watch reports once it exists.
         new_secret_data = (
             None
@@ -254,7 +256,7 @@ class AgentReconciler:
             return await asyncio.gather(
                 *(
                     self._converge_child(
-                        agent, kind, desired[kind], one(world.children[kind], (namespace, child_name(agent, kind))), new_secret_data
+                        agent, kind, desired[kind], world.children[kind].get((namespace, child_name(agent, kind))), new_secret_data
                     )
                     for kind in kinds
                 )
@@ -266,12 +268,12 @@ class AgentReconciler:
         actions = [action for action in done if action]
 
         observed = Observed(
-            deployment=one(world.children[DEPLOYMENT], (namespace, agent.metadata.name)),
+            deployment=world.children[DEPLOYMENT].get((namespace, agent.metadata.name)),
             nats_url=nats_url,
             missing_refs=refs.missing,
             # An HTTPRoute's readiness comes from the route loop (signals).
             ingress_wanted=agent.spec.mcp.enabled and agent.spec.mcp.ingress.enabled and agent.spec.mcp.ingress.kind == "Ingress",
-            ingress=one(world.children[INGRESS], (namespace, agent.metadata.name)),
+            ingress=world.children[INGRESS].get((namespace, agent.metadata.name)),
         )
         wrote_status = await self._report(agent, observed, actions)
         return bool(actions) or wrote_status
@@ -289,7 +291,7 @@ class AgentReconciler:
             if own.get(ref) is not None:
                 digests[ref] = own[ref]
                 continue
-            live = one(world.children[SECRET if kind == "Secret" else CONFIG_MAP], (agent.metadata.namespace, name))
+            live = world.children[SECRET if kind == "Secret" else CONFIG_MAP].get((agent.metadata.namespace, name))
             digests[ref] = live.get("digests") if live else None
             if live is None:
                 missing.append(f'{kind.lower()} "{name}" not found')

@@ -20,7 +20,7 @@ from .agent_loops import AgentLoops
 from .handlers import AGENTS, SWARMS, world
 from .kube import ApiError, Kube, namespace_terminating
 from .nats_access import NatsPool, NatsUnavailable
-from .reconciler import AgentReconciler, one
+from .reconciler import AgentReconciler, World, one
 from .settings import OperatorSettings
 from .swarm_controller import SwarmController
 
@@ -41,7 +41,7 @@ class SwarmQueue:
 
     def __init__(self, controller: SwarmController) -> None:
         self.controller = controller
-        self.kwargs: Mapping[str, Any] | None = None
+        self.world: World | None = None
         self._queued: dict[tuple[str, str], asyncio.Task[None]] = {}
 
     def enqueue(self, namespace: str, name: str, delay: float = 0.5) -> None:
@@ -52,13 +52,13 @@ class SwarmQueue:
     async def _run(self, key: tuple[str, str], delay: float) -> None:
         await asyncio.sleep(delay)
         del self._queued[key]
-        if self.kwargs is None:
+        if self.world is None:
             return
-        body = one(self.kwargs["swarm_bodies"], key)
+        body = one(self.world.swarms, key)
         if body is None:
             return
         try:
-            await self.controller.reconcile(Swarm.model_validate(body), world(self.kwargs))
+            await self.controller.reconcile(Swarm.model_validate(body), self.world)
         except NatsUnavailable as error:
             log.info("Swarm %s/%s: %s (the change handler retries)", *key, error)
         except ApiError as error:
@@ -70,8 +70,8 @@ class SwarmQueue:
     async def resync_forever(self, period: float) -> None:
         while True:
             await asyncio.sleep(period)
-            if self.kwargs is not None:
-                for namespace, name in list(self.kwargs["swarm_bodies"].keys()):
+            if self.world is not None:
+                for namespace, name in list(self.world.swarms.keys()):
                     self.enqueue(namespace, name, delay=0)
 
     async def close(self) -> None:
@@ -80,10 +80,10 @@ class SwarmQueue:
         await asyncio.gather(*self._queued.values(), return_exceptions=True)
 
 
-def attach(memo: kopf.Memo, kwargs: Mapping[str, Any]) -> None:
-    """Give the loops the operator's live indexes (kopf hands them to handlers only)."""
-    memo.swarm_queue.kwargs = kwargs
-    memo.agent_loops.world = world(kwargs)
+def attach(memo: kopf.Memo, kwargs: Mapping[str, Any]) -> World:
+    """Give the loops the operator's live view (kopf hands its indexes to handlers only)."""
+    view = memo.swarm_queue.world = memo.agent_loops.world = world(memo.reconciler, kwargs)
+    return view
 
 
 @kopf.on.resume(*SWARMS, id="reconcile-swarm")
@@ -94,9 +94,9 @@ async def reconcile_swarm(body: kopf.Body, retry: int, memo: kopf.Memo, **kwargs
         swarm = Swarm.model_validate(body)
     except ValueError as error:
         raise kopf.PermanentError(f"invalid Swarm: {error}") from error
-    attach(memo, kwargs)
+    view = attach(memo, kwargs)
     try:
-        await memo.swarm_controller.reconcile(swarm, world(kwargs))
+        await memo.swarm_controller.reconcile(swarm, view)
     except NatsUnavailable as error:
         # Reported in NatsReady already; retried with backoff by kopf, never a crash.
         raise kopf.TemporaryError(str(error), delay=backoff(retry)) from error

@@ -1,0 +1,141 @@
+"""List, then watch, the Agents' children: the live views every reconcile compares with.
+
+kopf hands each watch event to a worker of its own, through indexes, cause
+detection and handler calls.  Children bring most of the operator's events
+(a rollout of 1,000 Agents some 8,000), and each needs only be stored and its
+Agent queued, so the operator watches them itself: one paginated listing,
+then a watch resumed from the last resourceVersion seen (bookmarks keep it
+fresh), a new listing when the server says that version is gone (410), and
+the same server and client timeouts as kopf's watches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, MutableMapping
+from dataclasses import dataclass
+
+import aiohttp
+
+from .children import Kind
+from .kube import ApiError, Kube, Manifest
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str]  # (namespace, name)
+# Told of each change after the view is updated: the object's key and view (a deleted object's last one).
+Notify = Callable[[Key, Manifest], None]
+PAGE_SIZE = 500
+RETRY_MAX_SECONDS = 30.0
+
+
+class Expired(Exception):
+    """The resourceVersion to resume from is no longer served: list again."""
+
+
+@dataclass
+class ChildWatch:
+    """One kind in one namespace (or all), kept in ``items`` as the views ``view`` makes of the objects."""
+
+    kube: Kube
+    kind: Kind
+    namespace: str | None
+    label_selector: str | None
+    view: Callable[[Manifest], Manifest]
+    items: MutableMapping[Key, Manifest]  # shared by the kind's watches of several namespaces
+    notify: Notify
+    server_timeout: int
+    client_timeout: float
+    version: str = ""  # empty: list (again) before watching
+    listed: bool = False
+
+    def _selector(self) -> list[tuple[str, str]]:
+        return [("labelSelector", self.label_selector)] if self.label_selector else []
+
+    async def list(self) -> None:
+        """Fill the view from a full listing; after the first, report what changed or vanished meanwhile."""
+        listed: dict[Key, Manifest] = {}
+        query = [*self._selector(), ("limit", str(PAGE_SIZE))]
+        page: Manifest = {}
+        while True:
+            token = page.get("metadata", {}).get("continue")
+            page = await self.kube.list_page(self.kind, self.namespace, query + ([("continue", token)] if token else []))
+            for item in page.get("items", []):
+                # Items of a list carry no apiVersion and kind; the views are compared with manifests that do.
+                item.update(apiVersion=self.kind.api_version, kind=self.kind.kind)
+                listed[key_of(item)] = self.view(item)
+            if not page.get("metadata", {}).get("continue"):
+                break
+        self.version = page["metadata"]["resourceVersion"]
+        gone = [key for key in self.items if key not in listed and self.namespace in (None, key[0])]
+        for key in gone:
+            self.notify(key, self.items.pop(key))
+        for key, view in listed.items():
+            changed = self.items.get(key) != view
+            self.items[key] = view
+            if changed and self.listed:
+                self.notify(key, view)
+        self.listed = True
+
+    async def list_until_done(self) -> None:
+        """The first listing, retried until the API server answers (the operator is useless without it)."""
+        failures = 0
+        while True:
+            try:
+                await self.list()
+                return
+            except (aiohttp.ClientError, TimeoutError, ApiError) as error:
+                failures += 1
+                log.warning("listing %s failed (attempt %d): %s", self.kind.plural, failures, error)
+                await asyncio.sleep(min(RETRY_MAX_SECONDS, 2.0**failures))
+
+    async def watch_forever(self) -> None:
+        failures = 0
+        while True:
+            try:
+                if not self.version:
+                    await self.list()
+                await self._watch()
+                failures = 0
+            except Expired:
+                self.version = ""  # list again at once
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                failures += 1
+                log.warning("watching %s failed (attempt %d): %s", self.kind.plural, failures, error)
+                await asyncio.sleep(min(RETRY_MAX_SECONDS, 0.5 * 2.0**failures))
+
+    async def _watch(self) -> None:
+        """One watch request, from ``version`` until the server ends it."""
+        query = [
+            *self._selector(),
+            ("resourceVersion", self.version),
+            ("allowWatchBookmarks", "true"),
+            ("timeoutSeconds", str(self.server_timeout)),
+        ]
+        try:
+            async for event in self.kube.watch(self.kind, self.namespace, query, self.client_timeout):
+                obj = event["object"]
+                if event["type"] == "ERROR":
+                    raise ApiError(int(obj.get("code", 500)), str(obj.get("message", "")))
+                self.version = obj["metadata"]["resourceVersion"]
+                if event["type"] == "BOOKMARK":
+                    continue
+                key = key_of(obj)
+                view = self.view(obj)
+                if event["type"] == "DELETED":
+                    self.items.pop(key, None)
+                else:
+                    self.items[key] = view
+                self.notify(key, view)
+        except ApiError as error:
+            if error.status == 410:
+                raise Expired from error
+            raise
+
+
+def key_of(obj: Manifest) -> Key:
+    meta = obj["metadata"]
+    return (meta.get("namespace", ""), meta["name"])
