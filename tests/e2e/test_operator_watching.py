@@ -16,7 +16,8 @@ import pytest
 from kubeswarm_operator.children import CONFIG_MAP, MANAGED_SELECTOR, Kind
 from kubeswarm_operator.handlers import prune
 from kubeswarm_operator.kube import Kube, Manifest
-from kubeswarm_operator.watching import ChildWatch, Key
+from kubeswarm_operator.signals import Key
+from kubeswarm_operator.watching import ChildWatch
 
 from tests.e2e.conftest import Namespace
 from tests.testbed.cluster import KubeAccess

@@ -18,7 +18,7 @@ from typing import Any
 import kopf
 from kubeswarm_runtime.resources import GROUP, VERSION, Agent
 
-from . import metrics
+from . import metrics, signals
 from .children import (
     AGENT_LABEL,
     CHILD_KINDS,
@@ -87,13 +87,13 @@ def child_changed(rec: AgentReconciler, kind: Kind) -> Notify:
     A Secret or ConfigMap, ours or not, concerns the Agents whose pods read it: their config hash changes.
     """
     if kind in SHARED_KINDS:
-        def readers_of(key: tuple[str, str], view: Manifest) -> None:
+        def readers_of(key: signals.Key, view: Manifest) -> None:
             for agent in rec.world.refs.get((kind.kind, *key), ()) if rec.world else ():
                 rec.enqueue(key[0], agent)
 
         return readers_of
 
-    def owner_of(key: tuple[str, str], view: Manifest) -> None:
+    def owner_of(key: signals.Key, view: Manifest) -> None:
         agent = view.get("metadata", {}).get("labels", {}).get(AGENT_LABEL)
         if agent:
             rec.enqueue(key[0], agent)
@@ -105,7 +105,7 @@ def child_watches(rec: AgentReconciler, kube: Kube, ours: OperatorSettings) -> l
     """A watch per child kind and watched namespace, each kind's views in one mapping the reconciler reads."""
     watches = []
     for kind in CHILD_KINDS:
-        items: dict[tuple[str, str], Manifest] = {}
+        items: dict[signals.Key, Manifest] = {}
         rec.children[kind] = items
         namespaces: list[str | None] = list(ours.namespaces) or [None]
         for namespace in namespaces:

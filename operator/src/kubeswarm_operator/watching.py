@@ -20,10 +20,10 @@ import aiohttp
 
 from .children import Kind
 from .kube import ApiError, Kube, Manifest
+from .signals import Key
 
 log = logging.getLogger(__name__)
 
-Key = tuple[str, str]  # (namespace, name)
 # Told of each change after the view is updated: the object's key and view (a deleted object's last one).
 Notify = Callable[[Key, Manifest], None]
 PAGE_SIZE = 500
