@@ -1,14 +1,15 @@
 """The operator's own watches of an Agent's children, against the real API server.
 
 A listing fills the view, a watch keeps it current and reports each change,
-a label selector keeps others' objects out, and a new listing (what a 410
-leads to) reports what changed meanwhile.
+a label selector keeps others' objects out, a new listing reports what
+changed meanwhile, and a resourceVersion compacted away (410) leads to one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import urllib.request
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -20,7 +21,7 @@ from kubeswarm_operator.signals import Key
 from kubeswarm_operator.watching import ChildWatch
 
 from tests.e2e.conftest import Namespace
-from tests.testbed.cluster import KubeAccess
+from tests.testbed.cluster import Cluster, KubeAccess
 
 OURS = {"app.kubernetes.io/managed-by": "kubeswarm-operator"}
 
@@ -111,8 +112,7 @@ async def test_listing_then_watch_keeps_the_view_and_reports_each_change(kube: C
 
 
 async def test_a_new_listing_reports_what_changed_since_the_last(kube: CountingKube, namespace: Namespace) -> None:
-    """What a 410 (the version to resume from compacted away) leads to; the API server's watch cache
-    serves any recent version, so the relisting is called here directly."""
+    """What a 410 leads to, for a cached kind (ConfigMaps, label-selected), called directly."""
     ns = namespace.name
     namespace.kubectl("apply", "-f", "-", input=config_map(ns, "kept", OURS, v="1"))
     namespace.kubectl("apply", "-f", "-", input=config_map(ns, "removed", OURS, v="1"))
@@ -131,6 +131,49 @@ async def test_a_new_listing_reports_what_changed_since_the_last(kube: CountingK
         namespace.kubectl("apply", "-f", "-", input=config_map(ns, "kept", OURS, v="2"))
         await reports.until(lambda: watch.items[(ns, "kept")]["data"] == {"v": "2"}, "watching from the new listing's version")
         assert kube.listings == 2, "the watch resumed from the second listing"
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+# Events are the one kind the API server keeps no watch cache for: a watch of them reads etcd,
+# so a compacted resourceVersion really is gone (any other kind's cache would still serve it).
+EVENTS = Kind("v1", "Event", "events")
+
+
+def compact_etcd(cluster: Cluster, revision: str) -> None:
+    """Forget every etcd revision before ``revision``, as the API server does every few minutes."""
+    body = json.dumps({"revision": revision, "physical": True}).encode()
+    request = urllib.request.Request(f"http://127.0.0.1:{cluster.etcd_port}/v3/kv/compaction", data=body)
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 200
+
+
+def event(namespace: str, name: str) -> str:
+    return json.dumps({"apiVersion": "v1", "kind": "Event", "metadata": {"name": name, "namespace": namespace},
+                       "involvedObject": {"kind": "ConfigMap", "name": "x", "namespace": namespace}, "reason": "Test", "message": name})
+
+
+async def test_a_compacted_version_answered_410_leads_to_a_new_listing(
+    cluster: KubeAccess, kube: CountingKube, namespace: Namespace
+) -> None:
+    if not isinstance(cluster, Cluster):
+        pytest.skip("compacts the test bed's etcd")
+    ns = namespace.name
+    namespace.kubectl("create", "-f", "-", input=event(ns, "first"))
+    reports = Reports()
+    watch = ChildWatch(kube, EVENTS, ns, None, view=prune, items={}, notify=reports, server_timeout=30, client_timeout=60)
+    await watch.list()
+    # Two writes after the listing: compacting at the newest then removes the revision right after the listing's.
+    for name in ("second", "third"):
+        namespace.kubectl("create", "-f", "-", input=event(ns, name))
+    newest = json.loads(cluster.kubectl("get", "--raw", f"/api/v1/namespaces/{ns}/events?limit=1").stdout)["metadata"]["resourceVersion"]
+    compact_etcd(cluster, newest)  # the listing's version, where the watch would resume, is gone
+    task = asyncio.create_task(watch.watch_forever())
+    try:
+        await reports.until(lambda: {(ns, "second"), (ns, "third")} <= watch.items.keys(), "the events made while nobody watched")
+        assert kube.listings == 2, "the 410 led to a second listing"
+        assert sorted(key[1] for key, _ in reports.seen) == ["second", "third"], "the new listing reports what changed, once"
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
