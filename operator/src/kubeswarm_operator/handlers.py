@@ -104,10 +104,10 @@ def child_changed(rec: AgentReconciler, kind: Kind) -> Notify:
 def child_watches(rec: AgentReconciler, kube: Kube, ours: OperatorSettings) -> list[ChildWatch]:
     """A watch per child kind and watched namespace, each kind's views in one mapping the reconciler reads."""
     watches = []
+    namespaces: list[str | None] = list(ours.namespaces) or [None]
     for kind in CHILD_KINDS:
         items: dict[signals.Key, Manifest] = {}
         rec.children[kind] = items
-        namespaces: list[str | None] = list(ours.namespaces) or [None]
         for namespace in namespaces:
             watches.append(
                 ChildWatch(

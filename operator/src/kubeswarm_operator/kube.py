@@ -10,6 +10,7 @@ models of one cost some 70 MiB of memory.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -103,24 +104,31 @@ class Kube:
         query: list[tuple[str, str]] | None = None,
         content_type: str = "application/json",
     ) -> Manifest:
-        metrics.API_REQUESTS.labels(verb, what).inc()
         data = None if body is None else json.dumps(body, separators=(",", ":"))
+        async with self._response(
+            verb, what, verb, path, params=query or None, data=data, headers={"Content-Type": content_type}
+        ) as response:
+            result: Manifest = json.loads(await response.read())
+        return result
+
+    @contextlib.asynccontextmanager
+    async def _response(self, label: str, what: str, method: str, path: str, **request: Any) -> AsyncIterator[aiohttp.ClientResponse]:
+        """A successful response, counted under ``label`` and ``what``; a 401 (a rotated token) logs in again once.
+
+        Any other status outside 2xx is counted and raised as :class:`ApiError`.
+        """
+        metrics.API_REQUESTS.labels(label, what).inc()
         for attempt in (1, 2):
             session = self._open()
-            async with session.request(
-                verb, self._server + path, params=query or None, data=data, headers={"Content-Type": content_type}
-            ) as response:
-                raw = await response.read()
-                status = response.status
-            if status == 401 and attempt == 1:
-                await session.close()  # a rotated token: log in again
-                continue
-            if not 200 <= status <= 299:
-                metrics.API_ERRORS.labels(verb, what, str(status)).inc()
-                raise ApiError(status, raw.decode(errors="replace")[:1000])
-            result: Manifest = json.loads(raw)
-            return result
-        raise AssertionError("unreachable")
+            async with session.request(method, self._server + path, **request) as response:
+                if response.status == 401 and attempt == 1:
+                    await session.close()
+                    continue
+                if not 200 <= response.status <= 299:
+                    metrics.API_ERRORS.labels(label, what, str(response.status)).inc()
+                    raise ApiError(response.status, (await response.read()).decode(errors="replace")[:1000])
+                yield response
+                return
 
     async def list_page(self, kind: Kind, namespace: str | None, query: list[tuple[str, str]]) -> Manifest:
         """One page of a listing (``limit`` and ``continue`` in ``query``)."""
@@ -134,29 +142,19 @@ class Kube:
         ``read_timeout``: the longest silence tolerated (a stalled connection
         otherwise hangs forever); bookmarks keep a healthy one talking.
         """
-        metrics.API_REQUESTS.labels("WATCH", kind.kind).inc()
         timeout = aiohttp.ClientTimeout(total=None, connect=TIMEOUT.connect, sock_read=read_timeout)
-        for attempt in (1, 2):
-            session = self._open()
-            url = self._server + collection_path(kind, namespace)
-            async with session.get(url, params=[*query, ("watch", "true")], timeout=timeout) as response:
-                if response.status == 401 and attempt == 1:
-                    await session.close()  # a rotated token: log in again
-                    continue
-                if response.status != 200:
-                    metrics.API_ERRORS.labels("WATCH", kind.kind, str(response.status)).inc()
-                    raise ApiError(response.status, (await response.read()).decode(errors="replace")[:1000])
-                # One JSON document per line; a line can outgrow any chunk (a large Secret), so lines are cut here.
-                buffer = bytearray()
-                async for chunk in response.content.iter_any():
-                    buffer.extend(chunk)
-                    start = 0
-                    while (end := buffer.find(b"\n", start)) >= 0:
-                        if end > start:
-                            yield json.loads(buffer[start:end])
-                        start = end + 1
-                    del buffer[:start]
-            return
+        params = [*query, ("watch", "true")]
+        async with self._response("WATCH", kind.kind, "GET", collection_path(kind, namespace), params=params, timeout=timeout) as response:
+            # One JSON document per line; a line can outgrow any chunk (a large Secret), so lines are cut here.
+            buffer = bytearray()
+            async for chunk in response.content.iter_any():
+                buffer.extend(chunk)
+                start = 0
+                while (end := buffer.find(b"\n", start)) >= 0:
+                    if end > start:
+                        yield json.loads(buffer[start:end])
+                    start = end + 1
+                del buffer[:start]
 
     async def apply(self, obj: Manifest) -> Manifest:
         """Server-side apply under our field manager; force takes fields back from hand edits."""
