@@ -89,12 +89,13 @@ IMAGE_REPO ?= kubeswarm
 CONTAINER_ENGINE ?= $(shell command -v docker || command -v podman)
 HELM = $(shell $(BIN)/python -c 'from tests.testbed import build; print(build.build(next(c for c in build.COMPONENTS if c.name == "helm")) / "helm")')
 
-.PHONY: images images-lock test-images dashboards chart chart-lint
+.PHONY: base-image images images-lock test-images dashboards chart chart-lint
 
-images: ## build the runtime and operator images (needs docker or podman)
-	@test -n "$(CONTAINER_ENGINE)" || { echo "make images needs docker or podman; without one, 'make test-images' checks what it can" >&2; exit 1; }
-	$(CONTAINER_ENGINE) build --target runtime -t $(IMAGE_REPO)/runtime:$(IMAGE_TAG) .
-	$(CONTAINER_ENGINE) build --target operator -t $(IMAGE_REPO)/operator:$(IMAGE_TAG) .
+base-image: ## the Python base the images build on: docker pulls the pinned image, buildah/podman make one from Debian packages
+	$(PYTHON) -m images.build base
+
+images: venv ## build the runtime, operator, NATS and pause images into ~/.cache/kubeswarm/images (docker, else buildah/podman; cached)
+	$(BIN)/python -m images.build all
 
 images-lock: | $(UV) ## recompile images/requirements-*.lock (the versions requirements.lock pins)
 	UV=$(UV) images/lock.sh

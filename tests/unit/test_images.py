@@ -1,4 +1,5 @@
-"""The images, as far as this machine can tell without a container engine.
+"""The images, as far as this machine can tell without a container engine (the built images
+themselves: tests/integration/test_images_built.py).
 
 Proven here: the Dockerfile parses and has the shape we promise (pinned base, non-root,
 final stages that only copy a venv in), the image locks are what images/lock.sh makes and
@@ -14,12 +15,14 @@ import re
 import subprocess
 import sys
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from dockerfile_parse import DockerfileParser  # type: ignore[import-untyped]  # no stubs in the lock
 from kubeswarm_operator.children import RUNTIME_COMMAND, RUNTIME_USER
 
+from images import build
 from tests.e2e.conftest import until
 from tests.testbed.nats import NatsServer
 from tests.testbed.procs import free_port
@@ -60,7 +63,7 @@ def pins(lock: Path) -> dict[str, str]:
 @pytest.mark.unit
 def test_base_image_is_pinned_and_shared() -> None:
     parser = DockerfileParser(path=str(REPO / "Dockerfile"))
-    args = dict(i["value"].split("=", 1) for i in parser.structure if i["instruction"] == "ARG")
+    args = dict(i["value"].split("=", 1) for i in parser.structure if i["instruction"] == "ARG" and "=" in i["value"])
     base = args["PYTHON_IMAGE"]
     assert re.fullmatch(r"python:3\.11\.\d+-slim-[a-z]+(@sha256:[a-f0-9]{64})?", base), base
     froms = {name: instructions[0]["value"].split()[0] for name, instructions in stages().items()}
@@ -75,8 +78,24 @@ def test_final_stage_only_copies_the_venv_in(target: str) -> None:
     assert not [i for i in final if i["instruction"] == "RUN"], "a final stage must not build anything"
     copies = [i["value"] for i in final if i["instruction"] == "COPY"]
     assert copies == [f"--from={target}-venv /opt/kubeswarm /opt/kubeswarm"]
-    # The venv was made by the script the tests below run.
-    assert [i["value"] for i in stages()[f"{target}-venv"] if i["instruction"] == "RUN"] == [f"images/install.sh {target} /opt/kubeswarm"]
+    # The venv was made by the script the tests below run; the CA bundle a proxy may need is a
+    # secret mounted for that step only.
+    venv_runs = [i["value"] for i in stages()[f"{target}-venv"] if i["instruction"] == "RUN"]
+    assert venv_runs == [f"--mount=type=secret,id=ca-bundle images/install.sh {target} /opt/kubeswarm"]
+
+
+@pytest.mark.unit
+def test_dockerfile_needs_neither_python_nor_pip_in_the_base() -> None:
+    """The Debian base has python3 but no `python` and no pip: only the venv's `python` is used."""
+    for name, instructions in stages().items():
+        for run in (i["value"] for i in instructions if i["instruction"] == "RUN"):
+            assert not re.search(r"(^|[\s;&|(])python(\s|$)", run), f"{name}: {run}"
+            if "pip uninstall" in run:
+                assert "python3 -c 'import pip'" in run.split("pip uninstall")[0], "pip must be optional in the base"
+    # ARG PIP_CERT only in the venv stages, which no final image is built from.
+    for name, instructions in stages().items():
+        has_cert = any(i["instruction"] == "ARG" and i["value"].startswith("PIP_CERT") for i in instructions)
+        assert has_cert == name.endswith("-venv"), name
 
 
 @pytest.mark.unit
@@ -188,3 +207,122 @@ def test_runtime_image_entrypoint_serves_an_agent(venvs: dict[str, Path], nats_s
         process.terminate()
         process.wait(timeout=30)
     assert process.returncode == 0, log.read_text()[-3000:]
+
+
+# -- images/build.py: names, digests, engine choice
+
+
+@pytest.mark.unit
+def test_refs_are_the_charts_defaults(tmp_path: Path) -> None:
+    version = build.app_version()
+    refs = build.chart_refs()
+    nats_tag = build.yaml_scalar((build.CHART / "values.yaml").read_text(), "nats", "image", "tag")
+    assert refs == {
+        "runtime": f"docker.io/kubeswarm/runtime:{version}",
+        "operator": f"docker.io/kubeswarm/operator:{version}",
+        "nats": f"docker.io/library/nats:{nats_tag}",
+    }
+    # What the chart renders, as a container runtime normalises it, is what we build.
+    rendered = one(render({}, tmp_path), "Deployment")["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert build.qualified(rendered.rsplit(":", 1)[0]) + ":" + rendered.rsplit(":", 1)[1] == refs["operator"]
+
+
+@pytest.mark.unit
+def test_refs_follow_chart_yaml_and_values(tmp_path: Path) -> None:
+    (tmp_path / "Chart.yaml").write_text('apiVersion: v2\nname: kubeswarm\nversion: 9.9.9\nappVersion: "1.2.3"\n')
+    (tmp_path / "values.yaml").write_text(
+        "operator:\n  image:\n    repository: ghcr.io/acme/op\n    tag: ''\n"
+        'runtime:\n  # -- a comment\n  image:\n    repository: acme/rt\n    tag: "7"  # pinned\n'
+        "nats:\n  enabled: true\n  image:\n    repository: nats\n    tag: 2.0.0-alpine\n"
+    )
+    assert build.chart_refs(tmp_path) == {
+        "operator": "ghcr.io/acme/op:1.2.3",
+        "runtime": "docker.io/acme/rt:7",
+        "nats": "docker.io/library/nats:2.0.0-alpine",
+    }
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("repository", "expected"),
+    [
+        ("nats", "docker.io/library/nats"),
+        ("kubeswarm/runtime", "docker.io/kubeswarm/runtime"),
+        ("registry.k8s.io/pause", "registry.k8s.io/pause"),
+        ("localhost/kubeswarm/python-base", "localhost/kubeswarm/python-base"),
+        ("localhost:5000/x", "localhost:5000/x"),
+    ],
+)
+def test_qualified_names(repository: str, expected: str) -> None:
+    assert build.qualified(repository) == expected
+
+
+@pytest.mark.unit
+def test_pause_tag_is_read_from_kubernetes_makefile() -> None:
+    assert build.pause_tag("REGISTRY ?= staging-k8s.gcr.io\nTAG ?= 3.10.2\nREV = $(shell git describe)\n") == "3.10.2"
+    with pytest.raises(build.ImageBuildError, match="TAG"):
+        build.pause_tag("REV = 1\n")
+
+
+@pytest.mark.unit
+def test_input_digest_changes_with_any_input(tmp_path: Path) -> None:
+    (tmp_path / "src").mkdir()
+    source = tmp_path / "src" / "a.py"
+    source.write_text("print(1)\n")
+    files = ["src/a.py"]
+
+    def digest(**parts: str) -> str:
+        return build.input_digest({"base": "abc", **parts}, files, tmp_path)
+
+    first = digest()
+    assert digest() == first
+    assert digest(base="abd") != first
+    source.write_text("print(2)\n")
+    changed = digest()
+    assert changed != first
+    source.chmod(0o755)
+    assert digest() != changed
+
+
+@pytest.mark.unit
+def test_image_sources_are_what_git_sees() -> None:
+    sources = build.image_sources("runtime")
+    assert "Dockerfile" in sources and "images/install.sh" in sources
+    assert any(name.startswith("runtime/src/kubeswarm_runtime/") for name in sources)
+    assert any(name.startswith("operator/src/kubeswarm_operator/") for name in sources)
+    assert not [name for name in sources if "__pycache__" in name or name.startswith(".venv")]
+    assert all(name.startswith("images/") for name in build.image_sources("nats"))
+
+
+@pytest.mark.unit
+def test_engine_choice() -> None:
+    def which(present: set[str]) -> Callable[[str], str | None]:
+        return lambda name: f"/usr/bin/{name}" if name in present else None
+
+    assert build.choose_engine(which=which({"buildah"}), docker_ok=lambda: True).name == "docker"
+    assert build.choose_engine(which=which({"buildah", "podman"}), docker_ok=lambda: False).name == "buildah"
+    podman = build.choose_engine(which=which({"podman"}), docker_ok=lambda: False)
+    assert podman.name == "podman"
+    # Storage under the cache, never /var/lib/containers.
+    assert str(build.STORAGE / "storage") in podman.argv
+    installed: set[str] = set()
+    engine = build.choose_engine(which=which(installed), docker_ok=lambda: False, install=lambda: installed.add("buildah"))
+    assert engine.name == "buildah"
+
+
+@pytest.mark.unit
+def test_no_engine_is_a_clear_error() -> None:
+    with pytest.raises(build.ImageBuildError) as error:
+        build.choose_engine(which=lambda name: None, docker_ok=lambda: False, install=None)
+    assert str(error.value) == (
+        "no container engine: docker is not running (`docker info` failed) and neither buildah nor podman is installed. "
+        "Install buildah (Debian/Ubuntu: apt-get install buildah runc), or run `python3 -m images.build` as root on "
+        "Debian/Ubuntu to have it installed."
+    )
+
+
+@pytest.mark.unit
+def test_cli_rejects_unknown_images(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        build.main(["runtime", "bogus"])
+    assert "unknown image(s) bogus" in capsys.readouterr().err

@@ -1,0 +1,1 @@
+"""Building the project's container images (``python3 -m images.build``)."""
