@@ -32,6 +32,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -53,6 +54,8 @@ DEBIAN_BASE_REF = f"localhost/kubeswarm/python-base:3.11-{DEBIAN_SUITE}"
 DEBIAN_PACKAGES = ("python3", "python3-venv", "ca-certificates")
 DEBIAN_OPTIONS = (
     "--variant=minbase",
+    # merged /usr set up directly: the usrmerge package would pull in perl (50 MB).
+    "--hook-dir=/usr/share/mmdebstrap/hooks/merged-usr",
     "--aptopt=APT::Install-Recommends false",
     # No documentation, manuals or translations, as the official slim images; licences stay.
     "--dpkgopt=path-exclude=/usr/share/man/*",
@@ -65,6 +68,8 @@ DEBIAN_OPTIONS = (
 )
 DEBIAN_CONFIG = ("LANG=C.UTF-8", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
 RECIPE_LABEL = "io.kubeswarm.base-recipe"
+# Bumped when the making of the base changes in a way the values above do not show.
+RECIPE_VERSION = "2"  # 2: no device nodes
 CA_SECRET = "ca-bundle"  # noqa: S105  # the name of a build secret, not a secret
 
 TARGETS = ("runtime", "operator", "nats", "pause")
@@ -381,8 +386,28 @@ def host_apt_sources() -> list[str]:
 
 def debian_recipe() -> str:
     return input_digest(
-        {"suite": DEBIAN_SUITE, "packages": " ".join(DEBIAN_PACKAGES), "options": "\n".join(DEBIAN_OPTIONS + DEBIAN_CONFIG)}, []
+        {
+            "version": RECIPE_VERSION,
+            "suite": DEBIAN_SUITE,
+            "packages": " ".join(DEBIAN_PACKAGES),
+            "options": "\n".join(DEBIAN_OPTIONS + DEBIAN_CONFIG),
+        },
+        [],
     )
+
+
+def without_devices(source: Path, target: Path) -> Path:
+    """A copy of a root file system tarball without the device nodes mmdebstrap puts in /dev.
+
+    Container runtimes mount their own /dev, and a rootless engine cannot create device nodes
+    when it unpacks a layer; the official images have none either.
+    """
+    with tarfile.open(source) as src, tarfile.open(target, "w", format=tarfile.PAX_FORMAT) as dst:
+        for member in src:
+            if member.ischr() or member.isblk():
+                continue
+            dst.addfile(member, src.extractfile(member) if member.isfile() else None)
+    return target
 
 
 def debian_base(engine: Engine, logfile: Path) -> tuple[str, str]:
@@ -408,7 +433,8 @@ def debian_base(engine: Engine, logfile: Path) -> tuple[str, str]:
             *host_apt_sources(),
         ]
         run(argv, logfile, "mmdebstrap of the Debian base")
-        engine.import_rootfs(tarball, DEBIAN_BASE_REF, DEBIAN_CONFIG, {RECIPE_LABEL: recipe}, logfile)
+        rootfs = without_devices(tarball, Path(tmp) / "rootfs-nodev.tar")
+        engine.import_rootfs(rootfs, DEBIAN_BASE_REF, DEBIAN_CONFIG, {RECIPE_LABEL: recipe}, logfile)
     found = engine.inspect(DEBIAN_BASE_REF)
     if not found:
         raise ImageBuildError(f"{DEBIAN_BASE_REF} is missing after its build; log: {logfile}")
@@ -497,16 +523,8 @@ class Builder:
             root_apt = os.geteuid() == 0 and shutil.which("apt-get") is not None
             install = (lambda: install_packages(["buildah", "runc"], self.setup_log, "no container engine")) if root_apt else None
             self._engine = choose_engine(install=install)
-            self._policy()
             log(f"engine: {self._engine.name}")
         return self._engine
-
-    def _policy(self) -> None:
-        # buildah refuses to push or pull without a signature policy; a fresh machine may lack one.
-        policy = Path("/etc/containers/policy.json")
-        if self._engine and self._engine.name != "docker" and not policy.exists() and os.geteuid() == 0:
-            policy.parent.mkdir(parents=True, exist_ok=True)
-            policy.write_text(json.dumps({"default": [{"type": "insecureAcceptAnything"}]}) + "\n")
 
     @property
     def base(self) -> tuple[str, str]:
