@@ -3,6 +3,7 @@
     python -m tests.testbed build        build the pinned Go components (cached)
     python -m tests.testbed regenerate   rewrite hack/testbed/*/go.mod from pins.json
     python -m tests.testbed up           start a cluster and leave it running
+                                         (KUBESWARM_REAL_NODE=1: with a real node; see tests/testbed/node.py)
     python -m tests.testbed down         stop every process `up` started
 """
 
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from . import build
 from .cluster import Cluster, stop_recorded
+from .node import real_node_requested
 from .procs import TestbedError
 
 STATE = build.REPO / ".state" / "cluster"
@@ -25,21 +27,23 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m tests.testbed", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("command", choices=["build", "regenerate", "up", "down"])
+    parser.add_argument("components", nargs="*", help="regenerate: only these components' wrappers")
     parser.add_argument("--state-dir", type=Path, default=STATE, help="where `up` keeps certificates, data and logs")
     parser.add_argument("--nodes", type=int, default=2, help="fake kwok nodes (up)")
     args = parser.parse_args(argv)
     try:
         if args.command == "build":
-            for name, path in build.build_all().items():
+            for name, path in build.build_all(node=real_node_requested()).items():
                 print(f"{name}: {path}")
         elif args.command == "regenerate":
-            build.regenerate_wrappers()
+            build.regenerate_wrappers(args.components)
         elif args.command == "up":
             stop_recorded(args.state_dir)
             shutil.rmtree(args.state_dir, ignore_errors=True)
-            cluster = Cluster(args.state_dir, nodes=args.nodes)
+            cluster = Cluster(args.state_dir, nodes=args.nodes, real_node=real_node_requested())
             cluster.start()
-            print(f"test bed up: API server {cluster.server}, {args.nodes} kwok nodes; logs in {args.state_dir / 'logs'}")
+            nodes = f"{args.nodes} kwok nodes" + (" (tainted) and the real node, where pods run" if cluster.real_node else "")
+            print(f"test bed up: API server {cluster.server}, {nodes}; logs in {args.state_dir / 'logs'}")
             print("stop it with: make cluster-down")
             print(f"export KUBECONFIG={cluster.kubeconfig}")
         else:

@@ -18,6 +18,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,12 +39,30 @@ def pins() -> dict[str, str]:
 
 @dataclass(frozen=True)
 class Component:
+    """One wrapper module under hack/testbed/<name>, pinned by ``pins.json[pin]``."""
+
     name: str
     module: str
     commands: dict[str, str]  # binary name -> Go package path
+    pin: str = ""  # key in pins.json; the component's name when empty
+    version_flags: tuple[str, ...] = ()  # -X flags; {version} is replaced
+    tags: tuple[str, ...] = ()
+    # Only the real node needs it (kubelet, container runtime, ...): built on demand.
+    node: bool = False
+    # Links C libraries (runc: libseccomp, so that pods get their RuntimeDefault seccomp profile).
+    cgo: bool = False
+
+    @property
+    def version(self) -> str:
+        return pins()[self.pin or self.name]
+
+    @property
+    def kubernetes(self) -> bool:
+        """Built from k8s.io/kubernetes, whose staging modules need replacing and whose version flags are special."""
+        return self.module == "k8s.io/kubernetes"
 
     def ldflags(self, version: str) -> str:
-        if self.name == "kubernetes":
+        if self.kubernetes:
             minor = version.lstrip("v").split(".")[1]
             date = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
             flags = []
@@ -56,41 +75,115 @@ class Component:
                     f"-X {pkg}.buildDate={date}",
                 ]
             return " ".join(flags)
-        if self.name == "etcd":
-            return f"-X go.etcd.io/etcd/api/v3/version.GitSHA={version}"
-        if self.name == "kwok":
-            return f"-X sigs.k8s.io/kwok/pkg/consts.Version={version}"
-        if self.name == "helm":
-            return f"-X helm.sh/helm/v3/internal/version.version={version} -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
-        raise AssertionError(self.name)
+        return " ".join(f"-X {flag.format(version=version)}" for flag in self.version_flags)
 
 
+KUBERNETES = "k8s.io/kubernetes"
 COMPONENTS = [
-    Component("etcd", "go.etcd.io/etcd/server/v3", {"etcd": "go.etcd.io/etcd/server/v3"}),
+    Component(
+        "etcd", "go.etcd.io/etcd/server/v3", {"etcd": "go.etcd.io/etcd/server/v3"},
+        version_flags=("go.etcd.io/etcd/api/v3/version.GitSHA={version}",),
+    ),
     Component(
         "kubernetes",
-        "k8s.io/kubernetes",
+        KUBERNETES,
         {
-            "kube-apiserver": "k8s.io/kubernetes/cmd/kube-apiserver",
-            "kube-controller-manager": "k8s.io/kubernetes/cmd/kube-controller-manager",
-            "kube-scheduler": "k8s.io/kubernetes/cmd/kube-scheduler",
+            "kube-apiserver": f"{KUBERNETES}/cmd/kube-apiserver",
+            "kube-controller-manager": f"{KUBERNETES}/cmd/kube-controller-manager",
+            "kube-scheduler": f"{KUBERNETES}/cmd/kube-scheduler",
         },
     ),
-    Component("kwok", "sigs.k8s.io/kwok", {"kwok": "sigs.k8s.io/kwok/cmd/kwok"}),
-    Component("helm", "helm.sh/helm/v3", {"helm": "helm.sh/helm/v3/cmd/helm"}),
+    Component(
+        "kwok", "sigs.k8s.io/kwok", {"kwok": "sigs.k8s.io/kwok/cmd/kwok"},
+        version_flags=("sigs.k8s.io/kwok/pkg/consts.Version={version}",),
+    ),
+    Component(
+        "helm", "helm.sh/helm/v3", {"helm": "helm.sh/helm/v3/cmd/helm"},
+        version_flags=("helm.sh/helm/v3/internal/version.version={version}", "helm.sh/helm/v3/internal/version.gitTreeState=clean"),
+    ),
+    # The real node: the same Kubernetes pin as the control plane, in a module of its own so that
+    # the kwok-only test bed never builds it.
+    Component(
+        "kubelet", KUBERNETES,
+        {"kubelet": f"{KUBERNETES}/cmd/kubelet", "kube-proxy": f"{KUBERNETES}/cmd/kube-proxy"},
+        pin="kubernetes", node=True,
+    ),
+    Component(
+        "containerd",
+        "github.com/containerd/containerd/v2",
+        {
+            "containerd": "github.com/containerd/containerd/v2/cmd/containerd",
+            "containerd-shim-runc-v2": "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2",
+            "ctr": "github.com/containerd/containerd/v2/cmd/ctr",
+        },
+        version_flags=("github.com/containerd/containerd/v2/version.Version={version}",),
+        # Snapshotters that need cgo or tools this node lacks; overlayfs is the one it uses.
+        tags=("no_btrfs", "no_devmapper", "no_zfs"),
+        node=True,
+    ),
+    # The version containerd's own CI runs with (its script/setup/runc-version).
+    Component(
+        "runc", "github.com/opencontainers/runc", {"runc": "github.com/opencontainers/runc"},
+        version_flags=("main.version={version}",),
+        tags=("seccomp", "urfave_cli_no_docs"),
+        node=True,
+        cgo=True,
+    ),
+    Component(
+        "cni-plugins",
+        "github.com/containernetworking/plugins",
+        {
+            "bridge": "github.com/containernetworking/plugins/plugins/main/bridge",
+            "loopback": "github.com/containernetworking/plugins/plugins/main/loopback",
+            "host-local": "github.com/containernetworking/plugins/plugins/ipam/host-local",
+            "portmap": "github.com/containernetworking/plugins/plugins/meta/portmap",
+        },
+        version_flags=("github.com/containernetworking/plugins/pkg/utils/buildversion.BuildVersion={version}",),
+        node=True,
+    ),
+    Component(
+        "coredns", "github.com/coredns/coredns", {"coredns": "github.com/coredns/coredns"},
+        version_flags=("github.com/coredns/coredns/coremain.GitCommit={version}",),
+        node=True,
+    ),
+    Component(
+        "local-path-provisioner",
+        "github.com/rancher/local-path-provisioner",
+        {"local-path-provisioner": "github.com/rancher/local-path-provisioner"},
+        version_flags=("main.VERSION={version}",),
+        node=True,
+    ),
 ]
 
 
-def go_env() -> dict[str, str]:
+def go_env(*, cgo: bool = False) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
         GOMODCACHE=str(CACHE / "gomod"),
         GOCACHE=str(CACHE / "gobuild"),
         GOTOOLCHAIN="local",
         GOFLAGS="-mod=mod -buildvcs=false",
-        CGO_ENABLED="0",
+        CGO_ENABLED="1" if cgo else "0",
     )
     return env
+
+
+# Debian packages a cgo component builds against.
+CGO_PACKAGES = ("gcc", "libc6-dev", "libseccomp-dev", "pkg-config")
+
+
+def ensure_cgo_packages() -> None:
+    if shutil.which("pkg-config") and subprocess.run(["pkg-config", "--exists", "libseccomp"]).returncode == 0:
+        return
+    if shutil.which("apt-get") is None or os.geteuid() != 0:
+        raise BuildError(f"building runc needs libseccomp's headers: install {' '.join(CGO_PACKAGES)} (Debian names)")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *CGO_PACKAGES]
+    if subprocess.run(install, env=env, capture_output=True).returncode != 0:
+        subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True)
+        proc = subprocess.run(install, env=env, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise BuildError(f"apt-get install {' '.join(CGO_PACKAGES)} failed: {proc.stderr.strip()[-1500:]}")
 
 
 def go_binary() -> str:
@@ -105,8 +198,10 @@ def go_binary() -> str:
 
 def stamp(component: Component) -> str:
     digest = hashlib.sha256()
-    digest.update(pins()[component.name].encode())
+    digest.update(component.version.encode())
     digest.update(component.ldflags("v0.0.0").split("buildDate")[0].encode())
+    digest.update(" ".join(component.tags).encode())
+    digest.update(b"cgo" if component.cgo else b"")
     for path in sorted((WRAPPERS / component.name).iterdir()):
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
@@ -114,15 +209,15 @@ def stamp(component: Component) -> str:
 
 
 def bin_dir(component: Component) -> Path:
-    return CACHE / "testbed" / f"{component.name}-{pins()[component.name]}-{stamp(component)}"
+    return CACHE / "testbed" / f"{component.name}-{component.version}-{stamp(component)}"
 
 
-def _run_logged(cmd: list[str], cwd: Path, log: Path, what: str) -> None:
+def _run_logged(cmd: list[str], cwd: Path, log: Path, what: str, env: dict[str, str]) -> None:
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("a") as out:
         out.write(f"$ {' '.join(cmd)}\n")
         out.flush()
-        proc = subprocess.run(cmd, cwd=cwd, env=go_env(), stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.run(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
     if proc.returncode != 0:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-25:])
         raise BuildError(f"building {what} failed (exit {proc.returncode}); full log: {log}\n{tail}")
@@ -135,20 +230,26 @@ def build(component: Component, *, force: bool = False) -> Path:
     if done.exists() and not force:
         return target
     go = go_binary()
-    version = pins()[component.name]
+    version = component.version
     log = LOGS / f"build-{component.name}.log"
     log.unlink(missing_ok=True)
     tmp = target.with_name(target.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     wrapper = WRAPPERS / component.name
+    if component.cgo:
+        ensure_cgo_packages()
     for binary, package in component.commands.items():
         print(f"building {binary} {version} (log: {log})", file=sys.stderr, flush=True)
         _run_logged(
-            [go, "build", "-trimpath", "-ldflags", f"-s -w {component.ldflags(version)}", "-o", str(tmp / binary), package],
+            [
+                go, "build", "-trimpath", f"-tags={','.join(component.tags)}",
+                "-ldflags", f"-s -w {component.ldflags(version)}", "-o", str(tmp / binary), package,
+            ],
             wrapper,
             log,
             f"{binary} {version}",
+            go_env(cgo=component.cgo),
         )
     (tmp / ".complete").write_text(version + "\n")
     shutil.rmtree(target, ignore_errors=True)
@@ -156,18 +257,21 @@ def build(component: Component, *, force: bool = False) -> Path:
     return target
 
 
-def build_all(*, force: bool = False) -> dict[str, Path]:
-    """Return binary name -> path for every component, building what is missing."""
+def build_all(*, force: bool = False, node: bool = False) -> dict[str, Path]:
+    """Return binary name -> path for the control plane's components (and the real node's, with
+    ``node``), building what is missing."""
     paths: dict[str, Path] = {}
     for component in COMPONENTS:
+        if component.node and not node:
+            continue
         directory = build(component, force=force)
         for binary in component.commands:
             paths[binary] = directory / binary
     return paths
 
 
-def regenerate_wrappers() -> None:
-    """Rewrite every hack/testbed/<component>/go.mod from pins.json.
+def regenerate_wrappers(names: Sequence[str] = ()) -> None:
+    """Rewrite hack/testbed/<component>/go.mod (every component's, or those named) from pins.json.
 
     k8s.io/kubernetes requires its staging modules at v0.0.0 and replaces them
     with local paths, which a dependent module cannot see; its wrapper replaces
@@ -175,8 +279,13 @@ def regenerate_wrappers() -> None:
     module's own go.mod.
     """
     go = go_binary()
+    unknown = set(names) - {c.name for c in COMPONENTS}
+    if unknown:
+        raise BuildError(f"no test bed component named {', '.join(sorted(unknown))}")
     for component in COMPONENTS:
-        version = pins()[component.name]
+        if names and component.name not in names:
+            continue
+        version = component.version
         out = subprocess.run(
             [go, "mod", "download", "-json", f"{component.module}@{version}"],
             env=go_env(), capture_output=True, text=True, cwd=WRAPPERS,
@@ -198,10 +307,11 @@ def regenerate_wrappers() -> None:
             f"require {component.module} {version}",
             "",
         ]
-        if component.name == "kubernetes":
+        if component.kubernetes:
             staging = sorted(set(re.findall(r"^\s+(k8s\.io/[\w.-]+) v0\.0\.0$", upstream, re.M)))
             tag = "v0." + version.lstrip("v").split(".", 1)[1]
             lines += ["replace (", *[f"\t{mod} => {mod} {tag}" for mod in staging], ")", ""]
+        if component.name == "kubernetes":
             check_etcd_pin(Path(info["Dir"]))
         if component.name == "kwok":
             write_kwok_stages(Path(info["Dir"]))

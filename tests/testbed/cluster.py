@@ -22,6 +22,7 @@ from pathlib import Path
 import yaml
 
 from . import build
+from . import node as real
 from .pki import Pki
 from .procs import ManagedProcess, TestbedError, free_port, log_tail, wheel_binary
 
@@ -71,6 +72,8 @@ class Cluster(KubeAccess):
 
     workdir: Path
     nodes: int = 2
+    # A real kubelet and container runtime beside the kwok nodes (``node.py``); pods go there.
+    real_node: bool = False
     etcd_port: int = field(default_factory=free_port)
     etcd_peer_port: int = field(default_factory=free_port)
     apiserver_port: int = field(default_factory=free_port)
@@ -85,13 +88,33 @@ class Cluster(KubeAccess):
 
     @property
     def pki(self) -> Pki:
-        return Pki(self.workdir / "pki")
+        if not self.real_node:
+            return Pki(self.workdir / "pki")
+        return Pki(
+            self.workdir / "pki",
+            extra_ips=(real.NODE_IP,),
+            clients={"admin": ("kubeswarm-admin", "system:masters"), "node": (f"system:node:{real.NODE_NAME}", "system:nodes")},
+        )
+
+    @property
+    def host(self) -> str:
+        """Where the API server listens: loopback, or the real node's bridge so that pods reach it too."""
+        return real.NODE_IP if self.real_node else "127.0.0.1"
 
     @property
     def server(self) -> str:
-        return f"https://127.0.0.1:{self.apiserver_port}"
+        return f"https://{self.host}:{self.apiserver_port}"
 
-    def _write_kubeconfig(self) -> None:
+    @property
+    def node(self) -> real.RealNode:
+        return real.RealNode(
+            self.workdir / "node",
+            kubeconfig=self.workdir / "node.kubeconfig",
+            admin_kubeconfig=self.kubeconfig,
+            ca_cert=self.pki.ca_cert,
+        )
+
+    def _write_kubeconfig(self, path: Path | None = None, user: str = "admin") -> None:
         config = {
             "apiVersion": "v1",
             "kind": "Config",
@@ -100,14 +123,17 @@ class Cluster(KubeAccess):
             ],
             "users": [
                 {
-                    "name": "admin",
-                    "user": {"client-certificate": str(self.pki.admin_cert), "client-key": str(self.pki.admin_key)},
+                    "name": user,
+                    "user": {
+                        "client-certificate": str(self.pki.directory / f"{user}.crt"),
+                        "client-key": str(self.pki.directory / f"{user}.key"),
+                    },
                 }
             ],
-            "contexts": [{"name": "kubeswarm-testbed", "context": {"cluster": "kubeswarm-testbed", "user": "admin"}}],
+            "contexts": [{"name": "kubeswarm-testbed", "context": {"cluster": "kubeswarm-testbed", "user": user}}],
             "current-context": "kubeswarm-testbed",
         }
-        self.kubeconfig.write_text(yaml.safe_dump(config))
+        (path or self.kubeconfig).write_text(yaml.safe_dump(config))
 
     def _admin_ssl(self) -> ssl.SSLContext:
         context = ssl.create_default_context(cafile=str(self.pki.ca_cert))
@@ -148,11 +174,14 @@ class Cluster(KubeAccess):
         return self
 
     def _start_components(self, timeout: float) -> None:
-        binaries = build.build_all()
+        binaries = build.build_all(node=self.real_node)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.pki.generate()
         self._write_kubeconfig()
         pki = self.pki
+        if self.real_node:
+            self.node.prepare_host()
+            self._write_kubeconfig(self.node.kubeconfig, user="node")
 
         etcd_url = f"http://127.0.0.1:{self.etcd_port}"
         peer_url = f"http://127.0.0.1:{self.etcd_peer_port}"
@@ -181,8 +210,8 @@ class Cluster(KubeAccess):
             [
                 str(binaries["kube-apiserver"]),
                 f"--etcd-servers={etcd_url}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                f"--bind-address={self.host}",
+                f"--advertise-address={self.host}",
                 f"--secure-port={self.apiserver_port}",
                 f"--tls-cert-file={pki.serving_cert}",
                 f"--tls-private-key-file={pki.serving_key}",
@@ -192,8 +221,7 @@ class Cluster(KubeAccess):
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
                 "--authorization-mode=Node,RBAC",
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
-                # The kubernetes Service would point at 127.0.0.1, which the endpoint reconciler refuses.
-                "--endpoint-reconciler-type=none",
+                *self._apiserver_node_flags(),
                 "--allow-privileged=true",
                 "--v=1",
             ],
@@ -253,12 +281,28 @@ class Cluster(KubeAccess):
 
         for index in range(self.nodes):
             self.kubectl("apply", "-f", "-", input=json.dumps(fake_node(f"kwok-node-{index}")))
+        if self.real_node:
+            self.node.start(self._start, timeout)
+            for index in range(self.nodes):
+                # Pods go to the real node unless they tolerate this.
+                self.kubectl("taint", "node", f"kwok-node-{index}", f"{real.FAKE_NODE_TAINT}=true:NoSchedule", "--overwrite")
         self._wait_nodes_ready(kwok, timeout)
         # Pods need the default ServiceAccount, which the controller manager creates.
         self._wait_for(
             kwok, lambda: self.kubectl("get", "serviceaccount", "default", "-n", "default", check=False).returncode == 0, timeout,
             "serviceaccount default/default",
         )
+
+    def _apiserver_node_flags(self) -> list[str]:
+        if not self.real_node:
+            # The kubernetes Service would point at 127.0.0.1, which the endpoint reconciler refuses.
+            return ["--endpoint-reconciler-type=none"]
+        # Logs, exec and port-forward go from the API server to the kubelet with this identity.
+        return [
+            f"--kubelet-client-certificate={self.pki.admin_cert}",
+            f"--kubelet-client-key={self.pki.admin_key}",
+            "--kubelet-preferred-address-types=InternalIP",
+        ]
 
     @staticmethod
     def _wait_for(process: ManagedProcess, condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -272,14 +316,16 @@ class Cluster(KubeAccess):
                 n for n in nodes
                 if any(c["type"] == "Ready" and c["status"] == "True" for c in n.get("status", {}).get("conditions", []))
             ]
-            return len(ready) >= self.nodes
+            return len(ready) >= self.nodes + int(self.real_node)
 
-        self._wait_for(kwok, all_ready, timeout, f"{self.nodes} Ready fake nodes")
+        self._wait_for(kwok, all_ready, timeout, f"{self.nodes} Ready fake nodes" + (" and the real node" if self.real_node else ""))
 
     def stop(self) -> None:
         for process in reversed(self.processes):
             process.stop()
         self.processes.clear()
+        if self.real_node:
+            real.cleanup_host()
         (self.workdir / "pids.json").unlink(missing_ok=True)
 
     def logs(self) -> str:
@@ -312,10 +358,8 @@ def _http_ok(url: str) -> bool:
 def stop_recorded(workdir: Path) -> list[str]:
     """Stop the processes a previous ``cluster up`` recorded (``make cluster-down``)."""
     state_file = workdir / "pids.json"
-    if not state_file.exists():
-        return []
     stopped = []
-    for entry in reversed(json.loads(state_file.read_text())):
+    for entry in reversed(json.loads(state_file.read_text()) if state_file.exists() else []):
         pid = int(entry["pid"])
         try:
             os.killpg(pid, 15)
@@ -327,7 +371,10 @@ def stop_recorded(workdir: Path) -> list[str]:
         if _alive(pid):
             os.killpg(pid, 9)
         stopped.append(entry["name"])
-    state_file.unlink()
+    state_file.unlink(missing_ok=True)
+    if real.STATE_FILE.exists():
+        real.cleanup_host()
+        stopped.append("the real node's containers, mounts, network and rules")
     return stopped
 
 

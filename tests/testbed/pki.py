@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
@@ -38,6 +38,10 @@ class Pki:
     """File paths of the control plane's keys and certificates."""
 
     directory: Path
+    # Addresses besides loopback the API server is reached at (the real node's bridge).
+    extra_ips: tuple[str, ...] = ()
+    # Client certificates to issue: file stem -> (common name, group).
+    clients: dict[str, tuple[str, str]] = field(default_factory=lambda: {"admin": ("kubeswarm-admin", "system:masters")})
 
     ca_cert = property(lambda self: self.directory / "ca.crt")
     ca_key = property(lambda self: self.directory / "ca.key")
@@ -95,16 +99,17 @@ class Pki:
                 x509.DNSName("kubernetes"),
                 x509.DNSName("kubernetes.default"),
                 x509.DNSName("kubernetes.default.svc"),
-                x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                x509.IPAddress(ipaddress.ip_address("10.96.0.1")),
+                x509.DNSName("kubernetes.default.svc.cluster.local"),
+                *[x509.IPAddress(ipaddress.ip_address(ip)) for ip in ("127.0.0.1", "10.96.0.1", *self.extra_ips)],
             ],
         )
         _write_key(self.serving_key, serving_key)
         _write_cert(self.serving_cert, serving)
 
-        admin_key, admin = leaf(_name("kubeswarm-admin", "system:masters"), ExtendedKeyUsageOID.CLIENT_AUTH, [])
-        _write_key(self.admin_key, admin_key)
-        _write_cert(self.admin_cert, admin)
+        for user, (common_name, group) in self.clients.items():
+            client_key, client = leaf(_name(common_name, group), ExtendedKeyUsageOID.CLIENT_AUTH, [])
+            _write_key(self.directory / f"{user}.key", client_key)
+            _write_cert(self.directory / f"{user}.crt", client)
 
         sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         _write_key(self.sa_key, sa_key)
