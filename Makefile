@@ -32,8 +32,8 @@ venv: $(BIN)/.synced ## create .venv exactly as requirements.lock pins it
 lock: | $(UV) ## re-resolve requirements.in into requirements.lock
 	$(UV) pip compile -q requirements.in --python-version 3.11 --generate-hashes --no-header -o requirements.lock
 
-testbed: venv ## build etcd, Kubernetes, kwok and helm from their pinned Go modules (cached)
-	$(BIN)/python -m tests.testbed build
+testbed: venv ## build the test bed from its pinned Go modules, and the real node's parts and the images where it can run (cached)
+	$(BIN)/python -m tests.testbed build --real-node
 
 testbed-regenerate: venv ## rewrite hack/testbed/*/go.mod after editing hack/testbed/pins.json
 	$(BIN)/python -m tests.testbed regenerate
@@ -60,10 +60,10 @@ lint: venv ## ruff and mypy --strict
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-cluster-up: testbed ## start the local test bed and leave it running (last line: export KUBECONFIG=...)
+cluster-up: testbed ## start the local test bed and leave it running (KUBESWARM_REAL_NODE=1: pods run for real; last line: export KUBECONFIG=...)
 	@$(BIN)/python -m tests.testbed up
 
-cluster-down: venv ## stop every process cluster-up started
+cluster-down: venv ## stop every process cluster-up started, and clean the real node off the host
 	@$(BIN)/python -m tests.testbed down
 
 crds: venv ## regenerate crds/ from the resource models
@@ -84,9 +84,6 @@ bench: testbed ## run every benchmark in bench/ (each prints its ratios against 
 
 # -- packaging: images, chart, dashboards (no container engine needed except for `images`)
 
-IMAGE_TAG ?= $(shell sed -n 's/^appVersion: "\(.*\)"/\1/p' charts/kubeswarm/Chart.yaml)
-IMAGE_REPO ?= kubeswarm
-CONTAINER_ENGINE ?= $(shell command -v docker || command -v podman)
 HELM = $(shell $(BIN)/python -c 'from tests.testbed import build; print(build.build(next(c for c in build.COMPONENTS if c.name == "helm")) / "helm")')
 
 .PHONY: base-image images images-lock test-images dashboards chart chart-lint

@@ -14,7 +14,9 @@ import shutil
 import sys
 from pathlib import Path
 
-from . import build
+from images import build as images
+
+from . import build, node
 from .cluster import Cluster, stop_recorded
 from .node import real_node_requested
 from .procs import TestbedError
@@ -30,11 +32,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("components", nargs="*", help="regenerate: only these components' wrappers")
     parser.add_argument("--state-dir", type=Path, default=STATE, help="where `up` keeps certificates, data and logs")
     parser.add_argument("--nodes", type=int, default=2, help="fake kwok nodes (up)")
+    parser.add_argument(
+        "--real-node", action="store_true", help="build: the real node's parts and the images too, where this machine can run them"
+    )
     args = parser.parse_args(argv)
     try:
         if args.command == "build":
-            for name, path in build.build_all(node=real_node_requested()).items():
+            reason = node.unavailable_reason() if args.real_node or real_node_requested() else "not asked for"
+            for name, path in build.build_all(node=reason is None).items():
                 print(f"{name}: {path}")
+            if reason is None:
+                for ref, archive in images.build_all().items():
+                    print(f"{ref}: {archive}")
+            elif args.real_node:
+                print(f"the real node's parts are not built: {reason}")
         elif args.command == "regenerate":
             build.regenerate_wrappers(args.components)
         elif args.command == "up":
@@ -49,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             stopped = stop_recorded(args.state_dir)
             print(f"stopped: {', '.join(stopped)}" if stopped else "no test bed was running")
-    except (TestbedError, build.BuildError) as error:
+    except (TestbedError, build.BuildError, images.ImageBuildError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0

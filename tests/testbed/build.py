@@ -212,12 +212,12 @@ def bin_dir(component: Component) -> Path:
     return CACHE / "testbed" / f"{component.name}-{component.version}-{stamp(component)}"
 
 
-def _run_logged(cmd: list[str], cwd: Path, log: Path, what: str, env: dict[str, str]) -> None:
+def _run_logged(cmd: list[str], cwd: Path, log: Path, what: str, env: dict[str, str] | None = None) -> None:
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("a") as out:
         out.write(f"$ {' '.join(cmd)}\n")
         out.flush()
-        proc = subprocess.run(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.run(cmd, cwd=cwd, env=env or go_env(), stdout=out, stderr=subprocess.STDOUT)
     if proc.returncode != 0:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-25:])
         raise BuildError(f"building {what} failed (exit {proc.returncode}); full log: {log}\n{tail}")

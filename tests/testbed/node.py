@@ -26,14 +26,17 @@ import shutil
 import signal
 import subprocess
 import time
+import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from images import build as images
+
 from . import build
-from .procs import ManagedProcess, TestbedError, free_port
+from .procs import ManagedProcess, TestbedError, free_port, wheel_binary
 
 NODE_NAME = "kubeswarm-node"
 BRIDGE = "ks-cni0"
@@ -80,6 +83,17 @@ def missing_requirements() -> list[str]:
     if shutil.which("apt-get") is None:
         missing += [f"`{tool}` (Debian package {pkg})" for tool, pkg in DEBIAN_PACKAGES.items() if shutil.which(tool) is None]
     return missing
+
+
+def unavailable_reason() -> str | None:
+    """Why real-pod tests must be skipped here, or None; KUBESWARM_REQUIRE_REAL_NODE=1 (CI) makes it an error."""
+    problems = missing_requirements()
+    if not problems:
+        return None
+    message = "no real node on this machine; it lacks: " + "; ".join(problems)
+    if os.environ.get("KUBESWARM_REQUIRE_REAL_NODE"):
+        raise TestbedError(message + " (KUBESWARM_REQUIRE_REAL_NODE is set, so this is an error, not a skip)")
+    return message
 
 
 def ensure_debian_packages() -> None:
@@ -162,13 +176,13 @@ class RealNode:
     def start(self, launch: Callable[[str, Sequence[str], Sequence[int]], ManagedProcess], timeout: float) -> None:
         """Start containerd, the images, kubelet, kube-proxy, CoreDNS and the provisioner."""
         binaries = build.build_all(node=True)
+        archives = images.build_all()
         self.workdir.mkdir(parents=True, exist_ok=True)
-        containerd = launch(
-            "containerd", [str(binaries["containerd"]), "--config", str(self._containerd_config(binaries))], []
-        )
+        config = self._containerd_config(binaries, image_ref(archives, "pause"))
+        containerd = launch("containerd", [str(binaries["containerd"]), "--config", str(config)], [])
         ctr = [str(binaries["ctr"]), "--address", str(self.containerd_socket), "--namespace", CONTAINERD_NAMESPACE]
         containerd.wait_until(lambda: run(*ctr, "version", check=False).returncode == 0, timeout, "serving its socket")
-        self._import_images(ctr)
+        self._import_images(ctr, archives)
 
         kubelet = launch(
             "kubelet",
@@ -208,7 +222,8 @@ class RealNode:
             [self.proxy_healthz_port, self.proxy_metrics_port],
         )
         coredns = launch("coredns", [str(binaries["coredns"]), "-conf", str(self._corefile())], [self.dns_ready_port])
-        self._install_provisioner_objects()
+        helper = image_ref(archives, "runtime")
+        self._kubectl("apply", "--server-side", "-f", "-", input=yaml.safe_dump_all(provisioner_objects(helper)))
         provisioner = launch(
             "local-path-provisioner",
             [
@@ -219,7 +234,7 @@ class RealNode:
                 f"--provisioner-name=rancher.io/{STORAGE_CLASS}",
                 "--configmap-name=local-path-config",
                 f"--service-account-name={STORAGE_CLASS}-provisioner",
-                f"--helper-image={helper_image()}",
+                f"--helper-image={helper}",
             ],
             [],
         )
@@ -229,7 +244,7 @@ class RealNode:
         kubelet.wait_until(self._node_ready, timeout, f"node {NODE_NAME} Ready")
         assert provisioner.running()
 
-    def _containerd_config(self, binaries: dict[str, Path]) -> Path:
+    def _containerd_config(self, binaries: dict[str, Path], pause: str) -> Path:
         cni = self.workdir / "cni"
         cni.mkdir(parents=True, exist_ok=True)
         (cni / "10-kubeswarm.conflist").write_text(json.dumps(cni_config(), indent=2))
@@ -242,7 +257,7 @@ class RealNode:
             "plugins": {
                 "io.containerd.cri.v1.images": {
                     "snapshotter": "overlayfs",
-                    "pinned_images": {"sandbox": pause_image()},
+                    "pinned_images": {"sandbox": pause},
                 },
                 "io.containerd.cri.v1.runtime": {
                     # This machine's root lacks CAP_SYS_RESOURCE: no OOM score below containerd's own.
@@ -267,12 +282,10 @@ class RealNode:
         os.environ["PATH"] = f"{binaries['containerd'].parent}:{os.environ['PATH']}"
         return path
 
-    def _import_images(self, ctr: list[str]) -> None:
-        from images import build as images  # the project's images, built by buildah or docker
-
+    def _import_images(self, ctr: list[str], archives: dict[str, Path]) -> None:
         imported = self.containerd_root() / "imported"
         imported.mkdir(parents=True, exist_ok=True)
-        for ref, archive in images.build_all().items():
+        for ref, archive in archives.items():
             marker = imported / f"{archive.name}.done"
             if marker.exists() and ref in run(*ctr, "images", "list", "--quiet").stdout.split():
                 continue
@@ -344,16 +357,11 @@ class RealNode:
         return path
 
     def _kubectl(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
-        from .procs import wheel_binary
-
         return run(str(wheel_binary("kubectl")), "--kubeconfig", str(self.admin_kubeconfig), *args, input=input)
 
     def _node_ready(self) -> bool:
         node = json.loads(self._kubectl("get", "node", NODE_NAME, "-o", "json").stdout)
         return any(c["type"] == "Ready" and c["status"] == "True" for c in node["status"].get("conditions", []))
-
-    def _install_provisioner_objects(self) -> None:
-        self._kubectl("apply", "--server-side", "-f", "-", input=yaml.safe_dump_all(provisioner_objects()))
 
 
 def build_service_cidr() -> str:
@@ -386,21 +394,17 @@ def cni_config() -> dict[str, object]:
     }
 
 
-def pause_image() -> str:
-    from images import build as images
-
-    return next(ref for ref in images.build_all() if "/pause:" in ref)
-
-
-def helper_image() -> str:
-    """The provisioner's helper pods need a shell, mkdir and rm: the runtime image (Debian) has them."""
-    from images import build as images
-
-    return next(ref for ref in images.build_all() if "/runtime:" in ref)
+def image_ref(archives: dict[str, Path], name: str) -> str:
+    """The ref of one of the project's images (``pause``, ``runtime``, ...), as the chart names it."""
+    return next(ref for ref in archives if ref.rsplit("/", 1)[1].startswith(name + ":"))
 
 
-def provisioner_objects() -> list[dict[str, object]]:
-    """local-path-provisioner's namespace, configuration and default StorageClass (from its deploy/ manifest)."""
+def provisioner_objects(helper_image: str) -> list[dict[str, object]]:
+    """local-path-provisioner's namespace, configuration and default StorageClass (from its deploy/ manifest).
+
+    Its helper pods need a shell, mkdir and rm: the runtime image (Debian) has them, and no registry
+    is needed for it.
+    """
     helper_pod = {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -409,7 +413,7 @@ def provisioner_objects() -> list[dict[str, object]]:
             "priorityClassName": "system-node-critical",
             # The helper creates and removes volume directories owned by any pod's user.
             "securityContext": {"runAsUser": 0, "runAsGroup": 0},
-            "containers": [{"name": "helper-pod", "image": helper_image(), "imagePullPolicy": "IfNotPresent"}],
+            "containers": [{"name": "helper-pod", "image": helper_image, "imagePullPolicy": "IfNotPresent"}],
         },
     }
     config = {"nodePathMap": [{"node": "DEFAULT_PATH_FOR_NON_LISTED_NODES", "paths": [str(VOLUMES_DIR)]}]}
@@ -475,8 +479,6 @@ def toml_dump(data: dict[str, object]) -> str:
 
 
 def _http_ok(url: str) -> bool:
-    import urllib.request
-
     with urllib.request.urlopen(url, timeout=2) as resp:
         return bool(resp.status == 200)
 
