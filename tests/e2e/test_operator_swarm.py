@@ -10,8 +10,8 @@ from typing import Any
 
 import nats
 import pytest
-from kubeswarm_operator.jetstream import provision
-from kubeswarm_operator.nats_access import NatsPool, NatsTarget
+from kubeswarm_operator.jetstream.connections import NatsPool, NatsTarget
+from kubeswarm_operator.jetstream.provisioning import provision
 from kubeswarm_runtime.names import SwarmNames
 from kubeswarm_runtime.resources import StreamsSpec
 from nats.js.errors import NotFoundError

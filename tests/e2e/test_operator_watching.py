@@ -14,11 +14,10 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
-from kubeswarm_operator.children import CONFIG_MAP, MANAGED_SELECTOR, Kind
-from kubeswarm_operator.handlers import prune
-from kubeswarm_operator.kube import Kube, Manifest
-from kubeswarm_operator.signals import Key
-from kubeswarm_operator.watching import ChildWatch
+from kubeswarm_operator.kube.client import Kube
+from kubeswarm_operator.kube.kinds import CONFIG_MAP, Key, Kind, Manifest
+from kubeswarm_operator.kube.owned import MANAGED_SELECTOR
+from kubeswarm_operator.kube.watch import ChildWatch, prune
 
 from tests.e2e.conftest import Namespace
 from tests.testbed.cluster import Cluster, KubeAccess

@@ -16,7 +16,8 @@ from typing import Any
 import kubernetes_validate  # type: ignore[import-untyped]  # no stubs; used as validate(doc, version)
 import pytest
 import yaml
-from kubeswarm_operator.children import APP_NAME, MANAGED_BY, MANAGED_BY_LABEL
+from kubeswarm_operator.agent.children import APP_NAME
+from kubeswarm_operator.kube.owned import MANAGED_BY, MANAGED_BY_LABEL
 from kubeswarm_operator.settings import OperatorSettings
 
 from tests.testbed import build

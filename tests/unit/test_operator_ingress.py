@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from kubeswarm_operator.children import INGRESS, build_ingress
-from kubeswarm_operator.ingress import HTTP_ROUTE, Exposure, agent_route_body, gateway_route_body, ingress_ready
-from kubeswarm_operator.swarm import build_gateway
+from kubeswarm_operator.agent.children import build_ingress
+from kubeswarm_operator.agent.ingress import Exposure, agent_route_body, ingress_ready
+from kubeswarm_operator.kube.kinds import HTTP_ROUTE, INGRESS
+from kubeswarm_operator.swarm.gateway import build_gateway, gateway_route_body
 from kubeswarm_runtime.resources import Agent, Swarm
 
 OAUTH = "/.well-known/oauth-protected-resource"

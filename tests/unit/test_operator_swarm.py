@@ -4,20 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from kubeswarm_operator import jetstream
-from kubeswarm_operator.jetstream import consumer_differs, desired_consumers, desired_streams, stream_differs
+from kubeswarm_operator.jetstream import provisioning as jetstream
+from kubeswarm_operator.jetstream.provisioning import consumer_differs, desired_consumers, desired_streams, stream_differs
+from kubeswarm_operator.kube.conditions import condition
 from kubeswarm_operator.settings import OperatorSettings
-from kubeswarm_operator.status import condition
-from kubeswarm_operator.swarm import (
-    SwarmObserved,
-    build_member,
-    build_members,
-    capabilities,
-    compute_swarm_status,
-    joined,
-    stale_members,
-)
-from kubeswarm_operator.swarm_controller import nats_target
+from kubeswarm_operator.swarm.controller import nats_target
+from kubeswarm_operator.swarm.members import build_member, build_members, capabilities, joined, stale_members
+from kubeswarm_operator.swarm.status import SwarmObserved, compute_swarm_status
 from kubeswarm_runtime.names import SwarmNames
 from kubeswarm_runtime.resources import Agent, StreamsSpec, Swarm
 from kubeswarm_runtime.stores import stream_configs

@@ -10,8 +10,8 @@ from typing import Any
 
 import boto3
 import pytest
-from kubeswarm_operator.aws_secrets import AwsSecretError, build_synced_secret, failure_condition, read_secret
-from kubeswarm_operator.children import api_key_ref, referenced_objects
+from kubeswarm_operator.agent.aws_secrets import AwsSecretError, build_synced_secret, failure_condition, read_secret
+from kubeswarm_operator.agent.children import api_key_ref, referenced_objects
 from kubeswarm_runtime.resources import Agent, AwsSecretsManagerRef
 from moto import mock_aws
 

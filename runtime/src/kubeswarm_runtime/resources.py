@@ -479,6 +479,10 @@ class Swarm(Model):
     def subject_prefix(self) -> str:
         return self.spec.subject_prefix or default_subject_prefix(self.metadata.namespace, self.metadata.name)
 
+    def member_agent_spec(self, member: SwarmMember) -> AgentSpec:
+        """A member's Agent spec as the operator applies it (and local mode runs it): ``member_spec`` naming this swarm."""
+        return self.spec.member_spec(member).model_copy(update={"swarm": self.metadata.name})
+
 
 def default_subject_prefix(namespace: str, swarm: str) -> str:
     return f"ks.{namespace}.{swarm}"

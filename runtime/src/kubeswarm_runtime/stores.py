@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import nats
 from nats.js import api
+from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 
 from .config import StreamsConfig
 from .connection import JS_API_PREFIX, JS_API_TIMEOUT, NatsConnection
-from .names import SwarmNames
+from .names import PRIORITIES, Priority, SwarmNames
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,46 @@ def stream_configs(names: SwarmNames, streams: StreamsConfig) -> list[api.Stream
         stream(names.discoveries_stream, names.all_discoveries, api.RetentionPolicy.LIMITS, max_age=max_age),
         stream(names.dlq_stream, names.all_dlq, api.RetentionPolicy.LIMITS, max_age=max_age, duplicate_window=dedup),
     ]
+
+
+def task_consumer_config(names: SwarmNames, capability: str, priority: Priority, streams: StreamsConfig) -> api.ConsumerConfig:
+    """The durable work-queue consumer of one capability and priority: every TaskWorker and the operator make it so."""
+    return api.ConsumerConfig(
+        durable_name=names.task_consumer(capability, priority),
+        filter_subject=names.task(capability, priority),
+        ack_policy=api.AckPolicy.EXPLICIT,
+        ack_wait=streams.ack_wait_seconds,
+        max_deliver=streams.max_deliver,
+        max_ack_pending=-1,
+        num_replicas=streams.replicas,
+    )
+
+
+async def task_backlog(conn: NatsConnection, names: SwarmNames, capabilities: Iterable[str]) -> int:
+    """Tasks pending or unacknowledged for these capabilities, summed over priorities.
+
+    A durable consumer reports ``num_pending + num_ack_pending``; where none
+    exists yet (no Swarm provisioned it, no pod started) the messages waiting
+    on its subject in the work queue are counted instead.
+    """
+    js = conn.js
+    total = 0
+    unconsumed: list[str] = []
+    for capability in sorted(set(capabilities)):
+        for priority in PRIORITIES:
+            try:
+                info = await js.consumer_info(names.tasks_stream, names.task_consumer(capability, priority))
+            except NotFoundError:
+                unconsumed.append(names.task(capability, priority))
+                continue
+            total += (info.num_pending or 0) + (info.num_ack_pending or 0)
+    if unconsumed:
+        try:
+            waiting = (await js.stream_info(names.tasks_stream, subjects_filter=names.all_tasks)).state.subjects or {}
+        except NotFoundError:
+            waiting = {}
+        total += sum(waiting.get(subject, 0) for subject in unconsumed)
+    return total
 
 
 async def ensure_swarm_stores(conn: NatsConnection, names: SwarmNames, streams: StreamsConfig) -> SwarmStores:

@@ -26,7 +26,6 @@ from typing import Any
 import nats
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.js import api
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from nats.js.kv import KeyValue
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -37,7 +36,7 @@ from .connection import JS_API_TIMEOUT, NatsConnection, backoff_delay, publish_p
 from .handlers.base import PermanentTaskError, TaskContext, TaskHandler
 from .metrics import RuntimeMetrics
 from .names import PRIORITIES, Priority, SwarmNames, cancel_key, task_key
-from .stores import read_bucket
+from .stores import read_bucket, task_backlog, task_consumer_config
 
 log = logging.getLogger(__name__)
 
@@ -242,12 +241,7 @@ class TaskService:
 
     async def backlog(self, capability: str) -> int:
         """Tasks of a capability waiting or unacknowledged, over all priorities."""
-        total = 0
-        for priority in PRIORITIES:
-            with contextlib.suppress(NotFoundError):
-                info = await self.conn.js.consumer_info(self.names.tasks_stream, self.names.task_consumer(capability, priority))
-                total += (info.num_pending or 0) + (info.num_ack_pending or 0)
-        return total
+        return await task_backlog(self.conn, self.names, [capability])
 
 
 class _Puller:
@@ -558,16 +552,7 @@ class TaskWorker:
             for priority in PRIORITIES:
                 consumer = self.names.task_consumer(capability, priority)
                 await self.conn.ensure_consumer(
-                    self.names.tasks_stream,
-                    api.ConsumerConfig(
-                        durable_name=consumer,
-                        filter_subject=self.names.task(capability, priority),
-                        ack_policy=api.AckPolicy.EXPLICIT,
-                        ack_wait=cfg.streams.ack_wait_seconds,
-                        max_deliver=cfg.streams.max_deliver,
-                        max_ack_pending=-1,
-                        num_replicas=cfg.streams.replicas,
-                    ),
+                    self.names.tasks_stream, task_consumer_config(self.names, capability, priority, cfg.streams)
                 )
                 info = await self.conn.js.consumer_info(self.names.tasks_stream, consumer)
                 self.max_deliver[consumer] = info.config.max_deliver or cfg.streams.max_deliver

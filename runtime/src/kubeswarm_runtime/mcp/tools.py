@@ -1,4 +1,4 @@
-"""The swarm's tools (DESIGN §4): pydantic inputs and outputs, calls into the runtime's services.
+"""The swarm's MCP tools (docs/mcp.md): pydantic inputs and outputs, calls into the runtime's services.
 
 Schemas, descriptions and the ``tools/list`` pages are computed once; a call
 validates its arguments, runs, and returns the output as a JSON-ready dict.

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
-from kubeswarm_runtime.resources import Agent, AgentStatus, Condition, Phase, SwarmStatus
+from kubeswarm_runtime.resources import Agent, AgentStatus, Condition, Phase
 
+from ..kube.conditions import Event, condition, condition_events, stamp
+from ..kube.kinds import INGRESS, Manifest
 from .children import endpoint, selector_string
-
-Manifest = dict[str, Any]
+from .ingress import Exposure, ingress_ready
 
 
 @dataclass(frozen=True)
@@ -22,14 +22,6 @@ class Observed:
     missing_refs: Sequence[str] = ()  # e.g. 'secret "x" has no key "y"'
     ingress_wanted: bool = False
     ingress: Manifest | None = None
-    ingress_problem: str | None = None  # why the requested ingress cannot be made
-
-
-@dataclass(frozen=True)
-class Event:
-    type: str  # Normal | Warning
-    reason: str
-    message: str
 
 
 @dataclass(frozen=True)
@@ -64,10 +56,6 @@ def readiness(agent: Agent, deployment: Manifest) -> Readiness:
     )
 
 
-def condition(type_: str, ok: bool | None, reason: str, message: str) -> Condition:
-    return Condition(type=type_, status="Unknown" if ok is None else str(ok), reason=reason, message=message)
-
-
 def ready_condition(agent: Agent, observed: Observed, pods: Readiness | None) -> Condition:
     name = agent.metadata.name
     if pods is None:
@@ -97,22 +85,8 @@ def compute_conditions(agent: Agent, observed: Observed, pods: Readiness | None)
     else:
         conditions.append(condition("NatsReady", None, "NoReadyPods", f"no ready pod has connected to NATS at {observed.nats_url} yet"))
     if observed.ingress_wanted:
-        conditions.append(ingress_condition(observed))
+        conditions.append(ingress_ready([Exposure(INGRESS, agent.metadata.name, observed.ingress)]))
     return conditions
-
-
-def ingress_condition(observed: Observed) -> Condition:
-    if observed.ingress_problem:
-        return condition("IngressReady", False, "Unsupported", observed.ingress_problem)
-    if observed.ingress is None:
-        return condition("IngressReady", False, "IngressMissing", "waiting for the Ingress to be created")
-    addresses = observed.ingress.get("status", {}).get("loadBalancer", {}).get("ingress") or []
-    if not addresses:
-        name = observed.ingress.get("metadata", {}).get("name")
-        message = f"Ingress {name!r} has no address yet; is an ingress controller for its class running?"
-        return condition("IngressReady", False, "AwaitingAddress", message)
-    first = addresses[0]
-    return condition("IngressReady", True, "AddressAssigned", f"served at {first.get('hostname') or first.get('ip')}")
 
 
 def secrets_gate(conditions: Sequence[Condition]) -> list[Condition]:
@@ -134,17 +108,6 @@ def phase(pods: Readiness | None) -> Phase:
     return Phase.RUNNING
 
 
-def stamp(new: Sequence[Condition], old: Sequence[Condition], generation: int | None, now: str) -> list[Condition]:
-    """Carry lastTransitionTime over from the old condition of the same type and status."""
-    before = {c.type: c for c in old}
-    out = []
-    for cond in new:
-        prev = before.get(cond.type)
-        since = prev.last_transition_time if prev is not None and prev.status == cond.status else now
-        out.append(cond.model_copy(update={"last_transition_time": since, "observed_generation": generation}))
-    return out
-
-
 def compute_status(agent: Agent, observed: Observed, now: str) -> AgentStatus:
     old = agent.status or AgentStatus()
     pods = readiness(agent, observed.deployment) if observed.deployment is not None else None
@@ -161,30 +124,10 @@ def compute_status(agent: Agent, observed: Observed, now: str) -> AgentStatus:
 
 
 def transitions(old: AgentStatus | None, new: AgentStatus) -> list[Event]:
-    """Events for condition changes a human would want in `kubectl describe`.
-
-    A condition seen for the first time is news only when it reports a
-    problem (Ready starts out False on every new Agent, so not that one);
-    a phase change is news when it is for the worse.
-    """
-    before = {c.type: c for c in (old.conditions if old else [])}
-    events = []
-    for cond in new.conditions:
-        if cond.type == "NatsReady":
-            continue  # follows pod readiness, which the Ready event already tells
-        prev = before.get(cond.type)
-        first_problem = prev is None and cond.status == "False" and cond.type != "Ready"
-        if first_problem or (prev is not None and prev.status != cond.status):
-            kind = "Normal" if cond.status == "True" else "Warning"
-            events.append(Event(kind, cond.reason, f"{cond.type}: {cond.message}"))
+    """Events for condition changes (NatsReady follows pod readiness, which the Ready event already tells) and for
+    a phase change for the worse."""
+    events = condition_events(old.conditions if old else [], new.conditions, quiet=("NatsReady",))
     troubled = new.phase in (Phase.FAILED, Phase.DEGRADED)
     if old is not None and old.phase is not None and new.phase is not None and old.phase != new.phase and troubled:
         events.append(Event("Warning", f"Phase{new.phase.value}", f"phase {old.phase.value} -> {new.phase.value}"))
     return events
-
-
-def status_patch(status: AgentStatus | SwarmStatus) -> Manifest:
-    """An Agent's or a Swarm's status as JSON for a merge patch; unset fields become null so stale values are removed."""
-    return status.model_dump(mode="json", by_alias=True, exclude={"conditions"}) | {
-        "conditions": [c.model_dump(mode="json", by_alias=True, exclude_none=True) for c in status.conditions]
-    }

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from kubeswarm_runtime.resources import AgentStatus, Condition
 
-from .status import secrets_gate, stamp
+from ..kube.conditions import stamp
+from ..kube.kinds import Key
+from .status import secrets_gate
 
-Key = tuple[str, str]  # (namespace, name)
 
-
-class AgentSignals:
+class AgentFindings:
     def __init__(self) -> None:
         self._conditions: dict[Key, dict[str, Condition]] = {}
         self._backlog: dict[Key, int] = {}

@@ -1,7 +1,7 @@
 """Per-Agent work besides its children: backlog autoscaling, the AWS secret sync, its HTTPRoute.
 
 Each runs on a timer over every watched Agent (and, for the secret and the
-route, right after an Agent changes).  Findings go to :class:`AgentSignals`
+route, right after an Agent changes).  Findings go to :class:`AgentFindings`
 and the Agent's reconcile writes them into its status; writes here are only
 the objects themselves (replicas through the scale subresource, the synced
 Secret, the HTTPRoute), each made only when it differs from what exists.
@@ -17,12 +17,12 @@ from typing import Any
 
 import nats.errors
 from kubeswarm_runtime.names import SwarmNames
-from kubeswarm_runtime.resources import API_VERSION, Agent, Swarm, default_subject_prefix
+from kubeswarm_runtime.resources import Agent, Swarm, default_subject_prefix
+from kubeswarm_runtime.stores import task_backlog
 from nats.js.errors import Error as JetStreamError
 
-from . import jetstream, objects
-from .autoscaling import decide, external_autoscaler
-from .aws_secrets import (
+from ..agent.autoscaling import decide, external_autoscaler
+from ..agent.aws_secrets import (
     AwsSecretError,
     build_synced_secret,
     failure_condition,
@@ -30,19 +30,19 @@ from .aws_secrets import (
     synced_condition,
     synced_data,
 )
-from .children import AWS_SYNCED_SUFFIX, SECRET, aws_synced_secret_name, data_digests, manifest
-from .drift import contains
-from .ingress import HTTP_ROUTE, Exposure, agent_route_body, ingress_ready
-from .kube import Kube
-from .nats_access import NatsUnavailable
-from .reconciler import World, one
-from .signals import AgentSignals, Key
-from .status import condition
-from .swarm import AGENT
-from .swarm_controller import SwarmController, valid_agents
+from ..agent.children import AWS_SYNCED_SUFFIX, aws_synced_secret_name, manifest
+from ..agent.findings import AgentFindings
+from ..agent.ingress import Exposure, agent_route_body, ingress_ready
+from ..jetstream.connections import NatsUnavailable
+from ..kube.client import KindNotInstalled, Kube
+from ..kube.conditions import condition
+from ..kube.drift import contains
+from ..kube.kinds import AGENT, HTTP_ROUTE, SECRET, Key, reference
+from ..kube.owned import data_digests
+from ..kube.world import World, one
+from ..swarm.controller import SwarmController, valid_agents
 
 log = logging.getLogger(__name__)
-
 
 
 def autoscaled(spec: Mapping[str, Any]) -> bool:
@@ -58,20 +58,24 @@ def routed(spec: Mapping[str, Any]) -> bool:
 
 
 def regarding(agent: Agent) -> dict[str, Any]:
-    return {"apiVersion": API_VERSION, "kind": "Agent", "name": agent.metadata.name, "namespace": agent.metadata.namespace,
-            "uid": agent.metadata.uid}
+    return reference(AGENT, agent.metadata.namespace, agent.metadata.name, agent.metadata.uid)
 
 
 class AgentLoops:
     def __init__(
-        self, kube: Kube, swarms: SwarmController, signals: AgentSignals, reconcile_soon: Callable[[str, str], None]
+        self,
+        kube: Kube,
+        world: World,
+        swarms: SwarmController,
+        findings: AgentFindings,
+        reconcile_soon: Callable[[str, str], None],
     ) -> None:
         self.kube = kube
         self.swarms = swarms
         self.settings = swarms.settings
-        self.signals = signals
+        self.findings = findings
         self.reconcile_soon = reconcile_soon
-        self.world: World | None = None
+        self.world = world
         self._low_since: dict[Key, float] = {}
         self._scaled_to: dict[Key, int] = {}
         self._synced: dict[Key, str] = {}  # the AWS reference last synced (secret id, region, key)
@@ -99,8 +103,6 @@ class AgentLoops:
 
     async def _each(self, step: Callable[[Agent], Awaitable[None]], concerns: Callable[[Key, Mapping[str, Any]], bool]) -> None:
         """Run ``step`` on every Agent it concerns (judged from the raw spec: most Agents are not parsed at all)."""
-        if self.world is None:
-            return
         bodies = {
             key: values
             for key, values in self.world.agents.items()
@@ -123,7 +125,7 @@ class AgentLoops:
             return True
         # A synced Secret left from an AWS reference removed while the operator was down.
         synced = (key[0], key[1] + AWS_SYNCED_SUFFIX)
-        return self.world is not None and bool(self.world.children[SECRET].get(synced))
+        return bool(self.world.children[SECRET].get(synced))
 
     async def changed(self, agent: Agent) -> None:
         """An Agent was created or changed: its secret (if its AWS reference is new) and route now, not at the next tick."""
@@ -138,14 +140,13 @@ class AgentLoops:
             state.pop(key, None)
         self._routed.discard(key)
         self._autoscaled.discard(key)
-        self.signals.forget(key)
+        self.findings.forget(key)
 
     @staticmethod
     def _key(agent: Agent) -> Key:
         return (agent.metadata.namespace, agent.metadata.name)
 
     def _swarm(self, agent: Agent) -> Swarm | None:
-        assert self.world is not None
         body = one(self.world.swarms, (agent.metadata.namespace, agent.spec.swarm))
         return Swarm.model_validate(body) if body else None
 
@@ -157,23 +158,23 @@ class AgentLoops:
         if not spec.enabled:
             self._autoscaled.discard(key)
             self._low_since.pop(key, None)
-            changed = self.signals.clear_condition(key, "Scaling") | self.signals.set_backlog(key, None)
+            changed = self.findings.clear_condition(key, "Scaling") | self.findings.set_backlog(key, None)
             self._signal(agent, changed)
             return
         self._autoscaled.add(key)
         hpa = self._hpa(agent)
         if hpa is not None:
             self._low_since.pop(key, None)
-            self._signal(agent, self.signals.set_condition(key, external_autoscaler(hpa)))
+            self._signal(agent, self.findings.set_condition(key, external_autoscaler(hpa)))
             return
         swarm = self._swarm(agent)
         prefix = swarm.subject_prefix if swarm else default_subject_prefix(agent.metadata.namespace, agent.spec.swarm)
         try:
             conn = await self.swarms.pool.get(await self.swarms.target(swarm))
-            backlog = await jetstream.capability_backlog(conn, SwarmNames(prefix), agent.spec.capabilities)
+            backlog = await task_backlog(conn, SwarmNames(prefix), agent.spec.capabilities)
         except (NatsUnavailable, TimeoutError, nats.errors.Error, JetStreamError) as error:
             unknown = condition("Scaling", False, "BacklogUnknown", f"cannot read the backlog, replicas left as they are: {error}")
-            self._signal(agent, self.signals.set_condition(key, unknown))
+            self._signal(agent, self.findings.set_condition(key, unknown))
             return
         current = self._current_replicas(agent)
         decision = decide(spec, current, backlog, self._low_since.get(key), time.monotonic())
@@ -182,17 +183,16 @@ class AgentLoops:
         else:
             self._low_since[key] = decision.low_since
         if decision.changes(current):
-            await objects.scale(self.kube, AGENT, agent.metadata.namespace, agent.metadata.name, decision.replicas)
+            await self.kube.scale(AGENT, agent.metadata.namespace, agent.metadata.name, decision.replicas)
             self._scaled_to[key] = decision.replicas
             reason = "ScaledUp" if decision.replicas > current else "ScaledDown"
             message = f"{current} -> {decision.replicas} replicas: {decision.message}"
             await self.kube.post_event(regarding(agent), "Normal", reason, message, action="Scale")
-        changed = self.signals.set_condition(key, decision.as_condition()) | self.signals.set_backlog(key, backlog)
+        changed = self.findings.set_condition(key, decision.as_condition()) | self.findings.set_backlog(key, backlog)
         self._signal(agent, changed)
 
     def _hpa(self, agent: Agent) -> str | None:
         """The HPA scaling this Agent (through its scale subresource, or its Deployment directly), if any."""
-        assert self.world is not None
         namespace, name = agent.metadata.namespace, agent.metadata.name
         for kind in ("Agent", "Deployment"):
             hpa = one(self.world.scaled, (namespace, kind, name))
@@ -214,24 +214,23 @@ class AgentLoops:
     async def sync_secret(self, agent: Agent) -> None:
         key = self._key(agent)
         ref = agent.spec.model.aws_secrets_manager
-        assert self.world is not None
         live = self.world.children[SECRET].get((agent.metadata.namespace, aws_synced_secret_name(agent)))
         if ref is None:
             self._synced.pop(key, None)
             if live is not None:
                 await self.kube.delete(SECRET, agent.metadata.namespace, aws_synced_secret_name(agent))
-            self._signal(agent, self.signals.clear_condition(key, "SecretsReady"))
+            self._signal(agent, self.findings.clear_condition(key, "SecretsReady"))
             return
         try:
             value = await read_secret(ref, self.settings.aws_endpoint_url)
         except AwsSecretError as error:
-            self._signal(agent, self.signals.set_condition(key, failure_condition(error)))
+            self._signal(agent, self.findings.set_condition(key, failure_condition(error)))
             return
         # Compared by digest: the watch keeps no values, and neither do we.
         if live is None or live.get("digests") != data_digests(synced_data(value)):
-            await objects.apply(self.kube, SECRET, build_synced_secret(agent, value))
+            await self.kube.apply(build_synced_secret(agent, value))
         self._synced[key] = ref.model_dump_json()
-        self._signal(agent, self.signals.set_condition(key, synced_condition(agent)))
+        self._signal(agent, self.findings.set_condition(key, synced_condition(agent)))
 
     # -- HTTPRoute
 
@@ -241,23 +240,23 @@ class AgentLoops:
         namespace, name = agent.metadata.namespace, agent.metadata.name
         if body is None and key not in self._routed and agent.spec.mcp.ingress.kind != "HTTPRoute":
             return  # never had a route: nothing to look up
-        live = await objects.get(self.kube, HTTP_ROUTE, namespace, name)
+        live = await self.kube.get(HTTP_ROUTE, namespace, name)
         if body is None:
             if live is not None and any(ref.get("uid") == agent.metadata.uid for ref in live["metadata"].get("ownerReferences", [])):
                 await self.kube.delete(HTTP_ROUTE, namespace, name)
             self._routed.discard(key)
             # An Ingress (if any) is the Agent reconcile's to report.
-            self._signal(agent, self.signals.clear_condition(key, "IngressReady"))
+            self._signal(agent, self.findings.clear_condition(key, "IngressReady"))
             return
         self._routed.add(key)
         want = manifest(agent, HTTP_ROUTE, body)
         try:
             if live is None or not contains(live, want):
-                live = await objects.apply(self.kube, HTTP_ROUTE, want)
+                live = await self.kube.apply(want)
             exposure = Exposure(HTTP_ROUTE, name, live)
-        except objects.KindNotInstalled as error:
+        except KindNotInstalled as error:
             exposure = Exposure(HTTP_ROUTE, name, None, str(error))
-        self._signal(agent, self.signals.set_condition(key, ingress_ready([exposure])))
+        self._signal(agent, self.findings.set_condition(key, ingress_ready([exposure])))
 
     async def routes_forever(self, period: float) -> None:
         """Route status (Gateway acceptance) changes without an Agent event: look again now and then."""

@@ -7,28 +7,18 @@ in as plain arguments, so everything here is unit-testable.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import urlsplit
 
-from kubeswarm_runtime.resources import API_VERSION, Agent, AuthMode, Provider, SecretKeyRef
+from kubeswarm_runtime.resources import Agent, AuthMode, Provider, SecretKeyRef
 
-Manifest = dict[str, Any]
+from ..kube.kinds import CONFIG_MAP, DEPLOYMENT, INGRESS, NETWORK_POLICY, PDB, SECRET, SERVICE, Kind, Manifest
+from ..kube.owned import AGENT_LABEL, MANAGED_BY, MANAGED_BY_LABEL, SWARM_LABEL, controller_reference, digest, owned
 
 NAME_LABEL = "app.kubernetes.io/name"
 INSTANCE_LABEL = "app.kubernetes.io/instance"
-MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
-MANAGED_BY = "kubeswarm-operator"
-AGENT_LABEL = "kubeswarm.io/agent"
-SWARM_LABEL = "kubeswarm.io/swarm"
 APP_NAME = "kubeswarm-agent"
-# What every child carries, so the operator's watches can select exactly its own objects.
-MANAGED_SELECTOR = f"{MANAGED_BY_LABEL}={MANAGED_BY}"
-
-SPEC_HASH_ANNOTATION = "kubeswarm.io/spec-hash"
 CONFIG_HASH_ANNOTATION = "kubeswarm.io/config-hash"
 
 JWT_SECRET_KEY = "jwt-key"  # noqa: S105 (the name of a key, not a secret)
@@ -37,31 +27,6 @@ METRICS_PORT = 9090
 RUNTIME_COMMAND = ["python", "-m", "kubeswarm_runtime"]
 RUNTIME_USER = 10001
 DEFAULT_RESOURCES: Manifest = {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}}
-
-
-@dataclass(frozen=True)
-class Kind:
-    """A child kind: where it lives in the API."""
-
-    api_version: str
-    kind: str
-    plural: str
-
-    @property
-    def group(self) -> str:
-        return self.api_version.rpartition("/")[0]
-
-
-CONFIG_MAP = Kind("v1", "ConfigMap", "configmaps")
-SECRET = Kind("v1", "Secret", "secrets")
-SERVICE = Kind("v1", "Service", "services")
-DEPLOYMENT = Kind("apps/v1", "Deployment", "deployments")
-PDB = Kind("policy/v1", "PodDisruptionBudget", "poddisruptionbudgets")
-NETWORK_POLICY = Kind("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies")
-INGRESS = Kind("networking.k8s.io/v1", "Ingress", "ingresses")
-# Apply order: what pods read exists before the Deployment that starts them.
-CHILD_KINDS = (CONFIG_MAP, SECRET, SERVICE, NETWORK_POLICY, PDB, DEPLOYMENT, INGRESS)
-KINDS_BY_NAME = {kind.kind: kind for kind in CHILD_KINDS}
 
 
 def config_map_name(agent: Agent) -> str:
@@ -78,16 +43,6 @@ def child_name(agent: Agent, kind: Kind) -> str:
     if kind is SECRET:
         return secret_name(agent)
     return agent.metadata.name
-
-
-def digest(value: object) -> str:
-    """A stable short hash of JSON-able data."""
-    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
-
-
-def data_digests(data: Mapping[str, str]) -> dict[str, str]:
-    """Per-key content hashes of a Secret's or ConfigMap's data: enough to notice a change, no value kept."""
-    return {key: hashlib.sha256(value.encode()).hexdigest()[:16] for key, value in data.items()}
 
 
 def selector_labels(agent: Agent) -> dict[str, str]:
@@ -108,32 +63,21 @@ def child_labels(agent: Agent) -> dict[str, str]:
     }
 
 
-def controller_reference(kind: str, name: str, uid: str | None) -> Manifest:
-    """An ownerReference to a kubeswarm object (Agent or Swarm) that controls the child."""
-    return {"apiVersion": API_VERSION, "kind": kind, "name": name, "uid": uid, "controller": True, "blockOwnerDeletion": True}
-
-
 def owner_reference(agent: Agent) -> Manifest:
     return controller_reference("Agent", agent.metadata.name, agent.metadata.uid)
 
 
 def manifest(agent: Agent, kind: Kind, body: Manifest, *, annotations: Mapping[str, str] | None = None) -> Manifest:
-    """A child with our labels, owner reference and the hash of its own content.
-
-    The hash annotation lets a reconcile see that a field was *removed* from
-    what it wants (a subset comparison with the live object cannot).
-    """
-    meta: Manifest = {
-        "name": child_name(agent, kind),
-        "namespace": agent.metadata.namespace,
-        "labels": child_labels(agent),
-        "ownerReferences": [owner_reference(agent)],
-    }
-    if annotations:
-        meta["annotations"] = dict(annotations)
-    content = {"apiVersion": kind.api_version, "kind": kind.kind, "metadata": meta, **body}
-    meta["annotations"] = {**meta.get("annotations", {}), SPEC_HASH_ANNOTATION: digest(content)}
-    return content
+    """A child with our labels, owner reference and the hash of its own content."""
+    return owned(
+        kind,
+        child_name(agent, kind),
+        agent.metadata.namespace,
+        labels=child_labels(agent),
+        owner=owner_reference(agent),
+        body=body,
+        annotations=annotations,
+    )
 
 
 def build_config_map(agent: Agent, runtime_env: Mapping[str, str]) -> Manifest:

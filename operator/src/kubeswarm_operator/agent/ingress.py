@@ -1,13 +1,7 @@
-"""External access to MCP endpoints (pure): an Agent's HTTPRoute, a Swarm's gateway, and whether they are served.
+"""External access to MCP endpoints (pure): an Agent's HTTPRoute, the HTTPRoute rules a Swarm's gateway shares, and IngressReady.
 
 An Agent's own Ingress is built with its other children (``children.build_ingress``);
-the Gateway API alternative and the swarm-wide gateway are built here.
-
-The swarm gateway serves ``/agents/<agent>/mcp`` of one host; each agent's
-runtime serves ``/mcp``, so the prefix is rewritten.  MCP clients discover
-the authorization server through the RFC 9728 protected-resource metadata at
-``/.well-known/oauth-protected-resource<resource path>``, so that path is
-routed to the same agent (and rewritten the same way).
+the Gateway API alternative is built here, the swarm-wide gateway in :mod:`..swarm.gateway`.
 """
 
 from __future__ import annotations
@@ -16,21 +10,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from kubeswarm_runtime.resources import Agent, Condition, GatewaySpec, Swarm
+from kubeswarm_runtime.resources import Agent, Condition
 
-from .children import INGRESS, OAUTH_METADATA_PATH, Kind, sse_annotations
-from .status import condition
-
-Manifest = dict[str, Any]
-
-HTTP_ROUTE = Kind("gateway.networking.k8s.io/v1", "HTTPRoute", "httproutes")
-NGINX = "nginx.ingress.kubernetes.io"
-RUNTIME_MCP_PATH = "/mcp"
-
-
-def agent_mcp_path(agent: str) -> str:
-    """Where the swarm gateway serves an agent's MCP endpoint."""
-    return f"/agents/{agent}/mcp"
+from ..kube.conditions import condition
+from ..kube.kinds import INGRESS, Kind, Manifest
+from .children import OAUTH_METADATA_PATH
 
 
 def route_timeouts(timeout_seconds: int) -> Manifest:
@@ -69,71 +53,6 @@ def agent_route_body(agent: Agent) -> Manifest | None:
         return None
     rules = [prefix_rule(mcp.ingress.path, agent), prefix_rule(OAUTH_METADATA_PATH, agent)]
     return route_spec(mcp.ingress.class_name, mcp.ingress.host, rules)
-
-
-# -- the swarm gateway
-
-
-def gateway_name(swarm: Swarm) -> str:
-    return f"{swarm.metadata.name}-gateway"
-
-
-def gateway_route_name(swarm: Swarm, agent: Agent) -> str:
-    # One HTTPRoute per member: Gateway API allows 16 rules a route, a member takes 2.
-    return f"{gateway_name(swarm)}-{agent.metadata.name}"
-
-
-def exposed(members: Sequence[Agent]) -> list[Agent]:
-    return sorted((a for a in members if a.spec.mcp.enabled), key=lambda a: a.metadata.name)
-
-
-def gateway_ingress_body(gateway: GatewaySpec, members: Sequence[Agent]) -> tuple[Manifest, dict[str, str]]:
-    """Body and annotations of the swarm's gateway Ingress (ingress-nginx).
-
-    One regex path per member captures an optional metadata prefix ($1) and
-    the path from ``mcp`` on ($2), so a single rewrite target serves both
-    ``/agents/a/mcp`` -> ``/mcp`` and
-    ``/.well-known/oauth-protected-resource/agents/a/mcp`` ->
-    ``/.well-known/oauth-protected-resource/mcp``.
-    """
-    metadata = OAUTH_METADATA_PATH.lstrip("/").replace(".", r"\.")
-    paths = [
-        {
-            "path": f"/({metadata}/)?agents/{agent.metadata.name}/(mcp.*)",
-            "pathType": "ImplementationSpecific",
-            "backend": {"service": {"name": agent.metadata.name, "port": {"name": "mcp"}}},
-        }
-        for agent in exposed(members)
-    ]
-    spec: Manifest = {"rules": [{"host": gateway.host, "http": {"paths": paths}}]}
-    if gateway.class_name:
-        spec = {"ingressClassName": gateway.class_name, **spec}
-    if gateway.tls:
-        spec["tls"] = [{"hosts": [gateway.host], "secretName": gateway.tls.secret_name}]
-    # One read timeout for the whole Ingress: the longest any member allows.
-    timeout = max((a.spec.mcp.timeout_seconds for a in exposed(members)), default=3600)
-    annotations = {
-        **sse_annotations(timeout),
-        f"{NGINX}/use-regex": "true",
-        f"{NGINX}/rewrite-target": "/$1$2",
-        **gateway.annotations,
-    }
-    return {"spec": spec}, annotations
-
-
-def gateway_route_body(gateway: GatewaySpec, agent: Agent) -> Manifest:
-    """The HTTPRoute of one member under the swarm gateway."""
-    assert gateway.host
-    path = agent_mcp_path(agent.metadata.name)
-    rules = [
-        prefix_rule(path, agent, rewrite_to=RUNTIME_MCP_PATH),
-        prefix_rule(OAUTH_METADATA_PATH + path, agent, rewrite_to=OAUTH_METADATA_PATH + RUNTIME_MCP_PATH),
-    ]
-    return route_spec(gateway.class_name, gateway.host, rules)
-
-
-def gateway_url(gateway: GatewaySpec) -> str:
-    return f"{'https' if gateway.tls else 'http'}://{gateway.host}"
 
 
 # -- readiness

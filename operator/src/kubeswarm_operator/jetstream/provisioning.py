@@ -10,14 +10,14 @@ same is left alone (so a second run makes no write).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from kubeswarm_runtime.config import McpConfig, StreamsConfig
 from kubeswarm_runtime.connection import NatsConnection
 from kubeswarm_runtime.names import PRIORITIES, Priority, SwarmNames
 from kubeswarm_runtime.resources import StreamsSpec
-from kubeswarm_runtime.stores import ensure_swarm_stores, stream_configs
+from kubeswarm_runtime.stores import ensure_swarm_stores, stream_configs, task_consumer_config
 from nats.js import api
 from nats.js.errors import NotFoundError
 
@@ -65,17 +65,8 @@ def desired_buckets(names: SwarmNames, spec: StreamsSpec) -> list[api.KeyValueCo
 
 
 def task_consumer(names: SwarmNames, capability: str, priority: Priority, spec: StreamsSpec) -> api.ConsumerConfig:
-    """The durable work-queue consumer of one capability and priority, as the runtime's TaskWorker makes it."""
-    streams = runtime_streams(spec)
-    return api.ConsumerConfig(
-        durable_name=names.task_consumer(capability, priority),
-        filter_subject=names.task(capability, priority),
-        ack_policy=api.AckPolicy.EXPLICIT,
-        ack_wait=streams.ack_wait_seconds,
-        max_deliver=streams.max_deliver,
-        max_ack_pending=-1,
-        num_replicas=streams.replicas,
-    )
+    """The durable work-queue consumer of one capability and priority, exactly as the runtime's TaskWorker makes it."""
+    return task_consumer_config(names, capability, priority, runtime_streams(spec))
 
 
 def desired_consumers(names: SwarmNames, capabilities: Iterable[str], spec: StreamsSpec) -> list[api.ConsumerConfig]:
@@ -192,35 +183,3 @@ async def message_counts(conn: NatsConnection, names: SwarmNames) -> dict[str, i
             continue
         counts[config.name] = info.state.messages
     return counts
-
-
-async def capability_backlog(conn: NatsConnection, names: SwarmNames, capabilities: Iterable[str]) -> int:
-    """Tasks pending or unacknowledged for these capabilities, summed over priorities.
-
-    A durable consumer reports ``num_pending + num_ack_pending``; where none
-    exists yet (no Swarm provisioned it, no pod started) the messages waiting
-    on its subject in the work queue are counted instead.
-    """
-    js = conn.js
-    total = 0
-    unconsumed: list[str] = []
-    for capability in sorted(set(capabilities)):
-        for priority in PRIORITIES:
-            try:
-                info = await js.consumer_info(names.tasks_stream, names.task_consumer(capability, priority))
-            except NotFoundError:
-                unconsumed.append(names.task(capability, priority))
-                continue
-            total += (info.num_pending or 0) + (info.num_ack_pending or 0)
-    if unconsumed:
-        waiting = await _messages_by_subject(conn, names)
-        total += sum(waiting.get(subject, 0) for subject in unconsumed)
-    return total
-
-
-async def _messages_by_subject(conn: NatsConnection, names: SwarmNames) -> Mapping[str, int]:
-    try:
-        info = await conn.js.stream_info(names.tasks_stream, subjects_filter=names.all_tasks)
-    except NotFoundError:
-        return {}
-    return info.state.subjects or {}

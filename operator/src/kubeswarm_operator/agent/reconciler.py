@@ -11,72 +11,44 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import datetime as dt
 import logging
 import secrets
 import time
-from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 from kubeswarm_runtime.render import MCP_JWT_KEY_ENV, MODEL_API_KEY_ENV, render_runtime_env
-from kubeswarm_runtime.resources import API_VERSION, Agent, AgentStatus, Swarm
+from kubeswarm_runtime.resources import Agent, AgentStatus, Swarm
 
-from . import metrics
+from .. import metrics
+from ..jetstream.connections import swarm_nats_url
+from ..kube.client import ApiError, Kube, namespace_terminating
+from ..kube.conditions import Event, now, status_patch
+from ..kube.drift import contains
+from ..kube.kinds import AGENT, CHILD_KINDS, CONFIG_MAP, DEPLOYMENT, INGRESS, SECRET, Key, Kind, Manifest, reference
+from ..kube.owned import SPEC_HASH_ANNOTATION, data_digests, digest
+from ..kube.workqueue import WorkQueue
+from ..kube.world import World, one
+from ..settings import OperatorSettings
 from .children import (
-    CHILD_KINDS,
-    CONFIG_MAP,
-    DEPLOYMENT,
-    INGRESS,
     JWT_SECRET_KEY,
-    SECRET,
-    SPEC_HASH_ANNOTATION,
     ChildInputs,
-    Kind,
-    Manifest,
     api_key_ref,
     build_children,
     child_name,
     config_hash,
-    data_digests,
-    digest,
     referenced_objects,
     secret_name,
 )
-from .drift import contains
-from .kube import ApiError, Kube, namespace_terminating
-from .nats_access import swarm_nats_url
-from .settings import OperatorSettings
-from .signals import AgentSignals, Key
-from .status import Event, Observed, compute_status, status_patch, transitions
+from .findings import AgentFindings
+from .status import Observed, compute_status, transitions
 
 log = logging.getLogger(__name__)
 
 # After a write, the watch needs a moment to show it; within this window a
 # stale view is not taken for drift (which would write the same thing again).
 SETTLE_SECONDS = 15.0
-# A failed reconcile is tried again after 2, 4, 8 ... seconds, at most this far apart.
-RETRY_MAX_SECONDS = 60.0
 PODS_READ = (CONFIG_MAP, SECRET)
-
-View = Mapping[Any, Collection[Any]]  # a kopf index (or a dict of lists in tests)
-
-
-def one(view: View, key: object) -> Any:
-    values = view.get(key)
-    return next(iter(values), None) if values else None
-
-
-@dataclass(frozen=True)
-class World:
-    """The operator's watched views of the cluster, all keyed by (namespace, name) unless noted."""
-
-    agents: View  # Agent bodies
-    swarms: View  # Swarm bodies
-    children: Mapping[Kind, Mapping[Key, Manifest]]  # live children (Secrets and ConfigMaps: digests only, see handlers)
-    scaled: View  # (namespace, kind, name) of HPA targets -> HPA name
-    refs: View = field(default_factory=dict)  # (kind, namespace, name) of a Secret or ConfigMap -> Agents reading it
-
 
 @dataclass(frozen=True)
 class Refs:
@@ -87,35 +59,31 @@ class Refs:
 
 
 class AgentReconciler:
-    def __init__(self, kube: Kube, settings: OperatorSettings) -> None:
+    def __init__(self, kube: Kube, settings: OperatorSettings, world: World) -> None:
         self.kube = kube
         self.settings = settings
-        self.world: World | None = None
-        self.children: dict[Kind, Mapping[Key, Manifest]] = {}  # the watched children, by kind (filled at startup)
+        self.world = world
         self._locks: dict[Key, asyncio.Lock] = {}
-        self._queued: dict[Key, asyncio.Task[None]] = {}
-        self._due: dict[Key, float] = {}  # when each queued run starts (event loop time)
+        # Retried after a failure only while the Agent exists.
+        self.queue = WorkQueue("Agent", self._run, settings.worker_limit, retry=lambda key: key in self._seen)
         self._recent: dict[tuple[str, str, str], tuple[str, float]] = {}
         self._recent_status: dict[Key, tuple[AgentStatus, float]] = {}
         self._phases: dict[Key, str] = {}
         self._seen: dict[Key, tuple[object, object]] = {}  # (uid, generation) of each Agent last queued for its spec
-        self._failures: dict[Key, int] = {}  # consecutive failed runs, for the retry backoff
         self._replica_labels: dict[Key, tuple[str, str, str]] = {}  # (namespace, agent, swarm) of its replica series
-        self._slots = asyncio.Semaphore(settings.worker_limit)
         self._posting: set[asyncio.Task[None]] = set()
         # What the operator's loops (autoscaler, AWS secret sync, HTTPRoutes) found; merged into the status.
-        self.signals = AgentSignals()
+        self.findings = AgentFindings()
 
     # -- entry points
 
     async def reconcile(self, agent: Agent) -> None:
         """Bring one Agent's children and status to the desired state (raises on API errors, for retries)."""
-        async with self._slots:
+        async with self.queue.slots:
             await self._reconcile(agent)
 
     async def _reconcile(self, agent: Agent) -> None:
         """``reconcile`` in a slot the caller holds."""
-        assert self.world is not None, "attach() a World first"
         key = (agent.metadata.namespace, agent.metadata.name)
         lock = self._locks.setdefault(key, asyncio.Lock())
         started = time.perf_counter()
@@ -141,16 +109,7 @@ class AgentReconciler:
         A run queued for later (a settle recheck) is brought forward by a sooner request:
         a child's event must not wait behind it.
         """
-        key = (namespace, name)
-        loop = asyncio.get_running_loop()
-        due = loop.time() + delay
-        queued = self._queued.get(key)
-        if queued is not None:
-            if self._due[key] <= due:
-                return
-            queued.cancel()  # still sleeping: a run takes itself off the queue before it starts
-        self._due[key] = due
-        self._queued[key] = loop.create_task(self._run_queued(key, delay))
+        self.queue.enqueue((namespace, name), delay)
 
     def observe(self, namespace: str, name: str, uid: object, generation: object) -> None:
         """An Agent's watch event: reconcile now if it is new or its spec changed.
@@ -166,7 +125,7 @@ class AgentReconciler:
     def forget(self, namespace: str, name: str) -> None:
         key = (namespace, name)
         self._seen.pop(key, None)
-        self._failures.pop(key, None)
+        self.queue.forget(key)
         self._locks.pop(key, None)
         self._recent_status.pop(key, None)
         self._phases.pop(key, None)
@@ -177,8 +136,6 @@ class AgentReconciler:
         """The periodic level check: every Agent, spread over the resync period."""
         while True:
             await asyncio.sleep(self.settings.resync_seconds)
-            if self.world is None:
-                continue
             keys = list(self.world.agents.keys())
             gap = self.settings.resync_seconds / max(len(keys), 1) / 2
             for namespace, name in keys:
@@ -190,23 +147,13 @@ class AgentReconciler:
         await asyncio.gather(*self._posting, return_exceptions=True)
 
     async def close(self) -> None:
-        for task in self._queued.values():
-            task.cancel()
-        await asyncio.gather(*self._queued.values(), return_exceptions=True)
+        await self.queue.close()
         await self.flush_events()
 
     # -- internals
 
-    async def _run_queued(self, key: Key, delay: float) -> None:
-        await asyncio.sleep(delay)
-        async with self._slots:
-            # Off the queue only once a slot is free: events meanwhile collapse into this run, which reads the latest body.
-            del self._queued[key]
-            del self._due[key]
-            await self._run(key)
-
     async def _run(self, key: Key) -> None:
-        body = one(self.world.agents, key) if self.world else None
+        body = one(self.world.agents, key)
         if body is None:
             return
         try:
@@ -215,15 +162,7 @@ class AgentReconciler:
             # The API server validated the same rules; only an older object could fail here. Retrying cannot help.
             log.error("invalid Agent %s/%s: %s", *key, error)
             return
-        try:
-            await self._reconcile(agent)
-        except Exception:
-            failures = self._failures[key] = self._failures.get(key, 0) + 1
-            log.exception("reconciling Agent %s/%s failed (attempt %d)", *key, failures)
-            if key in self._seen:
-                self.enqueue(*key, delay=min(RETRY_MAX_SECONDS, 2.0**failures))
-        else:
-            self._failures.pop(key, None)
+        await self._reconcile(agent)  # raises for the queue's retry
 
     async def _converge(self, agent: Agent, world: World) -> bool:
         namespace = agent.metadata.namespace
@@ -271,7 +210,7 @@ class AgentReconciler:
             deployment=world.children[DEPLOYMENT].get((namespace, agent.metadata.name)),
             nats_url=nats_url,
             missing_refs=refs.missing,
-            # An HTTPRoute's readiness comes from the route loop (signals).
+            # An HTTPRoute's readiness comes from the route loop (findings).
             ingress_wanted=agent.spec.mcp.enabled and agent.spec.mcp.ingress.enabled and agent.spec.mcp.ingress.kind == "Ingress",
             ingress=world.children[INGRESS].get((namespace, agent.metadata.name)),
         )
@@ -350,14 +289,14 @@ class AgentReconciler:
 
     async def _report(self, agent: Agent, observed: Observed, actions: list[str]) -> bool:
         """Write the status if it changed, with Events for what was done and what changed."""
-        now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        stamped_at = now()
         key = (agent.metadata.namespace, agent.metadata.name)
         # The status we wrote moments ago may not have reached the watched body yet: compare with
         # (and carry transition times over from) that one, so it is neither written nor announced twice.
         recent = self._recent_status.get(key)
         old = recent[0] if recent is not None and time.monotonic() < recent[1] else agent.status
         seen = agent.model_copy(update={"status": old})
-        new = self.signals.merge(key, compute_status(seen, observed, now), old, now)
+        new = self.findings.merge(key, compute_status(seen, observed, stamped_at), old, stamped_at)
         if self._phases.get(key) != new.phase:
             self._phases[key] = str(new.phase)
             self._count_phases()
@@ -365,10 +304,10 @@ class AgentReconciler:
         events = self._action_events(agent, actions)
         changed = old is None or status_patch(old) != status_patch(new)
         if changed:
-            await self.kube.patch_agent_status(*key, status_patch(new))
+            await self.kube.patch_status(AGENT, *key, status_patch(new))
             self._recent_status[key] = (new, time.monotonic() + SETTLE_SECONDS)
             events += transitions(old, new)
-        regarding = {"apiVersion": API_VERSION, "kind": "Agent", "name": key[1], "namespace": key[0], "uid": agent.metadata.uid}
+        regarding = reference(AGENT, *key, agent.metadata.uid)
         for event in events:
             # Posted in the background: an Event is not worth holding a reconcile slot for.
             task = asyncio.get_running_loop().create_task(

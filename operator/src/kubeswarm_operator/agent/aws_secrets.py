@@ -15,8 +15,10 @@ import json
 
 from kubeswarm_runtime.resources import Agent, AwsSecretsManagerRef, Condition
 
-from .children import AWS_SYNCED_KEY, SECRET, Manifest, aws_synced_secret_name, child_labels, owner_reference
-from .status import condition
+from ..kube.conditions import condition
+from ..kube.kinds import SECRET, Manifest
+from ..kube.owned import owned
+from .children import AWS_SYNCED_KEY, aws_synced_secret_name, child_labels, owner_reference
 
 
 class AwsSecretError(Exception):
@@ -65,13 +67,15 @@ def synced_data(value: str) -> dict[str, str]:
 
 def build_synced_secret(agent: Agent, value: str) -> Manifest:
     """The Agent-owned Secret the pods read the key from (deleted with the Agent)."""
-    metadata = {
-        "name": aws_synced_secret_name(agent),
-        "namespace": agent.metadata.namespace,
-        "labels": child_labels(agent),
-        "ownerReferences": [owner_reference(agent)],
-    }
-    return {"apiVersion": SECRET.api_version, "kind": SECRET.kind, "metadata": metadata, "type": "Opaque", "data": synced_data(value)}
+    return owned(
+        SECRET,
+        aws_synced_secret_name(agent),
+        agent.metadata.namespace,
+        labels=child_labels(agent),
+        owner=owner_reference(agent),
+        body={"type": "Opaque", "data": synced_data(value)},
+        hashed=False,  # it holds the value
+    )
 
 
 def failure_condition(error: AwsSecretError) -> Condition:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from kubeswarm_runtime.resources import AutoscalingSpec, Condition
 
-from .status import condition
+from ..kube.conditions import condition
 
 
 @dataclass(frozen=True)

@@ -13,21 +13,53 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
+from kubeswarm_runtime.resources import GROUP
 
-from .children import Kind
-from .kube import ApiError, Kube, Manifest
-from .signals import Key
+from .client import ApiError, Kube
+from .kinds import Key, Kind, Manifest, key_of
+from .owned import MANAGED_BY, MANAGED_BY_LABEL, data_digests
+from .workqueue import backoff
 
 log = logging.getLogger(__name__)
 
 # Told of each change after the view is updated: the object's key and view (a deleted object's last one).
 Notify = Callable[[Key, Manifest], None]
 PAGE_SIZE = 500
-RETRY_MAX_SECONDS = 30.0
+RETRY_MAX_SECONDS = 30.0  # a watch's own retries, sooner than a reconcile's: the operator is blind without it
+
+
+# Annotations that can be large and that no comparison needs (the reconcilers never set them).
+UNCOMPARED_ANNOTATIONS = ("kubectl.kubernetes.io/last-applied-configuration", f"{GROUP}/last-handled-configuration")
+
+
+def prune(body: Mapping[str, Any]) -> dict[str, Any]:
+    """An object as the reconcilers read it: without managedFields and bulky annotations.
+
+    Only the top level and metadata are copied: every watch event brings a
+    freshly parsed body that is never reused, so sharing spec and status is safe.
+    """
+    meta = {key: value for key, value in body.get("metadata", {}).items() if key != "managedFields"}
+    if "annotations" in meta:
+        meta["annotations"] = {k: v for k, v in meta["annotations"].items() if k not in UNCOMPARED_ANNOTATIONS}
+    return {**body, "metadata": meta}
+
+
+def digests_view(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A Secret or ConfigMap: digests of its data; ours also keep metadata (and ConfigMap data) for comparison."""
+    meta = body.get("metadata", {})
+    view: dict[str, Any] = {"digests": data_digests({**body.get("data", {}), **body.get("binaryData", {})})}
+    if meta.get("labels", {}).get(MANAGED_BY_LABEL) == MANAGED_BY:
+        view.update(apiVersion=body["apiVersion"], kind=body["kind"], metadata=prune({"metadata": meta})["metadata"])
+        if body["kind"] == "ConfigMap":
+            view["data"] = dict(body.get("data", {}))
+        if "type" in body:
+            view["type"] = body["type"]
+    return view
 
 
 class Expired(Exception):
@@ -88,7 +120,7 @@ class ChildWatch:
             except (aiohttp.ClientError, TimeoutError, ApiError) as error:
                 failures += 1
                 log.warning("listing %s failed (attempt %d): %s", self.kind.plural, failures, error)
-                await asyncio.sleep(min(RETRY_MAX_SECONDS, 2.0**failures))
+                await asyncio.sleep(backoff(failures, cap=RETRY_MAX_SECONDS))
 
     async def watch_forever(self) -> None:
         failures = 0
@@ -105,7 +137,7 @@ class ChildWatch:
             except Exception as error:
                 failures += 1
                 log.warning("watching %s failed (attempt %d): %s", self.kind.plural, failures, error)
-                await asyncio.sleep(min(RETRY_MAX_SECONDS, 0.5 * 2.0**failures))
+                await asyncio.sleep(backoff(failures, base=1.0, cap=RETRY_MAX_SECONDS))
 
     async def _watch(self) -> None:
         """One watch request, from ``version`` until the server ends it."""
@@ -135,7 +167,3 @@ class ChildWatch:
                 raise Expired from error
             raise
 
-
-def key_of(obj: Manifest) -> Key:
-    meta = obj["metadata"]
-    return (meta.get("namespace", ""), meta["name"])

@@ -1,7 +1,9 @@
-"""The few Kubernetes API calls the operator makes, on a plain aiohttp session.
+"""The operator's one door to the Kubernetes API, on a plain aiohttp session.
 
-Requests carry plain dicts (no generated model classes), so one code path
-serves every kind (server-side apply, create, delete).  Credentials are
+Every request the operator makes, the children's watches included, goes
+through :class:`Kube`, so all are counted in the same metrics and share the
+same login.  Requests carry plain dicts (no generated model classes), so one
+code path serves every kind (server-side apply, create, delete).  Credentials are
 kopf's own: the service account in a pod, else the current KUBECONFIG
 context; a 401 (a rotated service-account token) logs in again once.
 The operator does not import a Kubernetes client library: the generated
@@ -10,6 +12,7 @@ models of one cost some 70 MiB of memory.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import datetime as dt
 import json
@@ -22,12 +25,10 @@ from typing import Any
 import aiohttp
 import kopf
 
-from . import metrics
-from .children import KINDS_BY_NAME, Kind
+from .. import metrics
+from .kinds import KINDS_BY_NAME, SECRET, Kind, Manifest
 
-Manifest = dict[str, Any]
 log = logging.getLogger(__name__)
-AGENT_PATH = "/apis/kubeswarm.io/v1alpha1/namespaces/{namespace}/agents/{name}"
 EVENTS_PATH = "/apis/events.k8s.io/v1/namespaces/{namespace}/events"
 TIMEOUT = aiohttp.ClientTimeout(total=60, connect=10)
 
@@ -39,6 +40,10 @@ class ApiError(Exception):
         super().__init__(f"({status}) {reason}")
         self.status = status
         self.reason = reason
+
+
+class KindNotInstalled(ApiError):
+    """The API server does not serve this kind (e.g. the Gateway API CRDs are not installed)."""
 
 
 def collection_path(kind: Kind, namespace: str | None) -> str:
@@ -156,12 +161,19 @@ class Kube:
                     start = end + 1
                 del buffer[:start]
 
-    async def apply(self, obj: Manifest) -> Manifest:
-        """Server-side apply under our field manager; force takes fields back from hand edits."""
+    async def apply(self, obj: Manifest, field_manager: str | None = None) -> Manifest:
+        """Server-side apply under ``field_manager`` (default: ours); force takes fields back from hand edits."""
         kind = KINDS_BY_NAME[obj["kind"]]
         path = kind_path(kind, obj["metadata"]["namespace"], obj["metadata"]["name"])
-        query = [("fieldManager", self.field_manager), ("force", "true")]
-        return await self._call("PATCH", kind.kind, path, body=obj, query=query, content_type="application/apply-patch+yaml")
+        query = [("fieldManager", field_manager or self.field_manager), ("force", "true")]
+        try:
+            return await self._call("PATCH", kind.kind, path, body=obj, query=query, content_type="application/apply-patch+yaml")
+        except ApiError as error:
+            # An apply creates what is missing, so a 404 means the kind itself is unknown.
+            if error.status == 404 and kind.optional:
+                message = f"the cluster does not serve {kind.kind} ({kind.api_version}); install its CRDs"
+                raise KindNotInstalled(error.status, message) from None
+            raise
 
     async def create(self, obj: Manifest) -> Manifest | None:
         """Create, or None if it already exists (then nothing is overwritten)."""
@@ -173,15 +185,45 @@ class Kube:
                 return None
             raise
 
-    async def merge_patch(self, kind: Kind, namespace: str, name: str, patch: Manifest) -> Manifest:
+    async def get(self, kind: Kind, namespace: str, name: str) -> Manifest | None:
+        """The object, or None if it (or its kind) does not exist."""
+        try:
+            return await self._call("GET", kind.kind, kind_path(kind, namespace, name))
+        except ApiError as error:
+            if error.status == 404:
+                return None
+            raise
+
+    async def list_selected(self, kind: Kind, namespace: str, label_selector: str) -> list[Manifest]:
+        """Objects of a kind in a namespace matching the selector; none if the kind is not served."""
+        try:
+            found = await self._call("GET", kind.kind, kind_path(kind, namespace), query=[("labelSelector", label_selector)])
+        except ApiError as error:
+            if error.status == 404:
+                return []
+            raise
+        items: list[Manifest] = found.get("items", [])
+        return items
+
+    async def secret_value(self, namespace: str, name: str, key: str) -> str | None:
+        """One decoded value of a Secret, or None if the Secret or key is missing."""
+        secret = await self.get(SECRET, namespace, name)
+        encoded = (secret or {}).get("data", {}).get(key)
+        return base64.b64decode(encoded).decode() if encoded is not None else None
+
+    async def merge_patch(self, kind: Kind, namespace: str, name: str, patch: Manifest, subresource: str = "") -> Manifest:
+        """A JSON merge patch of the object or of one of its subresources (``status``, ``scale``)."""
+        path = kind_path(kind, namespace, name) + (f"/{subresource}" if subresource else "")
         return await self._call(
-            "PATCH",
-            kind.kind,
-            kind_path(kind, namespace, name),
-            body=patch,
-            content_type="application/merge-patch+json",
-            query=[("fieldManager", self.field_manager)],
+            "PATCH", kind.kind, path, body=patch, content_type="application/merge-patch+json", query=[("fieldManager", self.field_manager)]
         )
+
+    async def patch_status(self, kind: Kind, namespace: str, name: str, status: Manifest) -> None:
+        await self.merge_patch(kind, namespace, name, {"status": status}, subresource="status")
+
+    async def scale(self, kind: Kind, namespace: str, name: str, replicas: int) -> None:
+        """Set replicas through the scale subresource, as an HPA does."""
+        await self.merge_patch(kind, namespace, name, {"spec": {"replicas": replicas}}, subresource="scale")
 
     async def delete(self, kind: Kind, namespace: str, name: str) -> None:
         try:
@@ -189,17 +231,6 @@ class Kube:
         except ApiError as error:
             if error.status != 404:
                 raise
-
-    async def patch_agent_status(self, namespace: str, name: str, status: Manifest) -> None:
-        path = AGENT_PATH.format(namespace=namespace, name=name) + "/status"
-        await self._call(
-            "PATCH",
-            "Agent",
-            path,
-            body={"status": status},
-            content_type="application/merge-patch+json",
-            query=[("fieldManager", self.field_manager)],
-        )
 
     async def post_event(self, regarding: Manifest, type_: str, reason: str, message: str, action: str) -> None:
         """A Kubernetes Event on ``regarding`` (an object reference); failures are counted, not raised."""

@@ -10,7 +10,6 @@ everything else is converged, so the handler retries with backoff.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -18,31 +17,22 @@ from typing import Any
 
 import nats.errors
 from kubeswarm_runtime.names import SwarmNames
-from kubeswarm_runtime.resources import API_VERSION, Agent, Condition, Swarm
+from kubeswarm_runtime.resources import Agent, Condition, Swarm
 from nats.js.errors import Error as JetStreamError
 
-from . import jetstream, objects
-from .children import INGRESS, Kind
-from .drift import contains
-from .ingress import HTTP_ROUTE, Exposure, gateway_url, ingress_ready
-from .kube import Kube
-from .nats_access import NatsPool, NatsTarget, NatsUnavailable, swarm_nats_url
-from .reconciler import World, one
-from .settings import OperatorSettings
-from .signals import Key
-from .status import condition, status_patch
-from .swarm import (
-    AGENT,
-    SWARM,
-    SwarmObserved,
-    build_gateway,
-    build_members,
-    capabilities,
-    compute_swarm_status,
-    controlled_by,
-    joined,
-    stale_members,
-)
+from ..agent.ingress import Exposure, ingress_ready
+from ..jetstream import provisioning
+from ..jetstream.connections import NatsPool, NatsTarget, NatsUnavailable, swarm_nats_url
+from ..kube.client import ApiError, KindNotInstalled, Kube, namespace_terminating
+from ..kube.conditions import condition, condition_events, now, status_patch
+from ..kube.drift import contains
+from ..kube.kinds import AGENT, HTTP_ROUTE, INGRESS, SWARM, Key, Kind, reference
+from ..kube.workqueue import WorkQueue
+from ..kube.world import World, one
+from ..settings import OperatorSettings
+from .gateway import build_gateway, gateway_url
+from .members import build_members, capabilities, controlled_by, joined, stale_members
+from .status import SwarmObserved, compute_swarm_status
 
 log = logging.getLogger(__name__)
 
@@ -91,30 +81,55 @@ class GatewayOutcome:
 
 
 class SwarmController:
-    def __init__(self, kube: Kube, settings: OperatorSettings, pool: NatsPool) -> None:
+    def __init__(self, kube: Kube, settings: OperatorSettings, pool: NatsPool, world: World) -> None:
         self.kube = kube
         self.settings = settings
         self.pool = pool
+        self.world = world
         self.member_manager = f"{settings.field_manager}-swarm"
         self._locks: dict[Key, asyncio.Lock] = {}
         self._written: dict[Key, Mapping[str, Any]] = {}
+        # Member events and the resync; a failure is not retried here: kopf's change handler retries it.
+        self.queue = WorkQueue("Swarm", self._run, settings.worker_limit, retry=lambda key: False)
+
+    def enqueue(self, namespace: str, name: str, delay: float = 0.5) -> None:
+        """Reconcile soon from the latest watched body; bursts (e.g. many member events) collapse into one run."""
+        self.queue.enqueue((namespace, name), delay)
+
+    async def resync_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.swarm_resync_seconds)
+            for namespace, name in list(self.world.swarms.keys()):
+                self.enqueue(namespace, name, delay=0)
+
+    async def _run(self, key: Key) -> None:
+        body = one(self.world.swarms, key)
+        if body is None:
+            return
+        try:
+            await self.reconcile(Swarm.model_validate(body))
+        except NatsUnavailable as error:
+            log.info("Swarm %s/%s: %s (the change handler retries)", *key, error)
+        except ApiError as error:
+            if not namespace_terminating(error):
+                raise
 
     async def target(self, swarm: Swarm | None) -> NatsTarget:
         ref = swarm.spec.nats.credentials_secret_ref if swarm else None
         creds = None
         if swarm is not None and ref is not None:
-            creds = await objects.secret_value(self.kube, swarm.metadata.namespace, ref.name, ref.key)
+            creds = await self.kube.secret_value(swarm.metadata.namespace, ref.name, ref.key)
             if creds is None:
                 raise NatsUnavailable(f'credentials secret "{ref.name}" (key "{ref.key}") not found')
         return nats_target(swarm, self.settings, creds)
 
-    async def reconcile(self, swarm: Swarm, world: World) -> None:
+    async def reconcile(self, swarm: Swarm) -> None:
         """Converge; raises NatsUnavailable (after writing the status) when NATS cannot be reached."""
         key = (swarm.metadata.namespace, swarm.metadata.name)
         async with self._locks.setdefault(key, asyncio.Lock()):
             if deleting(swarm):
                 return  # the finalizer removes its streams; provisioning now would bring them back
-            actions, members, invalid = await self._converge_members(swarm, world)
+            actions, members, invalid = await self._converge_members(swarm, self.world)
             # NATS last: an unreachable server (slow to give up on) must not hold up the rest.
             gateway = await self._converge_gateway(swarm, members)
             nats = await self._converge_streams(swarm, members)
@@ -130,7 +145,7 @@ class SwarmController:
         # After any reconcile under way, which may still be creating them.
         async with self._locks.setdefault((swarm.metadata.namespace, swarm.metadata.name), asyncio.Lock()):
             conn = await self.pool.get(await self.target(swarm))
-            return await jetstream.remove(conn, SwarmNames(swarm.subject_prefix))
+            return await provisioning.remove(conn, SwarmNames(swarm.subject_prefix))
 
     def forget(self, namespace: str, name: str) -> None:
         self._locks.pop((namespace, name), None)
@@ -151,7 +166,7 @@ class SwarmController:
             live = one(world.agents, (namespace, name))
             if live is not None and contains(live, manifest):
                 continue
-            await objects.apply(self.kube, AGENT, manifest, field_manager=self.member_manager)
+            await self.kube.apply(manifest, field_manager=self.member_manager)
             actions.append(f"{'updated' if live else 'created'} Agent {name}")
         in_namespace = [b for (ns, _), bodies in world.agents.items() if ns == namespace for b in bodies]
         for name in stale_members(swarm, in_namespace):
@@ -167,8 +182,8 @@ class SwarmController:
         try:
             target = await self.target(swarm)
             conn = await self.pool.get(target)
-            done = await jetstream.provision(conn, names, swarm.spec.streams, capabilities(members))
-            counts = await jetstream.message_counts(conn, names)
+            done = await provisioning.provision(conn, names, swarm.spec.streams, capabilities(members))
+            counts = await provisioning.message_counts(conn, names)
         except NatsUnavailable as error:
             return NatsOutcome(condition("NatsReady", False, "Unreachable", str(error)), None, (), error)
         except (TimeoutError, nats.errors.Error, JetStreamError) as error:
@@ -188,9 +203,9 @@ class SwarmController:
             current = live.pop((kind, name), None)
             try:
                 if current is None or not contains(current, manifest):
-                    current = await objects.apply(self.kube, kind, manifest)
+                    current = await self.kube.apply(manifest)
                     actions.append(f"applied {kind.kind} {name}")
-            except objects.KindNotInstalled as error:
+            except KindNotInstalled as error:
                 exposures.append(Exposure(kind, name, None, str(error)))
                 continue
             exposures.append(Exposure(kind, name, current))
@@ -208,33 +223,22 @@ class SwarmController:
         found: dict[tuple[Kind, str], Mapping[str, Any]] = {}
         selector = f"kubeswarm.io/swarm={swarm.metadata.name}"
         for kind in GATEWAY_KINDS:
-            for item in await objects.list_objects(self.kube, kind, swarm.metadata.namespace, selector):
+            for item in await self.kube.list_selected(kind, swarm.metadata.namespace, selector):
                 if controlled_by(item, swarm):
                     found[(kind, item["metadata"]["name"])] = item
         return found
 
     async def _report(self, swarm: Swarm, members: Sequence[Agent], observed: SwarmObserved, actions: Sequence[str]) -> None:
-        now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         key = (swarm.metadata.namespace, swarm.metadata.name)
-        new = compute_swarm_status(swarm, members, observed, now)
+        new = compute_swarm_status(swarm, members, observed, now())
         patch = status_patch(new)
-        regarding = {
-            "apiVersion": API_VERSION, "kind": "Swarm", "name": swarm.metadata.name,
-            "namespace": swarm.metadata.namespace, "uid": swarm.metadata.uid,
-        }
+        regarding = reference(SWARM, *key, swarm.metadata.uid)
         if actions:
             await self.kube.post_event(regarding, "Normal", "Reconciled", "; ".join(actions), action="Reconcile")
         # The body may predate our last status write (the watch lags): do not write or announce it twice.
         if (swarm.status is not None and status_patch(swarm.status) == patch) or self._written.get(key) == patch:
             return
-        await objects.merge_patch_status(self.kube, SWARM, swarm.metadata.namespace, swarm.metadata.name, patch)
+        await self.kube.patch_status(SWARM, *key, patch)
         self._written[key] = patch
-        old_conditions = {c.type: c for c in (swarm.status.conditions if swarm.status else [])}
-        for cond in new.conditions:
-            before = old_conditions.get(cond.type)
-            # Ready starts out False on every new Swarm: only a later change of it is news.
-            first_problem = before is None and cond.status == "False" and cond.type != "Ready"
-            if first_problem or (before is not None and before.status != cond.status):
-                kind = "Normal" if cond.status == "True" else "Warning"
-                await self.kube.post_event(regarding, kind, cond.reason, f"{cond.type}: {cond.message}", action="Reconcile")
-
+        for event in condition_events(swarm.status.conditions if swarm.status else [], new.conditions):
+            await self.kube.post_event(regarding, event.type, event.reason, event.message, action="Reconcile")

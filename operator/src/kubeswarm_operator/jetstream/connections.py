@@ -12,17 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from kubeswarm_runtime.config import NatsConfig
 from kubeswarm_runtime.connection import NatsConnection
 from kubeswarm_runtime.metrics import RuntimeMetrics
 from kubeswarm_runtime.resources import Swarm
-from nats.aio.client import RawCredentials
 from pydantic import SecretStr
 
 CLIENT_NAME = "kubeswarm-operator"
@@ -43,11 +40,6 @@ class NatsTarget:
     user: str | None = None
     password: str | None = field(default=None, repr=False)
 
-    @property
-    def credentials_id(self) -> str:
-        """Which credentials, for messages: a short digest, never the secret itself."""
-        secret = (self.creds or "") + (self.password or "")
-        return hashlib.sha256(secret.encode()).hexdigest()[:8] if secret else "none"
 
 
 def swarm_nats_url(swarm: Swarm | None, default_url: str) -> str:
@@ -63,31 +55,22 @@ def swarm_nats_url(swarm: Swarm | None, default_url: str) -> str:
     return default_url
 
 
-class CredentialedConnection(NatsConnection):
-    """A runtime NATS connection that may also authenticate with .creds text held in memory (no file)."""
-
-    def __init__(self, target: NatsTarget, connect_timeout: float) -> None:
-        config = NatsConfig(
-            url=target.url,
-            user=target.user,
-            password=SecretStr(target.password) if target.password else None,
-            creds_file=target.creds_file,
-            connect_timeout_seconds=connect_timeout,
-        )
-        super().__init__(config, RuntimeMetrics(), CLIENT_NAME)
-        self._creds = target.creds
-
-    def _options(self) -> dict[str, Any]:
-        options = super()._options()
-        if self._creds:
-            options["user_credentials"] = RawCredentials(self._creds)
-        return options
+def connection(target: NatsTarget, connect_timeout: float) -> NatsConnection:
+    """A runtime NATS connection to ``target``, not yet connected."""
+    config = NatsConfig(
+        url=target.url,
+        user=target.user,
+        password=SecretStr(target.password) if target.password else None,
+        creds_file=target.creds_file,
+        connect_timeout_seconds=connect_timeout,
+    )
+    return NatsConnection(config, RuntimeMetrics(), CLIENT_NAME, credentials=target.creds)
 
 
 class NatsPool:
     def __init__(self, connect_timeout: float) -> None:
         self.connect_timeout = connect_timeout
-        self._connections: dict[NatsTarget, CredentialedConnection] = {}
+        self._connections: dict[NatsTarget, NatsConnection] = {}
         self._locks: dict[NatsTarget, asyncio.Lock] = {}
         # A target that just failed fails again at once for a while: many Swarms and Agents may share it,
         # and each would otherwise wait out the connect timeout.
@@ -105,7 +88,7 @@ class NatsPool:
             failed = self._failed.get(target)
             if failed is not None and time.monotonic() < failed[1]:
                 raise failed[0]
-            conn = CredentialedConnection(target, self.connect_timeout)
+            conn = connection(target, self.connect_timeout)
             try:
                 # The runtime's connect retries forever (right for a pod); the operator gives up and reports.
                 await asyncio.wait_for(conn.connect(), timeout=self.connect_timeout * 2)

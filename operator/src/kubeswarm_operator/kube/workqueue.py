@@ -1,0 +1,79 @@
+"""The operator's one work queue (Agents and Swarms alike) and its one retry backoff.
+
+Like controller-runtime's: a key, not an object, is queued, and its run reads
+the latest watched body, so requests for a key already queued collapse into
+one run; a sooner request brings a queued run forward (a child's event must
+not wait behind a settle recheck); at most ``slots`` runs at a time; a failed
+run is retried after :func:`backoff`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from .kinds import Key
+
+log = logging.getLogger(__name__)
+
+RETRY_MAX_SECONDS = 60.0
+
+
+def backoff(attempt: int, base: float = 2.0, cap: float = RETRY_MAX_SECONDS) -> float:
+    """Seconds before retry ``attempt`` (1, 2, ...): ``base``, twice that, four times ..., at most ``cap``."""
+    return float(min(cap, base * 2.0 ** (attempt - 1)))
+
+
+class WorkQueue:
+    def __init__(
+        self,
+        what: str,
+        run: Callable[[Key], Awaitable[None]],
+        slots: int,
+        *,
+        retry: Callable[[Key], bool] = lambda key: True,
+    ) -> None:
+        """``run`` one key at a time, at most ``slots`` keys at once; after a failure again if ``retry(key)`` still holds."""
+        self.what = what
+        self.run = run
+        self.slots = asyncio.Semaphore(slots)
+        self.retry = retry
+        self._queued: dict[Key, asyncio.Task[None]] = {}
+        self._due: dict[Key, float] = {}  # when each queued run starts (event loop time)
+        self._failures: dict[Key, int] = {}  # consecutive failed runs, for the backoff
+
+    def enqueue(self, key: Key, delay: float) -> None:
+        loop = asyncio.get_running_loop()
+        due = loop.time() + delay
+        queued = self._queued.get(key)
+        if queued is not None:
+            if self._due[key] <= due:
+                return
+            queued.cancel()  # not started yet: a run takes itself off the queue before it starts
+        self._due[key] = due
+        self._queued[key] = loop.create_task(self._run_queued(key, delay))
+
+    def forget(self, key: Key) -> None:
+        self._failures.pop(key, None)
+
+    async def close(self) -> None:
+        for task in self._queued.values():
+            task.cancel()
+        await asyncio.gather(*self._queued.values(), return_exceptions=True)
+
+    async def _run_queued(self, key: Key, delay: float) -> None:
+        await asyncio.sleep(delay)
+        async with self.slots:
+            # Off the queue only once a slot is free: requests meanwhile collapse into this run, which reads the latest body.
+            del self._queued[key]
+            del self._due[key]
+            try:
+                await self.run(key)
+            except Exception:
+                failures = self._failures[key] = self._failures.get(key, 0) + 1
+                log.exception("reconciling %s %s/%s failed (attempt %d)", self.what, *key, failures)
+                if self.retry(key):
+                    self.enqueue(key, backoff(failures))
+            else:
+                self._failures.pop(key, None)
