@@ -12,9 +12,9 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 from kubeswarm_runtime.app import build_app
-from kubeswarm_runtime.handlers import TaskContext
-from kubeswarm_runtime.handlers.echo import EchoHandler
 from kubeswarm_runtime.mcp import serve_mcp
+from kubeswarm_runtime.providers import TaskContext
+from kubeswarm_runtime.providers.echo import EchoHandler
 from kubeswarm_runtime.runtime import AgentRuntime
 
 from tests.integration.runtime_helpers import agent_config, unique_prefix

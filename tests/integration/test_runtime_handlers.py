@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from aiohttp import web
 from kubeswarm_runtime.config import ModelConfig
-from kubeswarm_runtime.handlers import PermanentTaskError, TaskContext, build_handler
-from kubeswarm_runtime.handlers.retry import RetriesExhausted
 from kubeswarm_runtime.metrics import RuntimeMetrics
+from kubeswarm_runtime.providers import PermanentTaskError, TaskContext, build_handler
+from kubeswarm_runtime.providers.retry import RetriesExhausted
 from kubeswarm_runtime.tasks import TaskState
 
 from tests.integration.runtime_helpers import agent_config, running, swarm_client, unique_prefix

@@ -13,8 +13,8 @@ import time
 
 import pytest
 from kubeswarm_runtime import stores
-from kubeswarm_runtime.handlers.echo import EchoHandler
 from kubeswarm_runtime.presence import AgentInfo
+from kubeswarm_runtime.providers.echo import EchoHandler
 from kubeswarm_runtime.stores import read_bucket
 from kubeswarm_runtime.tasks import TaskWorker
 

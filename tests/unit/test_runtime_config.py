@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from kubeswarm_runtime.capabilities import CircuitBreaker
 from kubeswarm_runtime.config import ConfigError, load_config
-from kubeswarm_runtime.handlers.retry import retry_after
 from kubeswarm_runtime.local import ManifestError, load_manifests
 from kubeswarm_runtime.names import PRIORITIES, SwarmNames
+from kubeswarm_runtime.providers.retry import retry_after
 from kubeswarm_runtime.render import MCP_JWT_KEY_ENV, MODEL_API_KEY_ENV, SECRET_ENV_NAMES, render_runtime_env
 from kubeswarm_runtime.resources import Agent, Swarm
 

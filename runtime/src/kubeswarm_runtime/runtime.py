@@ -12,10 +12,10 @@ import nats
 from .client import SwarmClient
 from .config import RuntimeConfig
 from .connection import NatsConnection
-from .handlers import TaskContext, TaskHandler, build_handler
 from .messages import AgentMessage
 from .metrics import RuntimeMetrics
 from .presence import AgentInfo, Presence
+from .providers import TaskContext, TaskHandler, build_handler
 from .tasks import TaskWorker
 
 log = logging.getLogger(__name__)

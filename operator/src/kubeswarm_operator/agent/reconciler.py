@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 SETTLE_SECONDS = 15.0
 PODS_READ = (CONFIG_MAP, SECRET)
 
+
 @dataclass(frozen=True)
 class Refs:
     """What the pods read from Secrets and ConfigMaps: content digests, and what is missing."""

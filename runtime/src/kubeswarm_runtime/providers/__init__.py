@@ -1,4 +1,4 @@
-"""Task handlers: echo (default), anthropic, bedrock, http."""
+"""Model providers, each a task handler: echo (default, offline), anthropic, bedrock, http (``spec.model.provider``)."""
 
 from __future__ import annotations
 
