@@ -56,8 +56,9 @@ test-kind: venv ## e2e tests on a kind cluster (needs a container engine)
 	  echo "Without one, use 'make test-e2e' (local test bed) or KUBESWARM_E2E_KUBECONFIG=<path> make test-e2e." >&2; exit 1; }
 	KUBESWARM_E2E_KIND=1 $(BIN)/pytest -m e2e $(PYTEST_ARGS)
 
-lint: venv ## ruff, mypy --strict and the operator's import layers (.importlinter)
+lint: venv ## ruff (lint and format), mypy --strict and the operator's import layers (.importlinter)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports --no-cache
 

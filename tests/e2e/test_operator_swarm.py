@@ -90,9 +90,7 @@ def prefix() -> str:
     return f"ks.e2e.{uuid.uuid4().hex[:8]}"
 
 
-def test_swarm_members_streams_status_and_finalizer(
-    operator: Operator, namespace: Namespace, nats_server: NatsServer, prefix: str
-) -> None:
+def test_swarm_members_streams_status_and_finalizer(operator: Operator, namespace: Namespace, nats_server: NatsServer, prefix: str) -> None:
     base = prefix.replace(".", "_")
     swarm = swarm_manifest(
         "team",

@@ -60,8 +60,9 @@ class Reports:
 
 
 def config_map(namespace: str, name: str, labels: dict[str, str], **data: str) -> str:
-    return json.dumps({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": namespace, "labels": labels},
-                       "data": data})
+    return json.dumps(
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": namespace, "labels": labels}, "data": data}
+    )
 
 
 @pytest.fixture
@@ -149,8 +150,16 @@ def compact_etcd(cluster: Cluster, revision: str) -> None:
 
 
 def event(namespace: str, name: str) -> str:
-    return json.dumps({"apiVersion": "v1", "kind": "Event", "metadata": {"name": name, "namespace": namespace},
-                       "involvedObject": {"kind": "ConfigMap", "name": "x", "namespace": namespace}, "reason": "Test", "message": name})
+    return json.dumps(
+        {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": name, "namespace": namespace},
+            "involvedObject": {"kind": "ConfigMap", "name": "x", "namespace": namespace},
+            "reason": "Test",
+            "message": name,
+        }
+    )
 
 
 async def test_a_compacted_version_answered_410_leads_to_a_new_listing(

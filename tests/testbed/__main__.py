@@ -1,9 +1,9 @@
 """The test bed from the command line (behind `make cluster-up` and friends).
 
-    python -m tests.testbed build        build the pinned Go components (cached)
-    python -m tests.testbed regenerate   rewrite hack/testbed/*/go.mod from pins.json
-    python -m tests.testbed up           start a cluster and leave it running
-    python -m tests.testbed down         stop every process `up` started
+python -m tests.testbed build        build the pinned Go components (cached)
+python -m tests.testbed regenerate   rewrite hack/testbed/*/go.mod from pins.json
+python -m tests.testbed up           start a cluster and leave it running
+python -m tests.testbed down         stop every process `up` started
 """
 
 from __future__ import annotations

@@ -260,7 +260,10 @@ def test_nats_config_is_accepted_by_nats_server(rendered: dict[str, list[Manifes
     config.write_text(nats_config(rendered["defaults"]))
     proc = subprocess.run(
         [str(wheel_binary("nats-server")), "--config", str(config), "-t"],
-        env={"SERVER_NAME": "ks-kubeswarm-nats-0"}, capture_output=True, text=True, timeout=30,
+        env={"SERVER_NAME": "ks-kubeswarm-nats-0"},
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert proc.returncode == 0, proc.stderr + proc.stdout
 

@@ -47,7 +47,7 @@ def test_no_route_unless_asked() -> None:
 def test_gateway_ingress_rewrites_each_agent_and_its_metadata_path() -> None:
     members = [agent("beta", timeoutSeconds=7200), agent("alpha"), agent("quiet", enabled=False)]
     objects = build_gateway(team(enabled=True, host="crew.example.com", className="nginx", tls={"secretName": "t"}), members)
-    ((kind, name), ingress), = objects.items()
+    (((kind, name), ingress),) = objects.items()
     assert (kind, name) == (INGRESS, "crew-gateway")
     paths = [(p["path"], p["backend"]["service"]["name"]) for p in ingress["spec"]["rules"][0]["http"]["paths"]]
     assert paths == [

@@ -58,10 +58,12 @@ def test_errors_carry_a_code_and_never_the_value(aws: Any, secret_id: str, key: 
 
 
 def test_the_pods_read_the_synced_secret_and_roll_with_it() -> None:
-    agent = Agent.model_validate({
-        "metadata": {"name": "writer", "namespace": "ns", "uid": "u"},
-        "spec": {"model": {"provider": "anthropic", "name": "m", "awsSecretsManager": {"secretId": "s", "region": REGION}}},
-    })
+    agent = Agent.model_validate(
+        {
+            "metadata": {"name": "writer", "namespace": "ns", "uid": "u"},
+            "spec": {"model": {"provider": "anthropic", "name": "m", "awsSecretsManager": {"secretId": "s", "region": REGION}}},
+        }
+    )
     assert api_key_ref(agent) is not None
     assert api_key_ref(agent).name == "writer-aws-api-key"  # type: ignore[union-attr]
     assert ("Secret", "writer-aws-api-key") in referenced_objects(agent)

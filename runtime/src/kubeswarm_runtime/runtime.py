@@ -67,7 +67,10 @@ class AgentRuntime:
         self._heartbeats = asyncio.create_task(self._heartbeat_loop(), name="heartbeats")
         self.started = True
         log.info(
-            "agent %s (replica %s) up on %s: capabilities %s", cfg.agent, cfg.replica_id, cfg.subject_prefix,
+            "agent %s (replica %s) up on %s: capabilities %s",
+            cfg.agent,
+            cfg.replica_id,
+            cfg.subject_prefix,
             ",".join(cfg.capabilities) or "-",
         )
 
@@ -119,4 +122,3 @@ class AgentRuntime:
             await self.handler.close()
         await self.conn.close()
         log.info("agent %s (replica %s) stopped", self.config.agent, self.config.replica_id)
-

@@ -27,8 +27,12 @@ class SwarmStores:
 def stream_configs(names: SwarmNames, streams: StreamsConfig) -> list[api.StreamConfig]:
     def stream(name: str, subject: str, retention: api.RetentionPolicy, **limits: Any) -> api.StreamConfig:
         return api.StreamConfig(
-            name=name, subjects=[subject], retention=retention, num_replicas=streams.replicas,
-            storage=api.StorageType.FILE, **limits,
+            name=name,
+            subjects=[subject],
+            retention=retention,
+            num_replicas=streams.replicas,
+            storage=api.StorageType.FILE,
+            **limits,
         )
 
     max_age = streams.max_age_seconds or None
@@ -85,9 +89,7 @@ async def ensure_swarm_stores(conn: NatsConnection, names: SwarmNames, streams: 
     for config in stream_configs(names, streams):
         await conn.ensure_stream(config)
     tasks = await conn.ensure_kv(
-        api.KeyValueConfig(
-            bucket=names.tasks_bucket, history=1, ttl=streams.max_age_seconds or None, replicas=streams.replicas
-        )
+        api.KeyValueConfig(bucket=names.tasks_bucket, history=1, ttl=streams.max_age_seconds or None, replicas=streams.replicas)
     )
     # Presence entries expire through per-message TTLs (each agent its own heartbeat), not a bucket TTL.
     agents = await conn.ensure_kv(api.KeyValueConfig(bucket=names.agents_bucket, history=1, replicas=streams.replicas))
@@ -117,8 +119,13 @@ async def read_bucket(conn: NatsConnection, bucket: str, keys: str) -> dict[str,
     info = await js.add_consumer(
         stream,
         api.ConsumerConfig(
-            name=name, filter_subject=prefix + keys, deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
-            ack_policy=api.AckPolicy.NONE, mem_storage=True, num_replicas=1, inactive_threshold=READER_INACTIVE_SECONDS,
+            name=name,
+            filter_subject=prefix + keys,
+            deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
+            ack_policy=api.AckPolicy.NONE,
+            mem_storage=True,
+            num_replicas=1,
+            inactive_threshold=READER_INACTIVE_SECONDS,
         ),
     )
     values: dict[str, bytes] = {}

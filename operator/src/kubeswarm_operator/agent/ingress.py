@@ -33,9 +33,7 @@ def prefix_rule(path: str, agent: Agent, rewrite_to: str | None = None) -> Manif
         "timeouts": route_timeouts(agent.spec.mcp.timeout_seconds),
     }
     if rewrite_to is not None:
-        rule["filters"] = [
-            {"type": "URLRewrite", "urlRewrite": {"path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": rewrite_to}}}
-        ]
+        rule["filters"] = [{"type": "URLRewrite", "urlRewrite": {"path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": rewrite_to}}}]
     return rule
 
 
@@ -93,9 +91,7 @@ def _ingress_waiting(entry: Exposure) -> str | None:
 def _route_waiting(entry: Exposure) -> str | None:
     assert entry.live is not None
     parents = entry.live.get("status", {}).get("parents") or []
-    accepted = [
-        p for p in parents if any(c.get("type") == "Accepted" and c.get("status") == "True" for c in p.get("conditions", []))
-    ]
+    accepted = [p for p in parents if any(c.get("type") == "Accepted" and c.get("status") == "True" for c in p.get("conditions", []))]
     if accepted:
         return None
     return f"HTTPRoute {entry.name!r} is not accepted by a Gateway yet; does the Gateway named in className exist?"

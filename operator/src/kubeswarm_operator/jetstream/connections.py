@@ -41,7 +41,6 @@ class NatsTarget:
     password: str | None = field(default=None, repr=False)
 
 
-
 def swarm_nats_url(swarm: Swarm | None, default_url: str) -> str:
     """The NATS URL a swarm's agents and the operator use: spec.nats.url, its clusterRef Service, or the default."""
     if swarm is None:

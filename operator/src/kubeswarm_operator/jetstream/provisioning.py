@@ -58,9 +58,7 @@ def desired_buckets(names: SwarmNames, spec: StreamsSpec) -> list[api.KeyValueCo
     return [
         api.KeyValueConfig(bucket=names.agents_bucket, history=1, replicas=spec.replicas),
         api.KeyValueConfig(bucket=names.tasks_bucket, history=1, ttl=ttl, replicas=spec.replicas),
-        api.KeyValueConfig(
-            bucket=names.mcp_sessions_bucket, history=1, ttl=McpConfig().session_ttl_seconds, replicas=spec.replicas
-        ),
+        api.KeyValueConfig(bucket=names.mcp_sessions_bucket, history=1, ttl=McpConfig().session_ttl_seconds, replicas=spec.replicas),
     ]
 
 

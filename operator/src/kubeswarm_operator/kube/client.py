@@ -72,9 +72,7 @@ def login() -> kopf.ConnectionInfo:
 
 
 class Kube:
-    def __init__(
-        self, field_manager: str, connect: Callable[[], kopf.ConnectionInfo] = login, *, connections: int = 100
-    ) -> None:
+    def __init__(self, field_manager: str, connect: Callable[[], kopf.ConnectionInfo] = login, *, connections: int = 100) -> None:
         """``connections``: at most this many at once (0: no limit, for long watch requests)."""
         self.field_manager = field_manager
         self.instance = socket.gethostname()
@@ -139,9 +137,7 @@ class Kube:
         """One page of a listing (``limit`` and ``continue`` in ``query``)."""
         return await self._call("GET", kind.kind, collection_path(kind, namespace), query=query)
 
-    async def watch(
-        self, kind: Kind, namespace: str | None, query: list[tuple[str, str]], read_timeout: float
-    ) -> AsyncIterator[Manifest]:
+    async def watch(self, kind: Kind, namespace: str | None, query: list[tuple[str, str]], read_timeout: float) -> AsyncIterator[Manifest]:
         """The events of one watch request, parsed, until the server ends it.
 
         ``read_timeout``: the longest silence tolerated (a stalled connection

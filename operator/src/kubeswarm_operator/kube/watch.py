@@ -166,4 +166,3 @@ class ChildWatch:
             if error.status == 410:
                 raise Expired from error
             raise
-

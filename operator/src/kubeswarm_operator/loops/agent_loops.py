@@ -103,11 +103,7 @@ class AgentLoops:
 
     async def _each(self, step: Callable[[Agent], Awaitable[None]], concerns: Callable[[Key, Mapping[str, Any]], bool]) -> None:
         """Run ``step`` on every Agent it concerns (judged from the raw spec: most Agents are not parsed at all)."""
-        bodies = {
-            key: values
-            for key, values in self.world.agents.items()
-            if any(concerns(key, body.get("spec") or {}) for body in values)
-        }
+        bodies = {key: values for key, values in self.world.agents.items() if any(concerns(key, body.get("spec") or {}) for body in values)}
         agents = valid_agents(bodies)
         results = await asyncio.gather(*(self._locked(agent, step) for agent in agents), return_exceptions=True)
         for agent, result in zip(agents, results, strict=True):
@@ -263,4 +259,3 @@ class AgentLoops:
         while True:
             await asyncio.sleep(period)
             await self._each(self.sync_route, lambda key, spec: key in self._routed or routed(spec))
-

@@ -33,6 +33,7 @@ HPAS = ("autoscaling", "v2", "horizontalpodautoscalers")
 # Deleting a Swarm waits this many attempts (about 10 minutes) for its NATS before leaving the streams behind.
 DELETE_RETRIES = 14
 
+
 def the_operator(memo: kopf.Memo) -> Operator:
     operator: Operator = memo.operator
     return operator

@@ -159,7 +159,9 @@ class Authenticator:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise problem(
-                web.HTTPUnauthorized, "invalid_request", "a bearer token is required",
+                web.HTTPUnauthorized,
+                "invalid_request",
+                "a bearer token is required",
                 {"WWW-Authenticate": self.resource.challenge(request)},
             )
         try:
@@ -167,7 +169,9 @@ class Authenticator:
         except jwt.PyJWTError as exc:
             description = str(exc).replace('"', "'")
             raise problem(
-                web.HTTPUnauthorized, "invalid_token", description,
+                web.HTTPUnauthorized,
+                "invalid_token",
+                description,
                 {"WWW-Authenticate": self.resource.challenge(request, "invalid_token", description)},
             ) from None
         scopes = _scopes(claims)
@@ -175,7 +179,9 @@ class Authenticator:
             wanted = " ".join(self.config.required_scopes)
             description = f"the token lacks scope {' '.join(missing)}"
             raise problem(
-                web.HTTPForbidden, "insufficient_scope", description,
+                web.HTTPForbidden,
+                "insufficient_scope",
+                description,
                 {"WWW-Authenticate": self.resource.challenge(request, "insufficient_scope", description, wanted)},
             )
         subject = str(claims.get("sub") or claims.get("client_id") or "token")
@@ -249,7 +255,9 @@ class StreamSlots:
     def hold(self) -> Iterator[None]:
         if self.open >= self.limit:
             raise problem(
-                web.HTTPServiceUnavailable, "too_many_streams", f"this agent serves at most {self.limit} streams at once",
+                web.HTTPServiceUnavailable,
+                "too_many_streams",
+                f"this agent serves at most {self.limit} streams at once",
                 {"Retry-After": "1"},
             )
         self.open += 1
@@ -277,7 +285,9 @@ class Guard:
         wait = self.limiter.wait_seconds(caller.key)
         if wait > 0:
             raise problem(
-                web.HTTPTooManyRequests, "rate_limited", "too many requests; slow down",
+                web.HTTPTooManyRequests,
+                "rate_limited",
+                "too many requests; slow down",
                 {"Retry-After": str(max(1, math.ceil(wait)))},
             )
         return caller

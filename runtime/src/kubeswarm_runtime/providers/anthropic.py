@@ -53,8 +53,12 @@ class AnthropicHandler:
         assert self.config.api_key is not None
         headers = {"x-api-key": self.config.api_key.get_secret_value(), "anthropic-version": API_VERSION}
         answer = await post_json(
-            self._client(), self.url, self.request_body(prompt, system or self.config.system_prompt),
-            headers=headers, policy=self.policy, on_retry=self.metrics.llm_retries.labels("anthropic").inc,
+            self._client(),
+            self.url,
+            self.request_body(prompt, system or self.config.system_prompt),
+            headers=headers,
+            policy=self.policy,
+            on_retry=self.metrics.llm_retries.labels("anthropic").inc,
         )
         usage = {USAGE_KINDS[k]: int(v) for k, v in (answer.get("usage") or {}).items() if k in USAGE_KINDS and v}
         self.metrics.record_tokens("anthropic", self.config.name, usage)

@@ -27,7 +27,11 @@ class HttpHandler:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.config.request_timeout_seconds))
         body = {"task_id": ctx.task_id, "capability": ctx.capability, "input": ctx.input, "attempt": ctx.attempt, "agent": ctx.agent}
         return await post_json(
-            self._session, self.endpoint, body, headers={}, policy=self.policy,
+            self._session,
+            self.endpoint,
+            body,
+            headers={},
+            policy=self.policy,
             on_retry=self.metrics.llm_retries.labels("http").inc,
         )
 

@@ -63,8 +63,14 @@ class TaskRecord(BaseModel):
     def of(cls, task: TaskMessage, state: TaskState, **fields: Any) -> TaskRecord:
         # Built from an already validated task once or twice per task: skip validating it again.
         return cls.model_construct(
-            id=task.id, capability=task.capability, priority=task.priority, input=task.input,
-            created_at=task.created_at, state=state, updated_at=time.time(), **fields,
+            id=task.id,
+            capability=task.capability,
+            priority=task.priority,
+            input=task.input,
+            created_at=task.created_at,
+            state=state,
+            updated_at=time.time(),
+            **fields,
         )
 
 
@@ -80,11 +86,23 @@ def encode_record(
     finished_at: float | None = None,
 ) -> bytes:
     """A worker's ``TaskRecord`` of ``task``, serialized without building the model (the hot path of every task)."""
-    return encode_json({
-        "id": task.id, "capability": task.capability, "priority": task.priority, "state": state, "attempts": attempts,
-        "input": task.input, "result": result, "error": error, "agent": agent, "created_at": task.created_at,
-        "updated_at": time.time(), "started_at": started_at, "finished_at": finished_at,
-    })
+    return encode_json(
+        {
+            "id": task.id,
+            "capability": task.capability,
+            "priority": task.priority,
+            "state": state,
+            "attempts": attempts,
+            "input": task.input,
+            "result": result,
+            "error": error,
+            "agent": agent,
+            "created_at": task.created_at,
+            "updated_at": time.time(),
+            "started_at": started_at,
+            "finished_at": finished_at,
+        }
+    )
 
 
 class DeadLetter(BaseModel):

@@ -46,9 +46,7 @@ class TaskService:
                 return existing
         # Publish even for a duplicate still pending: a first attempt may have failed before publishing;
         # the stream drops the copy if the first one made it.
-        await self.conn.js.publish(
-            self.names.task(capability, priority), task.model_dump_json().encode(), headers={"Nats-Msg-Id": task.id}
-        )
+        await self.conn.js.publish(self.names.task(capability, priority), task.model_dump_json().encode(), headers={"Nats-Msg-Id": task.id})
         return record
 
     async def get(self, task_id: str) -> TaskRecord | None:

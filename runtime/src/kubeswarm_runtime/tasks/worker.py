@@ -101,9 +101,7 @@ class TaskWorker:
                 await puller.start()
                 self.pullers[priority].append(puller)
                 self._subs.append(
-                    await nc.subscribe(
-                        self.names.max_deliveries_advisory(consumer), queue="kubeswarm-dlq", cb=self._on_max_deliveries
-                    )
+                    await nc.subscribe(self.names.max_deliveries_advisory(consumer), queue="kubeswarm-dlq", cb=self._on_max_deliveries)
                 )
                 self._subs.append(await nc.subscribe(self.names.task(capability, priority), cb=self._new_task_callback(puller)))
         self._subs.append(await self._committer.start())
