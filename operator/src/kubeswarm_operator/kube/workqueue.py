@@ -33,12 +33,17 @@ class WorkQueue:
         slots: int,
         *,
         retry: Callable[[Key], bool] = lambda key: True,
+        expected: tuple[type[Exception], ...] = (),
     ) -> None:
-        """``run`` one key at a time, at most ``slots`` keys at once; after a failure again if ``retry(key)`` still holds."""
+        """``run`` one key at a time, at most ``slots`` keys at once; after a failure again if ``retry(key)`` still holds.
+
+        ``expected`` failures (e.g. an unreachable NATS, reported in a condition already) are logged without a traceback.
+        """
         self.what = what
         self.run = run
         self.slots = asyncio.Semaphore(slots)
         self.retry = retry
+        self.expected = expected
         self._queued: dict[Key, asyncio.Task[None]] = {}
         self._due: dict[Key, float] = {}  # when each queued run starts (event loop time)
         self._failures: dict[Key, int] = {}  # consecutive failed runs, for the backoff
@@ -70,9 +75,12 @@ class WorkQueue:
             del self._due[key]
             try:
                 await self.run(key)
-            except Exception:
+            except Exception as error:
                 failures = self._failures[key] = self._failures.get(key, 0) + 1
-                log.exception("reconciling %s %s/%s failed (attempt %d)", self.what, *key, failures)
+                if isinstance(error, self.expected):
+                    log.info("reconciling %s %s/%s: %s (attempt %d)", self.what, *key, error, failures)
+                else:
+                    log.exception("reconciling %s %s/%s failed (attempt %d)", self.what, *key, failures)
                 if self.retry(key):
                     self.enqueue(key, backoff(failures))
             else:

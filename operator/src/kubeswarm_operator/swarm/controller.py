@@ -89,8 +89,18 @@ class SwarmController:
         self.member_manager = f"{settings.field_manager}-swarm"
         self._locks: dict[Key, asyncio.Lock] = {}
         self._written: dict[Key, Mapping[str, Any]] = {}
-        # Member events and the resync; a failure is not retried here: kopf's change handler retries it.
-        self.queue = WorkQueue("Swarm", self._run, settings.worker_limit, retry=lambda key: False)
+        # Its own changes, member events and the resync; a failure (an unreachable NATS among them) is retried while it exists.
+        self.queue = WorkQueue(
+            "Swarm", self._run, settings.worker_limit, retry=lambda key: one(world.swarms, key) is not None, expected=(NatsUnavailable,)
+        )
+        self._seen: dict[Key, tuple[object, object]] = {}  # (uid, generation) of each Swarm last queued for its spec
+
+    def observe(self, namespace: str, name: str, uid: object, generation: object) -> None:
+        """A Swarm's watch event: reconcile now if it is new or its spec changed (not for its own status writes)."""
+        key = (namespace, name)
+        if self._seen.get(key) != (uid, generation):
+            self._seen[key] = (uid, generation)
+            self.enqueue(namespace, name, delay=0)
 
     def enqueue(self, namespace: str, name: str, delay: float = 0.5) -> None:
         """Reconcile soon from the latest watched body; bursts (e.g. many member events) collapse into one run."""
@@ -107,9 +117,13 @@ class SwarmController:
         if body is None:
             return
         try:
-            await self.reconcile(Swarm.model_validate(body))
-        except NatsUnavailable as error:
-            log.info("Swarm %s/%s: %s (the change handler retries)", *key, error)
+            swarm = Swarm.model_validate(body)
+        except ValueError as error:
+            # The API server validated the same rules; only an older object could fail here. Retrying cannot help.
+            log.error("invalid Swarm %s/%s: %s", *key, error)
+            return
+        try:
+            await self.reconcile(swarm)  # raises NatsUnavailable for the queue's retry
         except ApiError as error:
             if not namespace_terminating(error):
                 raise
@@ -148,6 +162,8 @@ class SwarmController:
             return await provisioning.remove(conn, SwarmNames(swarm.subject_prefix))
 
     def forget(self, namespace: str, name: str) -> None:
+        self._seen.pop((namespace, name), None)
+        self.queue.forget((namespace, name))
         self._locks.pop((namespace, name), None)
         self._written.pop((namespace, name), None)
 

@@ -83,30 +83,15 @@ async def agent_event(type: str | None, body: kopf.Body, namespace: str | None, 
 
 
 @kopf.on.event(*SWARMS)
-async def swarm_event(type: str | None, namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
-    if type is not None:
-        the_operator(memo).swarm_event(namespace or "", name)
+async def swarm_event(type: str | None, body: kopf.Body, namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
+    """Swarms are reconciled from the operator's work queue too; kopf only runs their finalizer (``remove_streams``)."""
+    the_operator(memo).swarm_event(type, body, namespace or "", name)
 
 
 @kopf.on.event(*HPAS)
 async def hpa_event(type: str | None, spec: kopf.Spec, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
     if type is not None:
         the_operator(memo).hpa_event(namespace or "", spec.get("scaleTargetRef", {}).get("name", ""))
-
-
-@kopf.on.resume(*SWARMS, id="reconcile-swarm")
-@kopf.on.create(*SWARMS, id="reconcile-swarm")
-@kopf.on.update(*SWARMS, id="reconcile-swarm")
-async def reconcile_swarm(body: kopf.Body, retry: int, memo: kopf.Memo, **_: Any) -> None:
-    try:
-        swarm = Swarm.model_validate(body)
-    except ValueError as error:
-        raise kopf.PermanentError(f"invalid Swarm: {error}") from error
-    try:
-        await the_operator(memo).reconcile_swarm(swarm)
-    except NatsUnavailable as error:
-        # Reported in NatsReady already; retried with backoff by kopf, never a crash.
-        raise kopf.TemporaryError(str(error), delay=backoff(retry + 1)) from error
 
 
 @kopf.on.delete(*SWARMS, id="remove-streams", retries=DELETE_RETRIES)
@@ -125,7 +110,7 @@ async def remove_streams(body: kopf.Body, retry: int, memo: kopf.Memo, namespace
 
 
 class SwarmDiffBase(kopf.AnnotationsDiffBaseStorage):
-    """kopf's last-handled configuration, built for Swarms only: the one kind with create/update handlers.
+    """kopf's last-handled configuration, built for Swarms only: the one kind with a change handler (its finalizer).
 
     kopf builds this essence (a deep copy of the body) on every watch event of
     every kind, though only change handlers read it; for the thousands of

@@ -123,8 +123,15 @@ class Operator:
         except Exception as error:  # the timers retry; an Agent event is no reason to fail
             log.warning("Agent %s/%s: %s", namespace, name, error)
 
-    def swarm_event(self, namespace: str, name: str) -> None:
-        """A Swarm's NATS settings reach its Agents through their ConfigMaps."""
+    def swarm_event(self, type_: str | None, body: Mapping[str, Any], namespace: str, name: str) -> None:
+        """A Swarm was listed, changed or deleted: its reconcile, and its Agents' (its NATS settings reach their ConfigMaps)."""
+        if type_ == "DELETED":
+            self.swarms.forget(namespace, name)
+        else:
+            meta = body.get("metadata", {})
+            self.swarms.observe(namespace, name, meta.get("uid"), meta.get("generation"))
+        if type_ is None:
+            return  # the initial listing: every Agent is queued by its own
         for (agent_ns, agent_name), bodies in self.world.agents.items():
             if agent_ns == namespace and any(b.get("spec", {}).get("swarm", "default") == name for b in bodies):
                 self.agents.enqueue(agent_ns, agent_name)
@@ -132,9 +139,6 @@ class Operator:
     def hpa_event(self, namespace: str, target: str) -> None:
         """An HPA on an Agent's Deployment takes its replicas over (and gives them back when deleted)."""
         self.agents.enqueue(namespace, target)
-
-    async def reconcile_swarm(self, swarm: Swarm) -> None:
-        await self.swarms.reconcile(swarm)
 
     async def remove_swarm_streams(self, swarm: Swarm) -> list[str]:
         removed = await self.swarms.remove_streams(swarm)
