@@ -28,7 +28,7 @@ from ..kube.drift import contains
 from ..kube.kinds import AGENT, CHILD_KINDS, CONFIG_MAP, DEPLOYMENT, INGRESS, SECRET, Key, Kind, Manifest, reference
 from ..kube.owned import SPEC_HASH_ANNOTATION, data_digests, digest
 from ..kube.workqueue import WorkQueue
-from ..kube.world import World, one
+from ..kube.world import World, latest, one
 from ..settings import OperatorSettings
 from .children import (
     JWT_SECRET_KEY,
@@ -154,16 +154,9 @@ class AgentReconciler:
     # -- internals
 
     async def _run(self, key: Key) -> None:
-        body = one(self.world.agents, key)
-        if body is None:
-            return
-        try:
-            agent = Agent.model_validate(body)
-        except ValueError as error:
-            # The API server validated the same rules; only an older object could fail here. Retrying cannot help.
-            log.error("invalid Agent %s/%s: %s", *key, error)
-            return
-        await self._reconcile(agent)  # raises for the queue's retry
+        agent = latest(self.world.agents, key, Agent)
+        if agent is not None:
+            await self._reconcile(agent)  # raises for the queue's retry
 
     async def _converge(self, agent: Agent, world: World) -> bool:
         namespace = agent.metadata.namespace

@@ -28,7 +28,7 @@ from ..kube.conditions import condition, condition_events, now, status_patch
 from ..kube.drift import contains
 from ..kube.kinds import AGENT, HTTP_ROUTE, INGRESS, SWARM, Key, Kind, reference
 from ..kube.workqueue import WorkQueue
-from ..kube.world import World, one
+from ..kube.world import World, latest, one
 from ..settings import OperatorSettings
 from .gateway import build_gateway, gateway_url
 from .members import build_members, capabilities, controlled_by, joined, stale_members
@@ -113,14 +113,8 @@ class SwarmController:
                 self.enqueue(namespace, name, delay=0)
 
     async def _run(self, key: Key) -> None:
-        body = one(self.world.swarms, key)
-        if body is None:
-            return
-        try:
-            swarm = Swarm.model_validate(body)
-        except ValueError as error:
-            # The API server validated the same rules; only an older object could fail here. Retrying cannot help.
-            log.error("invalid Swarm %s/%s: %s", *key, error)
+        swarm = latest(self.world.swarms, key, Swarm)
+        if swarm is None:
             return
         try:
             await self.reconcile(swarm)  # raises NatsUnavailable for the queue's retry
