@@ -65,12 +65,10 @@ class AgentReconciler:
         self.settings = settings
         self.world = world
         self._locks: dict[Key, asyncio.Lock] = {}
-        # Retried after a failure only while the Agent exists.
-        self.queue = WorkQueue("Agent", self._run, settings.worker_limit, retry=lambda key: key in self._seen)
+        self.queue = WorkQueue("Agent", self._run, settings.worker_limit)
         self._recent: dict[tuple[str, str, str], tuple[str, float]] = {}
         self._recent_status: dict[Key, tuple[AgentStatus, float]] = {}
         self._phases: dict[Key, str] = {}
-        self._seen: dict[Key, tuple[object, object]] = {}  # (uid, generation) of each Agent last queued for its spec
         self._replica_labels: dict[Key, tuple[str, str, str]] = {}  # (namespace, agent, swarm) of its replica series
         self._posting: set[asyncio.Task[None]] = set()
         # What the operator's loops (autoscaler, AWS secret sync, HTTPRoutes) found; merged into the status.
@@ -118,14 +116,10 @@ class AgentReconciler:
         Its own status writes (and metadata edits) leave the generation as it
         was: nothing to do for them, the children depend on the spec alone.
         """
-        key = (namespace, name)
-        if self._seen.get(key) != (uid, generation):
-            self._seen[key] = (uid, generation)
-            self.enqueue(namespace, name, delay=0)
+        self.queue.observe((namespace, name), (uid, generation))
 
     def forget(self, namespace: str, name: str) -> None:
         key = (namespace, name)
-        self._seen.pop(key, None)
         self.queue.forget(key)
         self._locks.pop(key, None)
         self._recent_status.pop(key, None)

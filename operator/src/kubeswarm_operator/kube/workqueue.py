@@ -32,18 +32,17 @@ class WorkQueue:
         run: Callable[[Key], Awaitable[None]],
         slots: int,
         *,
-        retry: Callable[[Key], bool] = lambda key: True,
         expected: tuple[type[Exception], ...] = (),
     ) -> None:
-        """``run`` one key at a time, at most ``slots`` keys at once; after a failure again if ``retry(key)`` still holds.
+        """``run`` one key at a time, at most ``slots`` keys at once; after a failure again while the key is watched.
 
         ``expected`` failures (e.g. an unreachable NATS, reported in a condition already) are logged without a traceback.
         """
         self.what = what
         self.run = run
         self.slots = asyncio.Semaphore(slots)
-        self.retry = retry
         self.expected = expected
+        self._versions: dict[Key, object] = {}  # (uid, generation) of each watched key, as last queued for its spec
         self._queued: dict[Key, asyncio.Task[None]] = {}
         self._due: dict[Key, float] = {}  # when each queued run starts (event loop time)
         self._failures: dict[Key, int] = {}  # consecutive failed runs, for the backoff
@@ -59,7 +58,19 @@ class WorkQueue:
         self._due[key] = due
         self._queued[key] = loop.create_task(self._run_queued(key, delay))
 
+    def observe(self, key: Key, version: object) -> None:
+        """A watch event of ``key``: run it now if it is new or its spec changed (``version``: its uid and generation).
+
+        Its own status writes (and metadata edits) leave the generation as it
+        was: nothing to do for them, what it owns depends on the spec alone.
+        """
+        if self._versions.get(key) != version:
+            self._versions[key] = version
+            self.enqueue(key, 0)
+
     def forget(self, key: Key) -> None:
+        """``key`` was deleted: no more retries."""
+        self._versions.pop(key, None)
         self._failures.pop(key, None)
 
     async def close(self) -> None:
@@ -81,7 +92,7 @@ class WorkQueue:
                     log.info("reconciling %s %s/%s: %s (attempt %d)", self.what, *key, error, failures)
                 else:
                     log.exception("reconciling %s %s/%s failed (attempt %d)", self.what, *key, failures)
-                if self.retry(key):
+                if key in self._versions:
                     self.enqueue(key, backoff(failures))
             else:
                 self._failures.pop(key, None)

@@ -90,17 +90,11 @@ class SwarmController:
         self._locks: dict[Key, asyncio.Lock] = {}
         self._written: dict[Key, Mapping[str, Any]] = {}
         # Its own changes, member events and the resync; a failure (an unreachable NATS among them) is retried while it exists.
-        self.queue = WorkQueue(
-            "Swarm", self._run, settings.worker_limit, retry=lambda key: one(world.swarms, key) is not None, expected=(NatsUnavailable,)
-        )
-        self._seen: dict[Key, tuple[object, object]] = {}  # (uid, generation) of each Swarm last queued for its spec
+        self.queue = WorkQueue("Swarm", self._run, settings.worker_limit, expected=(NatsUnavailable,))
 
     def observe(self, namespace: str, name: str, uid: object, generation: object) -> None:
         """A Swarm's watch event: reconcile now if it is new or its spec changed (not for its own status writes)."""
-        key = (namespace, name)
-        if self._seen.get(key) != (uid, generation):
-            self._seen[key] = (uid, generation)
-            self.enqueue(namespace, name, delay=0)
+        self.queue.observe((namespace, name), (uid, generation))
 
     def enqueue(self, namespace: str, name: str, delay: float = 0.5) -> None:
         """Reconcile soon from the latest watched body; bursts (e.g. many member events) collapse into one run."""
@@ -156,7 +150,6 @@ class SwarmController:
             return await provisioning.remove(conn, SwarmNames(swarm.subject_prefix))
 
     def forget(self, namespace: str, name: str) -> None:
-        self._seen.pop((namespace, name), None)
         self.queue.forget((namespace, name))
         self._locks.pop((namespace, name), None)
         self._written.pop((namespace, name), None)
