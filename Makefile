@@ -56,9 +56,11 @@ test-kind: venv ## e2e tests on a kind cluster (needs a container engine)
 	  echo "Without one, use 'make test-e2e' (local test bed) or KUBESWARM_E2E_KUBECONFIG=<path> make test-e2e." >&2; exit 1; }
 	KUBESWARM_E2E_KIND=1 $(BIN)/pytest -m e2e $(PYTEST_ARGS)
 
-lint: venv ## ruff and mypy --strict
+lint: venv ## ruff (lint and format), mypy --strict and the operator's import layers (.importlinter)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 cluster-up: testbed ## start the local test bed and leave it running (KUBESWARM_REAL_NODE=1: pods run for real; last line: export KUBECONFIG=...)
 	@$(BIN)/python -m tests.testbed up

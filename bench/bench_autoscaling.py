@@ -85,14 +85,27 @@ def main() -> int:
             namespace = f"bench-{uuid.uuid4().hex[:6]}"
             prefix = f"ks.bench.{uuid.uuid4().hex[:6]}"
             cluster.kubectl("create", "namespace", namespace)
-            swarm = {"apiVersion": "kubeswarm.io/v1alpha1", "kind": "Swarm", "metadata": {"name": "bench"},
-                     "spec": {"nats": {"url": server.url}, "subjectPrefix": prefix}}
+            swarm = {
+                "apiVersion": "kubeswarm.io/v1alpha1",
+                "kind": "Swarm",
+                "metadata": {"name": "bench"},
+                "spec": {"nats": {"url": server.url}, "subjectPrefix": prefix},
+            }
             agent = {
-                "apiVersion": "kubeswarm.io/v1alpha1", "kind": "Agent", "metadata": {"name": "worker"},
-                "spec": {"swarm": "bench", "capabilities": ["crunch"], "autoscaling": {
-                    "enabled": True, "minReplicas": 1, "maxReplicas": 20,
-                    "targetBacklogPerReplica": TARGET_PER_REPLICA, "scaleDownDelaySeconds": 0,
-                }},
+                "apiVersion": "kubeswarm.io/v1alpha1",
+                "kind": "Agent",
+                "metadata": {"name": "worker"},
+                "spec": {
+                    "swarm": "bench",
+                    "capabilities": ["crunch"],
+                    "autoscaling": {
+                        "enabled": True,
+                        "minReplicas": 1,
+                        "maxReplicas": 20,
+                        "targetBacklogPerReplica": TARGET_PER_REPLICA,
+                        "scaleDownDelaySeconds": 0,
+                    },
+                },
             }
             for manifest in (swarm, agent):
                 cluster.kubectl("-n", namespace, "apply", "-f", "-", input=json.dumps(manifest))

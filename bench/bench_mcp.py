@@ -64,8 +64,18 @@ def http_request(port: int, body: bytes) -> bytes:
 # -- the servers under test (each run as `python -m bench.bench_mcp serve-... PORT`)
 
 AGENT_INFO: dict[str, Any] = {
-    "id": "bench-1", "agent": "bench", "role": "worker", "capabilities": ["echo"], "version": "0.1.0", "load": 0,
-    "concurrency": 4, "heartbeat_seconds": 10.0, "endpoint": None, "started_at": 1.0, "last_seen": 2.0, "state": "up",
+    "id": "bench-1",
+    "agent": "bench",
+    "role": "worker",
+    "capabilities": ["echo"],
+    "version": "0.1.0",
+    "load": 0,
+    "concurrency": 4,
+    "heartbeat_seconds": 10.0,
+    "endpoint": None,
+    "started_at": 1.0,
+    "last_seen": 2.0,
+    "state": "up",
 }
 
 
@@ -189,12 +199,21 @@ def _runtime(nats_url: str, workdir: Path, **env: str) -> tuple[ManagedProcess, 
     port = free_port()
     base = {k: v for k, v in os.environ.items() if not k.startswith("KUBESWARM_")}
     process = ManagedProcess(
-        "runtime", [sys.executable, "-m", "kubeswarm_runtime"], workdir / f"runtime-{port}.log",
-        env=base | {
-            "KUBESWARM_AGENT": "bench", "KUBESWARM_REPLICA_ID": f"bench-{port}", "KUBESWARM_SUBJECT_PREFIX": "ks.bench",
-            "KUBESWARM_CAPABILITIES": "echo", "KUBESWARM_NATS__URL": nats_url, "KUBESWARM_MCP__PORT": str(port),
-            "KUBESWARM_METRICS_PORT": str(free_port()), "KUBESWARM_MCP__RATE_LIMIT_PER_SECOND": "0",
-            "KUBESWARM_LOG_LEVEL": "WARNING", **env,
+        "runtime",
+        [sys.executable, "-m", "kubeswarm_runtime"],
+        workdir / f"runtime-{port}.log",
+        env=base
+        | {
+            "KUBESWARM_AGENT": "bench",
+            "KUBESWARM_REPLICA_ID": f"bench-{port}",
+            "KUBESWARM_SUBJECT_PREFIX": "ks.bench",
+            "KUBESWARM_CAPABILITIES": "echo",
+            "KUBESWARM_NATS__URL": nats_url,
+            "KUBESWARM_MCP__PORT": str(port),
+            "KUBESWARM_METRICS_PORT": str(free_port()),
+            "KUBESWARM_MCP__RATE_LIMIT_PER_SECOND": "0",
+            "KUBESWARM_LOG_LEVEL": "WARNING",
+            **env,
         },
     )
     process.start()
@@ -220,7 +239,9 @@ def _accepts(port: int) -> bool:
 def _measure(port: int, seconds: float, clients: int) -> dict[str, float]:
     out = subprocess.run(
         [sys.executable, "-m", "bench.bench_mcp", "load", str(port), str(seconds), str(clients)],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     )
     return dict(json.loads(out.stdout))
 
@@ -253,14 +274,18 @@ def run(seconds: float, clients: int, subscribers: int) -> None:
             results = {name: {key: statistics.median(r[key] for r in runs) for key in runs[0]} for name, runs in rounds.items()}
             for process in (sdk, bare):
                 process.stop()
-            print(f"tools/call, {clients} closed-loop clients, {seconds:.0f}s per server in {ROUNDS} interleaved rounds (medians), "
-                  "2026-07-28 stateless JSON")
+            print(
+                f"tools/call, {clients} closed-loop clients, {seconds:.0f}s per server in {ROUNDS} interleaved rounds (medians), "
+                "2026-07-28 stateless JSON"
+            )
             print(f"{'server':<20}{'rps':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}")
             for name, r in results.items():
                 print(f"{name:<20}{r['rps']:>10.0f}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}{r['errors']:>8.0f}")
             ours, sdk_r, bare_r = results.values()
-            print(f"kubeswarm / (a): {ours['rps'] / sdk_r['rps']:.2f}x rps (goal >= 4x);"
-                  f" kubeswarm / (b): {ours['rps'] / bare_r['rps']:.2f} (goal >= 0.5); p99 {ours['p99_ms']:.2f} ms (goal < 5)")
+            print(
+                f"kubeswarm / (a): {ours['rps'] / sdk_r['rps']:.2f}x rps (goal >= 4x);"
+                f" kubeswarm / (b): {ours['rps'] / bare_r['rps']:.2f} (goal >= 0.5); p99 {ours['p99_ms']:.2f} ms (goal < 5)"
+            )
             runtime.stop()
             started.remove(runtime)
             _rss_run(nats.url, workdir, subscribers)
@@ -277,7 +302,8 @@ def _rss_run(nats_url: str, workdir: Path, subscribers: int) -> None:
         ready = workdir / "sse-ready"
         holder = subprocess.Popen(
             [sys.executable, "-m", "bench.bench_mcp", "hold-sse", str(port), str(subscribers), str(ready)],
-            stdout=subprocess.PIPE, text=True,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         deadline = time.monotonic() + 120
         while not ready.exists():
@@ -286,15 +312,20 @@ def _rss_run(nats_url: str, workdir: Path, subscribers: int) -> None:
             time.sleep(0.1)
         held = _rss_mib(runtime.pid)
         share = urllib.request.Request(
-            f"http://127.0.0.1:{port}/rpc", method="POST", headers={"Content-Type": "application/json"},
-            data=json.dumps({"jsonrpc": "2.0", "id": 1, "method": "share_discovery",
-                             "params": {"discovery_type": "bench", "content": "to everyone"}}).encode(),
+            f"http://127.0.0.1:{port}/rpc",
+            method="POST",
+            headers={"Content-Type": "application/json"},
+            data=json.dumps(
+                {"jsonrpc": "2.0", "id": 1, "method": "share_discovery", "params": {"discovery_type": "bench", "content": "to everyone"}}
+            ).encode(),
         )
         urllib.request.urlopen(share, timeout=10).read()  # noqa: S310 - loopback http
         out, _ = holder.communicate(timeout=120)
         received = json.loads(out.strip().splitlines()[-1])["received"]
-        print(f"RSS of one runtime: idle {idle:.1f} MiB; with {subscribers} SSE subscribers {held:.1f} MiB (goal <= 128); "
-              f"one discovery reached {received}/{subscribers}")
+        print(
+            f"RSS of one runtime: idle {idle:.1f} MiB; with {subscribers} SSE subscribers {held:.1f} MiB (goal <= 128); "
+            f"one discovery reached {received}/{subscribers}"
+        )
     finally:
         runtime.stop()
 

@@ -109,7 +109,11 @@ def deployment_ready(item: dict[str, Any]) -> bool:
 
 
 async def watch_until_ready(
-    kubeconfig: Path, resource: tuple[str, str, str], namespace: str, count: int, ready: Callable[[dict[str, Any]], bool],
+    kubeconfig: Path,
+    resource: tuple[str, str, str],
+    namespace: str,
+    count: int,
+    ready: Callable[[dict[str, Any]], bool],
     timeout: float = 900,
 ) -> None:
     """Return once ``count`` objects are ready, seen through one watch (a poll of 1,000 objects would load the machine)."""
@@ -179,13 +183,38 @@ def bare_objects(count: int) -> list[tuple[str, dict[str, object]]]:
     out: list[tuple[str, dict[str, object]]] = []
     for i in range(count):
         labels = {"app": f"b{i:04d}"}
-        container = {"name": "runtime", "image": "kubeswarm/runtime:bench", "resources": BENCH_SPEC["resources"],
-                     "ports": [{"name": "mcp", "containerPort": 8080}]}
-        out.append(("services", {"apiVersion": "v1", "kind": "Service", "metadata": {"name": f"b{i:04d}"},
-                                 "spec": {"selector": labels, "ports": [{"name": "mcp", "port": 8080, "targetPort": "mcp"}]}}))
-        out.append(("deployments", {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": f"b{i:04d}"},
-                                    "spec": {"replicas": 1, "selector": {"matchLabels": labels},
-                                             "template": {"metadata": {"labels": labels}, "spec": {"containers": [container]}}}}))
+        container = {
+            "name": "runtime",
+            "image": "kubeswarm/runtime:bench",
+            "resources": BENCH_SPEC["resources"],
+            "ports": [{"name": "mcp", "containerPort": 8080}],
+        }
+        out.append(
+            (
+                "services",
+                {
+                    "apiVersion": "v1",
+                    "kind": "Service",
+                    "metadata": {"name": f"b{i:04d}"},
+                    "spec": {"selector": labels, "ports": [{"name": "mcp", "port": 8080, "targetPort": "mcp"}]},
+                },
+            )
+        )
+        out.append(
+            (
+                "deployments",
+                {
+                    "apiVersion": "apps/v1",
+                    "kind": "Deployment",
+                    "metadata": {"name": f"b{i:04d}"},
+                    "spec": {
+                        "replicas": 1,
+                        "selector": {"matchLabels": labels},
+                        "template": {"metadata": {"labels": labels}, "spec": {"containers": [container]}},
+                    },
+                },
+            )
+        )
     return out
 
 
@@ -211,10 +240,12 @@ def control_plane_baseline(cluster: KubeAccess, count: int) -> float:
     """Seconds until ``count`` bare Deployments + Services, created directly (no operator), all have a ready pod."""
     cluster.kubectl("create", "namespace", BASELINE_NAMESPACE)
     started = time.monotonic()
-    asyncio.run(create_and_wait(
-        create_bare(cluster.kubeconfig, bare_objects(count)),
-        watch_until_ready(cluster.kubeconfig, ("apps", "v1", "deployments"), BASELINE_NAMESPACE, count, deployment_ready),
-    ))
+    asyncio.run(
+        create_and_wait(
+            create_bare(cluster.kubeconfig, bare_objects(count)),
+            watch_until_ready(cluster.kubeconfig, ("apps", "v1", "deployments"), BASELINE_NAMESPACE, count, deployment_ready),
+        )
+    )
     return time.monotonic() - started
 
 
@@ -246,10 +277,15 @@ def run(cluster: KubeAccess, count: int, resync: float, workdir: Path, baseline:
         op_before = operator_writes(op)
         cpu_before = cpu_seconds(op.process.pid)
         started = time.monotonic()
-        applied = asyncio.run(create_and_wait(
-            create_agents(cluster.kubeconfig, agent_manifests(count)),
-            watch_until_ready(cluster.kubeconfig, (GROUP, VERSION, "agents"), NAMESPACE, count, agent_ready),
-        )) - started
+        applied = (
+            asyncio.run(
+                create_and_wait(
+                    create_agents(cluster.kubeconfig, agent_manifests(count)),
+                    watch_until_ready(cluster.kubeconfig, (GROUP, VERSION, "agents"), NAMESPACE, count, agent_ready),
+                )
+            )
+            - started
+        )
         ready_after = time.monotonic() - started
         cpu_after = cpu_seconds(op.process.pid)
         first = min(
@@ -267,8 +303,10 @@ def run(cluster: KubeAccess, count: int, resync: float, workdir: Path, baseline:
         print(f"all Ready after: {ready_after:.1f} s   (goal: <= 90 s)")
         print("last one created, seconds after the first Agent: " + ", ".join(f"{k} {v:.0f}" for k, v in timeline.items()))
         print(f"API requests, all clients: {total} = {total / count:.1f} per Agent; by verb: {created}")
-        print("API requests per Agent by verb and resource, all clients: " + ", ".join(
-            f"{key} {n / count:.2f}" for key, n in sorted(by_resource.items(), key=lambda item: -item[1]) if n >= count / 10))
+        print(
+            "API requests per Agent by verb and resource, all clients: "
+            + ", ".join(f"{key} {n / count:.2f}" for key, n in sorted(by_resource.items(), key=lambda item: -item[1]) if n >= count / 10)
+        )
         print(cpu_line(cpu_after, cpu_before, ready_after))
         print(f"API writes by the operator: {op_after - op_before:.0f} = {(op_after - op_before) / count:.1f} per Agent")
 
@@ -291,8 +329,10 @@ def run(cluster: KubeAccess, count: int, resync: float, workdir: Path, baseline:
             cpu_before = cpu_seconds(op.process.pid)
             bare = control_plane_baseline(cluster, count)
             print(cpu_line(cpu_seconds(op.process.pid), cpu_before, bare) + " (baseline)")
-            print(f"control-plane baseline: {count} bare Deployments + Services created directly (64 in flight), "
-                  f"all with a ready pod after {bare:.1f} s   vs {count} Agents through the operator: {ready_after:.1f} s")
+            print(
+                f"control-plane baseline: {count} bare Deployments + Services created directly (64 in flight), "
+                f"all with a ready pod after {bare:.1f} s   vs {count} Agents through the operator: {ready_after:.1f} s"
+            )
     finally:
         op.stop()
         for namespace in (NAMESPACE, BASELINE_NAMESPACE):
@@ -303,8 +343,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--agents", type=int, default=1000)
     parser.add_argument("--resync", type=float, default=30.0, help="operator resync period for the idle check")
-    parser.add_argument("--no-baseline", dest="baseline", action="store_false",
-                        help="skip the control-plane baseline (bare Deployments + Services without the operator)")
+    parser.add_argument(
+        "--no-baseline",
+        dest="baseline",
+        action="store_false",
+        help="skip the control-plane baseline (bare Deployments + Services without the operator)",
+    )
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="bench-operator-"))
     kubeconfig = os.environ.get("KUBECONFIG") or os.environ.get("KUBESWARM_E2E_KUBECONFIG")

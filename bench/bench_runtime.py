@@ -155,12 +155,16 @@ async def request_reply(url: str, count: int) -> tuple[list[float], list[float]]
 def idle_rss_mib(url: str, workdir: Path) -> float:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("KUBESWARM_")} | {
-        "KUBESWARM_AGENT": "idle", "KUBESWARM_CAPABILITIES": "a,b", "KUBESWARM_NATS__URL": url,
-        "KUBESWARM_MCP__PORT": str(port), "KUBESWARM_METRICS_PORT": str(free_port()),
+        "KUBESWARM_AGENT": "idle",
+        "KUBESWARM_CAPABILITIES": "a,b",
+        "KUBESWARM_NATS__URL": url,
+        "KUBESWARM_MCP__PORT": str(port),
+        "KUBESWARM_METRICS_PORT": str(free_port()),
     }
     process = ManagedProcess("idle-runtime", [sys.executable, "-m", "kubeswarm_runtime"], workdir / "idle.log", env=env)
     process.start()
     try:
+
         def ready() -> bool:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as resp:
                 return bool(resp.status == 200)

@@ -64,8 +64,15 @@ def quantiles(title: str, histogram: str, selector: str, by: str, description: s
 
 def variable(name: str, label: str, query: str) -> Any:
     return (
-        gd.QueryVariable(name).label(label).query(query).datasource(DATASOURCE).multi(True).include_all(True)
-        .all_value(".*").refresh(model.VariableRefresh.ON_TIME_RANGE_CHANGED).sort(model.VariableSort.ALPHABETICAL_ASC)
+        gd.QueryVariable(name)
+        .label(label)
+        .query(query)
+        .datasource(DATASOURCE)
+        .multi(True)
+        .include_all(True)
+        .all_value(".*")
+        .refresh(model.VariableRefresh.ON_TIME_RANGE_CHANGED)
+        .sort(model.VariableSort.ALPHABETICAL_ASC)
     )
 
 
@@ -75,8 +82,15 @@ def datasource_variable() -> Any:
 
 def base(uid: str, title: str, description: str) -> Any:
     return (
-        gd.Dashboard(title).uid(uid).description(description).tags(["kubeswarm"]).refresh("30s").time("now-1h", "now")
-        .timezone("browser").tooltip(model.DashboardCursorSync.CROSSHAIR).with_variable(datasource_variable())
+        gd.Dashboard(title)
+        .uid(uid)
+        .description(description)
+        .tags(["kubeswarm"])
+        .refresh("30s")
+        .time("now-1h", "now")
+        .timezone("browser")
+        .tooltip(model.DashboardCursorSync.CROSSHAIR)
+        .with_variable(datasource_variable())
     )
 
 
@@ -88,63 +102,103 @@ def swarm_overview() -> Any:
         .with_variable(variable("namespace", "Namespace", namespaces))
         .with_variable(variable("swarm", "Swarm", swarms))
         .with_row(gd.Row("Agents"))
-        .with_panel(single(
-            "Agents ready", "none", f"count(max by (namespace, agent) (kubeswarm_nats_connected{{{AGENT}}}) == 1)",
-            description="Agents with at least one replica connected to NATS.",
-        ))
+        .with_panel(
+            single(
+                "Agents ready",
+                "none",
+                f"count(max by (namespace, agent) (kubeswarm_nats_connected{{{AGENT}}}) == 1)",
+                description="Agents with at least one replica connected to NATS.",
+            )
+        )
         .with_panel(single("Tasks/s", "reqps", f"sum(rate(kubeswarm_tasks_total{{{AGENT}}}[{WINDOW}]))"))
         .with_panel(single("Backlog", "none", f"sum(kubeswarm_backlog{{{AGENT}}})"))
         .with_panel(single("Dead letters (1h)", "none", f"sum(increase(kubeswarm_dead_letters_total{{{AGENT}}}[1h]))"))
-        .with_panel(graph(
-            "Replicas ready vs desired", "none",
-            (f'sum by (agent) (kubeswarm_operator_agent_replicas{{{AGENT}, state="desired"}})', "{{agent}} desired"),
-            (f'sum by (agent) (kubeswarm_operator_agent_replicas{{{AGENT}, state="ready"}})', "{{agent}} ready"),
-            description="The Agent's spec.replicas (desired) and its ready pods, from the operator.",
-        ))
-        .with_panel(graph(
-            "Runtimes connected to NATS", "none", (f"sum by (agent) (kubeswarm_nats_connected{{{AGENT}}})", "{{agent}}"),
-            (f"sum by (agent) (increase(kubeswarm_nats_reconnects_total{{{AGENT}}}[{WINDOW}]))", "{{agent}} reconnects"),
-            description="Replicas whose runtime is connected to NATS (what /readyz checks), and reconnections.",
-        ))
+        .with_panel(
+            graph(
+                "Replicas ready vs desired",
+                "none",
+                (f'sum by (agent) (kubeswarm_operator_agent_replicas{{{AGENT}, state="desired"}})', "{{agent}} desired"),
+                (f'sum by (agent) (kubeswarm_operator_agent_replicas{{{AGENT}, state="ready"}})', "{{agent}} ready"),
+                description="The Agent's spec.replicas (desired) and its ready pods, from the operator.",
+            )
+        )
+        .with_panel(
+            graph(
+                "Runtimes connected to NATS",
+                "none",
+                (f"sum by (agent) (kubeswarm_nats_connected{{{AGENT}}})", "{{agent}}"),
+                (f"sum by (agent) (increase(kubeswarm_nats_reconnects_total{{{AGENT}}}[{WINDOW}]))", "{{agent}} reconnects"),
+                description="Replicas whose runtime is connected to NATS (what /readyz checks), and reconnections.",
+            )
+        )
         .with_row(gd.Row("Tasks"))
-        .with_panel(graph(
-            "Tasks/s by capability and outcome", "reqps",
-            (f"sum by (capability, outcome) (rate(kubeswarm_tasks_total{{{AGENT}}}[{WINDOW}]))", "{{capability}} {{outcome}}"),
-            stacked=True,
-        ))
-        .with_panel(graph(
-            "Backlog by capability", "none", (f"sum by (capability) (kubeswarm_backlog{{{AGENT}}})", "{{capability}}"),
-            (f"sum(kubeswarm_tasks_in_flight{{{AGENT}}})", "in flight"),
-            description="Tasks pending or unacknowledged on each capability's consumer: what autoscaling follows.",
-        ))
+        .with_panel(
+            graph(
+                "Tasks/s by capability and outcome",
+                "reqps",
+                (f"sum by (capability, outcome) (rate(kubeswarm_tasks_total{{{AGENT}}}[{WINDOW}]))", "{{capability}} {{outcome}}"),
+                stacked=True,
+            )
+        )
+        .with_panel(
+            graph(
+                "Backlog by capability",
+                "none",
+                (f"sum by (capability) (kubeswarm_backlog{{{AGENT}}})", "{{capability}}"),
+                (f"sum(kubeswarm_tasks_in_flight{{{AGENT}}})", "in flight"),
+                description="Tasks pending or unacknowledged on each capability's consumer: what autoscaling follows.",
+            )
+        )
         .with_panel(quantiles("Task latency", "kubeswarm_task_duration_seconds", AGENT, "capability"))
-        .with_panel(graph(
-            "Dead letters and open breakers", "none",
-            (f"sum by (capability) (increase(kubeswarm_dead_letters_total{{{AGENT}}}[{WINDOW}]))", "{{capability}} dead letters"),
-            (f"max by (capability) (kubeswarm_capability_breaker_open{{{AGENT}}})", "{{capability}} breaker open"),
-            description="Tasks that failed their last delivery (see the P.dlq.> subjects), and capabilities whose circuit breaker is open.",
-        ))
+        .with_panel(
+            graph(
+                "Dead letters and open breakers",
+                "none",
+                (f"sum by (capability) (increase(kubeswarm_dead_letters_total{{{AGENT}}}[{WINDOW}]))", "{{capability}} dead letters"),
+                (f"max by (capability) (kubeswarm_capability_breaker_open{{{AGENT}}})", "{{capability}} breaker open"),
+                description=(
+                    "Tasks that failed their last delivery (see the P.dlq.> subjects), and capabilities whose circuit breaker is open."
+                ),
+            )
+        )
         .with_row(gd.Row("MCP"))
-        .with_panel(graph(
-            "MCP requests/s by method", "reqps",
-            (f"sum by (method) (rate(kubeswarm_mcp_requests_total{{{AGENT}}}[{WINDOW}]))", "{{method}}"), stacked=True,
-        ))
-        .with_panel(graph(
-            "MCP errors/s by code", "reqps",
-            (f'sum by (method, code) (rate(kubeswarm_mcp_requests_total{{{AGENT}, outcome="error"}}[{WINDOW}]))', "{{method}} {{code}}"),
-            description="Requests answered with an error (401/403/429 included).",
-        ))
+        .with_panel(
+            graph(
+                "MCP requests/s by method",
+                "reqps",
+                (f"sum by (method) (rate(kubeswarm_mcp_requests_total{{{AGENT}}}[{WINDOW}]))", "{{method}}"),
+                stacked=True,
+            )
+        )
+        .with_panel(
+            graph(
+                "MCP errors/s by code",
+                "reqps",
+                (
+                    f'sum by (method, code) (rate(kubeswarm_mcp_requests_total{{{AGENT}, outcome="error"}}[{WINDOW}]))',
+                    "{{method}} {{code}}",
+                ),
+                description="Requests answered with an error (401/403/429 included).",
+            )
+        )
         .with_row(gd.Row("LLM"))
-        .with_panel(graph(
-            "LLM tokens/s by model", "none",
-            (f"sum by (model, kind) (rate(kubeswarm_llm_tokens_total{{{AGENT}}}[{WINDOW}]))", "{{model}} {{kind}}"), stacked=True,
-        ))
-        .with_panel(graph(
-            "LLM tokens by model (range)", "none",
-            (f"sum by (model) (increase(kubeswarm_llm_tokens_total{{{AGENT}}}[$__range]))", "{{model}}"),
-            (f"sum by (provider) (increase(kubeswarm_llm_retries_total{{{AGENT}}}[$__range]))", "{{provider}} retries"),
-            description="Tokens used over the dashboard's time range, and retried LLM API calls.",
-        ))
+        .with_panel(
+            graph(
+                "LLM tokens/s by model",
+                "none",
+                (f"sum by (model, kind) (rate(kubeswarm_llm_tokens_total{{{AGENT}}}[{WINDOW}]))", "{{model}} {{kind}}"),
+                stacked=True,
+            )
+        )
+        .with_panel(
+            graph(
+                "LLM tokens by model (range)",
+                "none",
+                (f"sum by (model) (increase(kubeswarm_llm_tokens_total{{{AGENT}}}[$__range]))", "{{model}}"),
+                (f"sum by (provider) (increase(kubeswarm_llm_retries_total{{{AGENT}}}[$__range]))", "{{provider}} retries"),
+                description="Tokens used over the dashboard's time range, and retried LLM API calls.",
+            )
+        )
     )
 
 
@@ -155,18 +209,25 @@ def operator_overview() -> Any:
         .with_panel(single("Reconcile errors/s", "reqps", f'sum(rate(kubeswarm_operator_reconciles_total{{outcome="error"}}[{WINDOW}]))'))
         .with_panel(single("API errors/s", "reqps", f"sum(rate(kubeswarm_operator_api_errors_total[{WINDOW}]))"))
         .with_panel(single("Agents not Running", "none", 'sum(kubeswarm_operator_agents{phase!="Running"})'))
-        .with_panel(graph(
-            "Reconciles/s by kind and outcome", "reqps",
-            (f"sum by (kind, outcome) (rate(kubeswarm_operator_reconciles_total[{WINDOW}]))", "{{kind}} {{outcome}}"), stacked=True,
-            description="unchanged: the cluster already matched; applied: something drifted and was put back; error: retried.",
-        ))
+        .with_panel(
+            graph(
+                "Reconciles/s by kind and outcome",
+                "reqps",
+                (f"sum by (kind, outcome) (rate(kubeswarm_operator_reconciles_total[{WINDOW}]))", "{{kind}} {{outcome}}"),
+                stacked=True,
+                description="unchanged: the cluster already matched; applied: something drifted and was put back; error: retried.",
+            )
+        )
         .with_panel(quantiles("Reconcile latency", "kubeswarm_operator_reconcile_duration_seconds", "", "kind"))
         .with_panel(graph("Agents by phase", "none", ("sum by (phase) (kubeswarm_operator_agents)", "{{phase}}"), stacked=True))
-        .with_panel(graph(
-            "API requests and errors/s", "reqps",
-            (f"sum by (verb, kind) (rate(kubeswarm_operator_api_requests_total[{WINDOW}]))", "{{verb}} {{kind}}"),
-            (f"sum by (verb, kind, code) (rate(kubeswarm_operator_api_errors_total[{WINDOW}]))", "{{verb}} {{kind}} {{code}} error"),
-        ))
+        .with_panel(
+            graph(
+                "API requests and errors/s",
+                "reqps",
+                (f"sum by (verb, kind) (rate(kubeswarm_operator_api_requests_total[{WINDOW}]))", "{{verb}} {{kind}}"),
+                (f"sum by (verb, kind, code) (rate(kubeswarm_operator_api_errors_total[{WINDOW}]))", "{{verb}} {{kind}} {{code}} error"),
+            )
+        )
     )
 
 

@@ -126,8 +126,10 @@ class MotoServer:
 def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
     port = free_port()
     process = ManagedProcess(
-        "moto", [sysconfig.get_path("scripts") + "/moto_server", "-H", "127.0.0.1", "-p", str(port)],
-        tmp_path_factory.mktemp("moto") / "moto.log", [port],
+        "moto",
+        [sysconfig.get_path("scripts") + "/moto_server", "-H", "127.0.0.1", "-p", str(port)],
+        tmp_path_factory.mktemp("moto") / "moto.log",
+        [port],
     )
     process.start()
     process.wait_until(lambda: port_accepts(port), 60, "accepting connections")

@@ -81,14 +81,18 @@ class Release:
         ).stdout.strip()
         admin = yaml.safe_load(self.cluster.kubeconfig.read_text())
         kubeconfig = self.tmp / f"operator-{uuid.uuid4().hex[:6]}.kubeconfig"
-        kubeconfig.write_text(yaml.safe_dump({
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [{"name": "testbed", "cluster": admin["clusters"][0]["cluster"]}],
-            "users": [{"name": "operator", "user": {"token": token}}],
-            "contexts": [{"name": "operator", "context": {"cluster": "testbed", "user": "operator"}}],
-            "current-context": "operator",
-        }))
+        kubeconfig.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "clusters": [{"name": "testbed", "cluster": admin["clusters"][0]["cluster"]}],
+                    "users": [{"name": "operator", "user": {"token": token}}],
+                    "contexts": [{"name": "operator", "context": {"cluster": "testbed", "user": "operator"}}],
+                    "current-context": "operator",
+                }
+            )
+        )
         return Operator(kubeconfig, log, env=operator_env(self.manifest())).start()
 
 
@@ -165,21 +169,34 @@ def swarm_scales_and_goes(release: Release, namespace: str, nats_url: str, log: 
         "name": "cruncher",
         "template": {
             "capabilities": ["crunch"],
-            "autoscaling": {"enabled": True, "minReplicas": 1, "maxReplicas": 3, "targetBacklogPerReplica": 1,
-                            "scaleDownDelaySeconds": 600},
+            "autoscaling": {
+                "enabled": True,
+                "minReplicas": 1,
+                "maxReplicas": 3,
+                "targetBacklogPerReplica": 1,
+                "scaleDownDelaySeconds": 600,
+            },
         },
     }
     swarm = {
-        "apiVersion": "kubeswarm.io/v1alpha1", "kind": "Swarm", "metadata": {"name": "crew"},
+        "apiVersion": "kubeswarm.io/v1alpha1",
+        "kind": "Swarm",
+        "metadata": {"name": "crew"},
         "spec": {"nats": {"url": nats_url}, "subjectPrefix": prefix, "agents": [member]},
     }
     release.cluster.kubectl("-n", namespace, "apply", "-f", "-", input=json.dumps(swarm))
     with chart_operator(release, log):
-        until(lambda: conditions_of(release.get("swarm", "crew", namespace=namespace)).get("Ready") == "True", READY,
-              f"Swarm {namespace}/crew Ready (operator log: {log})")
+        until(
+            lambda: conditions_of(release.get("swarm", "crew", namespace=namespace)).get("Ready") == "True",
+            READY,
+            f"Swarm {namespace}/crew Ready (operator log: {log})",
+        )
         publish_tasks(nats_url, f"{prefix}.tasks.crunch", 2)  # 2 tasks, 1 per replica: 2 replicas, through agents/scale
-        until(lambda: ((release.get("agent", "cruncher", namespace=namespace) or {}).get("spec") or {}).get("replicas") == 2,
-              READY, f"the member scaled to 2 replicas (operator log: {log})")
+        until(
+            lambda: ((release.get("agent", "cruncher", namespace=namespace) or {}).get("spec") or {}).get("replicas") == 2,
+            READY,
+            f"the member scaled to 2 replicas (operator log: {log})",
+        )
         # Deleting it runs the finalizer (its streams removed), which the operator then takes off.
         release.cluster.kubectl("-n", namespace, "delete", "swarm", "crew", "--timeout=60s")
 
@@ -199,6 +216,7 @@ def test_install_test_operate_upgrade_uninstall(
         cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{crd}")
     cluster.kubectl("-n", release.namespace, "rollout", "status", f"deployment/{RELEASE}-kubeswarm-operator", "--timeout=60s")
     statefulset = one(manifest, "StatefulSet")
+
     def nats_pods() -> int:
         return len((release.get("pods", "-l", "app.kubernetes.io/component=nats") or {"items": []})["items"])
 

@@ -68,8 +68,11 @@ def test_backlog_scales_up_then_down_after_the_delay(
     namespace.apply(swarm_manifest("queue", nats_server.url, prefix))
     namespace.apply(autoscaled("worker", "queue", "crunch"))
     streams_ready(namespace, "queue")
-    until(lambda: (condition(namespace.get("agent", "worker"), "Scaling") or {}).get("reason") == "BacklogMatched", 60,
-          "the autoscaler to see an empty queue")
+    until(
+        lambda: (condition(namespace.get("agent", "worker"), "Scaling") or {}).get("reason") == "BacklogMatched",
+        60,
+        "the autoscaler to see an empty queue",
+    )
     assert replicas(namespace, "worker") == 1
 
     publish_tasks(nats_server.url, f"{prefix}.tasks.crunch", 7)  # ceil(7 / 2) = 4 replicas
@@ -82,8 +85,11 @@ def test_backlog_scales_up_then_down_after_the_delay(
 
     purge(nats_server.url, f"{prefix.replace('.', '_')}_TASKS")
     drained = time.monotonic()
-    until(lambda: (condition(namespace.get("agent", "worker"), "Scaling") or {}).get("reason") == "ScaleDownDelayed", 30,
-          "the scale-down to wait")
+    until(
+        lambda: (condition(namespace.get("agent", "worker"), "Scaling") or {}).get("reason") == "ScaleDownDelayed",
+        30,
+        "the scale-down to wait",
+    )
     assert replicas(namespace, "worker") == 4
     until(lambda: replicas(namespace, "worker") == 1, 30, "scale-down to minReplicas")
     assert time.monotonic() - drained >= SCALE_DOWN_DELAY

@@ -39,7 +39,12 @@ def gateway_api(cluster: KubeAccess, tmp_path_factory: pytest.TempPathFactory) -
     env = {**os.environ, "GOMODCACHE": str(GOMODCACHE), "GOFLAGS": "-mod=mod"}
     proc = subprocess.run(
         [go, "mod", "download", "-json", f"{GATEWAY_API_MODULE}@{GATEWAY_API_VERSION}"],
-        cwd=tmp_path_factory.mktemp("gomod"), env=env, capture_output=True, text=True, timeout=300, check=False,
+        cwd=tmp_path_factory.mktemp("gomod"),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     if proc.returncode != 0:
         pytest.skip(f"cannot fetch {GATEWAY_API_MODULE}@{GATEWAY_API_VERSION}: {proc.stdout[-500:]} {proc.stderr[-500:]}")
@@ -71,8 +76,14 @@ ACCEPTED = {
             "parentRef": {"name": "edge"},
             "controllerName": "example.com/gateway",
             "conditions": [
-                {"type": "Accepted", "status": "True", "reason": "Accepted", "message": "", "observedGeneration": 1,
-                 "lastTransitionTime": "2026-01-01T00:00:00Z"}
+                {
+                    "type": "Accepted",
+                    "status": "True",
+                    "reason": "Accepted",
+                    "message": "",
+                    "observedGeneration": 1,
+                    "lastTransitionTime": "2026-01-01T00:00:00Z",
+                }
             ],
         }
     ]
@@ -81,9 +92,16 @@ ACCEPTED = {
 
 def test_agent_ingress_is_sse_safe_and_reports_its_address(operator: Operator, namespace: Namespace) -> None:
     namespace.apply(
-        agent("scout", timeoutSeconds=900, ingress={
-            "enabled": True, "className": "nginx", "host": "scout.example.com", "tls": {"secretName": "scout-tls"},
-        })
+        agent(
+            "scout",
+            timeoutSeconds=900,
+            ingress={
+                "enabled": True,
+                "className": "nginx",
+                "host": "scout.example.com",
+                "tls": {"secretName": "scout-tls"},
+            },
+        )
     )
     ingress = until(lambda: namespace.get("ingress", "scout"), 60, "the Agent's Ingress")
     annotations = ingress["metadata"]["annotations"]
@@ -100,14 +118,18 @@ def test_agent_ingress_is_sse_safe_and_reports_its_address(operator: Operator, n
 
 
 def test_swarm_gateway_ingress_routes_each_agent(operator: Operator, namespace: Namespace, nats_server: NatsServer) -> None:
-    namespace.apply({
-        "apiVersion": "kubeswarm.io/v1alpha1", "kind": "Swarm", "metadata": {"name": "crew"},
-        "spec": {
-            "nats": {"url": nats_server.url},
-            "gateway": {"enabled": True, "host": "crew.example.com", "className": "nginx", "tls": {"secretName": "crew-tls"}},
-            "agents": [{"name": "alpha"}, {"name": "beta", "template": {"mcp": {"timeoutSeconds": 7200}}}],
-        },
-    })
+    namespace.apply(
+        {
+            "apiVersion": "kubeswarm.io/v1alpha1",
+            "kind": "Swarm",
+            "metadata": {"name": "crew"},
+            "spec": {
+                "nats": {"url": nats_server.url},
+                "gateway": {"enabled": True, "host": "crew.example.com", "className": "nginx", "tls": {"secretName": "crew-tls"}},
+                "agents": [{"name": "alpha"}, {"name": "beta", "template": {"mcp": {"timeoutSeconds": 7200}}}],
+            },
+        }
+    )
     ingress = until(lambda: namespace.get("ingress", "crew-gateway"), 60, "the gateway Ingress")
     paths = {p["backend"]["service"]["name"]: p["path"] for p in ingress["spec"]["rules"][0]["http"]["paths"]}
     assert paths == {
@@ -127,9 +149,18 @@ def test_swarm_gateway_ingress_routes_each_agent(operator: Operator, namespace: 
 
 
 def test_agent_httproute(operator: Operator, namespace: Namespace, gateway_api: None) -> None:
-    namespace.apply(agent("relay", timeoutSeconds=600, ingress={
-        "enabled": True, "kind": "HTTPRoute", "className": "edge", "host": "relay.example.com",
-    }))
+    namespace.apply(
+        agent(
+            "relay",
+            timeoutSeconds=600,
+            ingress={
+                "enabled": True,
+                "kind": "HTTPRoute",
+                "className": "edge",
+                "host": "relay.example.com",
+            },
+        )
+    )
     route = until(lambda: namespace.get("httproute", "relay"), 60, "the Agent's HTTPRoute")
     spec = route["spec"]
     assert spec["parentRefs"][0]["name"] == "edge"
@@ -147,14 +178,18 @@ def test_agent_httproute(operator: Operator, namespace: Namespace, gateway_api: 
 def test_swarm_gateway_httproutes_rewrite_to_the_runtime_paths(
     operator: Operator, namespace: Namespace, nats_server: NatsServer, gateway_api: None
 ) -> None:
-    namespace.apply({
-        "apiVersion": "kubeswarm.io/v1alpha1", "kind": "Swarm", "metadata": {"name": "mesh"},
-        "spec": {
-            "nats": {"url": nats_server.url},
-            "gateway": {"enabled": True, "kind": "HTTPRoute", "className": "edge", "host": "mesh.example.com"},
-            "agents": [{"name": "alpha"}],
-        },
-    })
+    namespace.apply(
+        {
+            "apiVersion": "kubeswarm.io/v1alpha1",
+            "kind": "Swarm",
+            "metadata": {"name": "mesh"},
+            "spec": {
+                "nats": {"url": nats_server.url},
+                "gateway": {"enabled": True, "kind": "HTTPRoute", "className": "edge", "host": "mesh.example.com"},
+                "agents": [{"name": "alpha"}],
+            },
+        }
+    )
     route = until(lambda: namespace.get("httproute", "mesh-gateway-alpha"), 60, "the member's gateway HTTPRoute")
     rewrites = {
         r["matches"][0]["path"]["value"]: r["filters"][0]["urlRewrite"]["path"]["replacePrefixMatch"] for r in route["spec"]["rules"]

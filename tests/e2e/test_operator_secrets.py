@@ -66,8 +66,11 @@ def test_sync_rotation_failure_and_no_leaks(operator: Operator, namespace: Names
     assert secret is not None
     assert [ref["kind"] for ref in secret["metadata"]["ownerReferences"]] == ["Agent"]
     # Until the watch shows the synced Secret, a reconcile may still report it missing: wait for the settled reason.
-    until(lambda: (condition(namespace.must("agent", "writer"), "SecretsReady") or {}).get("reason") == "SyncedFromAws", 60,
-          "SecretsReady=SyncedFromAws")
+    until(
+        lambda: (condition(namespace.must("agent", "writer"), "SecretsReady") or {}).get("reason") == "SyncedFromAws",
+        60,
+        "SecretsReady=SyncedFromAws",
+    )
 
     deployment = until(lambda: namespace.get("deployment", "writer"), 60, "the Deployment")
     env = deployment["spec"]["template"]["spec"]["containers"][0]["env"]

@@ -10,8 +10,8 @@ from typing import Any
 
 import nats
 import pytest
-from kubeswarm_operator.jetstream import provision
-from kubeswarm_operator.nats_access import NatsPool, NatsTarget
+from kubeswarm_operator.jetstream.connections import NatsPool, NatsTarget
+from kubeswarm_operator.jetstream.provisioning import provision
 from kubeswarm_runtime.names import SwarmNames
 from kubeswarm_runtime.resources import StreamsSpec
 from nats.js.errors import NotFoundError
@@ -90,9 +90,7 @@ def prefix() -> str:
     return f"ks.e2e.{uuid.uuid4().hex[:8]}"
 
 
-def test_swarm_members_streams_status_and_finalizer(
-    operator: Operator, namespace: Namespace, nats_server: NatsServer, prefix: str
-) -> None:
+def test_swarm_members_streams_status_and_finalizer(operator: Operator, namespace: Namespace, nats_server: NatsServer, prefix: str) -> None:
     base = prefix.replace(".", "_")
     swarm = swarm_manifest(
         "team",

@@ -14,11 +14,10 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
-from kubeswarm_operator.children import CONFIG_MAP, MANAGED_SELECTOR, Kind
-from kubeswarm_operator.handlers import prune
-from kubeswarm_operator.kube import Kube, Manifest
-from kubeswarm_operator.signals import Key
-from kubeswarm_operator.watching import ChildWatch
+from kubeswarm_operator.kube.client import Kube
+from kubeswarm_operator.kube.kinds import CONFIG_MAP, Key, Kind, Manifest
+from kubeswarm_operator.kube.owned import MANAGED_SELECTOR
+from kubeswarm_operator.kube.watch import ChildWatch, prune
 
 from tests.e2e.conftest import Namespace
 from tests.testbed.cluster import Cluster, KubeAccess
@@ -61,8 +60,9 @@ class Reports:
 
 
 def config_map(namespace: str, name: str, labels: dict[str, str], **data: str) -> str:
-    return json.dumps({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": namespace, "labels": labels},
-                       "data": data})
+    return json.dumps(
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": namespace, "labels": labels}, "data": data}
+    )
 
 
 @pytest.fixture
@@ -150,8 +150,16 @@ def compact_etcd(cluster: Cluster, revision: str) -> None:
 
 
 def event(namespace: str, name: str) -> str:
-    return json.dumps({"apiVersion": "v1", "kind": "Event", "metadata": {"name": name, "namespace": namespace},
-                       "involvedObject": {"kind": "ConfigMap", "name": "x", "namespace": namespace}, "reason": "Test", "message": name})
+    return json.dumps(
+        {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": name, "namespace": namespace},
+            "involvedObject": {"kind": "ConfigMap", "name": "x", "namespace": namespace},
+            "reason": "Test",
+            "message": name,
+        }
+    )
 
 
 async def test_a_compacted_version_answered_410_leads_to_a_new_listing(

@@ -64,6 +64,7 @@ def test_fake_nodes_are_ready(cluster: KubeAccess) -> None:
 def test_deployment_gets_ready_pods_and_garbage_collection_works(cluster: KubeAccess) -> None:
     cluster.kubectl("apply", "-f", "-", input=DEPLOYMENT)
     try:
+
         def ready_replicas() -> int:
             status = cluster.kubectl_json("get", "deployment", "testbed-web", "-n", "default").get("status", {})
             assert isinstance(status, dict)
@@ -99,8 +100,12 @@ def test_teardown_leaves_no_process_or_port(tmp_path: Path, cluster: KubeAccess)
     second = Cluster(tmp_path / "second", nodes=1).start()
     pids = [p.pid for p in second.processes]
     ports = [
-        second.etcd_port, second.etcd_peer_port, second.apiserver_port,
-        second.controller_manager_port, second.scheduler_port, second.kwok_port,
+        second.etcd_port,
+        second.etcd_peer_port,
+        second.apiserver_port,
+        second.controller_manager_port,
+        second.scheduler_port,
+        second.kwok_port,
     ]
     assert all(port_accepts(p) for p in ports)
     second.stop()

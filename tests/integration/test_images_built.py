@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
 import pytest
-from kubeswarm_operator.children import RUNTIME_COMMAND, RUNTIME_USER
+from kubeswarm_operator.agent.children import RUNTIME_COMMAND, RUNTIME_USER
 
 from images import build
 

@@ -26,8 +26,21 @@ json_values = st.recursive(
     max_leaves=12,
 )
 # Read-only or harmless methods only: fuzzing must not start work that waits (a query to nobody would).
-methods = st.sampled_from(["tools/list", "tools/call", "list_tools", "call_tool", "initialize", "server/discover", "ping",
-                           "get_task", "list_agents", "share_discovery", "get_agent_info"]) | st.text(max_size=12)
+methods = st.sampled_from(
+    [
+        "tools/list",
+        "tools/call",
+        "list_tools",
+        "call_tool",
+        "initialize",
+        "server/discover",
+        "ping",
+        "get_task",
+        "list_agents",
+        "share_discovery",
+        "get_agent_info",
+    ]
+) | st.text(max_size=12)
 messages = st.fixed_dictionaries(
     {"jsonrpc": st.sampled_from(["2.0", "1.0", 2]), "method": methods},
     optional={"id": json_values, "params": json_values},
@@ -40,9 +53,13 @@ bodies = (
 )
 endpoints = st.sampled_from(["/rpc", "/mcp", "/messages?session_id=0123"])
 headers = st.fixed_dictionaries(
-    {}, optional={"MCP-Protocol-Version": st.sampled_from([MODERN, "2025-11-25", "bogus"]),
-                  "Mcp-Method": st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=12),
-                  "Mcp-Session-Id": st.sampled_from(["0" * 32, "x"]), "Mcp-Name": st.sampled_from(["=?base64?!!?=", "list_agents"])},
+    {},
+    optional={
+        "MCP-Protocol-Version": st.sampled_from([MODERN, "2025-11-25", "bogus"]),
+        "Mcp-Method": st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=12),
+        "Mcp-Session-Id": st.sampled_from(["0" * 32, "x"]),
+        "Mcp-Name": st.sampled_from(["=?base64?!!?=", "list_agents"]),
+    },
 )
 
 

@@ -297,7 +297,7 @@ async def test_slow_request_body_times_out(nats_server: NatsServer) -> None:
     async with mcp_agent(nats_server.url, request_read_timeout_seconds=0.3) as agent:
         port = int(agent.url.rsplit(":", 1)[1])
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(b"POST /rpc HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"jsonrpc\"")
+        writer.write(b'POST /rpc HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"jsonrpc"')
         await writer.drain()
         status_line = await asyncio.wait_for(reader.readline(), 20)
         assert b" 408 " in status_line

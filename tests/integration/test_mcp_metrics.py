@@ -80,8 +80,11 @@ async def test_mcp_current_revision_and_sessions(nats_server: NatsServer) -> Non
         status, _ = await post(http, agent.mcp, b"{not json")
         assert status == 400
         assert moves.since() == {
-            ("tools/call", "ok", ""): 1, ("tools/call", "error", "-31001"): 1, ("tools/call", "error", "-32602"): 1,
-            ("unknown", "error", "-32601"): 1, ("none", "error", "-32700"): 1,
+            ("tools/call", "ok", ""): 1,
+            ("tools/call", "error", "-31001"): 1,
+            ("tools/call", "error", "-32602"): 1,
+            ("unknown", "error", "-32601"): 1,
+            ("none", "error", "-32700"): 1,
         }
 
         # A slow tool answered over SSE is counted once too.
@@ -100,8 +103,11 @@ async def test_mcp_current_revision_and_sessions(nats_server: NatsServer) -> Non
         status, _ = await post(http, agent.mcp, rpc("tools/list"))
         assert status == 400
         assert moves.since() == {
-            ("initialize", "ok", ""): 1, ("notifications/initialized", "ok", ""): 1, ("tools/list", "ok", ""): 1,
-            ("tools/list", "error", "404"): 1, ("tools/list", "error", "-32600"): 1,
+            ("initialize", "ok", ""): 1,
+            ("notifications/initialized", "ok", ""): 1,
+            ("tools/list", "ok", ""): 1,
+            ("tools/list", "error", "404"): 1,
+            ("tools/list", "error", "-32600"): 1,
         }
 
 
@@ -125,7 +131,9 @@ async def test_legacy_messages(nats_server: NatsServer) -> None:
         status, _ = await post(http, endpoint, {"jsonrpc": "2.0", "id": 9})
         assert status == 400
         assert moves.since() == {
-            ("initialize", "ok", ""): 1, ("tools/call", "ok", ""): 1, ("tools/call", "error", "-31001"): 1,
+            ("initialize", "ok", ""): 1,
+            ("tools/call", "ok", ""): 1,
+            ("tools/call", "error", "-31001"): 1,
             ("none", "error", "-32600"): 1,
         }
 
@@ -145,8 +153,12 @@ async def test_rpc_and_websocket(nats_server: NatsServer) -> None:
         status, reply = await post(http, url, [])
         assert reply["error"]["code"] == -32600
         assert moves.since() == {
-            ("list_tools", "ok", ""): 1, ("get_task", "error", "-31001"): 1, ("call_tool", "error", "-31001"): 1,
-            ("get_agent_info", "ok", ""): 1, ("unknown", "error", "-32601"): 1, ("none", "error", "-32600"): 2,
+            ("list_tools", "ok", ""): 1,
+            ("get_task", "error", "-31001"): 1,
+            ("call_tool", "error", "-31001"): 1,
+            ("get_agent_info", "ok", ""): 1,
+            ("unknown", "error", "-32601"): 1,
+            ("none", "error", "-32600"): 2,
         }
 
         async with http.ws_connect(agent.url + "/ws/mcp") as ws:
@@ -161,8 +173,13 @@ async def test_rpc_and_websocket(nats_server: NatsServer) -> None:
 
 async def test_http_refusals(nats_server: NatsServer) -> None:
     limits: dict[str, Any] = {
-        "auth": "jwt", "jwt_key": "a-per-swarm-signing-key-of-32-bytes!", "allowed_origins": [], "max_request_bytes": 1024,
-        "rate_limit_per_second": 0.001, "rate_limit_burst": 1, "max_streams": 1,
+        "auth": "jwt",
+        "jwt_key": "a-per-swarm-signing-key-of-32-bytes!",
+        "allowed_origins": [],
+        "max_request_bytes": 1024,
+        "rate_limit_per_second": 0.001,
+        "rate_limit_burst": 1,
+        "max_streams": 1,
     }
     async with mcp_agent(nats_server.url, **limits) as agent, aiohttp.ClientSession() as http:
         moves = Moves(agent)
@@ -217,7 +234,9 @@ async def test_the_metrics_port_exports_the_counter(nats_server: NatsServer) -> 
             text = await response.text()
         samples = {
             (s.labels["method"], s.labels["outcome"], s.labels["code"]): s.value
-            for family in text_string_to_metric_families(text) if family.name == "kubeswarm_mcp_requests"
-            for s in family.samples if s.name == "kubeswarm_mcp_requests_total"
+            for family in text_string_to_metric_families(text)
+            if family.name == "kubeswarm_mcp_requests"
+            for s in family.samples
+            if s.name == "kubeswarm_mcp_requests_total"
         }
         assert samples == {("list_tools", "ok", ""): 1.0, ("unknown", "error", "-32601"): 1.0}

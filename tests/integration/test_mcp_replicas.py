@@ -106,7 +106,6 @@ async def test_legacy_sse_messages_to_the_other_replica(nats_server: NatsServer,
     async with two_replicas(nats_server.url, tmp_path) as ports:
         transport = Alternating([ports[1], ports[0]])  # the stream on one replica, the first POST on the other
 
-
         def factory(
             headers: dict[str, str] | None = None, timeout: httpx2.Timeout | None = None, auth: httpx2.Auth | None = None
         ) -> httpx2.AsyncClient:

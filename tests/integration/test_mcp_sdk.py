@@ -15,8 +15,17 @@ from tests.testbed.nats import NatsServer
 pytestmark = pytest.mark.integration
 
 DESIGN_TOOLS = {
-    "share_discovery", "list_discoveries", "list_agents", "get_agent_info", "send_message", "request_capability",
-    "create_task", "get_task", "list_tasks", "cancel_task", "broadcast",
+    "share_discovery",
+    "list_discoveries",
+    "list_agents",
+    "get_agent_info",
+    "send_message",
+    "request_capability",
+    "create_task",
+    "get_task",
+    "list_tasks",
+    "cancel_task",
+    "broadcast",
 }
 
 

@@ -12,9 +12,9 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 from kubeswarm_runtime.app import build_app
-from kubeswarm_runtime.handlers import TaskContext
-from kubeswarm_runtime.handlers.echo import EchoHandler
 from kubeswarm_runtime.mcp import serve_mcp
+from kubeswarm_runtime.providers import TaskContext
+from kubeswarm_runtime.providers.echo import EchoHandler
 from kubeswarm_runtime.runtime import AgentRuntime
 
 from tests.integration.runtime_helpers import agent_config, unique_prefix
@@ -53,7 +53,10 @@ class Agent:
 async def mcp_agent(nats_url: str, *, prefix: str | None = None, **mcp: Any) -> AsyncIterator[Agent]:
     """One agent (capabilities echo, gated) serving the MCP surface on a free port; rate limit off unless given."""
     config = agent_config(
-        nats_url, prefix or unique_prefix(), "agent", ["echo", "gated"],
+        nats_url,
+        prefix or unique_prefix(),
+        "agent",
+        ["echo", "gated"],
         mcp={"rate_limit_per_second": 0, "keepalive_seconds": 0.2, **mcp},
     )
     handler = GatedHandler()

@@ -69,9 +69,7 @@ async def test_crash_on_last_delivery_is_dead_lettered(nats_server: NatsServer, 
             assert record.state is TaskState.DEAD
 
 
-async def test_rolling_restart_under_load_loses_nothing_and_runs_nothing_twice(
-    nats_server: NatsServer, tmp_path: Path
-) -> None:
+async def test_rolling_restart_under_load_loses_nothing_and_runs_nothing_twice(nats_server: NatsServer, tmp_path: Path) -> None:
     prefix = unique_prefix()
     ran: Counter[str] = Counter()
     async with swarm_client(nats_server.url, prefix) as client:

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from aiohttp import web
 from kubeswarm_runtime.config import ModelConfig
-from kubeswarm_runtime.handlers import PermanentTaskError, TaskContext, build_handler
-from kubeswarm_runtime.handlers.retry import RetriesExhausted
 from kubeswarm_runtime.metrics import RuntimeMetrics
+from kubeswarm_runtime.providers import PermanentTaskError, TaskContext, build_handler
+from kubeswarm_runtime.providers.retry import RetriesExhausted
 from kubeswarm_runtime.tasks import TaskState
 
 from tests.integration.runtime_helpers import agent_config, running, swarm_client, unique_prefix
@@ -60,11 +60,17 @@ def anthropic_server(failures: list[tuple[int, dict[str, str]]]) -> Handler:
         body = await request.json()
         if request.headers.get("x-api-key") != "sk-test":
             return web.json_response({"type": "error", "error": {"type": "authentication_error"}}, status=401)
-        return web.json_response({
-            "id": "msg_1", "type": "message", "role": "assistant", "model": body["model"], "stop_reason": "end_turn",
-            "content": [{"type": "text", "text": "answer to: " + body["messages"][0]["content"]}],
-            "usage": {"input_tokens": 12, "output_tokens": 5, "cache_read_input_tokens": 100, "cache_creation_input_tokens": 0},
-        })
+        return web.json_response(
+            {
+                "id": "msg_1",
+                "type": "message",
+                "role": "assistant",
+                "model": body["model"],
+                "stop_reason": "end_turn",
+                "content": [{"type": "text", "text": "answer to: " + body["messages"][0]["content"]}],
+                "usage": {"input_tokens": 12, "output_tokens": 5, "cache_read_input_tokens": 100, "cache_creation_input_tokens": 0},
+            }
+        )
 
     return messages
 
@@ -128,12 +134,14 @@ async def test_bedrock_converse_through_boto3(monkeypatch: pytest.MonkeyPatch) -
     async def converse(request: web.Request) -> web.Response:
         body = await request.json()
         text = body["messages"][0]["content"][0]["text"]
-        return web.json_response({
-            "output": {"message": {"role": "assistant", "content": [{"text": f"bedrock says {text}"}]}},
-            "stopReason": "end_turn",
-            "usage": {"inputTokens": 7, "outputTokens": 3, "totalTokens": 10, "cacheWriteInputTokens": 20},
-            "metrics": {"latencyMs": 1},
-        })
+        return web.json_response(
+            {
+                "output": {"message": {"role": "assistant", "content": [{"text": f"bedrock says {text}"}]}},
+                "stopReason": "end_turn",
+                "usage": {"inputTokens": 7, "outputTokens": 3, "totalTokens": 10, "cacheWriteInputTokens": 20},
+                "metrics": {"latencyMs": 1},
+            }
+        )
 
     model_id = "anthropic.claude-test-v1:0"
     async with local_api({f"/model/{model_id}/converse": converse}) as (url, seen):

@@ -13,8 +13,8 @@ import time
 
 import pytest
 from kubeswarm_runtime import stores
-from kubeswarm_runtime.handlers.echo import EchoHandler
 from kubeswarm_runtime.presence import AgentInfo
+from kubeswarm_runtime.providers.echo import EchoHandler
 from kubeswarm_runtime.stores import read_bucket
 from kubeswarm_runtime.tasks import TaskWorker
 
@@ -41,8 +41,16 @@ async def test_tasks_listed_right_after_creation(nats_server: NatsServer) -> Non
 def agent_entry(replica: str) -> bytes:
     now = time.time()
     info = AgentInfo(
-        id=replica, agent="listing", role="worker", capabilities=["x"], version="test", load=0, concurrency=1,
-        heartbeat_seconds=60, started_at=now, last_seen=now,
+        id=replica,
+        agent="listing",
+        role="worker",
+        capabilities=["x"],
+        version="test",
+        load=0,
+        concurrency=1,
+        heartbeat_seconds=60,
+        started_at=now,
+        last_seen=now,
     )
     return info.model_dump_json().encode()
 

@@ -25,7 +25,10 @@ def _env() -> dict[str, str]:
 def test_demo_runs_the_example_swarm(tmp_path: Path) -> None:
     proc = subprocess.run(
         [*KUBESWARM, "demo", str(EXAMPLE), "--state-dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=180, env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=_env(),
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "demo passed" in proc.stdout

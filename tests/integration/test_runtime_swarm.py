@@ -93,6 +93,7 @@ async def test_capability_errors_and_breaker(nats_server: NatsServer) -> None:
         with pytest.raises(CapabilityUnavailable, match="circuit open"):
             await client.capabilities.request("nobody", {})
         async with running(agent_config(nats_server.url, prefix, "n", ["nobody"])):
+
             async def half_open() -> bool:
                 return client.capabilities.breaker("nobody").state == "half-open"
 

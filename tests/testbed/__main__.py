@@ -1,10 +1,10 @@
 """The test bed from the command line (behind `make cluster-up` and friends).
 
-    python -m tests.testbed build        build the pinned Go components (cached)
-    python -m tests.testbed regenerate   rewrite hack/testbed/*/go.mod from pins.json
-    python -m tests.testbed up           start a cluster and leave it running
-                                         (KUBESWARM_REAL_NODE=1: with a real node; see tests/testbed/node.py)
-    python -m tests.testbed down         stop every process `up` started
+python -m tests.testbed build        build the pinned Go components (cached)
+python -m tests.testbed regenerate   rewrite hack/testbed/*/go.mod from pins.json
+python -m tests.testbed up           start a cluster and leave it running
+                                     (KUBESWARM_REAL_NODE=1: with a real node; see tests/testbed/node.py)
+python -m tests.testbed down         stop every process `up` started
 """
 
 from __future__ import annotations

@@ -288,7 +288,10 @@ def regenerate_wrappers(names: Sequence[str] = ()) -> None:
         version = component.version
         out = subprocess.run(
             [go, "mod", "download", "-json", f"{component.module}@{version}"],
-            env=go_env(), capture_output=True, text=True, cwd=WRAPPERS,
+            env=go_env(),
+            capture_output=True,
+            text=True,
+            cwd=WRAPPERS,
         )
         info = json.loads(out.stdout)
         if "Error" in info:

@@ -40,9 +40,7 @@ class KubeAccess:
 
     kubeconfig: Path
 
-    def kubectl(
-        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120
-    ) -> subprocess.CompletedProcess[str]:
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
             [str(wheel_binary("kubectl")), "--kubeconfig", str(self.kubeconfig), *args],
             input=input,
@@ -118,9 +116,7 @@ class Cluster(KubeAccess):
         config = {
             "apiVersion": "v1",
             "kind": "Config",
-            "clusters": [
-                {"name": "kubeswarm-testbed", "cluster": {"server": self.server, "certificate-authority": str(self.pki.ca_cert)}}
-            ],
+            "clusters": [{"name": "kubeswarm-testbed", "cluster": {"server": self.server, "certificate-authority": str(self.pki.ca_cert)}}],
             "users": [
                 {
                     "name": user,
@@ -289,7 +285,9 @@ class Cluster(KubeAccess):
         self._wait_nodes_ready(kwok, timeout)
         # Pods need the default ServiceAccount, which the controller manager creates.
         self._wait_for(
-            kwok, lambda: self.kubectl("get", "serviceaccount", "default", "-n", "default", check=False).returncode == 0, timeout,
+            kwok,
+            lambda: self.kubectl("get", "serviceaccount", "default", "-n", "default", check=False).returncode == 0,
+            timeout,
             "serviceaccount default/default",
         )
 
@@ -313,8 +311,7 @@ class Cluster(KubeAccess):
             nodes = self.kubectl_json("get", "nodes")["items"]
             assert isinstance(nodes, list)
             ready = [
-                n for n in nodes
-                if any(c["type"] == "Ready" and c["status"] == "True" for c in n.get("status", {}).get("conditions", []))
+                n for n in nodes if any(c["type"] == "Ready" and c["status"] == "True" for c in n.get("status", {}).get("conditions", []))
             ]
             return len(ready) >= self.nodes + int(self.real_node)
 

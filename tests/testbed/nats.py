@@ -42,18 +42,26 @@ class NatsNode:
     def argv(self) -> list[str]:
         argv = [
             str(wheel_binary("nats-server")),
-            "--server_name", self.name,
-            "--addr", "127.0.0.1",
-            "--port", str(self.client_port),
-            "--http_port", str(self.monitor_port),
+            "--server_name",
+            self.name,
+            "--addr",
+            "127.0.0.1",
+            "--port",
+            str(self.client_port),
+            "--http_port",
+            str(self.monitor_port),
             "--jetstream",
-            "--store_dir", str(self.store),
+            "--store_dir",
+            str(self.store),
         ]
         if self.routes:
             argv += [
-                "--cluster_name", "kubeswarm-test",
-                "--cluster", f"nats://127.0.0.1:{self.cluster_port}",
-                "--routes", ",".join(f"nats://127.0.0.1:{p}" for p in self.routes),
+                "--cluster_name",
+                "kubeswarm-test",
+                "--cluster",
+                f"nats://127.0.0.1:{self.cluster_port}",
+                "--routes",
+                ",".join(f"nats://127.0.0.1:{p}" for p in self.routes),
             ]
         return argv
 
@@ -121,7 +129,9 @@ class NatsCluster:
         for node in self.nodes:
             assert node.process is None or not node.process.running()
             node.process = ManagedProcess(
-                node.name, node.argv(), node.store.parent / f"{node.name}.log",
+                node.name,
+                node.argv(),
+                node.store.parent / f"{node.name}.log",
                 [node.client_port, node.monitor_port, node.cluster_port],
             )
             node.process.start()

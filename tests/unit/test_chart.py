@@ -16,7 +16,8 @@ from typing import Any
 import kubernetes_validate  # type: ignore[import-untyped]  # no stubs; used as validate(doc, version)
 import pytest
 import yaml
-from kubeswarm_operator.children import APP_NAME, MANAGED_BY, MANAGED_BY_LABEL
+from kubeswarm_operator.agent.children import APP_NAME
+from kubeswarm_operator.kube.owned import MANAGED_BY, MANAGED_BY_LABEL
 from kubeswarm_operator.settings import OperatorSettings
 
 from tests.testbed import build
@@ -259,7 +260,10 @@ def test_nats_config_is_accepted_by_nats_server(rendered: dict[str, list[Manifes
     config.write_text(nats_config(rendered["defaults"]))
     proc = subprocess.run(
         [str(wheel_binary("nats-server")), "--config", str(config), "-t"],
-        env={"SERVER_NAME": "ks-kubeswarm-nats-0"}, capture_output=True, text=True, timeout=30,
+        env={"SERVER_NAME": "ks-kubeswarm-nats-0"},
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert proc.returncode == 0, proc.stderr + proc.stdout
 

@@ -126,8 +126,14 @@ def test_dashboard_json_is_a_valid_grafana_dashboard(name: str) -> None:
 def test_the_issue_asks_for_these_panels() -> None:
     titles = {name: {panel["title"] for panel in board["panels"]} for name, board in dashboards().items()}
     assert {
-        "Replicas ready vs desired", "Tasks/s by capability and outcome", "Backlog by capability", "Task latency",
-        "Dead letters and open breakers", "MCP requests/s by method", "MCP errors/s by code", "LLM tokens/s by model",
+        "Replicas ready vs desired",
+        "Tasks/s by capability and outcome",
+        "Backlog by capability",
+        "Task latency",
+        "Dead letters and open breakers",
+        "MCP requests/s by method",
+        "MCP errors/s by code",
+        "LLM tokens/s by model",
     } <= titles["swarm-overview"]
     assert {"Reconciles/s by kind and outcome", "Reconcile errors/s", "Reconcile latency", "Agents by phase"} <= titles["operator"]
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from dockerfile_parse import DockerfileParser  # type: ignore[import-untyped]  # no stubs in the lock
-from kubeswarm_operator.children import RUNTIME_COMMAND, RUNTIME_USER
+from kubeswarm_operator.agent.children import RUNTIME_COMMAND, RUNTIME_USER
 
 from images import build
 from tests.e2e.conftest import until

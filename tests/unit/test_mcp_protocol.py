@@ -34,9 +34,13 @@ def modern_message(method: str, params: dict[str, Any] | None = None) -> dict[st
 @pytest.mark.parametrize(
     ("obj", "code"),
     [
-        ([], -32600), ("text", -32600), ({"jsonrpc": "2.0", "method": "x", "id": 1.5}, -32600),
-        ({"jsonrpc": "2.0", "method": "x", "id": True}, -32600), ({"jsonrpc": "2.1", "method": "x", "id": 1}, -32600),
-        ({"jsonrpc": "2.0", "method": "", "id": 1}, -32600), ({"jsonrpc": "2.0", "method": "x", "params": [1], "id": 1}, -32602),
+        ([], -32600),
+        ("text", -32600),
+        ({"jsonrpc": "2.0", "method": "x", "id": 1.5}, -32600),
+        ({"jsonrpc": "2.0", "method": "x", "id": True}, -32600),
+        ({"jsonrpc": "2.1", "method": "x", "id": 1}, -32600),
+        ({"jsonrpc": "2.0", "method": "", "id": 1}, -32600),
+        ({"jsonrpc": "2.0", "method": "x", "params": [1], "id": 1}, -32602),
     ],
 )
 def test_malformed_messages_get_the_right_error(obj: Any, code: int) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from kubeswarm_operator.autoscaling import decide, external_autoscaler, wanted_replicas
+from kubeswarm_operator.agent.autoscaling import decide, external_autoscaler, wanted_replicas
 from kubeswarm_runtime.resources import AutoscalingSpec
 
 SPEC = AutoscalingSpec(enabled=True, min_replicas=1, max_replicas=6, target_backlog_per_replica=10, scale_down_delay_seconds=60)

@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from kubeswarm_operator import children
-from kubeswarm_operator.children import ChildInputs, build_children, build_deployment, build_network_policy
-from kubeswarm_operator.drift import contains
+from kubeswarm_operator.agent import children
+from kubeswarm_operator.agent.children import ChildInputs, build_children, build_deployment, build_network_policy
+from kubeswarm_operator.kube import kinds, owned
+from kubeswarm_operator.kube.drift import contains
 from kubeswarm_runtime.resources import Agent
 
 pytestmark = pytest.mark.unit
@@ -35,8 +36,8 @@ def deployment(a: Agent, **kw: Any) -> dict[str, Any]:
 
 def test_every_child_is_owned_labelled_and_hashed() -> None:
     built = build_children(agent(), INPUTS)
-    assert built[children.PDB] is None
-    assert built[children.INGRESS] is None
+    assert built[kinds.PDB] is None
+    assert built[kinds.INGRESS] is None
     for kind, manifest in built.items():
         if manifest is None:
             continue
@@ -53,8 +54,8 @@ def test_every_child_is_owned_labelled_and_hashed() -> None:
                 "blockOwnerDeletion": True,
             }
         ]
-        assert meta["labels"][children.MANAGED_BY_LABEL] == "kubeswarm-operator"
-        assert children.SPEC_HASH_ANNOTATION in meta["annotations"]
+        assert meta["labels"][owned.MANAGED_BY_LABEL] == "kubeswarm-operator"
+        assert owned.SPEC_HASH_ANNOTATION in meta["annotations"]
 
 
 def test_building_twice_gives_the_same_manifests() -> None:

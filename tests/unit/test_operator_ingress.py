@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from kubeswarm_operator.children import INGRESS, build_ingress
-from kubeswarm_operator.ingress import HTTP_ROUTE, Exposure, agent_route_body, gateway_route_body, ingress_ready
-from kubeswarm_operator.swarm import build_gateway
+from kubeswarm_operator.agent.children import build_ingress
+from kubeswarm_operator.agent.ingress import Exposure, agent_route_body, ingress_ready
+from kubeswarm_operator.kube.kinds import HTTP_ROUTE, INGRESS
+from kubeswarm_operator.swarm.gateway import build_gateway, gateway_route_body
 from kubeswarm_runtime.resources import Agent, Swarm
 
 OAUTH = "/.well-known/oauth-protected-resource"
@@ -46,7 +47,7 @@ def test_no_route_unless_asked() -> None:
 def test_gateway_ingress_rewrites_each_agent_and_its_metadata_path() -> None:
     members = [agent("beta", timeoutSeconds=7200), agent("alpha"), agent("quiet", enabled=False)]
     objects = build_gateway(team(enabled=True, host="crew.example.com", className="nginx", tls={"secretName": "t"}), members)
-    ((kind, name), ingress), = objects.items()
+    (((kind, name), ingress),) = objects.items()
     assert (kind, name) == (INGRESS, "crew-gateway")
     paths = [(p["path"], p["backend"]["service"]["name"]) for p in ingress["spec"]["rules"][0]["http"]["paths"]]
     assert paths == [

@@ -6,11 +6,14 @@ import base64
 from typing import Any
 
 import pytest
-from kubeswarm_operator import children, reconciler
-from kubeswarm_operator.children import CHILD_KINDS, Kind, data_digests
-from kubeswarm_operator.reconciler import AgentReconciler, World
+from kubeswarm_operator.agent import children, reconciler
+from kubeswarm_operator.agent.reconciler import AgentReconciler
+from kubeswarm_operator.agent.status import Observed, compute_status, transitions
+from kubeswarm_operator.kube import kinds
+from kubeswarm_operator.kube.kinds import CHILD_KINDS, Kind
+from kubeswarm_operator.kube.owned import data_digests
+from kubeswarm_operator.kube.world import World
 from kubeswarm_operator.settings import OperatorSettings
-from kubeswarm_operator.status import Observed, compute_status, transitions
 from kubeswarm_runtime.resources import Agent, AgentStatus, Condition
 from prometheus_client import REGISTRY
 
@@ -44,8 +47,8 @@ class RecordingKube:
         self.writes.append(("delete", kind.kind, name))
         self.objects.pop((kind.kind, name), None)
 
-    async def patch_agent_status(self, namespace: str, name: str, status: Manifest) -> None:
-        self.writes.append(("status", "Agent", name))
+    async def patch_status(self, kind: Kind, namespace: str, name: str, status: Manifest) -> None:
+        self.writes.append(("status", kind.kind, name))
         self.status = status
 
     async def post_event(self, regarding: Manifest, type_: str, reason: str, message: str, action: str) -> None:
@@ -66,24 +69,23 @@ def world_from(kube: RecordingKube, extra_secrets: dict[str, dict[str, str]] | N
     """What the watches would show after the recorded writes (a ready Deployment, Secrets as digests)."""
     views: dict[Kind, dict[tuple[str, str], Manifest]] = {kind: {} for kind in CHILD_KINDS}
     for (kind_name, name), obj in kube.objects.items():
-        kind = children.KINDS_BY_NAME[kind_name]
+        kind = kinds.KINDS_BY_NAME[kind_name]
         live = dict(obj)
-        if kind is children.SECRET:
+        if kind is kinds.SECRET:
             live["digests"] = data_digests(live.pop("data", {}))
-        if kind is children.DEPLOYMENT:
+        if kind is kinds.DEPLOYMENT:
             n = obj["spec"].get("replicas", 1)
             live["status"] = {"replicas": n, "readyReplicas": n, "updatedReplicas": n, "observedGeneration": 1}
             live["metadata"] = {**live["metadata"], "generation": 1}
         views[kind][("lab", name)] = live
     for name, data in (extra_secrets or {}).items():
-        views[children.SECRET][("lab", name)] = {"digests": data_digests(data)}
+        views[kinds.SECRET][("lab", name)] = {"digests": data_digests(data)}
     return World(agents={}, swarms={}, children=views, scaled={})
 
 
 def make(kube: RecordingKube) -> AgentReconciler:
-    rec = AgentReconciler(kube, OperatorSettings(runtime_image="runtime:1", nats_url="nats://nats:4222"))  # type: ignore[arg-type]
-    rec.world = World(agents={}, swarms={}, children={kind: {} for kind in CHILD_KINDS}, scaled={})
-    return rec
+    world = World(agents={}, swarms={}, children={kind: {} for kind in CHILD_KINDS}, scaled={})
+    return AgentReconciler(kube, OperatorSettings(runtime_image="runtime:1", nats_url="nats://nats:4222"), world)  # type: ignore[arg-type]
 
 
 async def test_first_reconcile_creates_every_child_then_a_resync_writes_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -165,7 +167,7 @@ async def test_ready_follows_a_secrets_ready_failure_of_the_aws_sync() -> None:
     await rec.reconcile(Agent.model_validate(agent_body()))
     rec.world = world_from(kube)
     failed = Condition(type="SecretsReady", status="False", reason="ResourceNotFoundException", message="AWS says no")
-    rec.signals.set_condition(("lab", "scout"), failed)
+    rec.findings.set_condition(("lab", "scout"), failed)
     await rec.reconcile(Agent.model_validate(agent_body(status=kube.status)))
     assert kube.status is not None
     ready = next(c for c in kube.status["conditions"] if c["type"] == "Ready")
@@ -193,16 +195,16 @@ async def test_a_sooner_request_brings_a_queued_recheck_forward() -> None:
     rec = make(kube)
     rec.world = World(agents={("lab", "scout"): [agent_body()]}, swarms={}, children={k: {} for k in CHILD_KINDS}, scaled={})
     rec.enqueue("lab", "scout", delay=3600)  # a settle recheck, far off
-    later = rec._queued["lab", "scout"]
+    later = rec.queue._queued["lab", "scout"]
     rec.enqueue("lab", "scout", delay=0)  # a child's event
-    soon = rec._queued["lab", "scout"]
+    soon = rec.queue._queued["lab", "scout"]
     assert soon is not later
     await soon
     assert later.cancelled()
     assert ("status", "Agent", "scout") in kube.writes
     rec.enqueue("lab", "scout", delay=3600)
     rec.enqueue("lab", "scout", delay=7200)  # a later request leaves the sooner run queued
-    assert len(rec._queued) == 1
+    assert len(rec.queue._queued) == 1
     await rec.close()
 
 
@@ -269,11 +271,11 @@ async def test_an_agent_is_queued_for_a_new_generation_not_for_its_own_status_wr
     rec = make(kube)
     rec.world = World(agents={("lab", "scout"): [agent_body()]}, swarms={}, children={k: {} for k in CHILD_KINDS}, scaled={})
     rec.observe("lab", "scout", "u-1", 1)  # created
-    first = rec._queued["lab", "scout"]
+    first = rec.queue._queued["lab", "scout"]
     await first
     assert ("status", "Agent", "scout") in kube.writes
     rec.observe("lab", "scout", "u-1", 1)  # its status written: the same generation
-    assert ("lab", "scout") not in rec._queued
+    assert ("lab", "scout") not in rec.queue._queued
     rec.observe("lab", "scout", "u-1", 2)  # the spec changed
-    assert ("lab", "scout") in rec._queued
+    assert ("lab", "scout") in rec.queue._queued
     await rec.close()

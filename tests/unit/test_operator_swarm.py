@@ -4,20 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from kubeswarm_operator import jetstream
-from kubeswarm_operator.jetstream import consumer_differs, desired_consumers, desired_streams, stream_differs
+from kubeswarm_operator.jetstream import provisioning as jetstream
+from kubeswarm_operator.jetstream.provisioning import consumer_differs, desired_consumers, desired_streams, stream_differs
+from kubeswarm_operator.kube.conditions import condition
 from kubeswarm_operator.settings import OperatorSettings
-from kubeswarm_operator.status import condition
-from kubeswarm_operator.swarm import (
-    SwarmObserved,
-    build_member,
-    build_members,
-    capabilities,
-    compute_swarm_status,
-    joined,
-    stale_members,
-)
-from kubeswarm_operator.swarm_controller import nats_target
+from kubeswarm_operator.swarm.controller import nats_target
+from kubeswarm_operator.swarm.members import build_member, build_members, capabilities, joined, stale_members
+from kubeswarm_operator.swarm.status import SwarmObserved, compute_swarm_status
 from kubeswarm_runtime.names import SwarmNames
 from kubeswarm_runtime.resources import Agent, StreamsSpec, Swarm
 from kubeswarm_runtime.stores import stream_configs
@@ -27,16 +20,12 @@ NOW = "2026-01-01T00:00:00Z"
 
 
 def swarm(**spec: Any) -> Swarm:
-    return Swarm.model_validate(
-        {"metadata": {"name": "team", "namespace": "ns", "uid": "swarm-uid", "generation": 2}, "spec": spec}
-    )
+    return Swarm.model_validate({"metadata": {"name": "team", "namespace": "ns", "uid": "swarm-uid", "generation": 2}, "spec": spec})
 
 
 def agent(name: str, swarm_name: str = "team", ready: bool = False, **spec: Any) -> Agent:
     status = {"conditions": [{"type": "Ready", "status": "True" if ready else "False", "reason": "x"}]}
-    return Agent.model_validate(
-        {"metadata": {"name": name, "namespace": "ns"}, "spec": {"swarm": swarm_name, **spec}, "status": status}
-    )
+    return Agent.model_validate({"metadata": {"name": name, "namespace": "ns"}, "spec": {"swarm": swarm_name, **spec}, "status": status})
 
 
 def test_member_is_defaults_then_template_then_replicas_owned_by_the_swarm() -> None:
@@ -48,11 +37,18 @@ def test_member_is_defaults_then_template_then_replicas_owned_by_the_swarm() -> 
     assert member["metadata"]["name"] == "alpha"
     assert member["metadata"]["namespace"] == "ns"
     assert member["metadata"]["ownerReferences"][0] | {} == {
-        "apiVersion": "kubeswarm.io/v1alpha1", "kind": "Swarm", "name": "team", "uid": "swarm-uid",
-        "controller": True, "blockOwnerDeletion": True,
+        "apiVersion": "kubeswarm.io/v1alpha1",
+        "kind": "Swarm",
+        "name": "team",
+        "uid": "swarm-uid",
+        "controller": True,
+        "blockOwnerDeletion": True,
     }
     assert member["spec"] == {
-        "swarm": "team", "replicas": 3, "role": "lead", "capabilities": ["research"],
+        "swarm": "team",
+        "replicas": 3,
+        "role": "lead",
+        "capabilities": ["research"],
         "model": {"maxTokens": 500, "provider": "echo"},
     }
     assert build_member(team, team.spec.agents[0]) == member  # same input, same manifest: re-running writes nothing
@@ -103,9 +99,13 @@ def test_status_aggregates_members_nats_and_streams() -> None:
 
 
 def test_nats_outage_keeps_the_last_stream_counts_and_degrades() -> None:
-    team = swarm().model_copy(update={"status": compute_swarm_status(
-        swarm(), [agent("a", ready=True)], SwarmObserved(condition("NatsReady", True, "x", ""), {"S_TASKS": 9}, {}), NOW
-    )})
+    team = swarm().model_copy(
+        update={
+            "status": compute_swarm_status(
+                swarm(), [agent("a", ready=True)], SwarmObserved(condition("NatsReady", True, "x", ""), {"S_TASKS": 9}, {}), NOW
+            )
+        }
+    )
     down = condition("NatsReady", False, "Unreachable", "no NATS server answered")
     status = compute_swarm_status(team, [agent("a", ready=True)], SwarmObserved(down, None, {}), "2026-01-02T00:00:00Z")
     assert status.streams == {"S_TASKS": 9}

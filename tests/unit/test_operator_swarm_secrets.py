@@ -10,8 +10,8 @@ from typing import Any
 
 import boto3
 import pytest
-from kubeswarm_operator.aws_secrets import AwsSecretError, build_synced_secret, failure_condition, read_secret
-from kubeswarm_operator.children import api_key_ref, referenced_objects
+from kubeswarm_operator.agent.aws_secrets import AwsSecretError, build_synced_secret, failure_condition, read_secret
+from kubeswarm_operator.agent.children import api_key_ref, referenced_objects
 from kubeswarm_runtime.resources import Agent, AwsSecretsManagerRef
 from moto import mock_aws
 
@@ -58,10 +58,12 @@ def test_errors_carry_a_code_and_never_the_value(aws: Any, secret_id: str, key: 
 
 
 def test_the_pods_read_the_synced_secret_and_roll_with_it() -> None:
-    agent = Agent.model_validate({
-        "metadata": {"name": "writer", "namespace": "ns", "uid": "u"},
-        "spec": {"model": {"provider": "anthropic", "name": "m", "awsSecretsManager": {"secretId": "s", "region": REGION}}},
-    })
+    agent = Agent.model_validate(
+        {
+            "metadata": {"name": "writer", "namespace": "ns", "uid": "u"},
+            "spec": {"model": {"provider": "anthropic", "name": "m", "awsSecretsManager": {"secretId": "s", "region": REGION}}},
+        }
+    )
     assert api_key_ref(agent) is not None
     assert api_key_ref(agent).name == "writer-aws-api-key"  # type: ignore[union-attr]
     assert ("Secret", "writer-aws-api-key") in referenced_objects(agent)

@@ -36,8 +36,17 @@ class Pair:
 @pytest.mark.parametrize(
     "value",
     [
-        None, "text é", 7, 2.5, 2**70, [1, None, "x"], {"nested": {"k": [True, False]}},
-        Point(x=1, y=2.0), Pair("a", [1, 2]), b"raw", datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.UTC),
+        None,
+        "text é",
+        7,
+        2.5,
+        2**70,
+        [1, None, "x"],
+        {"nested": {"k": [True, False]}},
+        Point(x=1, y=2.0),
+        Pair("a", [1, 2]),
+        b"raw",
+        datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.UTC),
         {"model": Point(x=3, y=0.5)},
     ],
 )
@@ -52,14 +61,21 @@ def test_encode_json_never_fails_on_unknown_types() -> None:
 
 def test_encode_record_is_a_task_record() -> None:
     task = TaskMessage(id="t1", capability="echo", priority=Priority.HIGH, input={"n": 1}, created_at=100.0)
-    data = encode_record(
-        task, TaskState.SUCCEEDED, attempts=2, agent="r1", started_at=101.0, result={"echo": 1}, finished_at=102.0
-    )
+    data = encode_record(task, TaskState.SUCCEEDED, attempts=2, agent="r1", started_at=101.0, result={"echo": 1}, finished_at=102.0)
     record = TaskRecord.model_validate_json(data)
     assert record.model_dump(exclude={"updated_at"}) == {
-        "id": "t1", "capability": "echo", "priority": Priority.HIGH, "state": TaskState.SUCCEEDED, "attempts": 2,
-        "input": {"n": 1}, "result": {"echo": 1}, "error": None, "agent": "r1", "created_at": 100.0,
-        "started_at": 101.0, "finished_at": 102.0,
+        "id": "t1",
+        "capability": "echo",
+        "priority": Priority.HIGH,
+        "state": TaskState.SUCCEEDED,
+        "attempts": 2,
+        "input": {"n": 1},
+        "result": {"echo": 1},
+        "error": None,
+        "agent": "r1",
+        "created_at": 100.0,
+        "started_at": 101.0,
+        "finished_at": 102.0,
     }
     # Same fields, same order as the model writes them.
     assert list(json.loads(data)) == list(json.loads(record.model_dump_json()))

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from kubeswarm_runtime.capabilities import CircuitBreaker
 from kubeswarm_runtime.config import ConfigError, load_config
-from kubeswarm_runtime.handlers.retry import retry_after
 from kubeswarm_runtime.local import ManifestError, load_manifests
 from kubeswarm_runtime.names import PRIORITIES, SwarmNames
+from kubeswarm_runtime.providers.retry import retry_after
 from kubeswarm_runtime.render import MCP_JWT_KEY_ENV, MODEL_API_KEY_ENV, SECRET_ENV_NAMES, render_runtime_env
 from kubeswarm_runtime.resources import Agent, Swarm
 
@@ -74,18 +74,29 @@ def test_entrypoint_exits_with_message_not_traceback() -> None:
 
 
 def test_render_is_read_back_by_the_config(monkeypatch: pytest.MonkeyPatch) -> None:
-    swarm = Swarm.model_validate({
-        "apiVersion": "kubeswarm.io/v1alpha1", "kind": "Swarm", "metadata": {"name": "research", "namespace": "team"},
-        "spec": {"subjectPrefix": "acme.research", "streams": {"replicas": 3, "maxDeliver": 7}},
-    })
-    agent = Agent.model_validate({
-        "apiVersion": "kubeswarm.io/v1alpha1", "kind": "Agent", "metadata": {"name": "writer", "namespace": "team"},
-        "spec": {
-            "swarm": "research", "role": "writer", "capabilities": ["write", "edit"], "concurrency": 3,
-            "model": {"provider": "anthropic", "name": "claude-x", "apiKeySecretRef": {"name": "k", "key": "v"}},
-            "mcp": {"auth": {"mode": "jwt"}},
-        },
-    })
+    swarm = Swarm.model_validate(
+        {
+            "apiVersion": "kubeswarm.io/v1alpha1",
+            "kind": "Swarm",
+            "metadata": {"name": "research", "namespace": "team"},
+            "spec": {"subjectPrefix": "acme.research", "streams": {"replicas": 3, "maxDeliver": 7}},
+        }
+    )
+    agent = Agent.model_validate(
+        {
+            "apiVersion": "kubeswarm.io/v1alpha1",
+            "kind": "Agent",
+            "metadata": {"name": "writer", "namespace": "team"},
+            "spec": {
+                "swarm": "research",
+                "role": "writer",
+                "capabilities": ["write", "edit"],
+                "concurrency": 3,
+                "model": {"provider": "anthropic", "name": "claude-x", "apiKeySecretRef": {"name": "k", "key": "v"}},
+                "mcp": {"auth": {"mode": "jwt"}},
+            },
+        }
+    )
     env = render_runtime_env(agent, swarm, namespace="team", nats_url="nats://nats.kubeswarm:4222")
     assert not set(env) & set(SECRET_ENV_NAMES)
     for key, value in env.items():

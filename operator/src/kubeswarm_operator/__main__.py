@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     without_unused_clients()
     import kopf
 
-    from . import handlers, swarm_handlers  # noqa: F401  (registers the handlers)
+    from .wiring import handlers  # noqa: F401  (registers the handlers)
 
     parser = argparse.ArgumentParser(prog="python -m kubeswarm_operator", description=__doc__.split("\n\n")[0])
     parser.add_argument(

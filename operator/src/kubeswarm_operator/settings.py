@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
+from kubeswarm_runtime import __version__
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -12,7 +13,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 class OperatorSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="KUBESWARM_", frozen=True)
 
-    runtime_image: str = Field(default="kubeswarm/runtime:0.1.0", description="Image of agents that set no spec.image.")
+    runtime_image: str = Field(default=f"kubeswarm/runtime:{__version__}", description="Image of agents that set no spec.image.")
     nats_url: str = Field(
         default="nats://nats.kubeswarm-system.svc:4222",
         description="NATS URL of agents whose Swarm object does not exist (chart value nats.url).",

@@ -13,9 +13,9 @@ from nats.aio.subscription import Subscription
 
 from .codec import decode_json, encode_json
 from .connection import NatsConnection
-from .handlers.base import TaskContext, TaskHandler
 from .metrics import RuntimeMetrics
 from .names import SwarmNames
+from .providers.base import TaskContext, TaskHandler
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import json
 import os
 import socket
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
@@ -24,7 +24,7 @@ from pydantic_settings import (
 )
 
 from . import __version__
-from .resources import default_subject_prefix
+from .resources import AuthMode, Provider, default_subject_prefix
 
 ENV_PREFIX = "KUBESWARM_"
 ENV_NESTED_DELIMITER = "__"
@@ -55,7 +55,7 @@ class NatsConfig(Section):
 
 
 class ModelConfig(Section):
-    provider: Literal["echo", "anthropic", "bedrock", "http"] = "echo"
+    provider: Provider = Provider.ECHO  # the same vocabulary as an Agent's spec.model.provider
     name: str = ""
     max_tokens: int = Field(default=1024, ge=1)
     api_key: SecretStr | None = None
@@ -70,7 +70,7 @@ class ModelConfig(Section):
 class McpConfig(Section):
     enabled: bool = True
     port: int = Field(default=8080, ge=1, le=65535)
-    auth: Literal["none", "jwt", "oidc"] = "none"
+    auth: AuthMode = AuthMode.NONE  # the same vocabulary as an Agent's spec.mcp.auth.mode
     issuer: str | None = None
     audience: str | None = None
     jwt_key: SecretStr | None = None

@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 import nats
-from nats.aio.client import Client, Server
+from nats.aio.client import Client, RawCredentials, Server
 from nats.js import JetStreamContext, api
 from nats.js.errors import BadRequestError, NotFoundError
 from nats.js.kv import KeyValue
@@ -70,15 +70,16 @@ async def publish_patiently(
 
 
 class NatsConnection:
-    def __init__(self, config: NatsConfig, metrics: RuntimeMetrics, name: str) -> None:
+    def __init__(self, config: NatsConfig, metrics: RuntimeMetrics, name: str, *, credentials: str | None = None) -> None:
+        """``credentials``: the text of a .creds file held in memory (the operator reads it from a Secret), besides ``config``."""
         self.config = config
         self.metrics = metrics
         self.name = name
+        self._credentials = credentials
         self.nc = Client()
         self._js: JetStreamContext | None = None
         self._js_checked_at = 0.0
         self._js_usable = False
-        self.lame_duck = False
         self._closing = False
 
     @property
@@ -131,6 +132,8 @@ class NatsConnection:
             options["token"] = cfg.token.get_secret_value()
         if cfg.creds_file:
             options["user_credentials"] = str(cfg.creds_file)
+        if self._credentials:
+            options["user_credentials"] = RawCredentials(self._credentials)
         return options
 
     def _pick_server(self, servers: list[Server], _info: dict[str, Any]) -> tuple[Server | None, float]:
@@ -145,7 +148,6 @@ class NatsConnection:
             log.warning("disconnected from NATS")
 
     async def _on_reconnected(self) -> None:
-        self.lame_duck = False
         self.metrics.nats_reconnects.inc()
         self.metrics.nats_connected.set(1)
         log.info("reconnected to NATS %s", self.nc.connected_url.netloc if self.nc.connected_url else "")
@@ -159,7 +161,6 @@ class NatsConnection:
     async def _on_lame_duck(self) -> None:
         # The server is going away and will close us within its grace period;
         # the client then reconnects to another server of the pool.
-        self.lame_duck = True
         log.warning("NATS server entered lame-duck mode; will move to another server")
 
     async def jetstream_usable(self) -> bool:

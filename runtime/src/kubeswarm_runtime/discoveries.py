@@ -48,9 +48,7 @@ class DiscoveryService:
     def _filter(self, agent: str | None, type: str | None) -> str:
         return self.names.discovery(agent or "*", type or "*")
 
-    async def list(
-        self, *, agent: str | None = None, type: str | None = None, since_seq: int = 0, limit: int = 100
-    ) -> list[Discovery]:
+    async def list(self, *, agent: str | None = None, type: str | None = None, since_seq: int = 0, limit: int = 100) -> list[Discovery]:
         """Discoveries in stream order, from after ``since_seq``."""
         found: list[Discovery] = []
         async with asyncio.timeout(10):

@@ -178,10 +178,21 @@ class LocalSwarm:
         log = (self.state_dir / "nats-server.log").open("ab")
         self.nats = subprocess.Popen(
             [
-                str(nats_server_binary()), "--addr", "127.0.0.1", "--port", str(self.nats_port),
-                "--http_port", str(self.monitor_port), "--jetstream", "--store_dir", str(self.state_dir / "jetstream"),
+                str(nats_server_binary()),
+                "--addr",
+                "127.0.0.1",
+                "--port",
+                str(self.nats_port),
+                "--http_port",
+                str(self.monitor_port),
+                "--jetstream",
+                "--store_dir",
+                str(self.state_dir / "jetstream"),
             ],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
         self._wait(lambda: _http_ok(f"http://127.0.0.1:{self.monitor_port}/healthz"), timeout, "nats-server")
 
@@ -197,15 +208,24 @@ class LocalSwarm:
         if rendered.get("KUBESWARM_MODEL__PROVIDER") == "anthropic" and os.environ.get("ANTHROPIC_API_KEY"):
             env[MODEL_API_KEY_ENV] = os.environ["ANTHROPIC_API_KEY"]
         replica = Replica(
-            agent, replica_id, rendered["KUBESWARM_SUBJECT_PREFIX"], mcp_port, metrics_port, env,
+            agent,
+            replica_id,
+            rendered["KUBESWARM_SUBJECT_PREFIX"],
+            mcp_port,
+            metrics_port,
+            env,
             self.state_dir / "logs" / f"{replica_id}.log",
         )
         replica.log.parent.mkdir(parents=True, exist_ok=True)
         inherited = {k: v for k, v in os.environ.items() if not k.startswith("KUBESWARM_")}
         with replica.log.open("ab") as out:
             replica.process = subprocess.Popen(
-                [sys.executable, "-m", "kubeswarm_runtime"], env=inherited | env, stdout=out, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True,
+                [sys.executable, "-m", "kubeswarm_runtime"],
+                env=inherited | env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
         self.replicas.append(replica)
 
@@ -232,8 +252,7 @@ class LocalSwarm:
             "nats_url": self.nats_url,
             "prefixes": sorted({r.prefix for r in self.replicas}),
             "agents": [
-                {"agent": r.agent, "replica": r.replica_id, "endpoint": r.endpoint, "metrics_port": r.metrics_port}
-                for r in self.replicas
+                {"agent": r.agent, "replica": r.replica_id, "endpoint": r.endpoint, "metrics_port": r.metrics_port} for r in self.replicas
             ],
         }
         (self.state_dir / STATE_FILE).write_text(json.dumps(state, indent=2))

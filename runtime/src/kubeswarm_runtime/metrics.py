@@ -15,36 +15,40 @@ class RuntimeMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.tasks = Counter(
-            "kubeswarm_tasks", "Task attempts finished, by capability and outcome.", ["capability", "outcome"], registry=r
-        )
+        self.tasks = Counter("kubeswarm_tasks", "Task attempts finished, by capability and outcome.", ["capability", "outcome"], registry=r)
         self.task_duration = Histogram(
-            "kubeswarm_task_duration_seconds", "Duration of task attempts.", ["capability"],
-            buckets=DURATION_BUCKETS, registry=r,
+            "kubeswarm_task_duration_seconds",
+            "Duration of task attempts.",
+            ["capability"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
         )
         self.tasks_in_flight = Gauge("kubeswarm_tasks_in_flight", "Tasks being handled by this replica.", registry=r)
-        self.messages = Counter(
-            "kubeswarm_messages", "Messages sent (out) and received (in), by kind.", ["direction", "kind"], registry=r
-        )
+        self.messages = Counter("kubeswarm_messages", "Messages sent (out) and received (in), by kind.", ["direction", "kind"], registry=r)
         self.nats_reconnects = Counter("kubeswarm_nats_reconnects", "Reconnections to NATS.", registry=r)
         self.nats_connected = Gauge("kubeswarm_nats_connected", "1 while connected to NATS.", registry=r)
         self.backlog = Gauge(
             "kubeswarm_backlog", "Tasks pending or unacknowledged, as last seen on the consumer.", ["capability"], registry=r
         )
         self.llm_tokens = Counter(
-            "kubeswarm_llm_tokens", "LLM tokens by provider, model and kind (input, output, cache_read, cache_write).",
-            ["provider", "model", "kind"], registry=r,
+            "kubeswarm_llm_tokens",
+            "LLM tokens by provider, model and kind (input, output, cache_read, cache_write).",
+            ["provider", "model", "kind"],
+            registry=r,
         )
         self.llm_retries = Counter("kubeswarm_llm_retries", "Retried LLM API calls.", ["provider"], registry=r)
         self.breaker_open = Gauge(
-            "kubeswarm_capability_breaker_open", "1 while the circuit breaker of a capability is open.", ["capability"],
+            "kubeswarm_capability_breaker_open",
+            "1 while the circuit breaker of a capability is open.",
+            ["capability"],
             registry=r,
         )
         self.dead_letters = Counter("kubeswarm_dead_letters", "Tasks sent to the dead-letter subject.", ["capability"], registry=r)
         self.mcp_requests = Counter(
             "kubeswarm_mcp_requests",
             "MCP and JSON-RPC requests handled, by method, outcome (ok, error) and code (JSON-RPC error code or HTTP status).",
-            ["method", "outcome", "code"], registry=r,
+            ["method", "outcome", "code"],
+            registry=r,
         )
 
     def record_tokens(self, provider: str, model: str, usage: dict[str, int]) -> None:

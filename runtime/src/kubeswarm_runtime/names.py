@@ -1,4 +1,4 @@
-"""Subjects, stream, consumer and bucket names of one swarm (DESIGN §4).
+"""Subjects, stream, consumer and bucket names of one swarm (the NATS subjects in docs/runtime.md).
 
 Pure functions of the subject prefix, so the operator (which creates a Swarm's
 streams) and the runtime (which uses or creates them) agree on every name.

@@ -60,9 +60,7 @@ class AgentDirectory:
         entries = await read_bucket(self.conn, self.names.agents_bucket, ">")
         agents = [AgentInfo.model_validate_json(value) for value in entries.values()]
         # The bucket's TTLs remove silent agents; the age check also covers a bucket made without them.
-        return sorted(
-            (a for a in agents if a.alive and (capability is None or capability in a.capabilities)), key=lambda a: a.id
-        )
+        return sorted((a for a in agents if a.alive and (capability is None or capability in a.capabilities)), key=lambda a: a.id)
 
     async def get(self, agent_id: str) -> AgentInfo | None:
         try:
@@ -101,9 +99,18 @@ class Presence:
     def info(self, state: str = "up") -> AgentInfo:
         cfg = self.config
         return AgentInfo(
-            id=cfg.replica_id, agent=cfg.agent, role=cfg.role, capabilities=list(cfg.capabilities), version=cfg.version,
-            load=self.load(), concurrency=cfg.concurrency, heartbeat_seconds=cfg.heartbeat_seconds,
-            endpoint=self.endpoint, started_at=self.started_at, last_seen=time.time(), state=state,
+            id=cfg.replica_id,
+            agent=cfg.agent,
+            role=cfg.role,
+            capabilities=list(cfg.capabilities),
+            version=cfg.version,
+            load=self.load(),
+            concurrency=cfg.concurrency,
+            heartbeat_seconds=cfg.heartbeat_seconds,
+            endpoint=self.endpoint,
+            started_at=self.started_at,
+            last_seen=time.time(),
+            state=state,
         )
 
     async def announce(self) -> None:

@@ -70,7 +70,7 @@ def swarm_agents(swarm: Swarm) -> list[Agent]:
     return [
         Agent(
             metadata=ObjectMeta(name=member.name, namespace=swarm.metadata.namespace),
-            spec=swarm.spec.member_spec(member).model_copy(update={"swarm": swarm.metadata.name}),
+            spec=swarm.member_agent_spec(member),
         )
         for member in swarm.spec.agents
     ]

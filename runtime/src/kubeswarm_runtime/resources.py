@@ -173,9 +173,7 @@ class IngressSpec(Model):
     )
 
     enabled: bool = Field(default=False, description="Expose the MCP endpoint outside the cluster.")
-    kind: Literal["Ingress", "HTTPRoute"] = Field(
-        default="Ingress", description="Ingress (networking.k8s.io) or HTTPRoute (Gateway API)."
-    )
+    kind: Literal["Ingress", "HTTPRoute"] = Field(default="Ingress", description="Ingress (networking.k8s.io) or HTTPRoute (Gateway API).")
     class_name: str | None = Field(default=None, description="IngressClass name, or the Gateway name for HTTPRoute.")
     host: str | None = Field(default=None, description="External host name, e.g. agents.example.com.")
     path: str = Field(default="/mcp", pattern=r"^/", description="Path prefix routed to the agent's MCP endpoint.")
@@ -212,9 +210,7 @@ class AutoscalingSpec(Model):
     enabled: bool = Field(default=False, description="Scale replicas on the JetStream task backlog.")
     min_replicas: int = Field(default=1, ge=0, le=1000, description="Fewest replicas when idle.")
     max_replicas: int = Field(default=10, ge=1, le=1000, description="Most replicas under load.")
-    target_backlog_per_replica: int = Field(
-        default=10, ge=1, description="Pending + unacknowledged tasks one replica should carry."
-    )
+    target_backlog_per_replica: int = Field(default=10, ge=1, description="Pending + unacknowledged tasks one replica should carry.")
     scale_down_delay_seconds: int = Field(
         default=300, ge=0, le=86400, description="How long the backlog must stay low before replicas are removed."
     )
@@ -378,9 +374,7 @@ class NatsSpec(Model):
 
 class StreamsSpec(Model):
     replicas: int = Field(default=1, ge=1, le=5, description="JetStream replicas of each stream (3 on a NATS cluster).")
-    max_age_seconds: int = Field(
-        default=7 * 24 * 3600, ge=0, description="How long discoveries and dead letters are kept (0: forever)."
-    )
+    max_age_seconds: int = Field(default=7 * 24 * 3600, ge=0, description="How long discoveries and dead letters are kept (0: forever).")
     max_bytes: int = Field(default=-1, ge=-1, description="Size limit of each stream in bytes (-1: none).")
     discoveries_retention: Literal["limits", "interest"] = Field(
         default="limits", description="limits keeps discoveries until max age; interest drops them once all consumers have them."
@@ -478,6 +472,10 @@ class Swarm(Model):
     @property
     def subject_prefix(self) -> str:
         return self.spec.subject_prefix or default_subject_prefix(self.metadata.namespace, self.metadata.name)
+
+    def member_agent_spec(self, member: SwarmMember) -> AgentSpec:
+        """A member's Agent spec as the operator applies it (and local mode runs it): ``member_spec`` naming this swarm."""
+        return self.spec.member_spec(member).model_copy(update={"swarm": self.metadata.name})
 
 
 def default_subject_prefix(namespace: str, swarm: str) -> str:

@@ -12,10 +12,10 @@ import nats
 from .client import SwarmClient
 from .config import RuntimeConfig
 from .connection import NatsConnection
-from .handlers import TaskContext, TaskHandler, build_handler
 from .messages import AgentMessage
 from .metrics import RuntimeMetrics
 from .presence import AgentInfo, Presence
+from .providers import TaskContext, TaskHandler, build_handler
 from .tasks import TaskWorker
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,10 @@ class AgentRuntime:
         self._heartbeats = asyncio.create_task(self._heartbeat_loop(), name="heartbeats")
         self.started = True
         log.info(
-            "agent %s (replica %s) up on %s: capabilities %s", cfg.agent, cfg.replica_id, cfg.subject_prefix,
+            "agent %s (replica %s) up on %s: capabilities %s",
+            cfg.agent,
+            cfg.replica_id,
+            cfg.subject_prefix,
             ",".join(cfg.capabilities) or "-",
         )
 
@@ -119,4 +122,3 @@ class AgentRuntime:
             await self.handler.close()
         await self.conn.close()
         log.info("agent %s (replica %s) stopped", self.config.agent, self.config.replica_id)
-

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import nats
 from nats.js import api
+from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 
 from .config import StreamsConfig
 from .connection import JS_API_PREFIX, JS_API_TIMEOUT, NatsConnection
-from .names import SwarmNames
+from .names import PRIORITIES, Priority, SwarmNames
 
 
 @dataclass(frozen=True)
@@ -25,8 +27,12 @@ class SwarmStores:
 def stream_configs(names: SwarmNames, streams: StreamsConfig) -> list[api.StreamConfig]:
     def stream(name: str, subject: str, retention: api.RetentionPolicy, **limits: Any) -> api.StreamConfig:
         return api.StreamConfig(
-            name=name, subjects=[subject], retention=retention, num_replicas=streams.replicas,
-            storage=api.StorageType.FILE, **limits,
+            name=name,
+            subjects=[subject],
+            retention=retention,
+            num_replicas=streams.replicas,
+            storage=api.StorageType.FILE,
+            **limits,
         )
 
     max_age = streams.max_age_seconds or None
@@ -39,13 +45,51 @@ def stream_configs(names: SwarmNames, streams: StreamsConfig) -> list[api.Stream
     ]
 
 
+def task_consumer_config(names: SwarmNames, capability: str, priority: Priority, streams: StreamsConfig) -> api.ConsumerConfig:
+    """The durable work-queue consumer of one capability and priority: every TaskWorker and the operator make it so."""
+    return api.ConsumerConfig(
+        durable_name=names.task_consumer(capability, priority),
+        filter_subject=names.task(capability, priority),
+        ack_policy=api.AckPolicy.EXPLICIT,
+        ack_wait=streams.ack_wait_seconds,
+        max_deliver=streams.max_deliver,
+        max_ack_pending=-1,
+        num_replicas=streams.replicas,
+    )
+
+
+async def task_backlog(conn: NatsConnection, names: SwarmNames, capabilities: Iterable[str]) -> int:
+    """Tasks pending or unacknowledged for these capabilities, summed over priorities.
+
+    A durable consumer reports ``num_pending + num_ack_pending``; where none
+    exists yet (no Swarm provisioned it, no pod started) the messages waiting
+    on its subject in the work queue are counted instead.
+    """
+    js = conn.js
+    total = 0
+    unconsumed: list[str] = []
+    for capability in sorted(set(capabilities)):
+        for priority in PRIORITIES:
+            try:
+                info = await js.consumer_info(names.tasks_stream, names.task_consumer(capability, priority))
+            except NotFoundError:
+                unconsumed.append(names.task(capability, priority))
+                continue
+            total += (info.num_pending or 0) + (info.num_ack_pending or 0)
+    if unconsumed:
+        try:
+            waiting = (await js.stream_info(names.tasks_stream, subjects_filter=names.all_tasks)).state.subjects or {}
+        except NotFoundError:
+            waiting = {}
+        total += sum(waiting.get(subject, 0) for subject in unconsumed)
+    return total
+
+
 async def ensure_swarm_stores(conn: NatsConnection, names: SwarmNames, streams: StreamsConfig) -> SwarmStores:
     for config in stream_configs(names, streams):
         await conn.ensure_stream(config)
     tasks = await conn.ensure_kv(
-        api.KeyValueConfig(
-            bucket=names.tasks_bucket, history=1, ttl=streams.max_age_seconds or None, replicas=streams.replicas
-        )
+        api.KeyValueConfig(bucket=names.tasks_bucket, history=1, ttl=streams.max_age_seconds or None, replicas=streams.replicas)
     )
     # Presence entries expire through per-message TTLs (each agent its own heartbeat), not a bucket TTL.
     agents = await conn.ensure_kv(api.KeyValueConfig(bucket=names.agents_bucket, history=1, replicas=streams.replicas))
@@ -75,8 +119,13 @@ async def read_bucket(conn: NatsConnection, bucket: str, keys: str) -> dict[str,
     info = await js.add_consumer(
         stream,
         api.ConsumerConfig(
-            name=name, filter_subject=prefix + keys, deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
-            ack_policy=api.AckPolicy.NONE, mem_storage=True, num_replicas=1, inactive_threshold=READER_INACTIVE_SECONDS,
+            name=name,
+            filter_subject=prefix + keys,
+            deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
+            ack_policy=api.AckPolicy.NONE,
+            mem_storage=True,
+            num_replicas=1,
+            inactive_threshold=READER_INACTIVE_SECONDS,
         ),
     )
     values: dict[str, bytes] = {}

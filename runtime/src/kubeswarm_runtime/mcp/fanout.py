@@ -69,8 +69,11 @@ class DiscoveryFanout:
             if self._sub is None:
                 names = self.runtime.swarm.names
                 self._sub = await self.runtime.conn.js.subscribe(
-                    names.all_discoveries, stream=names.discoveries_stream, ordered_consumer=True,
-                    config=api.ConsumerConfig(deliver_policy=api.DeliverPolicy.NEW), cb=self._on_message,
+                    names.all_discoveries,
+                    stream=names.discoveries_stream,
+                    ordered_consumer=True,
+                    config=api.ConsumerConfig(deliver_policy=api.DeliverPolicy.NEW),
+                    cb=self._on_message,
                 )
         subscriber = Subscriber(filter)
         self.subscribers.add(subscriber)

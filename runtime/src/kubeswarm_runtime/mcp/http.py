@@ -28,7 +28,11 @@ KEEPALIVE = b": keep-alive\n\n"
 # What a client should wait before reconnecting to a stream the server closed (SSE retry field, ms).
 RECONNECT_MS = 1000
 _HTTP_STATUS = {
-    PARSE_ERROR: 400, INVALID_REQUEST: 400, HEADER_MISMATCH: 400, UNSUPPORTED_PROTOCOL_VERSION: 400, METHOD_NOT_FOUND: 404,
+    PARSE_ERROR: 400,
+    INVALID_REQUEST: 400,
+    HEADER_MISMATCH: 400,
+    UNSUPPORTED_PROTOCOL_VERSION: 400,
+    METHOD_NOT_FOUND: 404,
     INTERNAL_ERROR: 500,
 }
 
@@ -92,4 +96,3 @@ class SseStream:
 
 # Errors that mean the client went away mid-stream.
 CLIENT_GONE = (ConnectionResetError, ConnectionError, TimeoutError)
-

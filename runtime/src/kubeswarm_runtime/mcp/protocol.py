@@ -52,9 +52,23 @@ NAME_BEARING_METHODS = {"tools/call": "name", "prompts/get": "name", "resources/
 # What clients send under the MCP specification (those this server lacks are answered -32601) and the /rpc
 # names: the method label of kubeswarm_mcp_requests_total; any other name is metered as "unknown".
 MCP_METHODS = (
-    "initialize", "ping", "tools/list", "tools/call", "server/discover", "resources/list", "resources/templates/list",
-    "resources/read", "resources/subscribe", "resources/unsubscribe", "prompts/list", "prompts/get", "completion/complete",
-    "logging/setLevel", "notifications/initialized", "notifications/cancelled", "notifications/progress",
+    "initialize",
+    "ping",
+    "tools/list",
+    "tools/call",
+    "server/discover",
+    "resources/list",
+    "resources/templates/list",
+    "resources/read",
+    "resources/subscribe",
+    "resources/unsubscribe",
+    "prompts/list",
+    "prompts/get",
+    "completion/complete",
+    "logging/setLevel",
+    "notifications/initialized",
+    "notifications/cancelled",
+    "notifications/progress",
     "notifications/roots/list_changed",
 )
 RPC_METHODS = ("list_tools", "call_tool")
@@ -66,7 +80,8 @@ _BASE64_SENTINEL = ("=?base64?", "?=")
 
 def unsupported_version(requested: object) -> RpcError:
     return RpcError(
-        UNSUPPORTED_PROTOCOL_VERSION, "Unsupported protocol version",
+        UNSUPPORTED_PROTOCOL_VERSION,
+        "Unsupported protocol version",
         {"supported": list(SUPPORTED_VERSIONS), "requested": requested if isinstance(requested, str) else repr(requested)},
     )
 
@@ -171,8 +186,12 @@ class McpServer:
             return self.list_tools(message.params, modern=modern)
         elif method == "server/discover" and modern:
             return {
-                "supportedVersions": list(SUPPORTED_VERSIONS), "capabilities": self.capabilities,
-                "instructions": self.instructions, "resultType": "complete", "ttlMs": TOOLS_TTL_MS, "cacheScope": "public",
+                "supportedVersions": list(SUPPORTED_VERSIONS),
+                "capabilities": self.capabilities,
+                "instructions": self.instructions,
+                "resultType": "complete",
+                "ttlMs": TOOLS_TTL_MS,
+                "cacheScope": "public",
                 "_meta": self._meta,
             }
         elif method == "ping" and not modern:

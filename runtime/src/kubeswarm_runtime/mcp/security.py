@@ -24,6 +24,7 @@ import aiohttp
 from aiohttp import web
 
 from ..config import McpConfig
+from ..resources import AuthMode
 
 if TYPE_CHECKING:
     # PyJWT (and the cryptography it loads, ~9 MiB) is imported only when a token is checked:
@@ -143,14 +144,14 @@ class Authenticator:
     def __init__(self, config: McpConfig, resource: ProtectedResource) -> None:
         self.config = config
         self.resource = resource
-        self.jwks = JwksKeys(config.issuer) if config.auth == "oidc" and config.issuer else None
-        if config.auth == "jwt" and config.jwt_key is None:
+        self.jwks = JwksKeys(config.issuer) if config.auth is AuthMode.OIDC and config.issuer else None
+        if config.auth is AuthMode.JWT and config.jwt_key is None:
             raise ValueError("mcp.auth=jwt needs mcp.jwt_key (KUBESWARM_MCP__JWT_KEY)")
-        if config.auth == "oidc" and not config.issuer:
+        if config.auth is AuthMode.OIDC and not config.issuer:
             raise ValueError("mcp.auth=oidc needs mcp.issuer (KUBESWARM_MCP__ISSUER)")
 
     async def authenticate(self, request: web.Request) -> Caller:
-        if self.config.auth == "none":
+        if self.config.auth is AuthMode.NONE:
             return Caller(key=f"peer:{request.remote}")
         import jwt
 
@@ -158,7 +159,9 @@ class Authenticator:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise problem(
-                web.HTTPUnauthorized, "invalid_request", "a bearer token is required",
+                web.HTTPUnauthorized,
+                "invalid_request",
+                "a bearer token is required",
                 {"WWW-Authenticate": self.resource.challenge(request)},
             )
         try:
@@ -166,7 +169,9 @@ class Authenticator:
         except jwt.PyJWTError as exc:
             description = str(exc).replace('"', "'")
             raise problem(
-                web.HTTPUnauthorized, "invalid_token", description,
+                web.HTTPUnauthorized,
+                "invalid_token",
+                description,
                 {"WWW-Authenticate": self.resource.challenge(request, "invalid_token", description)},
             ) from None
         scopes = _scopes(claims)
@@ -174,7 +179,9 @@ class Authenticator:
             wanted = " ".join(self.config.required_scopes)
             description = f"the token lacks scope {' '.join(missing)}"
             raise problem(
-                web.HTTPForbidden, "insufficient_scope", description,
+                web.HTTPForbidden,
+                "insufficient_scope",
+                description,
                 {"WWW-Authenticate": self.resource.challenge(request, "insufficient_scope", description, wanted)},
             )
         subject = str(claims.get("sub") or claims.get("client_id") or "token")
@@ -184,8 +191,8 @@ class Authenticator:
         import jwt
 
         cfg = self.config
-        options = {"require": ["exp"], "verify_aud": cfg.audience is not None or cfg.auth == "oidc"}
-        if cfg.auth == "jwt":
+        options = {"require": ["exp"], "verify_aud": cfg.audience is not None or cfg.auth is AuthMode.OIDC}
+        if cfg.auth is AuthMode.JWT:
             assert cfg.jwt_key is not None
             key: Any = cfg.jwt_key.get_secret_value()
             algorithms = ["HS256"]
@@ -194,7 +201,7 @@ class Authenticator:
             signing = await self.jwks.key(jwt.get_unverified_header(token).get("kid"))
             key, algorithms = signing, [signing.algorithm_name] if signing.algorithm_name in ASYMMETRIC_ALGORITHMS else []
         # oidc without a configured audience: the token must be meant for this resource (RFC 8707).
-        audience = cfg.audience or (self.resource.resource(request) if cfg.auth == "oidc" else None)
+        audience = cfg.audience or (self.resource.resource(request) if cfg.auth is AuthMode.OIDC else None)
         claims: dict[str, Any] = jwt.decode(token, key, algorithms=algorithms, audience=audience, issuer=cfg.issuer, options=options)  # type: ignore[arg-type]
         return claims
 
@@ -248,7 +255,9 @@ class StreamSlots:
     def hold(self) -> Iterator[None]:
         if self.open >= self.limit:
             raise problem(
-                web.HTTPServiceUnavailable, "too_many_streams", f"this agent serves at most {self.limit} streams at once",
+                web.HTTPServiceUnavailable,
+                "too_many_streams",
+                f"this agent serves at most {self.limit} streams at once",
                 {"Retry-After": "1"},
             )
         self.open += 1
@@ -276,7 +285,9 @@ class Guard:
         wait = self.limiter.wait_seconds(caller.key)
         if wait > 0:
             raise problem(
-                web.HTTPTooManyRequests, "rate_limited", "too many requests; slow down",
+                web.HTTPTooManyRequests,
+                "rate_limited",
+                "too many requests; slow down",
                 {"Retry-After": str(max(1, math.ceil(wait)))},
             )
         return caller

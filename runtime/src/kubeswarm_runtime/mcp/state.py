@@ -86,9 +86,12 @@ class McpState:
                     streams = self.runtime.config.streams
                     await conn.ensure_stream(
                         api.StreamConfig(
-                            name=swarm.names.mcp_events_stream, subjects=[swarm.names.all_mcp_events],
-                            retention=api.RetentionPolicy.LIMITS, max_age=self.session_ttl,
-                            num_replicas=streams.replicas, storage=api.StorageType.FILE,
+                            name=swarm.names.mcp_events_stream,
+                            subjects=[swarm.names.all_mcp_events],
+                            retention=api.RetentionPolicy.LIMITS,
+                            max_age=self.session_ttl,
+                            num_replicas=streams.replicas,
+                            storage=api.StorageType.FILE,
                         )
                     )
                     self._sessions = await conn.ensure_kv(

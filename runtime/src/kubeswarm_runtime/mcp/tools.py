@@ -1,4 +1,4 @@
-"""The swarm's tools (DESIGN §4): pydantic inputs and outputs, calls into the runtime's services.
+"""The swarm's MCP tools (docs/mcp.md): pydantic inputs and outputs, calls into the runtime's services.
 
 Schemas, descriptions and the ``tools/list`` pages are computed once; a call
 validates its arguments, runs, and returns the output as a JSON-ready dict.
@@ -149,9 +149,7 @@ async def share_discovery(runtime: AgentRuntime, args: ShareDiscoveryInput) -> D
 
 
 async def list_discoveries(runtime: AgentRuntime, args: ListDiscoveriesInput) -> DiscoveriesOutput:
-    found = await runtime.swarm.discoveries.list(
-        agent=args.agent_id, type=args.discovery_type, since_seq=args.since_seq, limit=args.limit
-    )
+    found = await runtime.swarm.discoveries.list(agent=args.agent_id, type=args.discovery_type, since_seq=args.since_seq, limit=args.limit)
     last_seq = (found[-1].seq or args.since_seq) if found else args.since_seq
     return DiscoveriesOutput(discoveries=[d for d in found if d.confidence >= args.min_confidence], last_seq=last_seq)
 
@@ -276,65 +274,107 @@ class ToolSpec(Generic[InT, OutT]):
 
 SWARM_TOOLS: tuple[ToolSpec[Any, Any], ...] = (
     ToolSpec(
-        "share_discovery", "Share a discovery",
+        "share_discovery",
+        "Share a discovery",
         "Publish a finding to every agent of the swarm: it is stored (list_discoveries reads it back) and streamed to "
         "subscribers of /sse/discoveries. Use it when you learn something other agents should know.",
-        ShareDiscoveryInput, DiscoveryOutput, share_discovery,
+        ShareDiscoveryInput,
+        DiscoveryOutput,
+        share_discovery,
     ),
     ToolSpec(
-        "list_discoveries", "List discoveries",
+        "list_discoveries",
+        "List discoveries",
         "Read discoveries shared in the swarm, oldest first, filtered by author, type and minimum confidence. "
         "Page through them by passing the returned last_seq as since_seq.",
-        ListDiscoveriesInput, DiscoveriesOutput, list_discoveries, read_only=True,
+        ListDiscoveriesInput,
+        DiscoveriesOutput,
+        list_discoveries,
+        read_only=True,
     ),
     ToolSpec(
-        "list_agents", "List agents",
+        "list_agents",
+        "List agents",
         "List the live agent replicas of the swarm with their role, capabilities and current load. "
         "Use it to find who can do something before request_capability or create_task.",
-        ListAgentsInput, AgentsOutput, list_agents, read_only=True,
+        ListAgentsInput,
+        AgentsOutput,
+        list_agents,
+        read_only=True,
     ),
     ToolSpec(
-        "get_agent_info", "Get agent info",
+        "get_agent_info",
+        "Get agent info",
         "Describe one agent replica (role, capabilities, load, endpoint); without agent_id, the agent serving this call.",
-        GetAgentInfoInput, AgentOutput, get_agent_info, read_only=True,
+        GetAgentInfoInput,
+        AgentOutput,
+        get_agent_info,
+        read_only=True,
     ),
     ToolSpec(
-        "send_message", "Send a message",
+        "send_message",
+        "Send a message",
         "Send a direct message to an agent. kind='command' delivers it and returns; kind='query' waits for the "
         "agent's answer (up to timeout_seconds) and returns it as response.",
-        SendMessageInput, MessageOutput, send_message, slow=True,
+        SendMessageInput,
+        MessageOutput,
+        send_message,
+        slow=True,
     ),
     ToolSpec(
-        "request_capability", "Request a capability",
+        "request_capability",
+        "Request a capability",
         "Ask one agent offering a capability to handle an input now and return its result (synchronous; load-balanced "
         "over the agents that offer it). For long or retry-worthy work prefer create_task.",
-        RequestCapabilityInput, CapabilityOutput, request_capability, slow=True,
+        RequestCapabilityInput,
+        CapabilityOutput,
+        request_capability,
+        slow=True,
     ),
     ToolSpec(
-        "create_task", "Create a task",
+        "create_task",
+        "Create a task",
         "Queue a task for a capability: it is delivered at least once, retried on failure and dead-lettered after the "
         "last attempt. Returns the task record (id, state); set wait_seconds to wait for its result.",
-        CreateTaskInput, TaskOutput, create_task, slow=True,
+        CreateTaskInput,
+        TaskOutput,
+        create_task,
+        slow=True,
     ),
     ToolSpec(
-        "get_task", "Get a task",
+        "get_task",
+        "Get a task",
         "Read a task's state, attempts, result or error by its id.",
-        TaskIdInput, TaskOutput, get_task, read_only=True,
+        TaskIdInput,
+        TaskOutput,
+        get_task,
+        read_only=True,
     ),
     ToolSpec(
-        "list_tasks", "List tasks",
+        "list_tasks",
+        "List tasks",
         "List tasks, newest first, optionally only those in one state or of one capability.",
-        ListTasksInput, TasksOutput, list_tasks, read_only=True,
+        ListTasksInput,
+        TasksOutput,
+        list_tasks,
+        read_only=True,
     ),
     ToolSpec(
-        "cancel_task", "Cancel a task",
+        "cancel_task",
+        "Cancel a task",
         "Cancel a pending or running task; a finished task is returned unchanged.",
-        TaskIdInput, TaskOutput, cancel_task, idempotent=True,
+        TaskIdInput,
+        TaskOutput,
+        cancel_task,
+        idempotent=True,
     ),
     ToolSpec(
-        "broadcast", "Broadcast a message",
+        "broadcast",
+        "Broadcast a message",
         "Send a message to every agent of the swarm at once (not stored; agents that are down miss it).",
-        BroadcastInput, MessageOutput, broadcast,
+        BroadcastInput,
+        MessageOutput,
+        broadcast,
     ),
 )
 

@@ -1,0 +1,1 @@
+"""An Agent: its children and status as pure functions, and the reconciler that converges them."""

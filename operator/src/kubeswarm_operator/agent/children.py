@@ -1,0 +1,367 @@
+"""The objects an Agent owns, as pure functions of the Agent (no cluster needed).
+
+Each ``build_*`` returns one manifest, ready for server-side apply; what the
+live cluster holds (existing Secret data, referenced Secrets' digests) comes
+in as plain arguments, so everything here is unit-testable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from kubeswarm_runtime.resources import Agent, AuthMode, Provider, SecretKeyRef
+
+from ..kube.kinds import CONFIG_MAP, DEPLOYMENT, INGRESS, NETWORK_POLICY, PDB, SECRET, SERVICE, Kind, Manifest
+from ..kube.owned import AGENT_LABEL, MANAGED_BY, MANAGED_BY_LABEL, SWARM_LABEL, controller_reference, digest, owned
+
+NAME_LABEL = "app.kubernetes.io/name"
+INSTANCE_LABEL = "app.kubernetes.io/instance"
+APP_NAME = "kubeswarm-agent"
+CONFIG_HASH_ANNOTATION = "kubeswarm.io/config-hash"
+
+JWT_SECRET_KEY = "jwt-key"  # noqa: S105 (the name of a key, not a secret)
+AWS_SYNCED_KEY = "api-key"  # the key of the Secret an AWS Secrets Manager value is synced into
+METRICS_PORT = 9090
+RUNTIME_COMMAND = ["python", "-m", "kubeswarm_runtime"]
+RUNTIME_USER = 10001
+DEFAULT_RESOURCES: Manifest = {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}}
+
+
+def config_map_name(agent: Agent) -> str:
+    return f"{agent.metadata.name}-runtime"
+
+
+def secret_name(agent: Agent) -> str:
+    return f"{agent.metadata.name}-credentials"
+
+
+def child_name(agent: Agent, kind: Kind) -> str:
+    if kind is CONFIG_MAP:
+        return config_map_name(agent)
+    if kind is SECRET:
+        return secret_name(agent)
+    return agent.metadata.name
+
+
+def selector_labels(agent: Agent) -> dict[str, str]:
+    """Pod selector of the Deployment, Service, PDB and NetworkPolicy (immutable: only stable labels)."""
+    return {NAME_LABEL: APP_NAME, AGENT_LABEL: agent.metadata.name}
+
+
+def selector_string(agent: Agent) -> str:
+    return ",".join(f"{key}={value}" for key, value in selector_labels(agent).items())
+
+
+def child_labels(agent: Agent) -> dict[str, str]:
+    return {
+        **selector_labels(agent),
+        INSTANCE_LABEL: agent.metadata.name,
+        MANAGED_BY_LABEL: MANAGED_BY,
+        SWARM_LABEL: agent.spec.swarm,
+    }
+
+
+def owner_reference(agent: Agent) -> Manifest:
+    return controller_reference("Agent", agent.metadata.name, agent.metadata.uid)
+
+
+def manifest(agent: Agent, kind: Kind, body: Manifest, *, annotations: Mapping[str, str] | None = None) -> Manifest:
+    """A child with our labels, owner reference and the hash of its own content."""
+    return owned(
+        kind,
+        child_name(agent, kind),
+        agent.metadata.namespace,
+        labels=child_labels(agent),
+        owner=owner_reference(agent),
+        body=body,
+        annotations=annotations,
+    )
+
+
+def build_config_map(agent: Agent, runtime_env: Mapping[str, str]) -> Manifest:
+    """The runtime's configuration as environment variables (no secret values: those come from Secrets)."""
+    return manifest(agent, CONFIG_MAP, {"data": dict(sorted(runtime_env.items()))})
+
+
+def build_secret(agent: Agent) -> Manifest:
+    """The per-agent credentials Secret without its data.
+
+    The data (the JWT signing key) is generated once when the Secret is
+    created and never re-applied, so reconciles cannot rotate it.
+    """
+    return manifest(agent, SECRET, {"type": "Opaque"})
+
+
+def build_service(agent: Agent) -> Manifest:
+    ports = [{"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"}]
+    if agent.spec.mcp.enabled:
+        ports.insert(0, {"name": "mcp", "port": agent.spec.mcp.port, "targetPort": "mcp", "protocol": "TCP"})
+    return manifest(agent, SERVICE, {"spec": {"type": "ClusterIP", "selector": selector_labels(agent), "ports": ports}})
+
+
+@dataclass(frozen=True)
+class SecretEnv:
+    """An environment variable read from a Secret key."""
+
+    env: str
+    secret: str
+    key: str
+
+
+AWS_SYNCED_SUFFIX = "-aws-api-key"
+
+
+def aws_synced_secret_name(agent: Agent) -> str:
+    return agent.metadata.name + AWS_SYNCED_SUFFIX
+
+
+def api_key_ref(agent: Agent) -> SecretKeyRef | None:
+    """Where the pods read the model API key: the user's Secret, or the one the operator syncs from AWS Secrets Manager."""
+    model = agent.spec.model
+    if model.aws_secrets_manager is not None:
+        return SecretKeyRef(name=aws_synced_secret_name(agent), key=AWS_SYNCED_KEY)
+    return model.api_key_secret_ref
+
+
+def secret_env(agent: Agent, *, api_key_env: str, jwt_key_env: str) -> list[SecretEnv]:
+    """Environment the runtime reads from Secrets (the API key, the JWT signing key)."""
+    out = []
+    ref = api_key_ref(agent)
+    if ref is not None:
+        out.append(SecretEnv(api_key_env, ref.name, ref.key))
+    if agent.spec.mcp.auth.mode is AuthMode.JWT:
+        out.append(SecretEnv(jwt_key_env, secret_name(agent), JWT_SECRET_KEY))
+    return out
+
+
+def referenced_objects(agent: Agent) -> set[tuple[str, str]]:
+    """(kind, name) of every Secret and ConfigMap the pods read: a change to any of them rolls the pods."""
+    refs = {("ConfigMap", config_map_name(agent)), ("Secret", secret_name(agent))}
+    api_key = api_key_ref(agent)
+    if api_key is not None:
+        refs.add(("Secret", api_key.name))
+    for var in agent.spec.env:
+        source = var.get("valueFrom") or {}
+        for field, kind in (("secretKeyRef", "Secret"), ("configMapKeyRef", "ConfigMap")):
+            if isinstance(source.get(field), dict) and source[field].get("name"):
+                refs.add((kind, source[field]["name"]))
+    for env_from in agent.spec.env_from:
+        for field, kind in (("secretRef", "Secret"), ("configMapRef", "ConfigMap")):
+            if isinstance(env_from.get(field), dict) and env_from[field].get("name"):
+                refs.add((kind, env_from[field]["name"]))
+    return refs
+
+
+def config_hash(digests: Mapping[tuple[str, str], object]) -> str:
+    """Hash of the referenced objects' content digests (None for a missing object)."""
+    return digest(sorted([f"{kind}/{name}", value] for (kind, name), value in digests.items()))
+
+
+def http_probe(path: str, period: int, failures: int) -> Manifest:
+    return {"httpGet": {"path": path, "port": "mcp"}, "periodSeconds": period, "timeoutSeconds": 2, "failureThreshold": failures}
+
+
+def build_deployment(
+    agent: Agent,
+    *,
+    image: str,
+    config_hash: str,
+    api_key_env: str,
+    jwt_key_env: str,
+    with_replicas: bool = True,
+) -> Manifest:
+    """The runtime pods: restricted pod security, probes on the runtime's endpoints, a config hash to roll them.
+
+    ``with_replicas=False`` leaves replicas to whoever else scales the Deployment (an HPA).
+    """
+    spec = agent.spec
+    env = [
+        {"name": s.env, "valueFrom": {"secretKeyRef": {"name": s.secret, "key": s.key}}}
+        for s in secret_env(agent, api_key_env=api_key_env, jwt_key_env=jwt_key_env)
+    ]
+    container: Manifest = {
+        "name": "runtime",
+        "image": spec.image or image,
+        "command": RUNTIME_COMMAND,
+        "ports": [
+            {"name": "mcp", "containerPort": spec.mcp.port, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
+        ],
+        "envFrom": [{"configMapRef": {"name": config_map_name(agent)}}, *spec.env_from],
+        "env": [*env, *spec.env],
+        "resources": spec.resources if spec.resources is not None else DEFAULT_RESOURCES,
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "startupProbe": http_probe("/healthz", 2, 30),
+        "livenessProbe": http_probe("/healthz", 10, 3),
+        "readinessProbe": http_probe("/readyz", 5, 2),
+        # The root filesystem is read-only; Python and libraries still want a scratch directory (an emptyDir).
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],  # noqa: S108,
+    }
+    if spec.image_pull_policy:
+        container["imagePullPolicy"] = spec.image_pull_policy
+    pod_spec: Manifest = {
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUNTIME_USER,
+            "runAsGroup": RUNTIME_USER,
+            "fsGroup": RUNTIME_USER,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}],
+    }
+    optional = {
+        "serviceAccountName": spec.service_account_name,
+        "nodeSelector": spec.node_selector,
+        "tolerations": spec.tolerations,
+        "affinity": spec.affinity,
+    }
+    pod_spec.update({key: value for key, value in optional.items() if value})
+    pod_annotations = {
+        **spec.pod_annotations,
+        CONFIG_HASH_ANNOTATION: config_hash,
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(METRICS_PORT),
+    }
+    deployment_spec: Manifest = {
+        "selector": {"matchLabels": selector_labels(agent)},
+        "revisionHistoryLimit": 3,
+        "template": {
+            # Our labels last: a podLabels entry must not break the selector.
+            "metadata": {"labels": {**spec.pod_labels, **child_labels(agent)}, "annotations": pod_annotations},
+            "spec": pod_spec,
+        },
+    }
+    if with_replicas:
+        deployment_spec = {"replicas": spec.replicas, **deployment_spec}
+    return manifest(agent, DEPLOYMENT, {"spec": deployment_spec})
+
+
+def build_pdb(agent: Agent) -> Manifest | None:
+    """Keep all but one pod through voluntary disruptions; only meaningful with several replicas."""
+    if agent.spec.replicas <= 1:
+        return None
+    return manifest(agent, PDB, {"spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector_labels(agent)}}})
+
+
+def url_ports(urls: Iterable[str], default: int) -> list[int]:
+    return sorted({urlsplit(url.strip()).port or default for url in urls if url.strip()})
+
+
+def build_network_policy(agent: Agent, *, nats_url: str, ingress_namespace: str) -> Manifest:
+    """Default deny; allow DNS, NATS, the model API, the ingress controller to MCP and metrics scrapes."""
+    spec = agent.spec
+
+    def ports(numbers: Iterable[int | str], protocol: str = "TCP") -> list[Manifest]:
+        return [{"port": number, "protocol": protocol} for number in numbers]
+
+    egress = [
+        {"ports": ports([53], "UDP") + ports([53])},
+        {"ports": ports(url_ports(nats_url.split(","), 4222))},
+    ]
+    https = spec.model.provider in (Provider.ANTHROPIC, Provider.BEDROCK) or spec.mcp.auth.mode is AuthMode.OIDC
+    outbound = {443} if https else set()
+    if spec.model.endpoint:
+        outbound.update(url_ports([spec.model.endpoint], 443 if spec.model.endpoint.startswith("https") else 80))
+    if outbound:
+        egress.append({"ports": ports(sorted(outbound))})
+    ingress = [{"ports": ports(["metrics"]), "from": [{"namespaceSelector": {}}]}]
+    if spec.mcp.enabled:
+        controller = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ingress_namespace}}}
+        ingress.insert(0, {"ports": ports(["mcp"]), "from": [controller]})
+    return manifest(
+        agent,
+        NETWORK_POLICY,
+        {
+            "spec": {
+                "podSelector": {"matchLabels": selector_labels(agent)},
+                "policyTypes": ["Ingress", "Egress"],
+                "ingress": ingress,
+                "egress": egress,
+            }
+        },
+    )
+
+
+OAUTH_METADATA_PATH = "/.well-known/oauth-protected-resource"
+
+
+def sse_annotations(timeout_seconds: int) -> dict[str, str]:
+    """ingress-nginx settings that keep SSE and streamed MCP responses flowing."""
+    prefix = "nginx.ingress.kubernetes.io"
+    return {
+        f"{prefix}/proxy-buffering": "off",
+        f"{prefix}/proxy-request-buffering": "off",
+        f"{prefix}/proxy-read-timeout": str(timeout_seconds),
+        f"{prefix}/proxy-send-timeout": str(timeout_seconds),
+    }
+
+
+def build_ingress(agent: Agent) -> Manifest | None:
+    ingress = agent.spec.mcp.ingress
+    if not (agent.spec.mcp.enabled and ingress.enabled and ingress.kind == "Ingress"):
+        return None
+    backend = {"service": {"name": agent.metadata.name, "port": {"name": "mcp"}}}
+    # MCP clients find the authorization server through the RFC 9728 metadata of the same host.
+    paths = [{"path": p, "pathType": "Prefix", "backend": backend} for p in (ingress.path, OAUTH_METADATA_PATH)]
+    spec: Manifest = {"rules": [{"host": ingress.host, "http": {"paths": paths}}]}
+    if ingress.class_name:
+        spec = {"ingressClassName": ingress.class_name, **spec}
+    if ingress.tls:
+        spec["tls"] = [{"hosts": [ingress.host], "secretName": ingress.tls.secret_name}]
+    annotations = {**sse_annotations(agent.spec.mcp.timeout_seconds), **ingress.annotations}
+    return manifest(agent, INGRESS, {"spec": spec}, annotations=annotations)
+
+
+def endpoint(agent: Agent) -> str | None:
+    """The MCP URL clients should use: the ingress when there is one, else the Service."""
+    mcp = agent.spec.mcp
+    if not mcp.enabled:
+        return None
+    if mcp.ingress.enabled and mcp.ingress.host:
+        scheme = "https" if mcp.ingress.tls else "http"
+        return f"{scheme}://{mcp.ingress.host}{mcp.ingress.path}"
+    return f"http://{agent.metadata.name}.{agent.metadata.namespace}.svc:{mcp.port}/mcp"
+
+
+@dataclass(frozen=True)
+class ChildInputs:
+    """What the children depend on besides the Agent: operator settings and what the cluster holds."""
+
+    image: str
+    runtime_env: Mapping[str, str]
+    nats_url: str
+    ingress_namespace: str
+    config_hash: str
+    api_key_env: str
+    jwt_key_env: str
+    scaled_externally: bool = False
+
+
+def build_children(agent: Agent, inputs: ChildInputs) -> dict[Kind, Manifest | None]:
+    """Every child kind -> its desired manifest, or None where the Agent wants none (to be deleted)."""
+    return {
+        CONFIG_MAP: build_config_map(agent, inputs.runtime_env),
+        SECRET: build_secret(agent),
+        SERVICE: build_service(agent),
+        NETWORK_POLICY: build_network_policy(agent, nats_url=inputs.nats_url, ingress_namespace=inputs.ingress_namespace),
+        PDB: build_pdb(agent),
+        DEPLOYMENT: build_deployment(
+            agent,
+            image=inputs.image,
+            config_hash=inputs.config_hash,
+            api_key_env=inputs.api_key_env,
+            jwt_key_env=inputs.jwt_key_env,
+            with_replicas=not inputs.scaled_externally,
+        ),
+        INGRESS: build_ingress(agent),
+    }

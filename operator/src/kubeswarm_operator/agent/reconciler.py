@@ -1,0 +1,347 @@
+"""Converge one Agent: desired children vs the watched live state, write only what differs, report status.
+
+Level-based: create, update, resume, child events and the periodic resync all
+call the same ``reconcile``.  Live state comes from the operator's watches
+(a :class:`World` of in-memory views), so a reconcile that finds everything
+in place makes no API request at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from kubeswarm_runtime.render import MCP_JWT_KEY_ENV, MODEL_API_KEY_ENV, render_runtime_env
+from kubeswarm_runtime.resources import Agent, AgentStatus, Swarm
+
+from .. import metrics
+from ..jetstream.connections import swarm_nats_url
+from ..kube.client import ApiError, Kube, namespace_terminating
+from ..kube.conditions import Event, now, status_patch
+from ..kube.drift import contains
+from ..kube.kinds import AGENT, CHILD_KINDS, CONFIG_MAP, DEPLOYMENT, INGRESS, SECRET, Key, Kind, Manifest, reference
+from ..kube.owned import SPEC_HASH_ANNOTATION, data_digests, digest
+from ..kube.workqueue import WorkQueue
+from ..kube.world import World, latest, one
+from ..settings import OperatorSettings
+from .children import (
+    JWT_SECRET_KEY,
+    ChildInputs,
+    api_key_ref,
+    build_children,
+    child_name,
+    config_hash,
+    referenced_objects,
+    secret_name,
+)
+from .findings import AgentFindings
+from .status import Observed, compute_status, transitions
+
+log = logging.getLogger(__name__)
+
+# After a write, the watch needs a moment to show it; within this window a
+# stale view is not taken for drift (which would write the same thing again).
+SETTLE_SECONDS = 15.0
+PODS_READ = (CONFIG_MAP, SECRET)
+
+
+@dataclass(frozen=True)
+class Refs:
+    """What the pods read from Secrets and ConfigMaps: content digests, and what is missing."""
+
+    digests: dict[tuple[str, str], object]
+    missing: list[str]
+
+
+class AgentReconciler:
+    def __init__(self, kube: Kube, settings: OperatorSettings, world: World) -> None:
+        self.kube = kube
+        self.settings = settings
+        self.world = world
+        self._locks: dict[Key, asyncio.Lock] = {}
+        self.queue = WorkQueue("Agent", self._run, settings.worker_limit)
+        self._recent: dict[tuple[str, str, str], tuple[str, float]] = {}
+        self._recent_status: dict[Key, tuple[AgentStatus, float]] = {}
+        self._phases: dict[Key, str] = {}
+        self._replica_labels: dict[Key, tuple[str, str, str]] = {}  # (namespace, agent, swarm) of its replica series
+        self._posting: set[asyncio.Task[None]] = set()
+        # What the operator's loops (autoscaler, AWS secret sync, HTTPRoutes) found; merged into the status.
+        self.findings = AgentFindings()
+
+    # -- entry points
+
+    async def reconcile(self, agent: Agent) -> None:
+        """Bring one Agent's children and status to the desired state (raises on API errors, for retries)."""
+        async with self.queue.slots:
+            await self._reconcile(agent)
+
+    async def _reconcile(self, agent: Agent) -> None:
+        """``reconcile`` in a slot the caller holds."""
+        key = (agent.metadata.namespace, agent.metadata.name)
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        started = time.perf_counter()
+        async with lock:
+            try:
+                wrote = await self._converge(agent, self.world)
+            except ApiError as error:
+                if namespace_terminating(error):
+                    log.debug("namespace of Agent %s/%s is being deleted; leaving it be", *key)
+                    return
+                metrics.RECONCILES.labels("Agent", "error").inc()
+                raise
+            except Exception:
+                metrics.RECONCILES.labels("Agent", "error").inc()
+                raise
+            finally:
+                metrics.RECONCILE_SECONDS.labels("Agent").observe(time.perf_counter() - started)
+        metrics.RECONCILES.labels("Agent", "applied" if wrote else "unchanged").inc()
+
+    def enqueue(self, namespace: str, name: str, delay: float = 0.2) -> None:
+        """Reconcile soon, from the latest watched body; bursts of child events collapse into one run.
+
+        A run queued for later (a settle recheck) is brought forward by a sooner request:
+        a child's event must not wait behind it.
+        """
+        self.queue.enqueue((namespace, name), delay)
+
+    def observe(self, namespace: str, name: str, uid: object, generation: object) -> None:
+        """An Agent's watch event: reconcile now if it is new or its spec changed.
+
+        Its own status writes (and metadata edits) leave the generation as it
+        was: nothing to do for them, the children depend on the spec alone.
+        """
+        self.queue.observe((namespace, name), (uid, generation))
+
+    def forget(self, namespace: str, name: str) -> None:
+        key = (namespace, name)
+        self.queue.forget(key)
+        self._locks.pop(key, None)
+        self._recent_status.pop(key, None)
+        self._phases.pop(key, None)
+        self._count_phases()
+        self._drop_replica_series(key)
+
+    async def resync_forever(self) -> None:
+        """The periodic level check: every Agent, spread over the resync period."""
+        while True:
+            await asyncio.sleep(self.settings.resync_seconds)
+            keys = list(self.world.agents.keys())
+            gap = self.settings.resync_seconds / max(len(keys), 1) / 2
+            for namespace, name in keys:
+                self.enqueue(namespace, name, delay=0)
+                await asyncio.sleep(gap)
+
+    async def flush_events(self) -> None:
+        """Wait for the Events being posted in the background."""
+        await asyncio.gather(*self._posting, return_exceptions=True)
+
+    async def close(self) -> None:
+        await self.queue.close()
+        await self.flush_events()
+
+    # -- internals
+
+    async def _run(self, key: Key) -> None:
+        agent = latest(self.world.agents, key, Agent)
+        if agent is not None:
+            await self._reconcile(agent)  # raises for the queue's retry
+
+    async def _converge(self, agent: Agent, world: World) -> bool:
+        namespace = agent.metadata.namespace
+        swarm_body = one(world.swarms, (namespace, agent.spec.swarm))
+        swarm = Swarm.model_validate(swarm_body) if swarm_body else None
+        nats_url = swarm_nats_url(swarm, self.settings.nats_url)
+        runtime_env = render_runtime_env(agent, swarm, namespace=namespace, nats_url=nats_url)
+
+        live_secret = world.children[SECRET].get((namespace, secret_name(agent)))
+        # Base64 as in a Secret's data, so its digests match what the watch reports once it exists.
+        new_secret_data = (
+            None
+            if live_secret and JWT_SECRET_KEY in live_secret.get("digests", {})
+            else {JWT_SECRET_KEY: base64.b64encode(secrets.token_bytes(48)).decode()}
+        )
+        refs = self._refs(agent, world, runtime_env, new_secret_data)
+        inputs = ChildInputs(
+            image=self.settings.runtime_image,
+            runtime_env=runtime_env,
+            nats_url=nats_url,
+            ingress_namespace=self.settings.ingress_namespace,
+            config_hash=config_hash(refs.digests),
+            api_key_env=MODEL_API_KEY_ENV,
+            jwt_key_env=MCP_JWT_KEY_ENV,
+            scaled_externally=bool(world.scaled.get((namespace, "Deployment", agent.metadata.name))),
+        )
+        desired = build_children(agent, inputs)
+
+        async def converge(kinds: Iterable[Kind]) -> list[str | None]:
+            return await asyncio.gather(
+                *(
+                    self._converge_child(
+                        agent, kind, desired[kind], world.children[kind].get((namespace, child_name(agent, kind))), new_secret_data
+                    )
+                    for kind in kinds
+                )
+            )
+
+        # What the pods read first, then the rest in parallel (a Service's IP allocation is slow; pods need not wait for it).
+        done = await converge(PODS_READ)
+        done += await converge(kind for kind in CHILD_KINDS if kind not in PODS_READ)
+        actions = [action for action in done if action]
+
+        observed = Observed(
+            deployment=world.children[DEPLOYMENT].get((namespace, agent.metadata.name)),
+            nats_url=nats_url,
+            missing_refs=refs.missing,
+            # An HTTPRoute's readiness comes from the route loop (findings).
+            ingress_wanted=agent.spec.mcp.enabled and agent.spec.mcp.ingress.enabled and agent.spec.mcp.ingress.kind == "Ingress",
+            ingress=world.children[INGRESS].get((namespace, agent.metadata.name)),
+        )
+        wrote_status = await self._report(agent, observed, actions)
+        return bool(actions) or wrote_status
+
+    def _refs(self, agent: Agent, world: World, runtime_env: Mapping[str, str], new_secret: Mapping[str, str] | None) -> Refs:
+        """Digests of everything the pods read: ours from what we are about to write, others' from the watch."""
+        own = {
+            ("ConfigMap", child_name(agent, CONFIG_MAP)): digest(dict(runtime_env)),
+            ("Secret", secret_name(agent)): data_digests(new_secret) if new_secret else None,
+        }
+        digests: dict[tuple[str, str], object] = {}
+        missing = []
+        for ref in sorted(referenced_objects(agent)):
+            kind, name = ref
+            if own.get(ref) is not None:
+                digests[ref] = own[ref]
+                continue
+            live = world.children[SECRET if kind == "Secret" else CONFIG_MAP].get((agent.metadata.namespace, name))
+            digests[ref] = live.get("digests") if live else None
+            if live is None:
+                missing.append(f'{kind.lower()} "{name}" not found')
+        api_ref = api_key_ref(agent)
+        if api_ref is not None:
+            keys = digests.get(("Secret", api_ref.name))
+            if isinstance(keys, dict) and api_ref.key not in keys:
+                missing.append(f'secret "{api_ref.name}" has no key "{api_ref.key}"')
+        return Refs(digests, missing)
+
+    async def _converge_child(
+        self, agent: Agent, kind: Kind, want: Manifest | None, live: Manifest | None, new_secret: Mapping[str, str] | None
+    ) -> str | None:
+        """Write one child if it differs; returns what was done, for the Agent's events."""
+        namespace, name = agent.metadata.namespace, child_name(agent, kind)
+        if want is None:
+            if live is None:
+                return None
+            await self.kube.delete(kind, namespace, name)
+            return f"deleted {kind.kind} {name}"
+        if live is not None and contains(live, want) and not (kind is SECRET and new_secret):
+            return None
+        wanted_hash = want["metadata"]["annotations"][SPEC_HASH_ANNOTATION]
+        recent_key = (kind.kind, namespace, name)
+        last = self._recent.get(recent_key)
+        if last is not None and last[0] == wanted_hash and time.monotonic() < last[1]:
+            # We wrote exactly this moments ago; the watch has not caught up. Look again once it has.
+            self.enqueue(namespace, agent.metadata.name, delay=SETTLE_SECONDS)
+            return None
+        if kind is SECRET and new_secret is not None:
+            with_data = {**want, "data": dict(new_secret)}
+            if live is None:
+                await self.kube.create(with_data)  # a 409 means it exists after all: never overwrite a key
+            else:
+                await self.kube.merge_patch(kind, namespace, name, {"data": dict(new_secret)})
+        else:
+            await self._apply(kind, want, live)
+        self._recent[recent_key] = (wanted_hash, time.monotonic() + SETTLE_SECONDS)
+        if live is None:
+            return f"created {kind.kind} {name}"
+        if live.get("metadata", {}).get("annotations", {}).get(SPEC_HASH_ANNOTATION) == wanted_hash:
+            return f"reverted a change made outside the Agent to {kind.kind} {name}"
+        return f"updated {kind.kind} {name}"
+
+    async def _apply(self, kind: Kind, want: Manifest, live: Manifest | None) -> None:
+        try:
+            await self.kube.apply(want)
+        except ApiError as error:
+            if error.status != 422 or live is None:
+                raise
+            # A hand edit can leave a list entry that merges with ours into an invalid object (two Service
+            # ports named mcp). A merge patch replaces lists whole: take the content back, then own it again.
+            content = {key: value for key, value in want.items() if key not in ("apiVersion", "kind", "metadata")}
+            await self.kube.merge_patch(kind, want["metadata"]["namespace"], want["metadata"]["name"], content)
+            await self.kube.apply(want)
+
+    async def _report(self, agent: Agent, observed: Observed, actions: list[str]) -> bool:
+        """Write the status if it changed, with Events for what was done and what changed."""
+        stamped_at = now()
+        key = (agent.metadata.namespace, agent.metadata.name)
+        # The status we wrote moments ago may not have reached the watched body yet: compare with
+        # (and carry transition times over from) that one, so it is neither written nor announced twice.
+        recent = self._recent_status.get(key)
+        old = recent[0] if recent is not None and time.monotonic() < recent[1] else agent.status
+        seen = agent.model_copy(update={"status": old})
+        new = self.findings.merge(key, compute_status(seen, observed, stamped_at), old, stamped_at)
+        if self._phases.get(key) != new.phase:
+            self._phases[key] = str(new.phase)
+            self._count_phases()
+        self._count_replicas(agent, observed, new)
+        events = self._action_events(agent, actions)
+        changed = old is None or status_patch(old) != status_patch(new)
+        if changed:
+            await self.kube.patch_status(AGENT, *key, status_patch(new))
+            self._recent_status[key] = (new, time.monotonic() + SETTLE_SECONDS)
+            events += transitions(old, new)
+        regarding = reference(AGENT, *key, agent.metadata.uid)
+        for event in events:
+            # Posted in the background: an Event is not worth holding a reconcile slot for.
+            task = asyncio.get_running_loop().create_task(
+                self.kube.post_event(regarding, event.type, event.reason, event.message, action="Reconcile")
+            )
+            self._posting.add(task)
+            task.add_done_callback(self._posting.discard)
+        return changed
+
+    @staticmethod
+    def _action_events(agent: Agent, actions: list[str]) -> list[Event]:
+        if not actions:
+            return []
+        first_time = agent.status is None or agent.status.observed_generation is None
+        if first_time:
+            return [Event("Normal", "Created", "; ".join(actions))]
+        restored = [a for a in actions if a.startswith(("created", "reverted"))]
+        updated = [a for a in actions if not a.startswith(("created", "reverted"))]
+        events = []
+        if restored:
+            events.append(Event("Warning", "Restored", "; ".join(restored)))
+        if updated:
+            events.append(Event("Normal", "Updated", "; ".join(updated)))
+        return events
+
+    def _count_replicas(self, agent: Agent, observed: Observed, status: AgentStatus) -> None:
+        key = (agent.metadata.namespace, agent.metadata.name)
+        labels = (*key, agent.spec.swarm)
+        if self._replica_labels.get(key) != labels:
+            self._drop_replica_series(key)  # the Agent moved to another swarm
+            self._replica_labels[key] = labels
+        deployment_spec = (observed.deployment or {}).get("spec", {})
+        desired = int(deployment_spec.get("replicas", agent.spec.replicas))
+        metrics.AGENT_REPLICAS.labels(*labels, "desired").set(desired)
+        metrics.AGENT_REPLICAS.labels(*labels, "ready").set(status.ready_replicas or 0)
+
+    def _drop_replica_series(self, key: Key) -> None:
+        labels = self._replica_labels.pop(key, None)
+        if labels is not None:
+            for state in ("desired", "ready"):
+                with contextlib.suppress(KeyError):
+                    metrics.AGENT_REPLICAS.remove(*labels, state)
+
+    def _count_phases(self) -> None:
+        counts: dict[str, int] = {}
+        for phase in self._phases.values():
+            counts[phase] = counts.get(phase, 0) + 1
+        for phase in ("Pending", "Running", "Degraded", "Failed"):
+            metrics.AGENTS.labels(phase).set(counts.get(phase, 0))

@@ -1,0 +1,183 @@
+"""A Swarm's JetStream streams, task consumers and KV buckets: desired configs (pure) and their provisioning.
+
+Names and subjects come from the runtime's :class:`SwarmNames` and the base
+stream configs from its :func:`stream_configs`, so operator and runtime agree
+on every name; the Swarm adds its limits (``spec.streams``).  Provisioning is
+level-based: what is missing is created, what differs is updated, what is the
+same is left alone (so a second run makes no write).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from kubeswarm_runtime.config import McpConfig, StreamsConfig
+from kubeswarm_runtime.connection import NatsConnection
+from kubeswarm_runtime.names import PRIORITIES, Priority, SwarmNames
+from kubeswarm_runtime.resources import StreamsSpec
+from kubeswarm_runtime.stores import ensure_swarm_stores, stream_configs, task_consumer_config
+from nats.js import api
+from nats.js.errors import NotFoundError
+
+KV_STREAM = "KV_{bucket}"
+SERVER_DEFAULT_DUPLICATE_WINDOW = 120.0
+
+
+def runtime_streams(spec: StreamsSpec) -> StreamsConfig:
+    """The Swarm's stream settings in the runtime's terms (ack wait, backoff: the runtime's defaults)."""
+    return StreamsConfig(replicas=spec.replicas, max_age_seconds=spec.max_age_seconds, max_deliver=spec.max_deliver)
+
+
+def desired_streams(names: SwarmNames, spec: StreamsSpec) -> list[api.StreamConfig]:
+    """The runtime's streams with the Swarm's size limit and discoveries retention."""
+    out = []
+    for config in stream_configs(names, runtime_streams(spec)):
+        retention = api.RetentionPolicy(spec.discoveries_retention) if config.name == names.discoveries_stream else config.retention
+        window = dedup_window(config.duplicate_window, config.max_age)
+        out.append(dataclasses.replace(config, max_bytes=spec.max_bytes, retention=retention, duplicate_window=window))
+    return out
+
+
+def dedup_window(window: float, max_age: float | None) -> float:
+    """JetStream refuses a dedup window longer than the stream keeps messages; 0 means its 2-minute default."""
+    window = window or SERVER_DEFAULT_DUPLICATE_WINDOW
+    return min(window, max_age) if max_age else window
+
+
+def desired_buckets(names: SwarmNames, spec: StreamsSpec) -> list[api.KeyValueConfig]:
+    """Registry, task state and MCP sessions.
+
+    The registry and task buckets are created by the runtime's own setup
+    (same options); here they are listed again only to compare replicas and
+    TTL, which the Swarm may change later.  MCP sessions expire after the
+    runtime's session TTL, as the runtime would create the bucket.
+    """
+    ttl = float(spec.max_age_seconds) or None
+    return [
+        api.KeyValueConfig(bucket=names.agents_bucket, history=1, replicas=spec.replicas),
+        api.KeyValueConfig(bucket=names.tasks_bucket, history=1, ttl=ttl, replicas=spec.replicas),
+        api.KeyValueConfig(bucket=names.mcp_sessions_bucket, history=1, ttl=McpConfig().session_ttl_seconds, replicas=spec.replicas),
+    ]
+
+
+def task_consumer(names: SwarmNames, capability: str, priority: Priority, spec: StreamsSpec) -> api.ConsumerConfig:
+    """The durable work-queue consumer of one capability and priority, exactly as the runtime's TaskWorker makes it."""
+    return task_consumer_config(names, capability, priority, runtime_streams(spec))
+
+
+def desired_consumers(names: SwarmNames, capabilities: Iterable[str], spec: StreamsSpec) -> list[api.ConsumerConfig]:
+    return [task_consumer(names, capability, priority, spec) for capability in sorted(set(capabilities)) for priority in PRIORITIES]
+
+
+def stream_differs(live: api.StreamConfig, want: api.StreamConfig) -> bool:
+    """Whether an update is needed: only the settings a Swarm controls are compared."""
+    return (
+        live.num_replicas != want.num_replicas
+        or (live.max_age or 0) != (want.max_age or 0)
+        or (live.max_bytes or -1) != (want.max_bytes or -1)
+        or (want.retention is not None and live.retention != want.retention)
+    )
+
+
+def consumer_differs(live: api.ConsumerConfig, want: api.ConsumerConfig) -> bool:
+    return live.max_deliver != want.max_deliver or (live.num_replicas or 0) not in (0, want.num_replicas)
+
+
+@dataclass(frozen=True)
+class Provisioned:
+    """What one provisioning run did, for Events (empty when everything was in place)."""
+
+    actions: tuple[str, ...]
+
+
+async def provision(conn: NatsConnection, names: SwarmNames, spec: StreamsSpec, capabilities: Iterable[str]) -> Provisioned:
+    """Create or update the swarm's streams, buckets and task consumers; delete consumers no member needs."""
+    js = conn.js
+    actions: list[str] = []
+    for want in desired_streams(names, spec):
+        assert want.name
+        try:
+            live = (await js.stream_info(want.name)).config
+        except NotFoundError:
+            await js.add_stream(want)
+            actions.append(f"created stream {want.name}")
+            continue
+        if stream_differs(live, want):
+            await js.update_stream(
+                dataclasses.replace(
+                    live,
+                    num_replicas=want.num_replicas,
+                    max_age=want.max_age,
+                    max_bytes=want.max_bytes,
+                    retention=want.retention,
+                    duplicate_window=want.duplicate_window,
+                )
+            )
+            actions.append(f"updated stream {want.name}")
+    # The runtime's setup creates its buckets with exactly the options it relies on; it finds the streams above.
+    await ensure_swarm_stores(conn, names, runtime_streams(spec))
+    for bucket in desired_buckets(names, spec):
+        actions += await _converge_bucket(conn, bucket)
+    actions += await _converge_consumers(conn, names, desired_consumers(names, capabilities, spec))
+    return Provisioned(tuple(actions))
+
+
+async def _converge_bucket(conn: NatsConnection, want: api.KeyValueConfig) -> list[str]:
+    stream = KV_STREAM.format(bucket=want.bucket)
+    try:
+        live = (await conn.js.stream_info(stream)).config
+    except NotFoundError:
+        await conn.js.create_key_value(want)
+        return [f"created bucket {want.bucket}"]
+    if live.num_replicas != want.replicas or (live.max_age or 0) != (want.ttl or 0):
+        window = dedup_window(live.duplicate_window, want.ttl)
+        await conn.js.update_stream(dataclasses.replace(live, num_replicas=want.replicas, max_age=want.ttl, duplicate_window=window))
+        return [f"updated bucket {want.bucket}"]
+    return []
+
+
+async def _converge_consumers(conn: NatsConnection, names: SwarmNames, wanted: list[api.ConsumerConfig]) -> list[str]:
+    js = conn.js
+    actions = []
+    live = {info.name: info.config for info in await js.consumers_info(names.tasks_stream)}
+    for want in wanted:
+        assert want.durable_name
+        current = live.pop(want.durable_name, None)
+        if current is None or consumer_differs(current, want):
+            # add_consumer with an existing durable name updates the settings that may change.
+            await js.add_consumer(names.tasks_stream, want)
+            actions.append(f"{'created' if current is None else 'updated'} consumer {want.durable_name}")
+    for stale in sorted(live):
+        await js.delete_consumer(names.tasks_stream, stale)
+        actions.append(f"deleted consumer {stale} (no member has its capability)")
+    return actions
+
+
+async def remove(conn: NatsConnection, names: SwarmNames) -> list[str]:
+    """Delete every stream and bucket of the swarm (the Swarm is being deleted)."""
+    removed = []
+    streams = [config.name for config in stream_configs(names, StreamsConfig())] + [names.mcp_events_stream]
+    buckets = [KV_STREAM.format(bucket=b) for b in (names.agents_bucket, names.tasks_bucket, names.mcp_sessions_bucket)]
+    for stream in [*streams, *buckets]:
+        assert stream
+        try:
+            await conn.js.delete_stream(stream)
+            removed.append(stream)
+        except NotFoundError:
+            pass
+    return removed
+
+
+async def message_counts(conn: NatsConnection, names: SwarmNames) -> dict[str, int]:
+    """Messages held in each of the swarm's streams (missing streams are left out)."""
+    counts = {}
+    for config in stream_configs(names, StreamsConfig()):
+        assert config.name
+        try:
+            info = await conn.js.stream_info(config.name)
+        except NotFoundError:
+            continue
+        counts[config.name] = info.state.messages
+    return counts

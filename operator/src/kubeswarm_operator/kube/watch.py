@@ -1,0 +1,168 @@
+"""List, then watch, the Agents' children: the live views every reconcile compares with.
+
+kopf hands each watch event to a worker of its own, through indexes, cause
+detection and handler calls.  Children bring most of the operator's events
+(a rollout of 1,000 Agents some 8,000), and each needs only be stored and its
+Agent queued, so the operator watches them itself: one paginated listing,
+then a watch resumed from the last resourceVersion seen (bookmarks keep it
+fresh), a new listing when the server says that version is gone (410), and
+the same server and client timeouts as kopf's watches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from kubeswarm_runtime.resources import GROUP
+
+from .client import ApiError, Kube
+from .kinds import Key, Kind, Manifest, key_of
+from .owned import MANAGED_BY, MANAGED_BY_LABEL, data_digests
+from .workqueue import backoff
+
+log = logging.getLogger(__name__)
+
+# Told of each change after the view is updated: the object's key and view (a deleted object's last one).
+Notify = Callable[[Key, Manifest], None]
+PAGE_SIZE = 500
+RETRY_MAX_SECONDS = 30.0  # a watch's own retries, sooner than a reconcile's: the operator is blind without it
+
+
+# Annotations that can be large and that no comparison needs (the reconcilers never set them).
+UNCOMPARED_ANNOTATIONS = ("kubectl.kubernetes.io/last-applied-configuration", f"{GROUP}/last-handled-configuration")
+
+
+def prune(body: Mapping[str, Any]) -> dict[str, Any]:
+    """An object as the reconcilers read it: without managedFields and bulky annotations.
+
+    Only the top level and metadata are copied: every watch event brings a
+    freshly parsed body that is never reused, so sharing spec and status is safe.
+    """
+    meta = {key: value for key, value in body.get("metadata", {}).items() if key != "managedFields"}
+    if "annotations" in meta:
+        meta["annotations"] = {k: v for k, v in meta["annotations"].items() if k not in UNCOMPARED_ANNOTATIONS}
+    return {**body, "metadata": meta}
+
+
+def digests_view(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A Secret or ConfigMap: digests of its data; ours also keep metadata (and ConfigMap data) for comparison."""
+    meta = body.get("metadata", {})
+    view: dict[str, Any] = {"digests": data_digests({**body.get("data", {}), **body.get("binaryData", {})})}
+    if meta.get("labels", {}).get(MANAGED_BY_LABEL) == MANAGED_BY:
+        view.update(apiVersion=body["apiVersion"], kind=body["kind"], metadata=prune({"metadata": meta})["metadata"])
+        if body["kind"] == "ConfigMap":
+            view["data"] = dict(body.get("data", {}))
+        if "type" in body:
+            view["type"] = body["type"]
+    return view
+
+
+class Expired(Exception):
+    """The resourceVersion to resume from is no longer served: list again."""
+
+
+@dataclass
+class ChildWatch:
+    """One kind in one namespace (or all), kept in ``items`` as the views ``view`` makes of the objects."""
+
+    kube: Kube
+    kind: Kind
+    namespace: str | None
+    label_selector: str | None
+    view: Callable[[Manifest], Manifest]
+    items: MutableMapping[Key, Manifest]  # shared by the kind's watches of several namespaces
+    notify: Notify
+    server_timeout: int
+    client_timeout: float
+    version: str = ""  # empty: list (again) before watching
+    listed: bool = False
+
+    def _selector(self) -> list[tuple[str, str]]:
+        return [("labelSelector", self.label_selector)] if self.label_selector else []
+
+    async def list(self) -> None:
+        """Fill the view from a full listing; after the first, report what changed or vanished meanwhile."""
+        listed: dict[Key, Manifest] = {}
+        query = [*self._selector(), ("limit", str(PAGE_SIZE))]
+        page: Manifest = {}
+        while True:
+            token = page.get("metadata", {}).get("continue")
+            page = await self.kube.list_page(self.kind, self.namespace, query + ([("continue", token)] if token else []))
+            for item in page.get("items", []):
+                # Items of a list carry no apiVersion and kind; the views are compared with manifests that do.
+                item.update(apiVersion=self.kind.api_version, kind=self.kind.kind)
+                listed[key_of(item)] = self.view(item)
+            if not page.get("metadata", {}).get("continue"):
+                break
+        self.version = page["metadata"]["resourceVersion"]
+        gone = [key for key in self.items if key not in listed and self.namespace in (None, key[0])]
+        for key in gone:
+            self.notify(key, self.items.pop(key))
+        for key, view in listed.items():
+            changed = self.items.get(key) != view
+            self.items[key] = view
+            if changed and self.listed:
+                self.notify(key, view)
+        self.listed = True
+
+    async def list_until_done(self) -> None:
+        """The first listing, retried until the API server answers (the operator is useless without it)."""
+        failures = 0
+        while True:
+            try:
+                await self.list()
+                return
+            except (aiohttp.ClientError, TimeoutError, ApiError) as error:
+                failures += 1
+                log.warning("listing %s failed (attempt %d): %s", self.kind.plural, failures, error)
+                await asyncio.sleep(backoff(failures, cap=RETRY_MAX_SECONDS))
+
+    async def watch_forever(self) -> None:
+        failures = 0
+        while True:
+            try:
+                if not self.version:
+                    await self.list()
+                await self._watch()
+                failures = 0
+            except Expired:
+                self.version = ""  # list again at once
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                failures += 1
+                log.warning("watching %s failed (attempt %d): %s", self.kind.plural, failures, error)
+                await asyncio.sleep(backoff(failures, base=1.0, cap=RETRY_MAX_SECONDS))
+
+    async def _watch(self) -> None:
+        """One watch request, from ``version`` until the server ends it."""
+        query = [
+            *self._selector(),
+            ("resourceVersion", self.version),
+            ("allowWatchBookmarks", "true"),
+            ("timeoutSeconds", str(self.server_timeout)),
+        ]
+        try:
+            async for event in self.kube.watch(self.kind, self.namespace, query, self.client_timeout):
+                obj = event["object"]
+                if event["type"] == "ERROR":
+                    raise ApiError(int(obj.get("code", 500)), str(obj.get("message", "")))
+                self.version = obj["metadata"]["resourceVersion"]
+                if event["type"] == "BOOKMARK":
+                    continue
+                key = key_of(obj)
+                view = self.view(obj)
+                if event["type"] == "DELETED":
+                    self.items.pop(key, None)
+                else:
+                    self.items[key] = view
+                self.notify(key, view)
+        except ApiError as error:
+            if error.status == 410:
+                raise Expired from error
+            raise

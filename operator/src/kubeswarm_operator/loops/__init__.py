@@ -1,0 +1,1 @@
+"""Per-Agent work on timers besides its children: backlog autoscaling, the AWS secret sync, HTTPRoutes."""

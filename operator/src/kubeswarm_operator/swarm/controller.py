@@ -1,0 +1,247 @@
+"""Converge one Swarm: member Agents, JetStream streams and consumers, gateway, aggregated status.
+
+Level-based like the Agent reconcile: create, update, resume, member events
+and the periodic resync all run the same ``reconcile``, which compares
+with what exists and writes only what differs.  An unreachable NATS is
+reported (``NatsReady=False``) and raised as :class:`NatsUnavailable` after
+everything else is converged, so the handler retries with backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import nats.errors
+from kubeswarm_runtime.names import SwarmNames
+from kubeswarm_runtime.resources import Agent, Condition, Swarm
+from nats.js.errors import Error as JetStreamError
+
+from ..agent.ingress import Exposure, ingress_ready
+from ..jetstream import provisioning
+from ..jetstream.connections import NatsPool, NatsTarget, NatsUnavailable, swarm_nats_url
+from ..kube.client import ApiError, KindNotInstalled, Kube, namespace_terminating
+from ..kube.conditions import condition, condition_events, now, status_patch
+from ..kube.drift import contains
+from ..kube.kinds import AGENT, HTTP_ROUTE, INGRESS, SWARM, Key, Kind, reference
+from ..kube.workqueue import WorkQueue
+from ..kube.world import World, latest, one
+from ..settings import OperatorSettings
+from .gateway import build_gateway, gateway_url
+from .members import build_members, capabilities, controlled_by, joined, stale_members
+from .status import SwarmObserved, compute_swarm_status
+
+log = logging.getLogger(__name__)
+
+GATEWAY_KINDS = (INGRESS, HTTP_ROUTE)
+
+
+def nats_target(swarm: Swarm | None, settings: OperatorSettings, creds: str | None) -> NatsTarget:
+    """The swarm's NATS, as the operator connects to it: the Swarm's credentials, else the operator's own."""
+    return NatsTarget(
+        url=swarm_nats_url(swarm, settings.nats_url),
+        creds=creds,
+        creds_file=None if creds else settings.nats_creds_file,
+        user=None if creds else settings.nats_user,
+        password=None if creds or settings.nats_password is None else settings.nats_password.get_secret_value(),
+    )
+
+
+def valid_agents(bodies: Mapping[Any, Any]) -> list[Agent]:
+    agents = []
+    for values in bodies.values():
+        for body in values:
+            try:
+                agents.append(Agent.model_validate(body))
+            except ValueError:
+                continue  # an invalid Agent is reported on itself, not counted here
+    return agents
+
+
+def deleting(swarm: Swarm) -> bool:
+    return bool((swarm.metadata.model_extra or {}).get("deletionTimestamp"))
+
+
+@dataclass(frozen=True)
+class NatsOutcome:
+    condition: Condition
+    streams: Mapping[str, int] | None
+    actions: Sequence[str]
+    error: NatsUnavailable | None
+
+
+@dataclass(frozen=True)
+class GatewayOutcome:
+    condition: Condition | None  # IngressReady; None when the gateway is off
+    endpoint: str | None
+    actions: list[str]
+
+
+class SwarmController:
+    def __init__(self, kube: Kube, settings: OperatorSettings, pool: NatsPool, world: World) -> None:
+        self.kube = kube
+        self.settings = settings
+        self.pool = pool
+        self.world = world
+        self.member_manager = f"{settings.field_manager}-swarm"
+        self._locks: dict[Key, asyncio.Lock] = {}
+        self._written: dict[Key, Mapping[str, Any]] = {}
+        # Its own changes, member events and the resync; a failure (an unreachable NATS among them) is retried while it exists.
+        self.queue = WorkQueue("Swarm", self._run, settings.worker_limit, expected=(NatsUnavailable,))
+
+    def observe(self, namespace: str, name: str, uid: object, generation: object) -> None:
+        """A Swarm's watch event: reconcile now if it is new or its spec changed (not for its own status writes)."""
+        self.queue.observe((namespace, name), (uid, generation))
+
+    def enqueue(self, namespace: str, name: str, delay: float = 0.5) -> None:
+        """Reconcile soon from the latest watched body; bursts (e.g. many member events) collapse into one run."""
+        self.queue.enqueue((namespace, name), delay)
+
+    async def resync_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.swarm_resync_seconds)
+            for namespace, name in list(self.world.swarms.keys()):
+                self.enqueue(namespace, name, delay=0)
+
+    async def _run(self, key: Key) -> None:
+        swarm = latest(self.world.swarms, key, Swarm)
+        if swarm is None:
+            return
+        try:
+            await self.reconcile(swarm)  # raises NatsUnavailable for the queue's retry
+        except ApiError as error:
+            if not namespace_terminating(error):
+                raise
+
+    async def target(self, swarm: Swarm | None) -> NatsTarget:
+        ref = swarm.spec.nats.credentials_secret_ref if swarm else None
+        creds = None
+        if swarm is not None and ref is not None:
+            creds = await self.kube.secret_value(swarm.metadata.namespace, ref.name, ref.key)
+            if creds is None:
+                raise NatsUnavailable(f'credentials secret "{ref.name}" (key "{ref.key}") not found')
+        return nats_target(swarm, self.settings, creds)
+
+    async def reconcile(self, swarm: Swarm) -> None:
+        """Converge; raises NatsUnavailable (after writing the status) when NATS cannot be reached."""
+        key = (swarm.metadata.namespace, swarm.metadata.name)
+        async with self._locks.setdefault(key, asyncio.Lock()):
+            if deleting(swarm):
+                return  # the finalizer removes its streams; provisioning now would bring them back
+            actions, members, invalid = await self._converge_members(swarm, self.world)
+            # NATS last: an unreachable server (slow to give up on) must not hold up the rest.
+            gateway = await self._converge_gateway(swarm, members)
+            nats = await self._converge_streams(swarm, members)
+            actions += [*nats.actions, *gateway.actions]
+            observed = SwarmObserved(
+                nats=nats.condition, streams=nats.streams, invalid=invalid, ingress=gateway.condition, endpoint=gateway.endpoint
+            )
+            await self._report(swarm, members, observed, actions)
+        if nats.error is not None:
+            raise nats.error
+
+    async def remove_streams(self, swarm: Swarm) -> list[str]:
+        # After any reconcile under way, which may still be creating them.
+        async with self._locks.setdefault((swarm.metadata.namespace, swarm.metadata.name), asyncio.Lock()):
+            conn = await self.pool.get(await self.target(swarm))
+            return await provisioning.remove(conn, SwarmNames(swarm.subject_prefix))
+
+    def forget(self, namespace: str, name: str) -> None:
+        self.queue.forget((namespace, name))
+        self._locks.pop((namespace, name), None)
+        self._written.pop((namespace, name), None)
+
+    # -- internals
+
+    async def _converge_members(self, swarm: Swarm, world: World) -> tuple[list[str], list[Agent], Mapping[str, str]]:
+        """Apply the listed members, delete the unlisted ones.
+
+        Returns what was done, every member (listed ones as applied, even before
+        the watch shows them, and those that joined) and the invalid member specs.
+        """
+        namespace = swarm.metadata.namespace
+        wanted = build_members(swarm)
+        actions = []
+        for name, manifest in wanted.manifests.items():
+            live = one(world.agents, (namespace, name))
+            if live is not None and contains(live, manifest):
+                continue
+            await self.kube.apply(manifest, field_manager=self.member_manager)
+            actions.append(f"{'updated' if live else 'created'} Agent {name}")
+        in_namespace = [b for (ns, _), bodies in world.agents.items() if ns == namespace for b in bodies]
+        for name in stale_members(swarm, in_namespace):
+            await self.kube.delete(AGENT, namespace, name)
+            actions.append(f"deleted Agent {name} (no longer in spec.agents)")
+        members = {a.metadata.name: a for a in joined(swarm, valid_agents(world.agents))}
+        for name, manifest in wanted.manifests.items():
+            members.setdefault(name, Agent.model_validate(manifest))
+        return actions, sorted(members.values(), key=lambda a: a.metadata.name), wanted.invalid
+
+    async def _converge_streams(self, swarm: Swarm, members: Sequence[Agent]) -> NatsOutcome:
+        names = SwarmNames(swarm.subject_prefix)
+        try:
+            target = await self.target(swarm)
+            conn = await self.pool.get(target)
+            done = await provisioning.provision(conn, names, swarm.spec.streams, capabilities(members))
+            counts = await provisioning.message_counts(conn, names)
+        except NatsUnavailable as error:
+            return NatsOutcome(condition("NatsReady", False, "Unreachable", str(error)), None, (), error)
+        except (TimeoutError, nats.errors.Error, JetStreamError) as error:
+            # JetStream answered with an error (or not in time): a configuration the server refuses, no JetStream, ...
+            message = f"JetStream at {swarm_nats_url(swarm, self.settings.nats_url)}: {error or type(error).__name__}"
+            return NatsOutcome(condition("NatsReady", False, "JetStreamError", message), None, (), NatsUnavailable(message))
+        ready = condition("NatsReady", True, "StreamsProvisioned", f"{len(counts)} streams at {target.url}")
+        return NatsOutcome(ready, counts, done.actions, None)
+
+    async def _converge_gateway(self, swarm: Swarm, members: Sequence[Agent]) -> GatewayOutcome:
+        namespace = swarm.metadata.namespace
+        desired = build_gateway(swarm, members)
+        live = await self._live_gateway(swarm)
+        actions: list[str] = []
+        exposures = []
+        for (kind, name), manifest in desired.items():
+            current = live.pop((kind, name), None)
+            try:
+                if current is None or not contains(current, manifest):
+                    current = await self.kube.apply(manifest)
+                    actions.append(f"applied {kind.kind} {name}")
+            except KindNotInstalled as error:
+                exposures.append(Exposure(kind, name, None, str(error)))
+                continue
+            exposures.append(Exposure(kind, name, current))
+        for kind, name in sorted(live, key=lambda k: (k[0].kind, k[1])):
+            await self.kube.delete(kind, namespace, name)
+            actions.append(f"deleted {kind.kind} {name}")
+        if not swarm.spec.gateway.enabled:
+            return GatewayOutcome(None, None, actions)
+        ready = ingress_ready(exposures)
+        endpoint = gateway_url(swarm.spec.gateway) if all(e.live is not None for e in exposures) and exposures else None
+        return GatewayOutcome(ready, endpoint, actions)
+
+    async def _live_gateway(self, swarm: Swarm) -> dict[tuple[Kind, str], Mapping[str, Any]]:
+        """The gateway objects this Swarm controls, as they exist."""
+        found: dict[tuple[Kind, str], Mapping[str, Any]] = {}
+        selector = f"kubeswarm.io/swarm={swarm.metadata.name}"
+        for kind in GATEWAY_KINDS:
+            for item in await self.kube.list_selected(kind, swarm.metadata.namespace, selector):
+                if controlled_by(item, swarm):
+                    found[(kind, item["metadata"]["name"])] = item
+        return found
+
+    async def _report(self, swarm: Swarm, members: Sequence[Agent], observed: SwarmObserved, actions: Sequence[str]) -> None:
+        key = (swarm.metadata.namespace, swarm.metadata.name)
+        new = compute_swarm_status(swarm, members, observed, now())
+        patch = status_patch(new)
+        regarding = reference(SWARM, *key, swarm.metadata.uid)
+        if actions:
+            await self.kube.post_event(regarding, "Normal", "Reconciled", "; ".join(actions), action="Reconcile")
+        # The body may predate our last status write (the watch lags): do not write or announce it twice.
+        if (swarm.status is not None and status_patch(swarm.status) == patch) or self._written.get(key) == patch:
+            return
+        await self.kube.patch_status(SWARM, *key, patch)
+        self._written[key] = patch
+        for event in condition_events(swarm.status.conditions if swarm.status else [], new.conditions):
+            await self.kube.post_event(regarding, event.type, event.reason, event.message, action="Reconcile")

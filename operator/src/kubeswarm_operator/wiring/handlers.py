@@ -1,0 +1,164 @@
+"""kopf wiring: the indexes, thin event handlers, kopf's settings and the operator's start and stop.
+
+Handlers translate kopf's arguments into calls on the one :class:`Operator`
+built at startup (``memo.operator``) and kopf's exceptions; they keep no
+state.  Agents, Swarms and HPAs are kopf indexes, the Agents' children the
+operator's own watches: together its in-memory view of the cluster, both
+filled from a full listing before any handler runs, so a restarted operator
+sees what exists and does not recreate it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+import kopf
+from kubeswarm_runtime.resources import GROUP, VERSION, Agent, Swarm
+
+from ..agent.children import referenced_objects
+from ..jetstream.connections import NatsUnavailable
+from ..kube.kinds import Key
+from ..kube.watch import prune
+from ..kube.workqueue import backoff
+from ..settings import OperatorSettings
+from .operator import Operator
+
+log = logging.getLogger(__name__)
+
+AGENTS = (GROUP, VERSION, "agents")
+SWARMS = (GROUP, VERSION, "swarms")
+HPAS = ("autoscaling", "v2", "horizontalpodautoscalers")
+# Deleting a Swarm waits this many attempts (about 10 minutes) for its NATS before leaving the streams behind.
+DELETE_RETRIES = 14
+
+
+def the_operator(memo: kopf.Memo) -> Operator:
+    operator: Operator = memo.operator
+    return operator
+
+
+# -- indexes (every watched resource is namespaced; kopf types namespace as optional for cluster-scoped ones)
+
+
+@kopf.index(*AGENTS)
+async def agent_bodies(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> dict[Key, dict[str, Any]]:
+    return {(namespace or "", name): prune(body)}
+
+
+@kopf.index(*AGENTS)
+async def agent_refs(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> dict[tuple[str, str, str], str]:
+    """(kind, namespace, name) of each Secret and ConfigMap -> the Agents whose pods read it."""
+    try:
+        agent = Agent.model_validate(body)
+    except ValueError:
+        return {}
+    return {(kind, namespace or "", ref): name for kind, ref in referenced_objects(agent)}
+
+
+@kopf.index(*SWARMS)
+async def swarm_bodies(body: kopf.Body, namespace: str | None, name: str, **_: Any) -> dict[Key, dict[str, Any]]:
+    return {(namespace or "", name): prune(body)}
+
+
+@kopf.index(*HPAS)
+async def hpa_targets(spec: kopf.Spec, namespace: str | None, name: str, **_: Any) -> dict[tuple[str, str, str], str]:
+    target = spec.get("scaleTargetRef", {})
+    return {(namespace or "", target.get("kind", ""), target.get("name", "")): name}
+
+
+# -- events
+
+
+@kopf.on.event(*AGENTS)
+async def agent_event(type: str | None, body: kopf.Body, namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
+    """Agents are reconciled from the operator's own queue.
+
+    Not kopf's create/update/resume handlers: those write their bookkeeping
+    (last-handled configuration, progress) into the Agent, a PATCH per change
+    that also wakes every Agent watch once more.
+    """
+    await the_operator(memo).agent_event(type, body, namespace or "", name)
+
+
+@kopf.on.event(*SWARMS)
+async def swarm_event(type: str | None, body: kopf.Body, namespace: str | None, name: str, memo: kopf.Memo, **_: Any) -> None:
+    """Swarms are reconciled from the operator's work queue too; kopf only runs their finalizer (``remove_streams``)."""
+    the_operator(memo).swarm_event(type, body, namespace or "", name)
+
+
+@kopf.on.event(*HPAS)
+async def hpa_event(type: str | None, spec: kopf.Spec, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
+    if type is not None:
+        the_operator(memo).hpa_event(namespace or "", spec.get("scaleTargetRef", {}).get("name", ""))
+
+
+@kopf.on.delete(*SWARMS, id="remove-streams", retries=DELETE_RETRIES)
+async def remove_streams(body: kopf.Body, retry: int, memo: kopf.Memo, namespace: str | None, name: str, **_: Any) -> None:
+    try:
+        removed = await the_operator(memo).remove_swarm_streams(Swarm.model_validate(body))
+    except NatsUnavailable as error:
+        if retry + 1 >= DELETE_RETRIES:
+            log.error("Swarm %s/%s deleted; its streams stay in NATS (unreachable: %s)", namespace, name, error)
+            return
+        raise kopf.TemporaryError(f"cannot remove the swarm's streams yet: {error}", delay=backoff(retry + 1)) from error
+    log.info("Swarm %s/%s deleted; removed %s", namespace, name, ", ".join(removed) or "no streams")
+
+
+# -- lifecycle
+
+
+class SwarmDiffBase(kopf.AnnotationsDiffBaseStorage):
+    """kopf's last-handled configuration, built for Swarms only: the one kind with a change handler (its finalizer).
+
+    kopf builds this essence (a deep copy of the body) on every watch event of
+    every kind, though only change handlers read it; for the thousands of
+    Deployment and Agent events of a rollout it was a tenth of the operator's CPU.
+    """
+
+    def build(self, *, body: kopf.Body, extra_fields: Iterable[kopf.FieldSpec] | None = None) -> kopf.BodyEssence:
+        if body.get("kind") != "Swarm":
+            return kopf.BodyEssence()
+        return super().build(body=body, extra_fields=extra_fields)
+
+
+def configure(settings: kopf.OperatorSettings, ours: OperatorSettings) -> None:
+    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = SwarmDiffBase(prefix=GROUP, key="last-handled-configuration")
+    # Without these a watch that silently stalls (a dropped connection, a stuck proxy) stalls the operator.
+    settings.watching.server_timeout = ours.watch_server_timeout
+    settings.watching.client_timeout = ours.watch_client_timeout
+    settings.watching.connect_timeout = 30
+    settings.queueing.worker_limit = ours.worker_limit
+    # A worker holds its slot until idle this long: kopf's 5 s default caps throughput near worker_limit / 5 objects per second.
+    settings.queueing.idle_timeout = 0.5
+    settings.posting.enabled = False  # we post our own Events, not kopf's log lines
+    settings.peering.standalone = True
+
+
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **indexes: Any) -> None:
+    """Build the one Operator from the settings ``__main__`` put in the memo and kopf's indexes (named after their functions)."""
+    ours: OperatorSettings = memo.settings
+    configure(settings, ours)
+    operator = Operator(
+        ours,
+        agents=indexes["agent_bodies"],
+        swarms=indexes["swarm_bodies"],
+        scaled=indexes["hpa_targets"],
+        refs=indexes["agent_refs"],
+    )
+    memo.operator = operator
+    await operator.start()
+
+
+@kopf.on.cleanup()
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    await the_operator(memo).close()

@@ -1,0 +1,168 @@
+"""The composition root: one typed object, built once at startup, that owns every client, watch, controller and loop.
+
+kopf's handlers (:mod:`.handlers`) hold no state of their own: they hand
+each event to the :class:`Operator` and read nothing else.  kopf keeps its
+indexes (Agents, Swarms, HPAs) in the same objects for the operator's life
+and hands them to the startup handler, so the operator's view of the cluster
+(:class:`World`) is assembled once, here, from those indexes and the
+children's own watches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from kubeswarm_runtime.resources import Agent, Swarm
+
+from .. import metrics
+from ..agent.reconciler import AgentReconciler
+from ..jetstream.connections import NatsPool
+from ..kube.client import Kube
+from ..kube.kinds import CHILD_KINDS, CONFIG_MAP, SECRET, Key, Kind, Manifest
+from ..kube.owned import AGENT_LABEL, MANAGED_SELECTOR
+from ..kube.watch import ChildWatch, Notify, digests_view, prune
+from ..kube.world import View, World
+from ..loops.agent_loops import AgentLoops
+from ..settings import OperatorSettings
+from ..swarm.controller import SwarmController
+
+log = logging.getLogger(__name__)
+
+# Secrets and ConfigMaps are watched whole (the pods read user-owned ones too); the rest only where we are the manager.
+SHARED_KINDS = (SECRET, CONFIG_MAP)
+
+
+class Operator:
+    def __init__(self, settings: OperatorSettings, *, agents: View, swarms: View, scaled: View, refs: View) -> None:
+        self.settings = settings
+        self.kube = Kube(settings.field_manager)
+        # Watches hold their connections for minutes: a pool of their own, without a limit.
+        self.watch_kube = Kube(settings.field_manager, connections=0)
+        self.children: dict[Kind, dict[Key, Manifest]] = {kind: {} for kind in CHILD_KINDS}
+        self.world = World(agents=agents, swarms=swarms, children=self.children, scaled=scaled, refs=refs)
+        self.agents = AgentReconciler(self.kube, settings, self.world)
+        self.nats = NatsPool(settings.nats_connect_timeout_seconds)
+        self.swarms = SwarmController(self.kube, settings, self.nats, self.world)
+        self.loops = AgentLoops(self.kube, self.world, self.swarms, self.agents.findings, self.agents.enqueue)
+        namespaces: list[str | None] = list(settings.namespaces) or [None]
+        self.watches = [
+            ChildWatch(
+                self.watch_kube,
+                kind,
+                namespace,
+                label_selector=None if kind in SHARED_KINDS else MANAGED_SELECTOR,
+                view=digests_view if kind in SHARED_KINDS else prune,
+                items=self.children[kind],
+                notify=self._child_changed(kind),
+                server_timeout=settings.watch_server_timeout,
+                client_timeout=settings.watch_client_timeout,
+            )
+            for kind in CHILD_KINDS
+            for namespace in namespaces
+        ]
+        self._background: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        """List every child kind (before kopf starts the Agent handlers: a restarted operator recreates nothing), then run."""
+        metrics.serve(self.settings.metrics_port)
+        await asyncio.gather(*(watch.list_until_done() for watch in self.watches))
+        loops = [
+            *(watch.watch_forever() for watch in self.watches),
+            self.agents.resync_forever(),
+            self.swarms.resync_forever(),
+            self.loops.autoscale_forever(),
+            self.loops.refresh_secrets_forever(),
+            self.loops.routes_forever(self.settings.swarm_resync_seconds),
+        ]
+        self._background = [asyncio.create_task(loop) for loop in loops]
+
+    async def close(self) -> None:
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        await self.agents.close()
+        await self.swarms.queue.close()
+        await self.nats.close()
+        await self.kube.close()
+        await self.watch_kube.close()
+
+    # -- events
+
+    async def agent_event(self, type_: str | None, body: Mapping[str, Any], namespace: str, name: str) -> None:
+        """An Agent was listed, changed or deleted: its reconcile, its swarm's, and the loops that concern it.
+
+        Its own reconcile is queued only when it is new or its spec changed
+        (the watched generation tells a spec change from its own status writes).
+        """
+        meta = body.get("metadata", {})
+        spec = body.get("spec", {})
+        if type_ == "DELETED":
+            self.agents.forget(namespace, name)
+        else:
+            self.agents.observe(namespace, name, meta.get("uid"), meta.get("generation"))
+        if type_ is None:
+            return  # the initial listing: every Swarm is reconciled on its own resume
+        self.swarms.enqueue(namespace, spec.get("swarm", "default"))
+        for ref in meta.get("ownerReferences") or []:
+            if ref.get("kind") == "Swarm":
+                self.swarms.enqueue(namespace, ref.get("name", ""))
+        if type_ == "DELETED":
+            self.loops.forget(namespace, name)
+            return
+        if not self.loops.concerned((namespace, name), spec):
+            return
+        try:
+            agent = Agent.model_validate(body)
+        except ValueError:
+            return
+        try:
+            await self.loops.changed(agent)
+        except Exception as error:  # the timers retry; an Agent event is no reason to fail
+            log.warning("Agent %s/%s: %s", namespace, name, error)
+
+    def swarm_event(self, type_: str | None, body: Mapping[str, Any], namespace: str, name: str) -> None:
+        """A Swarm was listed, changed or deleted: its reconcile, and its Agents' (its NATS settings reach their ConfigMaps)."""
+        if type_ == "DELETED":
+            self.swarms.forget(namespace, name)
+        else:
+            meta = body.get("metadata", {})
+            self.swarms.observe(namespace, name, meta.get("uid"), meta.get("generation"))
+        if type_ is None:
+            return  # the initial listing: every Agent is queued by its own
+        for (agent_ns, agent_name), bodies in self.world.agents.items():
+            if agent_ns == namespace and any(b.get("spec", {}).get("swarm", "default") == name for b in bodies):
+                self.agents.enqueue(agent_ns, agent_name)
+
+    def hpa_event(self, namespace: str, target: str) -> None:
+        """An HPA on an Agent's Deployment takes its replicas over (and gives them back when deleted)."""
+        self.agents.enqueue(namespace, target)
+
+    async def remove_swarm_streams(self, swarm: Swarm) -> list[str]:
+        removed = await self.swarms.remove_streams(swarm)
+        self.swarms.forget(swarm.metadata.namespace, swarm.metadata.name)
+        return removed
+
+    # -- the children's watches
+
+    def _child_changed(self, kind: Kind) -> Notify:
+        """Who is told when a child changes or vanishes: its Agent (the reconcile writes only if it drifted).
+
+        A Secret or ConfigMap, ours or not, concerns the Agents whose pods read it: their config hash changes.
+        """
+        if kind in SHARED_KINDS:
+
+            def readers_of(key: Key, view: Manifest) -> None:
+                for agent in self.world.refs.get((kind.kind, *key), ()):
+                    self.agents.enqueue(key[0], agent)
+
+            return readers_of
+
+        def owner_of(key: Key, view: Manifest) -> None:
+            agent = view.get("metadata", {}).get("labels", {}).get(AGENT_LABEL)
+            if agent:
+                self.agents.enqueue(key[0], agent)
+
+        return owner_of

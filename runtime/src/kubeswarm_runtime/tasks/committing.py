@@ -1,0 +1,154 @@
+"""Succeeded tasks, committed in batches: their states confirmed by JetStream, then their results published and acks sent."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import nats
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from ..codec import DecodeError, decode_json
+from ..connection import JS_API_TIMEOUT
+from .outcomes import TaskOutcomes
+from .records import TaskMessage
+
+log = logging.getLogger(__name__)
+
+# Batches of succeeded tasks whose states may await JetStream's confirmation at the same time.
+COMMITS_IN_FLIGHT = 4
+
+
+class Confirmations:
+    """JetStream's acknowledgements of one batch of publishes: which were stored, and when all have answered."""
+
+    __slots__ = ("answered", "left", "stored")
+
+    def __init__(self, size: int) -> None:
+        self.stored = [False] * size
+        self.left = size
+        self.answered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def record(self, index: int, stored: bool) -> None:
+        if not 0 <= index < len(self.stored):
+            return
+        self.stored[index] = stored
+        self.left -= 1
+        if self.left <= 0 and not self.answered.done():
+            self.answered.set_result(None)
+
+
+def was_stored(reply: Msg) -> bool:
+    """Whether a JetStream publish acknowledgement says "stored" (not an error, nor a 503 "no stream")."""
+    if reply.headers:
+        return False
+    try:
+        ack = decode_json(reply.data)
+    except DecodeError:
+        return False
+    return isinstance(ack, dict) and "error" not in ack and "seq" in ack
+
+
+class SuccessCommitter:
+    """Confirms the states of succeeded tasks in batches, then publishes their results and acks them.
+
+    One wait for JetStream's confirmations per batch rather than per task: with short tasks
+    this wait is what bounds a replica's throughput. A few batches are confirmed at once (the
+    next one need not wait for the round trip of the last); beyond that, successes pile up
+    into a bigger batch. The confirmations of a batch come back on one subscription
+    (``<inbox>.<batch>.<index>``) and fill one ``Confirmations``: no future nor parsed PubAck per task.
+    """
+
+    def __init__(self, nc: Client, outcomes: TaskOutcomes) -> None:
+        self.nc = nc
+        self.outcomes = outcomes
+        self.pending: list[tuple[Msg, TaskMessage, bytes]] = []
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._retrying: set[asyncio.Task[None]] = set()
+        self._committing: set[asyncio.Task[None]] = set()
+        self._inbox = ""
+        self._batches: dict[int, Confirmations] = {}
+        self._batch_number = 0
+
+    async def start(self) -> Subscription:
+        self._inbox = self.nc.new_inbox() + "."
+        return await self.nc.subscribe(self._inbox + ">", cb=self._on_confirmation)
+
+    async def _on_confirmation(self, reply: Msg) -> None:
+        number, _, index = reply.subject[len(self._inbox) :].partition(".")
+        try:
+            batch = self._batches.get(int(number))
+            if batch is not None:
+                batch.record(int(index), was_stored(reply))
+        except ValueError:
+            pass  # not one of ours
+
+    def add(self, msg: Msg, task: TaskMessage, record: bytes) -> None:
+        self.pending.append((msg, task, record))
+        self._idle.clear()
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while len(self._committing) >= COMMITS_IN_FLIGHT:
+                await asyncio.wait(set(self._committing), return_when=asyncio.FIRST_COMPLETED)
+            batch, self.pending = self.pending, []
+            if batch:
+                commit = asyncio.create_task(self._commit(batch))
+                self._committing.add(commit)
+                commit.add_done_callback(self._committed)
+            self._check_idle()
+
+    def _committed(self, commit: asyncio.Task[None]) -> None:
+        self._committing.discard(commit)
+        self._check_idle()
+
+    def _check_idle(self) -> None:
+        if not self.pending and not self._committing:
+            self._idle.set()
+
+    async def flush(self) -> None:
+        await self._idle.wait()
+        if self._retrying:
+            await asyncio.gather(*self._retrying, return_exceptions=True)
+
+    async def _commit(self, batch: list[tuple[Msg, TaskMessage, bytes]]) -> None:
+        if not batch:
+            return
+        self._batch_number += 1
+        number = self._batch_number
+        confirmations = self._batches[number] = Confirmations(len(batch))
+        reply = f"{self._inbox}{number}."
+        publish = self.nc.publish
+        state_prefix = self.outcomes.state_prefix
+        try:
+            for index, (_, task, data) in enumerate(batch):
+                await publish(state_prefix + task.id, data, reply=reply + str(index))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(JS_API_TIMEOUT):
+                    await confirmations.answered
+        except nats.errors.Error as exc:
+            log.info("state publish failed: %s", exc)
+        finally:
+            del self._batches[number]  # late confirmations are ignored: those states are written again
+        for (msg, task, data), stored in zip(batch, confirmations.stored, strict=True):
+            if stored:
+                await self.outcomes.succeeded(msg, task, data)
+            else:
+                retry = asyncio.create_task(self._commit_patiently(msg, task, data))
+                self._retrying.add(retry)
+                retry.add_done_callback(self._retrying.discard)
+
+    async def _commit_patiently(self, msg: Msg, task: TaskMessage, data: bytes) -> None:
+        if await self.outcomes.write_state(task, data):
+            await self.outcomes.succeeded(msg, task, data)
+        else:
+            self.outcomes.count(task.capability, "failed")
+            await msg.nak()

@@ -1,0 +1,94 @@
+"""Where a worker's task outcomes go: the task's state (confirmed), its result, dead letters, and the task metrics.
+
+The one interface the worker and its success committer write through, so
+neither reaches into the other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any
+
+from nats.aio.msg import Msg
+
+from ..connection import NatsConnection, publish_patiently
+from ..metrics import RuntimeMetrics
+from ..names import SwarmNames, task_key
+from .records import DeadLetter, TaskMessage, TaskRecord, TaskState
+
+log = logging.getLogger(__name__)
+
+
+class TaskOutcomes:
+    def __init__(self, conn: NatsConnection, names: SwarmNames, replica_id: str, metrics: RuntimeMetrics) -> None:
+        self.conn = conn
+        self.names = names
+        self.replica_id = replica_id
+        self.metrics = metrics
+        # Hot-path constants: subject prefixes and metric children (labels() costs a lock and a lookup per call).
+        self.state_prefix = f"$KV.{names.tasks_bucket}.{task_key('')}"
+        self._result_prefix = names.task_result("")
+        self._results_out = metrics.messages.labels("out", "task_result")
+        self._outcomes: dict[tuple[str, str], Any] = {}
+        self._durations: dict[str, Any] = {}
+        self._background: set[asyncio.Future[None]] = set()
+
+    def count(self, capability: str, outcome: str) -> None:
+        counter = self._outcomes.get((capability, outcome))
+        if counter is None:
+            counter = self._outcomes[capability, outcome] = self.metrics.tasks.labels(capability, outcome)
+        counter.inc()
+
+    def observe_duration(self, capability: str, seconds: float) -> None:
+        histogram = self._durations.get(capability)
+        if histogram is None:
+            histogram = self._durations[capability] = self.metrics.task_duration.labels(capability)
+        histogram.observe(seconds)
+
+    def state_subject(self, task_id: str) -> str:
+        return self.state_prefix + task_id
+
+    async def write_state(self, task: TaskMessage, record: bytes) -> bool:
+        """Store a task's state, confirmed, before its message is acked (so the two never disagree)."""
+        return await publish_patiently(self.conn.js, self.state_subject(task.id), record)
+
+    def publish_running(self, task: TaskMessage, running: bytes) -> None:
+        """The advisory "running" state, unconfirmed, in the background."""
+        publishing = asyncio.ensure_future(self.conn.nc.publish(self.state_subject(task.id), running))
+        self._background.add(publishing)
+        publishing.add_done_callback(self._background.discard)
+
+    async def succeeded(self, msg: Msg, task: TaskMessage, record: bytes) -> None:
+        """Its state is stored: publish the result, ack the delivery, count it."""
+        await self.conn.nc.publish(self._result_prefix + task.id, record)
+        await msg.ack()
+        self._results_out.inc()
+        self.count(task.capability, "succeeded")
+
+    async def dead_letter(self, msg: Msg, task: TaskMessage, attempts: int, reason: str) -> None:
+        if await self.send_dead_letter(task, attempts, reason):
+            await msg.term()
+        # else: no ack; the task is delivered again (or reported by the max-deliveries advisory).
+
+    async def send_dead_letter(self, task: TaskMessage, attempts: int, reason: str) -> bool:
+        letter = DeadLetter(task=task, reason=reason, attempts=attempts, agent=self.replica_id, dead_at=time.time())
+        sent = await publish_patiently(
+            self.conn.js, self.names.dlq(task.capability), letter.model_dump_json().encode(), headers={"Nats-Msg-Id": f"dlq-{task.id}"}
+        )
+        if not sent:
+            return False
+        dead = TaskRecord.of(task, TaskState.DEAD, attempts=attempts, error=reason, agent=self.replica_id, finished_at=time.time())
+        await self.write_state(task, dead.model_dump_json().encode())
+        self.metrics.dead_letters.labels(task.capability).inc()
+        log.warning("task %s dead-lettered: %s", task.id, reason)
+        return True
+
+    async def reject_malformed(self, msg: Msg, capability: str, error: str) -> None:
+        await self.conn.js.publish(
+            self.names.dlq(capability),
+            json.dumps({"raw": msg.data.decode(errors="replace"), "reason": f"malformed task: {error}"}).encode(),
+        )
+        await msg.term()

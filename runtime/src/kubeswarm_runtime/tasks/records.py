@@ -1,0 +1,119 @@
+"""What a task is on the queue, in the tasks bucket and in the dead-letter stream (the shapes every part shares)."""
+
+from __future__ import annotations
+
+import time
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from ..codec import encode_json
+from ..names import Priority
+
+
+class TaskState(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    FAILED = "failed"  # the last attempt failed; a retry is scheduled
+    SUCCEEDED = "succeeded"
+    DEAD = "dead"  # dead-lettered: out of deliveries or a permanent error
+    CANCELLED = "cancelled"
+
+
+TERMINAL_STATES = frozenset({TaskState.SUCCEEDED, TaskState.DEAD, TaskState.CANCELLED})
+
+
+class TaskMessage(BaseModel):
+    """What sits on the work queue."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    capability: str
+    priority: Priority = Priority.NORMAL
+    input: Any = None
+    created_at: float
+
+
+class TaskRecord(BaseModel):
+    """A task's state in the tasks bucket, also published on ``P.task.result.<id>`` when it ends."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    capability: str
+    priority: Priority
+    state: TaskState
+    attempts: int = 0
+    input: Any = None
+    result: Any = None
+    error: str | None = None
+    agent: str | None = None
+    created_at: float
+    updated_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+    @classmethod
+    def of(cls, task: TaskMessage, state: TaskState, **fields: Any) -> TaskRecord:
+        # Built from an already validated task once or twice per task: skip validating it again.
+        return cls.model_construct(
+            id=task.id,
+            capability=task.capability,
+            priority=task.priority,
+            input=task.input,
+            created_at=task.created_at,
+            state=state,
+            updated_at=time.time(),
+            **fields,
+        )
+
+
+def encode_record(
+    task: TaskMessage,
+    state: TaskState,
+    *,
+    attempts: int,
+    agent: str,
+    started_at: float,
+    result: Any = None,
+    error: str | None = None,
+    finished_at: float | None = None,
+) -> bytes:
+    """A worker's ``TaskRecord`` of ``task``, serialized without building the model (the hot path of every task)."""
+    return encode_json(
+        {
+            "id": task.id,
+            "capability": task.capability,
+            "priority": task.priority,
+            "state": state,
+            "attempts": attempts,
+            "input": task.input,
+            "result": result,
+            "error": error,
+            "agent": agent,
+            "created_at": task.created_at,
+            "updated_at": time.time(),
+            "started_at": started_at,
+            "finished_at": finished_at,
+        }
+    )
+
+
+class DeadLetter(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    task: TaskMessage
+    reason: str
+    attempts: int
+    agent: str
+    dead_at: float
+
+
+class TaskNotFound(LookupError):
+    pass

@@ -1,0 +1,123 @@
+"""The client side of tasks: create, get, list, cancel, wait; any process connected to the swarm can use it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from typing import Any
+
+import nats
+from nats.aio.msg import Msg
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+from ..connection import NatsConnection
+from ..names import Priority, SwarmNames, cancel_key, task_key
+from ..stores import read_bucket, task_backlog
+from .records import TaskMessage, TaskNotFound, TaskRecord, TaskState
+
+log = logging.getLogger(__name__)
+
+
+class TaskService:
+    """Create and follow tasks; any process connected to the swarm can use it."""
+
+    def __init__(self, conn: NatsConnection, names: SwarmNames, bucket: KeyValue) -> None:
+        self.conn = conn
+        self.names = names
+        self.bucket = bucket
+
+    async def create(
+        self, capability: str, task_input: Any = None, *, priority: Priority = Priority.NORMAL, task_id: str | None = None
+    ) -> TaskRecord:
+        """Queue a task. Creating the same ``task_id`` twice returns the first one (deduplicated)."""
+        task = TaskMessage(
+            id=task_id or uuid.uuid4().hex, capability=capability, priority=priority, input=task_input, created_at=time.time()
+        )
+        record = TaskRecord.of(task, TaskState.PENDING)
+        try:
+            await self.bucket.create(task_key(task.id), record.model_dump_json().encode())
+        except KeyWrongLastSequenceError:
+            existing = await self.get(task.id)
+            if existing is not None and existing.state is not TaskState.PENDING:
+                return existing
+        # Publish even for a duplicate still pending: a first attempt may have failed before publishing;
+        # the stream drops the copy if the first one made it.
+        await self.conn.js.publish(self.names.task(capability, priority), task.model_dump_json().encode(), headers={"Nats-Msg-Id": task.id})
+        return record
+
+    async def get(self, task_id: str) -> TaskRecord | None:
+        try:
+            entry = await self.bucket.get(task_key(task_id))
+        except KeyNotFoundError:
+            return None
+        return TaskRecord.model_validate_json(entry.value) if entry.value else None
+
+    async def list(self, *, state: TaskState | None = None, capability: str | None = None, limit: int = 100) -> list[TaskRecord]:
+        entries = await read_bucket(self.conn, self.names.tasks_bucket, task_key(">"))
+        records = [TaskRecord.model_validate_json(value) for value in entries.values()]
+        records = [r for r in records if (state is None or r.state is state) and (capability is None or r.capability == capability)]
+        records.sort(key=lambda r: r.created_at, reverse=True)
+        return records[:limit]
+
+    async def cancel(self, task_id: str) -> TaskRecord:
+        """Cancel a pending or running task; a finished task is returned unchanged."""
+        while True:
+            try:
+                entry = await self.bucket.get(task_key(task_id))
+            except KeyNotFoundError:
+                raise TaskNotFound(task_id) from None
+            assert entry.value is not None
+            assert entry.revision is not None
+            record = TaskRecord.model_validate_json(entry.value)
+            if record.terminal:
+                return record
+            await self.bucket.put(cancel_key(task_id), b"1")
+            cancelled = record.model_copy(update={"state": TaskState.CANCELLED, "updated_at": time.time()})
+            try:
+                await self.bucket.update(task_key(task_id), cancelled.model_dump_json().encode(), last=entry.revision)
+            except KeyWrongLastSequenceError:
+                continue  # a worker wrote meanwhile: look again
+            return cancelled
+
+    async def wait(self, task_id: str, timeout_seconds: float) -> TaskRecord:
+        """Wait until the task ends; raises TimeoutError, or TaskNotFound for an unknown id."""
+        results: asyncio.Queue[Msg] = asyncio.Queue()
+
+        async def on_result(msg: Msg) -> None:
+            await results.put(msg)
+
+        sub = await self.conn.nc.subscribe(self.names.task_result(task_id), cb=on_result)
+        try:
+            async with asyncio.timeout(timeout_seconds):
+                record = await self._read_through_failover(task_id)
+                if record is None:
+                    raise TaskNotFound(task_id)
+                while not record.terminal:
+                    # Results published while we were disconnected, and cancels (written to the
+                    # bucket only), are seen by re-reading now and then.
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(1.0):
+                            record = TaskRecord.model_validate_json((await results.get()).data)
+                            continue
+                    with contextlib.suppress(nats.errors.Error):
+                        record = await self.get(task_id) or record
+                return record
+        finally:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+
+    async def _read_through_failover(self, task_id: str) -> TaskRecord | None:
+        while True:
+            try:
+                return await self.get(task_id)
+            except nats.errors.Error as exc:
+                log.info("reading task %s: %s; retrying", task_id, exc)
+                await asyncio.sleep(0.25)
+
+    async def backlog(self, capability: str) -> int:
+        """Tasks of a capability waiting or unacknowledged, over all priorities."""
+        return await task_backlog(self.conn, self.names, [capability])
