@@ -52,9 +52,7 @@ def restricted_namespace(cluster: KubeAccess, name: str) -> None:
 
 def ready(pod: dict[str, Any]) -> bool:
     conditions = pod.get("status", {}).get("conditions", [])
-    return pod["metadata"].get("deletionTimestamp") is None and any(
-        c["type"] == "Ready" and c["status"] == "True" for c in conditions
-    )
+    return pod["metadata"].get("deletionTimestamp") is None and any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
 
 
 def pods(ns: Namespace, selector: str) -> list[dict[str, Any]]:

@@ -81,7 +81,9 @@ class Component:
 KUBERNETES = "k8s.io/kubernetes"
 COMPONENTS = [
     Component(
-        "etcd", "go.etcd.io/etcd/server/v3", {"etcd": "go.etcd.io/etcd/server/v3"},
+        "etcd",
+        "go.etcd.io/etcd/server/v3",
+        {"etcd": "go.etcd.io/etcd/server/v3"},
         version_flags=("go.etcd.io/etcd/api/v3/version.GitSHA={version}",),
     ),
     Component(
@@ -94,19 +96,25 @@ COMPONENTS = [
         },
     ),
     Component(
-        "kwok", "sigs.k8s.io/kwok", {"kwok": "sigs.k8s.io/kwok/cmd/kwok"},
+        "kwok",
+        "sigs.k8s.io/kwok",
+        {"kwok": "sigs.k8s.io/kwok/cmd/kwok"},
         version_flags=("sigs.k8s.io/kwok/pkg/consts.Version={version}",),
     ),
     Component(
-        "helm", "helm.sh/helm/v3", {"helm": "helm.sh/helm/v3/cmd/helm"},
+        "helm",
+        "helm.sh/helm/v3",
+        {"helm": "helm.sh/helm/v3/cmd/helm"},
         version_flags=("helm.sh/helm/v3/internal/version.version={version}", "helm.sh/helm/v3/internal/version.gitTreeState=clean"),
     ),
     # The real node: the same Kubernetes pin as the control plane, in a module of its own so that
     # the kwok-only test bed never builds it.
     Component(
-        "kubelet", KUBERNETES,
+        "kubelet",
+        KUBERNETES,
         {"kubelet": f"{KUBERNETES}/cmd/kubelet", "kube-proxy": f"{KUBERNETES}/cmd/kube-proxy"},
-        pin="kubernetes", node=True,
+        pin="kubernetes",
+        node=True,
     ),
     Component(
         "containerd",
@@ -123,7 +131,9 @@ COMPONENTS = [
     ),
     # The version containerd's own CI runs with (its script/setup/runc-version).
     Component(
-        "runc", "github.com/opencontainers/runc", {"runc": "github.com/opencontainers/runc"},
+        "runc",
+        "github.com/opencontainers/runc",
+        {"runc": "github.com/opencontainers/runc"},
         version_flags=("main.version={version}",),
         tags=("seccomp", "urfave_cli_no_docs"),
         node=True,
@@ -142,7 +152,9 @@ COMPONENTS = [
         node=True,
     ),
     Component(
-        "coredns", "github.com/coredns/coredns", {"coredns": "github.com/coredns/coredns"},
+        "coredns",
+        "github.com/coredns/coredns",
+        {"coredns": "github.com/coredns/coredns"},
         version_flags=("github.com/coredns/coredns/coremain.GitCommit={version}",),
         node=True,
     ),
@@ -243,8 +255,15 @@ def build(component: Component, *, force: bool = False) -> Path:
         print(f"building {binary} {version} (log: {log})", file=sys.stderr, flush=True)
         _run_logged(
             [
-                go, "build", "-trimpath", f"-tags={','.join(component.tags)}",
-                "-ldflags", f"-s -w {component.ldflags(version)}", "-o", str(tmp / binary), package,
+                go,
+                "build",
+                "-trimpath",
+                f"-tags={','.join(component.tags)}",
+                "-ldflags",
+                f"-s -w {component.ldflags(version)}",
+                "-o",
+                str(tmp / binary),
+                package,
             ],
             wrapper,
             log,
