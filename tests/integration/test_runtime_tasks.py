@@ -8,8 +8,9 @@ from collections import Counter
 
 import pytest
 from kubeswarm_runtime.client import SwarmClient
-from kubeswarm_runtime.names import Priority
-from kubeswarm_runtime.tasks import DeadLetter, TaskState
+from kubeswarm_runtime.names import Priority, task_key
+from kubeswarm_runtime.stores import ensure_swarm_stores, task_consumer_config
+from kubeswarm_runtime.tasks import DeadLetter, TaskMessage, TaskRecord, TaskState
 
 from tests.integration.runtime_helpers import agent_config, running, swarm_client, unique_prefix, wait_for
 from tests.testbed.nats import NatsServer
@@ -137,3 +138,28 @@ async def test_long_task_kept_alive_past_ack_wait(nats_server: NatsServer) -> No
         record = await client.tasks.wait(task.id, 20)
         assert record.state is TaskState.SUCCEEDED
         assert record.attempts == 1  # "in progress" kept the delivery: never redelivered
+
+
+async def test_a_redelivered_task_already_finished_is_acked_not_run_again(nats_server: NatsServer) -> None:
+    """An ack lost in a failover: the task's state says succeeded, yet it is delivered again."""
+    prefix = unique_prefix()
+    config = agent_config(nats_server.url, prefix, "w", ["again"])
+    async with swarm_client(nats_server.url, prefix) as client:
+        await ensure_swarm_stores(client.conn, client.names, config.streams)
+        await client.conn.js.add_consumer(
+            client.names.tasks_stream, task_consumer_config(client.names, "again", Priority.NORMAL, config.streams)
+        )
+        task = await client.tasks.create("again", {"x": 1})
+        # Another replica ran it to the end and stored that, but its ack never reached the server.
+        first = await client.conn.js.pull_subscribe_bind(client.names.task_consumer("again"), stream=client.names.tasks_stream)
+        [delivery] = await first.fetch(1, timeout=5)
+        finished = TaskRecord.of(TaskMessage.model_validate_json(delivery.data), TaskState.SUCCEEDED, agent="lost-ack", attempts=1)
+        await client.conn.js.publish(f"$KV.{client.names.tasks_bucket}.{task_key(task.id)}", finished.model_dump_json().encode())
+        await delivery.nak()
+        await first.unsubscribe()
+        async with running(config) as agent:
+            await wait_for(lambda: _no_backlog(client, "again"), what="the redelivery acked")
+            assert agent.metrics.tasks.labels("again", "duplicate")._value.get() == 1
+            assert agent.metrics.tasks.labels("again", "succeeded")._value.get() == 0
+        record = await client.tasks.get(task.id)
+        assert record is not None and record.agent == "lost-ack"  # not run a second time

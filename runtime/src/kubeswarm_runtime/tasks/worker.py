@@ -21,20 +21,20 @@ from typing import Any
 import nats
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.js.errors import NotFoundError
+from nats.js.errors import KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
 from ..config import RuntimeConfig
 from ..connection import NatsConnection, backoff_delay
 from ..metrics import RuntimeMetrics
-from ..names import PRIORITIES, Priority, SwarmNames, cancel_key
+from ..names import PRIORITIES, Priority, SwarmNames, cancel_key, task_key
 from ..providers.base import PermanentTaskError, TaskContext, TaskHandler
 from ..stores import read_bucket, task_consumer_config
 from .committing import SuccessCommitter
 from .outcomes import TaskOutcomes
 from .pulling import Puller, deliveries
-from .records import TaskMessage, TaskState, encode_record
+from .records import TaskMessage, TaskRecord, TaskState, encode_record
 from .service import TaskService
 from .watch import RunWatch
 
@@ -211,6 +211,11 @@ class TaskWorker:
             await msg.ack()
             self.outcomes.count(task.capability, "cancelled")
             return
+        if attempt > 1 and await self._finished_before(task):
+            # Its ack was lost (a NATS failover): the stored state says it ran to the end. Acked, not run again.
+            await msg.ack()
+            self.outcomes.count(task.capability, "duplicate")
+            return
         started = time.time()
         agent = self.config.replica_id
 
@@ -251,6 +256,23 @@ class TaskWorker:
             if outcome != "succeeded":
                 self.outcomes.count(task.capability, outcome)
             self.outcomes.observe_duration(task.capability, time.time() - started)
+
+    async def _finished_before(self, task: TaskMessage) -> bool:
+        """Whether a redelivered task's stored state is already terminal. Unknown (NATS busy) counts as no:
+        at-least-once is kept, only a known finish is skipped."""
+        try:
+            entry = await self.bucket.get(task_key(task.id))
+        except KeyNotFoundError:
+            return False
+        except (TimeoutError, nats.errors.Error) as exc:
+            log.info("state of redelivered task %s unreadable (%s); running it", task.id, exc)
+            return False
+        if not entry.value:
+            return False
+        try:
+            return TaskRecord.model_validate_json(entry.value).terminal
+        except ValidationError:
+            return False
 
     async def _interrupted(self, msg: Msg, task: TaskMessage, state: Callable[..., bytes]) -> str:
         """A running task was cancelled: by its owner (ack it away) or by shutdown (hand it back)."""
