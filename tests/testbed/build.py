@@ -22,6 +22,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from images import build as images
+
 REPO = Path(__file__).resolve().parents[2]
 WRAPPERS = REPO / "hack" / "testbed"
 CACHE = Path(os.environ.get("KUBESWARM_CACHE", Path.home() / ".cache" / "kubeswarm"))
@@ -187,15 +189,7 @@ CGO_PACKAGES = ("gcc", "libc6-dev", "libseccomp-dev", "pkg-config")
 def ensure_cgo_packages() -> None:
     if shutil.which("pkg-config") and subprocess.run(["pkg-config", "--exists", "libseccomp"]).returncode == 0:
         return
-    if shutil.which("apt-get") is None or os.geteuid() != 0:
-        raise BuildError(f"building runc needs libseccomp's headers: install {' '.join(CGO_PACKAGES)} (Debian names)")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *CGO_PACKAGES]
-    if subprocess.run(install, env=env, capture_output=True).returncode != 0:
-        subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True)
-        proc = subprocess.run(install, env=env, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise BuildError(f"apt-get install {' '.join(CGO_PACKAGES)} failed: {proc.stderr.strip()[-1500:]}")
+    images.install_packages(CGO_PACKAGES, LOGS / "build-packages.log", "building runc needs libseccomp's headers")
 
 
 def go_binary() -> str:

@@ -99,16 +99,8 @@ def unavailable_reason() -> str | None:
 def ensure_debian_packages() -> None:
     """iptables, conntrack and iproute2 from Debian's packages, installed once."""
     wanted = sorted({pkg for tool, pkg in DEBIAN_PACKAGES.items() if shutil.which(tool) is None})
-    if not wanted:
-        return
-    print(f"installing Debian packages for the real node: {' '.join(wanted)}", flush=True)
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *wanted]
-    if subprocess.run(install, env=env, capture_output=True).returncode != 0:
-        subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, check=False)
-        proc = subprocess.run(install, env=env, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise TestbedError(f"apt-get install {' '.join(wanted)} failed: {proc.stderr.strip()[-2000:]}")
+    if wanted:
+        images.install_packages(wanted, build.LOGS / "node-packages.log", "the real node runs kube-proxy's iptables rules")
 
 
 def run(*argv: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess[str]:
