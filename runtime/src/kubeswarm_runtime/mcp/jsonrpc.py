@@ -22,6 +22,7 @@ UNSUPPORTED_PROTOCOL_VERSION = -32022
 # Ours, outside the JSON-RPC reserved range.
 SERVER_BUSY = -31000
 TOOL_FAILED = -31001
+RATE_LIMITED = -31002
 
 RequestId = str | int
 

@@ -1,0 +1,54 @@
+"""Hostile input at every door of an agent (issue 14): wrong types, batches and WebSocket floods."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.integration.test_mcp_support import initialize, mcp_agent, modern_call, post, rpc, session_headers
+from tests.testbed.nats import NatsServer
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.mark.parametrize("name", [["list_agents"], {"tool": "list_agents"}])
+async def test_tools_call_with_a_non_string_name_is_invalid_params(nats_server: NatsServer, name: Any) -> None:
+    async with mcp_agent(nats_server.url) as agent, aiohttp.ClientSession() as http:
+        body, headers = modern_call("tools/call", {"name": "list_agents"})
+        body["params"]["name"] = name
+        status, reply = await post(http, agent.mcp, body, headers)
+        assert status == 400 and reply["error"]["code"] == -32020  # Mcp-Name cannot match a non-string
+        session_id = await initialize(http, agent.mcp)
+        status, reply = await post(http, agent.mcp, rpc("tools/call", {"name": name}), session_headers(session_id))
+        assert status == 200 and reply["error"]["code"] == -32602, reply
+        status, reply = await post(http, agent.url + "/rpc", rpc("tools/call", {"name": name}))
+        assert status == 200 and reply["error"]["code"] == -32602, reply
+
+
+async def test_every_message_of_an_rpc_batch_counts_against_the_rate_limit(nats_server: NatsServer) -> None:
+    async with mcp_agent(nats_server.url, rate_limit_per_second=0.01, rate_limit_burst=5) as agent, aiohttp.ClientSession() as http:
+        url = agent.url + "/rpc"
+        status, reply = await post(http, url, [rpc("list_tools", request_id=i) for i in range(6)])
+        assert status == 200 and reply["error"]["code"] == -32600 and "at most 5" in reply["error"]["message"], reply
+        status, reply = await post(http, url, [rpc("list_tools", request_id=i) for i in range(3)])
+        assert status == 200 and len(reply) == 3
+        # One token left: a batch of two is refused as a whole.
+        status, _ = await post(http, url, [rpc("list_tools", request_id=i) for i in range(2)])
+        assert status == 429
+
+
+async def test_every_websocket_message_counts_against_the_rate_limit(nats_server: NatsServer) -> None:
+    async with (
+        mcp_agent(nats_server.url, rate_limit_per_second=0.01, rate_limit_burst=3) as agent,
+        aiohttp.ClientSession() as http,
+        http.ws_connect(agent.url + "/ws/mcp") as ws,  # the upgrade takes one token
+    ):
+        for request_id in (1, 2, 3):
+            await ws.send_json(rpc("list_tools", request_id=request_id))
+        replies = {reply["id"]: reply for reply in [await ws.receive_json(timeout=10) for _ in range(3)]}
+        assert "result" in replies[1] and "result" in replies[2]
+        assert replies[3]["error"]["code"] == -31002 and replies[3]["error"]["data"]["retryAfterSeconds"] >= 1
+        await ws.send_json([rpc("list_tools", request_id=i) for i in range(4)])
+        assert (await ws.receive_json(timeout=10))["error"]["code"] == -32600
