@@ -44,6 +44,12 @@ class RuntimeMetrics:
             registry=r,
         )
         self.dead_letters = Counter("kubeswarm_dead_letters", "Tasks sent to the dead-letter subject.", ["capability"], registry=r)
+        self.unreadable_records = Counter(
+            "kubeswarm_unreadable_records",
+            "Stored records a listing skipped because they no longer parse, by kind (task, discovery, agent).",
+            ["kind"],
+            registry=r,
+        )
         self.mcp_requests = Counter(
             "kubeswarm_mcp_requests",
             "MCP and JSON-RPC requests handled, by method, outcome (ok, error) and code (JSON-RPC error code or HTTP status).",

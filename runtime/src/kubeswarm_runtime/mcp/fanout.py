@@ -15,7 +15,6 @@ import nats
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import api
-from pydantic import ValidationError
 
 from ..discoveries import Discovery
 from ..runtime import AgentRuntime
@@ -83,10 +82,11 @@ class DiscoveryFanout:
         self.subscribers.discard(subscriber)
 
     async def _on_message(self, msg: Msg) -> None:
-        try:
-            discovery = Discovery.model_validate_json(msg.data).model_copy(update={"seq": msg.metadata.sequence.stream})
-        except ValidationError:
-            return  # not ours to show
+        seq = msg.metadata.sequence.stream
+        parsed = self.runtime.swarm.discoveries.unreadable.parse(Discovery, str(seq), msg.data)
+        if parsed is None:
+            return
+        discovery = parsed.model_copy(update={"seq": seq})
         event = discovery_event(discovery)
         for subscriber in self.subscribers:
             if not subscriber.overflowed and subscriber.filter.matches(discovery):
