@@ -1,12 +1,15 @@
-"""Hostile input at every door of an agent (issue 14): wrong types, batches and WebSocket floods, deep nesting."""
+"""Hostile input at every door of an agent (issue 14): wrong types, batch and WebSocket floods, deep nesting, poison tasks."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import aiohttp
 import pytest
+from kubeswarm_runtime.tasks import TaskState
 
+from tests.integration.runtime_helpers import wait_for
 from tests.integration.test_mcp_support import initialize, mcp_agent, modern_call, post, rpc, session_headers
 from tests.testbed.nats import NatsServer
 
@@ -92,3 +95,35 @@ async def test_a_record_that_cannot_be_read_back_is_skipped_by_listings(nats_ser
             assert [d["content"] for d in reply["result"]["discoveries"]] == ["fine"], str(reply)[:300]
         skipped = runtime.metrics.unreadable_records
         assert skipped.labels("task")._value.get() == 2 and skipped.labels("discovery")._value.get() == 2
+
+
+async def test_a_malformed_task_too_large_to_dead_letter_whole_does_not_stop_the_worker(nats_server: NatsServer) -> None:
+    async with mcp_agent(nats_server.url) as agent:
+        swarm = agent.runtime.swarm
+        dlq = await swarm.conn.js.subscribe(swarm.names.dlq("echo"), stream=swarm.names.dlq_stream)
+        # Not a task, and escaped into a dead letter it would pass the server's payload limit.
+        await swarm.conn.js.publish(swarm.names.task("echo"), b"\x00" * 500_000)
+        letter = json.loads((await dlq.next_msg(timeout=10)).data)
+        assert letter["reason"].startswith("malformed task") and letter["size"] == 500_000
+        record = await swarm.tasks.create("echo", "after the poison")
+
+        async def done() -> bool:
+            current = await swarm.tasks.get(record.id)
+            return current is not None and current.state is TaskState.SUCCEEDED
+
+        await wait_for(done, 20, "the task after the malformed one")
+        async with aiohttp.ClientSession() as http, http.get(agent.url + "/healthz") as response:
+            assert response.status == 200
+
+
+async def test_liveness_fails_once_the_task_worker_stopped_taking_tasks(nats_server: NatsServer) -> None:
+    async with mcp_agent(nats_server.url) as agent, aiohttp.ClientSession() as http:
+        loop = agent.runtime.worker._loop_task
+        assert loop is not None
+        loop.cancel()  # as any unforeseen error ending the fetch loop would
+
+        async def unhealthy() -> bool:
+            async with http.get(agent.url + "/healthz") as response:
+                return response.status == 503
+
+        await wait_for(unhealthy, 10, "/healthz to fail")
