@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -13,6 +14,8 @@ from kubeswarm_runtime.app import build_app, build_metrics_app
 from kubeswarm_runtime.capabilities import CapabilityError, CapabilityUnavailable
 from kubeswarm_runtime.config import StreamsConfig
 from kubeswarm_runtime.names import SwarmNames
+from kubeswarm_runtime.providers import TaskContext
+from kubeswarm_runtime.providers.echo import EchoHandler
 from kubeswarm_runtime.stores import ensure_swarm_stores
 
 from tests.integration.runtime_helpers import (
@@ -78,6 +81,39 @@ async def test_capability_request_reply_load_balanced(nats_server: NatsServer) -
         served = [r.metrics.messages.labels("in", "capability_request")._value.get() for r in (ra, rb)]
         assert sum(served) == 40
         assert min(served) > 0, served
+
+
+class MeetingHandler(EchoHandler):
+    """Echo, once ``parties`` calls are inside it at the same time; records the most that ever were."""
+
+    def __init__(self, parties: int) -> None:
+        self.parties = parties
+        self.inside = 0
+        self.most_inside = 0
+        self.all_in = asyncio.Event()
+
+    async def handle(self, ctx: TaskContext) -> Any:
+        self.inside += 1
+        self.most_inside = max(self.most_inside, self.inside)
+        if self.inside >= self.parties:
+            self.all_in.set()
+        try:
+            await self.all_in.wait()
+            return await super().handle(ctx)
+        finally:
+            self.inside -= 1
+
+
+async def test_capability_requests_are_served_concurrently_up_to_concurrency(nats_server: NatsServer) -> None:
+    prefix = unique_prefix()
+    handler = MeetingHandler(parties=3)
+    config = agent_config(nats_server.url, prefix, "t", ["meet"], concurrency=3)
+    async with running(config, handler), swarm_client(nats_server.url, prefix) as client:
+        # Each call returns only once three are in the handler together: served one at a time, none would.
+        requests = (client.capabilities.request("meet", i, timeout_seconds=10) for i in range(7))
+        results = await asyncio.gather(*requests)
+        assert [r["echo"] for r in results] == list(range(7))
+        assert handler.most_inside == 3
 
 
 async def test_capability_errors_and_breaker(nats_server: NatsServer) -> None:
