@@ -13,6 +13,7 @@ from aiohttp import web
 from kubeswarm_runtime.app import build_app, build_metrics_app
 from kubeswarm_runtime.capabilities import CapabilityError, CapabilityUnavailable
 from kubeswarm_runtime.config import StreamsConfig
+from kubeswarm_runtime.messages import RECEIVED_KEPT_BYTES, RECEIVED_KEPT_MESSAGES
 from kubeswarm_runtime.names import SwarmNames
 from kubeswarm_runtime.providers import TaskContext
 from kubeswarm_runtime.providers.echo import EchoHandler
@@ -175,9 +176,37 @@ async def test_direct_messages_and_broadcast(nats_server: NatsServer) -> None:
         await bob.swarm.messages.broadcast("hello all")
 
         async def alice_heard() -> bool:
-            return any(m.kind == "broadcast" for m in list(alice.swarm.messages.received._queue))  # type: ignore[attr-defined]
+            return any(m.kind == "broadcast" for m in alice.swarm.messages.received)
 
         await wait_for(alice_heard, timeout=5, what="broadcast received")
+
+
+async def test_received_messages_are_bounded_in_number_and_bytes(nats_server: NatsServer) -> None:
+    prefix = unique_prefix()
+    async with running(agent_config(nats_server.url, prefix, "bob", [])) as bob, swarm_client(nats_server.url, prefix) as client:
+        received, metrics = bob.swarm.messages.received, bob.metrics
+        heard = metrics.messages.labels("in", "broadcast")
+        dropped = metrics.received_messages_dropped
+        for _ in range(20):
+            await client.messages.broadcast("x" * 850_000)  # nobody reads them
+        for n in range(150):
+            await client.messages.broadcast(n)
+
+        async def all_heard() -> bool:
+            return bool(heard._value.get() == 170)
+
+        await wait_for(all_heard, 30, "170 broadcasts received")
+        assert len(received) == RECEIVED_KEPT_MESSAGES and [m.body for m in received] == list(range(50, 150))
+        assert dropped._value.get() == 70
+        for _ in range(20):
+            await client.messages.broadcast("x" * 850_000)
+
+        async def all_big_ones_heard() -> bool:
+            return bool(heard._value.get() == 190)
+
+        await wait_for(all_big_ones_heard, 30, "the big broadcasts received")
+        assert 0 < received.bytes <= RECEIVED_KEPT_BYTES and len(received) == 4
+        assert metrics.registry.get_sample_value("kubeswarm_received_messages_bytes") == received.bytes
 
 
 async def test_probes_and_metrics(nats_server: NatsServer) -> None:

@@ -44,6 +44,14 @@ class RuntimeMetrics:
             registry=r,
         )
         self.dead_letters = Counter("kubeswarm_dead_letters", "Tasks sent to the dead-letter subject.", ["capability"], registry=r)
+        self.received_messages_bytes = Gauge(
+            "kubeswarm_received_messages_bytes", "Bytes of the received messages this replica keeps for its readers.", registry=r
+        )
+        self.received_messages_dropped = Counter(
+            "kubeswarm_received_messages_dropped",
+            "Received messages pushed out of the kept ones (past their count or byte limit) before anything read them.",
+            registry=r,
+        )
         self.unreadable_records = Counter(
             "kubeswarm_unreadable_records",
             "Stored records a listing skipped because they no longer parse, by kind (task, discovery, agent).",
