@@ -7,6 +7,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from kubeswarm_runtime.mcp.fanout import SUBSCRIBER_QUEUE, DiscoveryFanout, DiscoveryFilter
 from kubeswarm_runtime.tasks import TaskState
 
 from tests.integration.runtime_helpers import wait_for
@@ -127,3 +128,22 @@ async def test_liveness_fails_once_the_task_worker_stopped_taking_tasks(nats_ser
                 return response.status == 503
 
         await wait_for(unhealthy, 10, "/healthz to fail")
+
+
+async def test_a_discovery_subscriber_that_stops_reading_is_dropped_and_counted(nats_server: NatsServer) -> None:
+    async with mcp_agent(nats_server.url) as agent:
+        runtime = agent.runtime
+        fanout = DiscoveryFanout(runtime)
+        stalled = await fanout.subscribe(DiscoveryFilter())
+        try:
+            for n in range(SUBSCRIBER_QUEUE + 1):
+                await runtime.swarm.discoveries.share("flood", n)
+
+            async def dropped() -> bool:
+                return stalled.overflowed
+
+            await wait_for(dropped, 20, "the stalled subscriber to overflow")
+            assert stalled.queue.qsize() == SUBSCRIBER_QUEUE
+            assert runtime.metrics.buffer_dropped.labels("discovery_stream")._value.get() == 1
+        finally:
+            await fanout.stop()

@@ -186,7 +186,7 @@ async def test_received_messages_are_bounded_in_number_and_bytes(nats_server: Na
     async with running(agent_config(nats_server.url, prefix, "bob", [])) as bob, swarm_client(nats_server.url, prefix) as client:
         received, metrics = bob.swarm.messages.received, bob.metrics
         heard = metrics.messages.labels("in", "broadcast")
-        dropped = metrics.received_messages_dropped
+        dropped = metrics.buffer_dropped.labels("received_messages")
         for _ in range(20):
             await client.messages.broadcast("x" * 850_000)  # nobody reads them
         for n in range(150):

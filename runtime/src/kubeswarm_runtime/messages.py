@@ -55,7 +55,7 @@ class ReceivedMessages:
         self.bytes = 0
         self._kept: deque[tuple[AgentMessage, int]] = deque()
         self._arrived = asyncio.Event()
-        self._dropped = metrics.received_messages_dropped
+        self._dropped = metrics.buffer_dropped.labels("received_messages")
         metrics.received_messages_bytes.set_function(lambda: self.bytes)
 
     def add(self, message: AgentMessage, size: int) -> None:

@@ -47,9 +47,10 @@ class RuntimeMetrics:
         self.received_messages_bytes = Gauge(
             "kubeswarm_received_messages_bytes", "Bytes of the received messages this replica keeps for its readers.", registry=r
         )
-        self.received_messages_dropped = Counter(
-            "kubeswarm_received_messages_dropped",
-            "Received messages pushed out of the kept ones (past their count or byte limit) before anything read them.",
+        self.buffer_dropped = Counter(
+            "kubeswarm_buffer_dropped",
+            "What a bounded in-memory buffer dropped when full, by buffer (received_messages, discovery_stream, legacy_sse).",
+            ["buffer"],
             registry=r,
         )
         self.unreadable_records = Counter(

@@ -59,6 +59,7 @@ class DiscoveryFanout:
     def __init__(self, runtime: AgentRuntime) -> None:
         self.runtime = runtime
         self.subscribers: set[Subscriber] = set()
+        self._overflows = runtime.metrics.buffer_dropped.labels("discovery_stream")
         self._sub: Subscription | None = None
         self._lock = asyncio.Lock()
 
@@ -94,6 +95,7 @@ class DiscoveryFanout:
                     subscriber.queue.put_nowait(event)
                 except asyncio.QueueFull:
                     subscriber.overflowed = True
+                    self._overflows.inc()
 
     async def stop(self) -> None:
         if self._sub is not None:
