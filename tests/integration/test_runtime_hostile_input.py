@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -10,8 +11,8 @@ import pytest
 from kubeswarm_runtime.mcp.fanout import SUBSCRIBER_QUEUE, DiscoveryFanout, DiscoveryFilter
 from kubeswarm_runtime.tasks import TaskState
 
-from tests.integration.runtime_helpers import wait_for
-from tests.integration.test_mcp_support import initialize, mcp_agent, modern_call, post, rpc, session_headers
+from tests.integration.runtime_helpers import agent_config, running, swarm_client, unique_prefix, wait_for
+from tests.integration.test_mcp_support import GatedHandler, initialize, mcp_agent, modern_call, post, rpc, session_headers
 from tests.testbed.nats import NatsServer
 
 pytestmark = pytest.mark.integration
@@ -147,3 +148,23 @@ async def test_a_discovery_subscriber_that_stops_reading_is_dropped_and_counted(
             assert runtime.metrics.buffer_dropped.labels("discovery_stream")._value.get() == 1
         finally:
             await fanout.stop()
+
+
+async def test_capability_requests_waiting_for_a_slot_are_bounded(nats_server: NatsServer) -> None:
+    prefix = unique_prefix()
+    handler = GatedHandler()
+    config = agent_config(nats_server.url, prefix, "agent", ["gated"], concurrency=1)
+    async with running(config, handler) as runtime, swarm_client(nats_server.url, prefix) as client:
+        holding = asyncio.ensure_future(client.capabilities.request("gated", "holds the only slot", timeout_seconds=30))
+        await asyncio.wait_for(handler.entered.wait(), 10)
+        subject, inbox = client.names.capability("gated"), client.conn.nc.new_inbox()
+        for _ in range(12):  # 10.8 MB waiting: past the subscription's 8 MiB
+            await client.conn.nc.publish(subject, b'"' + b"x" * 900_000 + b'"', reply=inbox)
+        dropped = runtime.metrics.buffer_dropped.labels("nats_subscription")
+
+        async def some_dropped() -> bool:
+            return bool(dropped._value.get() >= 1)
+
+        await wait_for(some_dropped, 20, "the flood to be dropped")
+        handler.gate.set()
+        assert (await holding)["echo"] == "holds the only slot"

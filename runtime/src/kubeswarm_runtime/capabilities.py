@@ -145,7 +145,7 @@ class CapabilityService:
                 self._answering.add(answering)
                 answering.add_done_callback(self._answered)
 
-            self._subs.append(await self.conn.nc.subscribe(self.names.capability(capability), queue=QUEUE_GROUP, cb=take))
+            self._subs.append(await self.conn.subscribe_bounded(self.names.capability(capability), take, queue=QUEUE_GROUP))
 
     def _answered(self, answering: asyncio.Task[None]) -> None:
         self._answering.discard(answering)

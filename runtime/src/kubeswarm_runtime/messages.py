@@ -105,11 +105,11 @@ class MessageService:
     async def start(self, *, agent: str | None = None, handler: MessageHandler | None = None) -> None:
         """Listen for messages; without ``agent`` only responses to this sender's queries are taken."""
         self._handler = handler
-        nc = self.conn.nc
-        self._subs.append(await nc.subscribe(self.names.direct(self.sender), cb=self._on_message))
+        subscribe = self.conn.subscribe_bounded
+        self._subs.append(await subscribe(self.names.direct(self.sender), self._on_message))
         if agent is not None:
-            self._subs.append(await nc.subscribe(self.names.direct(agent), queue=agent, cb=self._on_message))
-            self._subs.append(await nc.subscribe(self.names.broadcast, cb=self._on_message))
+            self._subs.append(await subscribe(self.names.direct(agent), self._on_message, queue=agent))
+            self._subs.append(await subscribe(self.names.broadcast, self._on_message))
 
     async def send(self, to: str, kind: MessageKind, body: Any, *, correlation_id: str | None = None) -> AgentMessage:
         message = AgentMessage(kind=kind, sender=self.sender, to=to, body=body, correlation_id=correlation_id)
