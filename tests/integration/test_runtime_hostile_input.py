@@ -12,7 +12,17 @@ from kubeswarm_runtime.mcp.fanout import SUBSCRIBER_QUEUE, DiscoveryFanout, Disc
 from kubeswarm_runtime.tasks import TaskState
 
 from tests.integration.runtime_helpers import agent_config, running, swarm_client, unique_prefix, wait_for
-from tests.integration.test_mcp_support import GatedHandler, initialize, mcp_agent, modern_call, post, rpc, session_headers
+from tests.integration.test_mcp_support import (
+    GatedHandler,
+    data_of,
+    initialize,
+    mcp_agent,
+    modern_call,
+    post,
+    rpc,
+    session_headers,
+    sse_events,
+)
 from tests.testbed.nats import NatsServer
 
 pytestmark = pytest.mark.integration
@@ -168,3 +178,21 @@ async def test_capability_requests_waiting_for_a_slot_are_bounded(nats_server: N
         await wait_for(some_dropped, 20, "the flood to be dropped")
         handler.gate.set()
         assert (await holding)["echo"] == "holds the only slot"
+
+
+async def test_a_legacy_sse_session_has_a_bounded_number_of_requests_in_flight(nats_server: NatsServer) -> None:
+    async with (
+        mcp_agent(nats_server.url, ws_max_in_flight=1) as agent,
+        aiohttp.ClientSession() as http,
+        http.get(agent.url + "/sse", headers={"Accept": "text/event-stream"}) as stream,
+    ):
+        events = sse_events(stream)
+        endpoint = agent.url + (await anext(events))["data"]
+        held = rpc("tools/call", {"name": "request_capability", "arguments": {"capability": "gated", "input": "x"}}, request_id=1)
+        assert (await post(http, endpoint, held))[0] == 202
+        await asyncio.wait_for(agent.handler.entered.wait(), 10)
+        assert (await post(http, endpoint, rpc("tools/list", request_id=2)))[0] == 202
+        busy = data_of(await anext(events))
+        assert busy["id"] == 2 and busy["error"]["code"] == -31000
+        agent.handler.gate.set()
+        assert data_of(await anext(events))["id"] == 1

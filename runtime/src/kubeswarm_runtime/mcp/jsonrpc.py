@@ -91,6 +91,11 @@ def check(obj: Any) -> RpcMessage:
     return RpcMessage(method=method, params=params, id=request_id, is_notification=not has_id)
 
 
+def too_many_in_flight(where: str, limit: int) -> RpcError:
+    """-31000 for a request past the ``limit`` of requests running at once on one connection or session."""
+    return RpcError(SERVER_BUSY, f"Too many requests in flight on this {where} (limit {limit})")
+
+
 def id_of(obj: Any) -> RequestId | None:
     """The id of a message that failed checks, if it has a usable one (for the error reply)."""
     if isinstance(obj, dict):

@@ -18,7 +18,6 @@ from .http import json_response
 from .jsonrpc import (
     INVALID_REQUEST,
     RATE_LIMITED,
-    SERVER_BUSY,
     RequestId,
     RpcError,
     check,
@@ -26,6 +25,7 @@ from .jsonrpc import (
     encode,
     error_reply,
     id_of,
+    too_many_in_flight,
 )
 from .metering import NO_METHOD, method_of
 from .protocol import McpServer
@@ -131,7 +131,7 @@ class JsonRpc:
                             await send(self._error(method_of(payload), id_of(payload), refused))
                             continue
                         if len(running) >= cfg.ws_max_in_flight:
-                            busy = RpcError(SERVER_BUSY, f"Too many requests in flight on this connection (limit {cfg.ws_max_in_flight})")
+                            busy = too_many_in_flight("connection", cfg.ws_max_in_flight)
                             await send(self._error(method_of(payload), id_of(payload), busy))
                             continue
                         task = asyncio.create_task(serve(payload))
