@@ -14,6 +14,7 @@ from typing import Any
 
 from kubeswarm_runtime.client import SwarmClient
 from kubeswarm_runtime.config import NatsConfig, RuntimeConfig
+from kubeswarm_runtime.providers import TaskHandler
 from kubeswarm_runtime.runtime import AgentRuntime
 
 from tests.testbed.procs import ManagedProcess, free_port
@@ -55,8 +56,8 @@ async def wait_for(condition: Callable[[], Awaitable[bool]], timeout: float = 20
 
 
 @asynccontextmanager
-async def running(config: RuntimeConfig) -> AsyncIterator[AgentRuntime]:
-    runtime = AgentRuntime(config)
+async def running(config: RuntimeConfig, handler: TaskHandler | None = None) -> AsyncIterator[AgentRuntime]:
+    runtime = AgentRuntime(config, handler=handler)
     await runtime.start()
     try:
         yield runtime

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 from typing import Any
 
 import aiohttp
@@ -23,6 +22,7 @@ from tests.integration.test_mcp_support import (
     initialize,
     mcp_agent,
     modern_call,
+    post,
     rpc,
     session_headers,
     sse_events,
@@ -31,13 +31,6 @@ from tests.testbed.nats import NatsServer
 from tests.testbed.procs import free_port
 
 pytestmark = pytest.mark.integration
-
-
-async def post(http: aiohttp.ClientSession, url: str, body: Any, headers: dict[str, str] | None = None) -> tuple[int, Any]:
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    async with http.post(url, data=data, headers={"Content-Type": "application/json", **(headers or {})}) as response:
-        text = await response.text()
-        return response.status, json.loads(text) if text and response.content_type == "application/json" else text
 
 
 # -- /mcp, current revision

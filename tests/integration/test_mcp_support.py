@@ -1,4 +1,4 @@
-"""Helpers of the MCP tests (no tests here): an agent serving MCP in this process, request builders, a gated handler."""
+"""Helpers of the MCP tests (no tests here): an agent serving MCP in this process, request builders, a raw POST, a gated handler."""
 
 from __future__ import annotations
 
@@ -84,6 +84,13 @@ def modern_call(method: str, params: dict[str, Any] | None = None, request_id: i
     if params and "name" in params:
         headers["Mcp-Name"] = params["name"]
     return body, headers
+
+
+async def post(http: aiohttp.ClientSession, url: str, body: Any, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    async with http.post(url, data=data, headers={"Content-Type": "application/json", **(headers or {})}) as response:
+        text = await response.text()
+        return response.status, json.loads(text) if text and response.content_type == "application/json" else text
 
 
 def rpc(method: str, params: dict[str, Any] | None = None, request_id: int = 1) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -12,7 +13,10 @@ from aiohttp import web
 from kubeswarm_runtime.app import build_app, build_metrics_app
 from kubeswarm_runtime.capabilities import CapabilityError, CapabilityUnavailable
 from kubeswarm_runtime.config import StreamsConfig
+from kubeswarm_runtime.messages import RECEIVED_KEPT_BYTES, RECEIVED_KEPT_MESSAGES
 from kubeswarm_runtime.names import SwarmNames
+from kubeswarm_runtime.providers import TaskContext
+from kubeswarm_runtime.providers.echo import EchoHandler
 from kubeswarm_runtime.stores import ensure_swarm_stores
 
 from tests.integration.runtime_helpers import (
@@ -80,6 +84,39 @@ async def test_capability_request_reply_load_balanced(nats_server: NatsServer) -
         assert min(served) > 0, served
 
 
+class MeetingHandler(EchoHandler):
+    """Echo, once ``parties`` calls are inside it at the same time; records the most that ever were."""
+
+    def __init__(self, parties: int) -> None:
+        self.parties = parties
+        self.inside = 0
+        self.most_inside = 0
+        self.all_in = asyncio.Event()
+
+    async def handle(self, ctx: TaskContext) -> Any:
+        self.inside += 1
+        self.most_inside = max(self.most_inside, self.inside)
+        if self.inside >= self.parties:
+            self.all_in.set()
+        try:
+            await self.all_in.wait()
+            return await super().handle(ctx)
+        finally:
+            self.inside -= 1
+
+
+async def test_capability_requests_are_served_concurrently_up_to_concurrency(nats_server: NatsServer) -> None:
+    prefix = unique_prefix()
+    handler = MeetingHandler(parties=3)
+    config = agent_config(nats_server.url, prefix, "t", ["meet"], concurrency=3)
+    async with running(config, handler), swarm_client(nats_server.url, prefix) as client:
+        # Each call returns only once three are in the handler together: served one at a time, none would.
+        requests = (client.capabilities.request("meet", i, timeout_seconds=10) for i in range(7))
+        results = await asyncio.gather(*requests)
+        assert [r["echo"] for r in results] == list(range(7))
+        assert handler.most_inside == 3
+
+
 async def test_capability_errors_and_breaker(nats_server: NatsServer) -> None:
     prefix = unique_prefix()
     async with swarm_client(nats_server.url, prefix) as client:
@@ -139,9 +176,37 @@ async def test_direct_messages_and_broadcast(nats_server: NatsServer) -> None:
         await bob.swarm.messages.broadcast("hello all")
 
         async def alice_heard() -> bool:
-            return any(m.kind == "broadcast" for m in list(alice.swarm.messages.received._queue))  # type: ignore[attr-defined]
+            return any(m.kind == "broadcast" for m in alice.swarm.messages.received)
 
         await wait_for(alice_heard, timeout=5, what="broadcast received")
+
+
+async def test_received_messages_are_bounded_in_number_and_bytes(nats_server: NatsServer) -> None:
+    prefix = unique_prefix()
+    async with running(agent_config(nats_server.url, prefix, "bob", [])) as bob, swarm_client(nats_server.url, prefix) as client:
+        received, metrics = bob.swarm.messages.received, bob.metrics
+        heard = metrics.messages.labels("in", "broadcast")
+        dropped = metrics.buffer_dropped.labels("received_messages")
+        for _ in range(20):
+            await client.messages.broadcast("x" * 850_000)  # nobody reads them
+        for n in range(150):
+            await client.messages.broadcast(n)
+
+        async def all_heard() -> bool:
+            return bool(heard._value.get() == 170)
+
+        await wait_for(all_heard, 30, "170 broadcasts received")
+        assert len(received) == RECEIVED_KEPT_MESSAGES and [m.body for m in received] == list(range(50, 150))
+        assert dropped._value.get() == 70
+        for _ in range(20):
+            await client.messages.broadcast("x" * 850_000)
+
+        async def all_big_ones_heard() -> bool:
+            return bool(heard._value.get() == 190)
+
+        await wait_for(all_big_ones_heard, 30, "the big broadcasts received")
+        assert 0 < received.bytes <= RECEIVED_KEPT_BYTES and len(received) == 4
+        assert metrics.registry.get_sample_value("kubeswarm_received_messages_bytes") == received.bytes
 
 
 async def test_probes_and_metrics(nats_server: NatsServer) -> None:

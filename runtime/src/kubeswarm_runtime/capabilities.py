@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
@@ -88,7 +89,8 @@ class CapabilityService:
         self.breaker_cooldown = breaker_cooldown
         self.breakers: dict[str, CircuitBreaker] = {}
         self._subs: list[Subscription] = []
-        self._semaphore: asyncio.Semaphore | None = None
+        self._slots: asyncio.Semaphore | None = None
+        self._answering: set[asyncio.Task[None]] = set()
         # Metric children looked up once (labels() takes a lock and a lookup on every call).
         self._requests_out = metrics.messages.labels("out", "capability_request")
         self._requests_in = metrics.messages.labels("in", "capability_request")
@@ -131,28 +133,43 @@ class CapabilityService:
             self.metrics.breaker_open.labels(capability).set(0 if state == "closed" else 1)
 
     async def serve(self, capabilities: list[str], handler: TaskHandler, concurrency: int) -> None:
-        """Answer requests for ``capabilities`` (one queue group per capability: one replica answers each)."""
-        self._semaphore = asyncio.Semaphore(concurrency)
+        """Answer requests for ``capabilities`` (one queue group per capability: one replica answers each), ``concurrency`` at once."""
+        slots = self._slots = asyncio.Semaphore(concurrency)
         for capability in capabilities:
 
-            async def answer(msg: Msg, capability: str = capability) -> None:
-                await self._answer(msg, capability, handler)
+            async def take(msg: Msg, capability: str = capability) -> None:
+                # nats-py runs a subscription's callbacks one after another: each answer runs in a task of its own,
+                # and the callback waits only for a free slot (requests past ``concurrency`` wait in the subscription).
+                await slots.acquire()
+                answering = asyncio.create_task(self._answer(msg, capability, handler))
+                self._answering.add(answering)
+                answering.add_done_callback(self._answered)
 
-            self._subs.append(await self.conn.nc.subscribe(self.names.capability(capability), queue=QUEUE_GROUP, cb=answer))
+            self._subs.append(await self.conn.subscribe_bounded(self.names.capability(capability), take, queue=QUEUE_GROUP))
+
+    def _answered(self, answering: asyncio.Task[None]) -> None:
+        self._answering.discard(answering)
+        assert self._slots is not None
+        self._slots.release()
 
     async def _answer(self, msg: Msg, capability: str, handler: TaskHandler) -> None:
-        assert self._semaphore is not None
         self._requests_in.inc()
-        async with self._semaphore:
-            try:
-                payload = decode_json(msg.data) if msg.data else None
-                result = await handler.handle(TaskContext(msg.reply or "request", capability, payload, 1, self.agent))
-                answer: dict[str, Any] = {"ok": True, "result": result}
-            except Exception as exc:
-                answer = {"ok": False, "error": str(exc) or type(exc).__name__}
-        await msg.respond(encode_json(answer))
+        try:
+            payload = decode_json(msg.data) if msg.data else None
+            result = await handler.handle(TaskContext(msg.reply or "request", capability, payload, 1, self.agent))
+            answer: dict[str, Any] = {"ok": True, "result": result}
+        except Exception as exc:
+            answer = {"ok": False, "error": str(exc) or type(exc).__name__}
+        with contextlib.suppress(nats.errors.Error):  # the connection closed meanwhile: the caller times out
+            await msg.respond(encode_json(answer))
 
-    async def stop(self) -> None:
+    async def stop(self, grace: float = 0.0) -> None:
+        """Take no more requests; answers in flight get up to ``grace`` seconds to finish, then are cancelled."""
         for sub in self._subs:
             await sub.unsubscribe()
         self._subs.clear()
+        if self._answering:
+            _done, late = await asyncio.wait(set(self._answering), timeout=grace)
+            for answering in late:
+                answering.cancel()
+            await asyncio.gather(*late, return_exceptions=True)

@@ -17,5 +17,21 @@ def encode_json(value: Any) -> bytes:
         return pydantic_core.to_json(value, serialize_unknown=True)
 
 
+def nested_deeper_than(value: Any, limit: int) -> bool:
+    """Whether arrays and objects nest more than ``limit`` levels in a decoded JSON value (iterative: no recursion)."""
+    level: list[Any] = [value]
+    for _ in range(limit + 1):
+        level = [child for item in level for child in _children(item)]
+        if not level:
+            return False
+    return True
+
+
+def _children(value: Any) -> list[Any]:
+    if isinstance(value, dict):
+        return list(value.values())
+    return value if isinstance(value, list) else []
+
+
 decode_json = orjson.loads
 DecodeError = orjson.JSONDecodeError

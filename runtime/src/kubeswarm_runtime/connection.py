@@ -7,10 +7,13 @@ import contextlib
 import logging
 import random
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import nats
 from nats.aio.client import Client, RawCredentials, Server
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext, api
 from nats.js.errors import BadRequestError, NotFoundError
 from nats.js.kv import KeyValue
@@ -32,6 +35,11 @@ def backoff_delay(attempt: int, base: float, cap: float) -> float:
     ceiling = min(cap, base * 2.0 ** min(attempt, 16))
     return ceiling * random.uniform(0.5, 1.0)
 
+
+# What may wait in one subscription any caller can fill (capability requests, direct messages, broadcasts)
+# before its callback takes it; past either bound the client drops what comes (a slow consumer), counted.
+SUBSCRIPTION_PENDING_MESSAGES = 4096
+SUBSCRIPTION_PENDING_BYTES = 8 * 1024 * 1024
 
 # How long a write keeps retrying through a JetStream leader election or a reconnect.
 PUBLISH_PATIENCE_SECONDS = 30.0
@@ -81,6 +89,8 @@ class NatsConnection:
         self._js_checked_at = 0.0
         self._js_usable = False
         self._closing = False
+        self._slow_consumer_drops = metrics.buffer_dropped.labels("nats_subscription")
+        self._slow_sids_logged: set[int] = set()
 
     @property
     def js(self) -> JetStreamContext:
@@ -153,7 +163,24 @@ class NatsConnection:
         log.info("reconnected to NATS %s", self.nc.connected_url.netloc if self.nc.connected_url else "")
 
     async def _on_error(self, exc: Exception) -> None:
+        if isinstance(exc, nats.errors.SlowConsumerError):
+            # Reported once per dropped message, from the connection's read loop: counted, logged once per subscription.
+            self._slow_consumer_drops.inc()
+            if exc.sid not in self._slow_sids_logged:
+                self._slow_sids_logged.add(exc.sid)
+                log.warning("dropping messages on %s: its subscription is full (a flood, or a stuck handler)", exc.subject)
+            return
         log.warning("NATS error: %s", exc or type(exc).__name__)
+
+    async def subscribe_bounded(self, subject: str, cb: Callable[[Msg], Awaitable[None]], queue: str = "") -> Subscription:
+        """A subscription whose waiting messages are bounded (SUBSCRIPTION_PENDING_*), for subjects any caller can fill."""
+        return await self.nc.subscribe(
+            subject,
+            queue=queue,
+            cb=cb,
+            pending_msgs_limit=SUBSCRIPTION_PENDING_MESSAGES,
+            pending_bytes_limit=SUBSCRIPTION_PENDING_BYTES,
+        )
 
     async def _on_closed(self) -> None:
         self.metrics.nats_connected.set(0)

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .connection import NatsConnection
 from .metrics import RuntimeMetrics
 from .names import SwarmNames
+from .unreadable import UnreadableRecords
 
 
 class Discovery(BaseModel):
@@ -35,6 +36,7 @@ class DiscoveryService:
         self.names = names
         self.metrics = metrics
         self.agent = agent
+        self.unreadable = UnreadableRecords("discovery", metrics.unreadable_records)
 
     async def share(
         self, type: str, content: Any, tags: list[str] | None = None, *, confidence: float = 1.0, agent: str | None = None
@@ -83,7 +85,9 @@ class DiscoveryService:
                     continue
                 meta = msg.metadata
                 self.metrics.messages.labels("in", "discovery").inc()
-                yield Discovery.model_validate_json(msg.data).model_copy(update={"seq": meta.sequence.stream})
+                discovery = self.unreadable.parse(Discovery, str(meta.sequence.stream), msg.data)
+                if discovery is not None:
+                    yield discovery.model_copy(update={"seq": meta.sequence.stream})
                 if stop_at_end and meta.num_pending == 0:
                     return
         finally:

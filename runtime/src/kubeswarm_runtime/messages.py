@@ -7,7 +7,8 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, Literal
 
 import nats
@@ -39,6 +40,50 @@ class AgentMessage(BaseModel):
 # Handles a command or query; a query's return value is sent back as the response.
 MessageHandler = Callable[[AgentMessage], Awaitable[Any]]
 
+# What a replica keeps of the messages it received, for readers in its process; any caller can send
+# broadcasts of up to the server's payload limit, so the bound is in bytes as well as in messages.
+RECEIVED_KEPT_MESSAGES = 100
+RECEIVED_KEPT_BYTES = 4 * 1024 * 1024
+
+
+class ReceivedMessages:
+    """The latest messages received (commands, queries, broadcasts); a new one pushes the oldest out, counted."""
+
+    def __init__(self, metrics: RuntimeMetrics, max_messages: int = RECEIVED_KEPT_MESSAGES, max_bytes: int = RECEIVED_KEPT_BYTES) -> None:
+        self.max_messages = max_messages
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._kept: deque[tuple[AgentMessage, int]] = deque()
+        self._arrived = asyncio.Event()
+        self._dropped = metrics.buffer_dropped.labels("received_messages")
+        metrics.received_messages_bytes.set_function(lambda: self.bytes)
+
+    def add(self, message: AgentMessage, size: int) -> None:
+        self._kept.append((message, size))
+        self.bytes += size
+        while len(self._kept) > self.max_messages or self.bytes > self.max_bytes:
+            self._take()
+            self._dropped.inc()
+        self._arrived.set()
+
+    async def get(self) -> AgentMessage:
+        """The oldest message kept, waiting for one if none is."""
+        while not self._kept:
+            self._arrived.clear()
+            await self._arrived.wait()
+        return self._take()
+
+    def _take(self) -> AgentMessage:
+        message, size = self._kept.popleft()
+        self.bytes -= size
+        return message
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+    def __iter__(self) -> Iterator[AgentMessage]:
+        return (message for message, _ in self._kept)
+
 
 class MessageService:
     """Send and receive direct messages and broadcasts.
@@ -52,7 +97,7 @@ class MessageService:
         self.names = names
         self.metrics = metrics
         self.sender = sender
-        self.received: asyncio.Queue[AgentMessage] = asyncio.Queue(maxsize=1000)
+        self.received = ReceivedMessages(metrics)
         self._waiting: dict[str, asyncio.Future[AgentMessage]] = {}
         self._subs: list[Subscription] = []
         self._handler: MessageHandler | None = None
@@ -60,11 +105,11 @@ class MessageService:
     async def start(self, *, agent: str | None = None, handler: MessageHandler | None = None) -> None:
         """Listen for messages; without ``agent`` only responses to this sender's queries are taken."""
         self._handler = handler
-        nc = self.conn.nc
-        self._subs.append(await nc.subscribe(self.names.direct(self.sender), cb=self._on_message))
+        subscribe = self.conn.subscribe_bounded
+        self._subs.append(await subscribe(self.names.direct(self.sender), self._on_message))
         if agent is not None:
-            self._subs.append(await nc.subscribe(self.names.direct(agent), queue=agent, cb=self._on_message))
-            self._subs.append(await nc.subscribe(self.names.broadcast, cb=self._on_message))
+            self._subs.append(await subscribe(self.names.direct(agent), self._on_message, queue=agent))
+            self._subs.append(await subscribe(self.names.broadcast, self._on_message))
 
     async def send(self, to: str, kind: MessageKind, body: Any, *, correlation_id: str | None = None) -> AgentMessage:
         message = AgentMessage(kind=kind, sender=self.sender, to=to, body=body, correlation_id=correlation_id)
@@ -104,8 +149,7 @@ class MessageService:
             if not waiter.done():
                 waiter.set_result(message)
             return
-        with contextlib.suppress(asyncio.QueueFull):
-            self.received.put_nowait(message)
+        self.received.add(message, len(msg.data))
         if message.kind == "query" and self._handler is not None:
             try:
                 answer = await self._handler(message)

@@ -44,6 +44,21 @@ class RuntimeMetrics:
             registry=r,
         )
         self.dead_letters = Counter("kubeswarm_dead_letters", "Tasks sent to the dead-letter subject.", ["capability"], registry=r)
+        self.received_messages_bytes = Gauge(
+            "kubeswarm_received_messages_bytes", "Bytes of the received messages this replica keeps for its readers.", registry=r
+        )
+        self.buffer_dropped = Counter(
+            "kubeswarm_buffer_dropped",
+            "What a bounded in-memory buffer dropped when full, by buffer (received_messages, discovery_stream, legacy_sse).",
+            ["buffer"],
+            registry=r,
+        )
+        self.unreadable_records = Counter(
+            "kubeswarm_unreadable_records",
+            "Stored records a listing skipped because they no longer parse, by kind (task, discovery, agent).",
+            ["kind"],
+            registry=r,
+        )
         self.mcp_requests = Counter(
             "kubeswarm_mcp_requests",
             "MCP and JSON-RPC requests handled, by method, outcome (ok, error) and code (JSON-RPC error code or HTTP status).",

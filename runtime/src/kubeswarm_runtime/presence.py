@@ -18,6 +18,7 @@ from .connection import NatsConnection, publish_patiently
 from .metrics import RuntimeMetrics
 from .names import SwarmNames
 from .stores import read_bucket
+from .unreadable import UnreadableRecords
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +56,15 @@ class AgentDirectory:
         self.conn = conn
         self.names = names
         self.bucket = bucket
+        self.unreadable = UnreadableRecords("agent", conn.metrics.unreadable_records)
 
     async def list(self, *, capability: str | None = None) -> list[AgentInfo]:
         entries = await read_bucket(self.conn, self.names.agents_bucket, ">")
-        agents = [AgentInfo.model_validate_json(value) for value in entries.values()]
+        agents = (self.unreadable.parse(AgentInfo, key, value) for key, value in entries.items())
         # The bucket's TTLs remove silent agents; the age check also covers a bucket made without them.
-        return sorted((a for a in agents if a.alive and (capability is None or capability in a.capabilities)), key=lambda a: a.id)
+        return sorted(
+            (a for a in agents if a is not None and a.alive and (capability is None or capability in a.capabilities)), key=lambda a: a.id
+        )
 
     async def get(self, agent_id: str) -> AgentInfo | None:
         try:

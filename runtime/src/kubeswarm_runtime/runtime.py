@@ -111,7 +111,7 @@ class AgentRuntime:
         if self._heartbeats is not None:
             self._heartbeats.cancel()
         if self._swarm is not None:
-            await self._swarm.capabilities.stop()
+            await self._swarm.capabilities.stop(self.config.shutdown_grace_seconds)
         if self._worker is not None:
             await self._worker.stop(self.config.shutdown_grace_seconds)
         if self._presence is not None:

@@ -15,7 +15,6 @@ import nats
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js import api
-from pydantic import ValidationError
 
 from ..discoveries import Discovery
 from ..runtime import AgentRuntime
@@ -60,6 +59,7 @@ class DiscoveryFanout:
     def __init__(self, runtime: AgentRuntime) -> None:
         self.runtime = runtime
         self.subscribers: set[Subscriber] = set()
+        self._overflows = runtime.metrics.buffer_dropped.labels("discovery_stream")
         self._sub: Subscription | None = None
         self._lock = asyncio.Lock()
 
@@ -83,10 +83,11 @@ class DiscoveryFanout:
         self.subscribers.discard(subscriber)
 
     async def _on_message(self, msg: Msg) -> None:
-        try:
-            discovery = Discovery.model_validate_json(msg.data).model_copy(update={"seq": msg.metadata.sequence.stream})
-        except ValidationError:
-            return  # not ours to show
+        seq = msg.metadata.sequence.stream
+        parsed = self.runtime.swarm.discoveries.unreadable.parse(Discovery, str(seq), msg.data)
+        if parsed is None:
+            return
+        discovery = parsed.model_copy(update={"seq": seq})
         event = discovery_event(discovery)
         for subscriber in self.subscribers:
             if not subscriber.overflowed and subscriber.filter.matches(discovery):
@@ -94,6 +95,7 @@ class DiscoveryFanout:
                     subscriber.queue.put_nowait(event)
                 except asyncio.QueueFull:
                     subscriber.overflowed = True
+                    self._overflows.inc()
 
     async def stop(self) -> None:
         if self._sub is not None:

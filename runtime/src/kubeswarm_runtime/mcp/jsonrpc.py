@@ -11,6 +11,8 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
+from ..codec import nested_deeper_than
+
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
 METHOD_NOT_FOUND = -32601
@@ -22,8 +24,12 @@ UNSUPPORTED_PROTOCOL_VERSION = -32022
 # Ours, outside the JSON-RPC reserved range.
 SERVER_BUSY = -31000
 TOOL_FAILED = -31001
+RATE_LIMITED = -31002
 
 RequestId = str | int
+# Deepest nesting of arrays and objects in params: far beyond any tool's schema, well within what the
+# stored records can be read back with (pydantic's JSON parser stops at about 200 levels).
+MAX_PARAMS_DEPTH = 64
 
 
 class RpcError(Exception):
@@ -80,7 +86,14 @@ def check(obj: Any) -> RpcMessage:
         params = {}
     if not isinstance(params, dict):
         raise RpcError(INVALID_PARAMS, 'Invalid params: "params" must be an object (named parameters)')
+    if nested_deeper_than(params, MAX_PARAMS_DEPTH):
+        raise RpcError(INVALID_PARAMS, f"Invalid params: arrays and objects nest deeper than {MAX_PARAMS_DEPTH} levels")
     return RpcMessage(method=method, params=params, id=request_id, is_notification=not has_id)
+
+
+def too_many_in_flight(where: str, limit: int) -> RpcError:
+    """-31000 for a request past the ``limit`` of requests running at once on one connection or session."""
+    return RpcError(SERVER_BUSY, f"Too many requests in flight on this {where} (limit {limit})")
 
 
 def id_of(obj: Any) -> RequestId | None:

@@ -15,7 +15,7 @@ from aiohttp import web
 
 from ..config import McpConfig
 from .http import CLIENT_GONE, KEEPALIVE, SseStream, json_response, sse_event
-from .jsonrpc import RpcError, RpcMessage, check, decode, encode, error_reply, id_of, result_reply
+from .jsonrpc import RpcError, RpcMessage, check, decode, encode, error_reply, id_of, result_reply, too_many_in_flight
 from .metering import OK, method_of
 from .protocol import LATEST_HANDSHAKE_VERSION, McpServer
 from .security import Guard, StreamSlots
@@ -31,6 +31,7 @@ class LegacySse:
     slots: StreamSlots
     config: McpConfig
     _background: set[asyncio.Task[None]] = field(default_factory=set)
+    _in_flight: dict[str, int] = field(default_factory=dict)  # session -> requests this replica is answering
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/sse", self.stream)
@@ -83,10 +84,24 @@ class LegacySse:
             if message.is_notification:
                 self.server.meter.count(message.method)
             return web.Response(status=202, text="Accepted")
+        limit = self.config.ws_max_in_flight
+        if self._in_flight.get(session_id, 0) >= limit:
+            busy = too_many_in_flight("session", limit)
+            self.server.meter.count(message.method, busy.code)
+            assert record.holder is not None
+            await self.router.send(record.holder, session_id, encode(error_reply(message.id, busy)))
+            return web.Response(status=202, text="Accepted")
+        self._in_flight[session_id] = self._in_flight.get(session_id, 0) + 1
         task = asyncio.create_task(self._answer(session_id, record, message))
         self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        task.add_done_callback(lambda done: self._answered(session_id, done))
         return web.Response(status=202, text="Accepted")
+
+    def _answered(self, session_id: str, task: asyncio.Task[None]) -> None:
+        self._background.discard(task)
+        left = self._in_flight.pop(session_id) - 1
+        if left:
+            self._in_flight[session_id] = left
 
     async def _answer(self, session_id: str, record: SessionRecord, message: RpcMessage) -> None:
         assert record.holder is not None

@@ -213,7 +213,7 @@ class McpServer:
         return (self._modern_pages if modern else self._handshake_pages)[index]
 
     def tool(self, name: object) -> ToolSpec[Any, Any]:
-        tool = self.registry.by_name.get(name) if isinstance(name, str) else None
+        tool = self.registry.find(name)
         if tool is None:
             raise RpcError(INVALID_PARAMS, f"Invalid params: name: unknown tool {name!r}")
         return tool
@@ -261,7 +261,7 @@ class McpServer:
             return {"tools": self.registry.definitions}
         if method in ("call_tool", "tools/call"):
             return await self.call_tool(message.params)
-        tool = self.registry.by_name.get(method)
+        tool = self.registry.find(method)
         if tool is None:
             raise RpcError(METHOD_NOT_FOUND, f"Method not found: {method}")
         try:

@@ -15,10 +15,21 @@ from aiohttp import WSMsgType, web
 
 from ..config import McpConfig
 from .http import json_response
-from .jsonrpc import INVALID_REQUEST, SERVER_BUSY, RequestId, RpcError, check, decode, encode, error_reply, id_of
+from .jsonrpc import (
+    INVALID_REQUEST,
+    RATE_LIMITED,
+    RequestId,
+    RpcError,
+    check,
+    decode,
+    encode,
+    error_reply,
+    id_of,
+    too_many_in_flight,
+)
 from .metering import NO_METHOD, method_of
 from .protocol import McpServer
-from .security import Guard, StreamSlots
+from .security import Caller, Guard, StreamSlots, retry_after
 
 
 @dataclass
@@ -56,18 +67,39 @@ class JsonRpc:
         self.server.meter.count(method, error.code)
         return error_reply(request_id, error)
 
+    def _messages_in(self, payload: Any) -> int:
+        """How many messages a payload holds (each counts against the rate limit); -32600 for a batch too large to admit."""
+        if not isinstance(payload, list):
+            return 1
+        self.guard.check_batch(len(payload))
+        return len(payload)
+
     async def post(self, request: web.Request) -> web.Response:
-        await self.guard.admit(request)
+        caller = await self.guard.admit(request)  # takes the first message's token
         body = await self.guard.read_body(request)
         try:
             payload = decode(body)
+            messages = self._messages_in(payload)
         except RpcError as exc:
             return json_response(self._error(NO_METHOD, None, exc))
+        self.guard.admit_messages(caller, messages - 1)
         reply = await self.answer(payload)
         return web.Response(status=204) if reply is None else json_response(reply)
 
+    def _rate_limited(self, caller: Caller, payload: Any) -> RpcError | None:
+        """Why a WebSocket message may not run now (each one counts against the caller's rate limit), or None."""
+        try:
+            messages = self._messages_in(payload)
+        except RpcError as exc:
+            return exc
+        wait = self.guard.limiter.wait_seconds(caller.key, messages)
+        if wait <= 0:
+            return None
+        seconds = retry_after(wait)
+        return RpcError(RATE_LIMITED, f"Rate limited: too many requests; retry after {seconds} s", {"retryAfterSeconds": seconds})
+
     async def websocket(self, request: web.Request) -> web.WebSocketResponse:
-        await self.guard.admit(request)
+        caller = await self.guard.admit(request)
         cfg = self.config
         with self.slots.hold():
             ws = web.WebSocketResponse(heartbeat=cfg.keepalive_seconds, max_msg_size=cfg.max_request_bytes)
@@ -95,8 +127,11 @@ class JsonRpc:
                         except RpcError as exc:
                             await send(self._error(NO_METHOD, None, exc))
                             continue
+                        if (refused := self._rate_limited(caller, payload)) is not None:
+                            await send(self._error(method_of(payload), id_of(payload), refused))
+                            continue
                         if len(running) >= cfg.ws_max_in_flight:
-                            busy = RpcError(SERVER_BUSY, f"Too many requests in flight on this connection (limit {cfg.ws_max_in_flight})")
+                            busy = too_many_in_flight("connection", cfg.ws_max_in_flight)
                             await send(self._error(method_of(payload), id_of(payload), busy))
                             continue
                         task = asyncio.create_task(serve(payload))

@@ -25,6 +25,7 @@ from aiohttp import web
 
 from ..config import McpConfig
 from ..resources import AuthMode
+from .jsonrpc import INVALID_REQUEST, RpcError
 
 if TYPE_CHECKING:
     # PyJWT (and the cryptography it loads, ~9 MiB) is imported only when a token is checked:
@@ -223,17 +224,17 @@ class RateLimiter:
         self.burst = float(burst)
         self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, at)
 
-    def wait_seconds(self, key: str) -> float:
-        """0 and one token taken if the caller may go on now; else how long until it may."""
-        if self.rate <= 0:
+    def wait_seconds(self, key: str, requests: int = 1) -> float:
+        """0 and ``requests`` tokens taken if the caller may go on now; else how long until it may."""
+        if self.rate <= 0 or requests <= 0:
             return 0.0
         now = time.monotonic()
         tokens, at = self._buckets.get(key, (self.burst, now))
         tokens = min(self.burst, tokens + (now - at) * self.rate)
-        if tokens < 1.0:
+        if tokens < requests:
             self._buckets[key] = (tokens, now)
-            return (1.0 - tokens) / self.rate
-        self._buckets[key] = (tokens - 1.0, now)
+            return (requests - tokens) / self.rate
+        self._buckets[key] = (tokens - requests, now)
         if len(self._buckets) > RATE_BUCKETS_SWEEP_AT:
             self._sweep(now)
         return 0.0
@@ -282,15 +283,26 @@ class Guard:
         if origin is not None and not self._origin_allowed(origin, request):
             raise problem(web.HTTPForbidden, "forbidden_origin", f"origin {origin!r} may not call this endpoint")
         caller = await self.auth.authenticate(request)
-        wait = self.limiter.wait_seconds(caller.key)
+        self.admit_messages(caller, 1)
+        return caller
+
+    def admit_messages(self, caller: Caller, messages: int) -> None:
+        """Take ``messages`` JSON-RPC messages from the caller's bucket, or 429: every message of a batch counts."""
+        wait = self.limiter.wait_seconds(caller.key, messages)
         if wait > 0:
             raise problem(
                 web.HTTPTooManyRequests,
                 "rate_limited",
                 "too many requests; slow down",
-                {"Retry-After": str(max(1, math.ceil(wait)))},
+                {"Retry-After": str(retry_after(wait))},
             )
-        return caller
+
+    def check_batch(self, size: int) -> None:
+        """A batch larger than the burst could never be admitted: refuse it as invalid rather than ask for a retry."""
+        if self.limiter.rate > 0 and size > self.limiter.burst:
+            raise RpcError(
+                INVALID_REQUEST, f"Invalid request: a batch holds at most {int(self.limiter.burst)} messages (the rate limit burst)"
+            )
 
     def _origin_allowed(self, origin: str, request: web.Request) -> bool:
         # DNS rebinding defence: a browser page may call only from this host or a configured origin.
@@ -315,6 +327,11 @@ class Guard:
         except TimeoutError:
             raise problem(web.HTTPRequestTimeout, "request_timeout", "the request body did not arrive in time") from None
         return b"".join(chunks)
+
+
+def retry_after(wait_seconds: float) -> int:
+    """A Retry-After value: whole seconds, at least 1."""
+    return max(1, math.ceil(wait_seconds))
 
 
 def _too_large(limit: int, size: int) -> web.HTTPException:

@@ -27,6 +27,8 @@ from ..runtime import AgentRuntime
 
 _SESSION_ID = re.compile(r"^[0-9a-f]{32}$")
 _EVENT_ID = re.compile(r"^(?P<stream>[0-9a-f]{16})-(?P<n>\d{1,9})$")
+# Replies waiting for a legacy SSE client to read them, per session.
+LEGACY_SESSION_QUEUE = 256
 # An ordered consumer reading a stream's events wakes this often to let the caller send keep-alives.
 FOLLOW_POLL_SECONDS = 1.0
 
@@ -174,12 +176,13 @@ class LegacyRouter:
         self.runtime = runtime
         self._streams: dict[str, asyncio.Queue[bytes]] = {}
         self._sub: Subscription | None = None
+        self._dropped = runtime.metrics.buffer_dropped.labels("legacy_sse")
 
     async def open(self, session_id: str) -> asyncio.Queue[bytes]:
         if self._sub is None:
             names = self.runtime.swarm.names
             self._sub = await self.runtime.conn.nc.subscribe(names.mcp_sse(self.runtime.config.replica_id), cb=self._deliver)
-        queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=256)
+        queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=LEGACY_SESSION_QUEUE)
         self._streams[session_id] = queue
         return queue
 
@@ -192,8 +195,10 @@ class LegacyRouter:
     async def _deliver(self, msg: Msg) -> None:
         queue = self._streams.get(msg.subject.rsplit(".", 1)[-1])
         if queue is not None:
-            with contextlib.suppress(asyncio.QueueFull):  # a client that stopped reading loses messages, as on a dropped stream
+            try:
                 queue.put_nowait(msg.data)
+            except asyncio.QueueFull:  # a client that stopped reading loses messages, as on a dropped stream
+                self._dropped.inc()
 
     async def stop(self) -> None:
         if self._sub is not None:

@@ -61,7 +61,7 @@ class StreamableHttp:
         """Answer over SSE: a call of a tool that may take long, from a client that takes SSE."""
         if message.method != "tools/call" or not accepts(request, "text/event-stream"):
             return False
-        tool = self.server.registry.by_name.get(message.params.get("name"))  # type: ignore[arg-type]
+        tool = self.server.registry.find(message.params.get("name"))
         return tool is not None and tool.slow
 
     # -- POST

@@ -387,6 +387,10 @@ class ToolRegistry:
         definitions = [tool.definition for tool in tools]
         self.pages = [definitions[start : start + page_size] for start in range(0, len(definitions), page_size)] or [[]]
 
+    def find(self, name: object) -> ToolSpec[Any, Any] | None:
+        """The tool called ``name``; None for any other value, including one a client sent as a list or an object."""
+        return self.by_name.get(name) if isinstance(name, str) else None
+
     @property
     def definitions(self) -> list[dict[str, Any]]:
         return [tool.definition for tool in self.by_name.values()]

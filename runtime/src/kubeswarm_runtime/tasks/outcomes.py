@@ -21,6 +21,10 @@ from .records import DeadLetter, TaskMessage, TaskRecord, TaskState
 
 log = logging.getLogger(__name__)
 
+# A dead letter of a malformed delivery keeps this much of its raw bytes: escaped into JSON, a whole
+# message near the server's payload limit would not fit in the letter.
+MALFORMED_BYTES_KEPT = 64 * 1024
+
 
 class TaskOutcomes:
     def __init__(self, conn: NatsConnection, names: SwarmNames, replica_id: str, metrics: RuntimeMetrics) -> None:
@@ -87,8 +91,20 @@ class TaskOutcomes:
         return True
 
     async def reject_malformed(self, msg: Msg, capability: str, error: str) -> None:
-        await self.conn.js.publish(
-            self.names.dlq(capability),
-            json.dumps({"raw": msg.data.decode(errors="replace"), "reason": f"malformed task: {error}"}).encode(),
-        )
+        """A delivery that is not a task: dead-lettered with its reason (outcome ``dead``), then terminated.
+
+        Terminated even when no dead letter could be sent (outcome ``discarded``, logged): no worker can
+        ever run it, and a delivery that comes back forever would hold a worker's slot each time.
+        """
+        letter = {
+            "raw": msg.data[:MALFORMED_BYTES_KEPT].decode(errors="replace"),
+            "size": len(msg.data),
+            "reason": f"malformed task: {error}",
+        }
+        if await publish_patiently(self.conn.js, self.names.dlq(capability), json.dumps(letter).encode()):
+            self.metrics.dead_letters.labels(capability).inc()
+            self.count(capability, "dead")
+        else:
+            log.error("a malformed task of %s could not be dead-lettered; discarded: %s", capability, error)
+            self.count(capability, "discarded")
         await msg.term()

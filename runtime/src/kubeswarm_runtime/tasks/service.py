@@ -17,6 +17,7 @@ from nats.js.kv import KeyValue
 from ..connection import NatsConnection
 from ..names import Priority, SwarmNames, cancel_key, task_key
 from ..stores import read_bucket, task_backlog
+from ..unreadable import UnreadableRecords
 from .records import TaskMessage, TaskNotFound, TaskRecord, TaskState
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,7 @@ class TaskService:
         self.conn = conn
         self.names = names
         self.bucket = bucket
+        self.unreadable = UnreadableRecords("task", conn.metrics.unreadable_records)
 
     async def create(
         self, capability: str, task_input: Any = None, *, priority: Priority = Priority.NORMAL, task_id: str | None = None
@@ -58,8 +60,12 @@ class TaskService:
 
     async def list(self, *, state: TaskState | None = None, capability: str | None = None, limit: int = 100) -> list[TaskRecord]:
         entries = await read_bucket(self.conn, self.names.tasks_bucket, task_key(">"))
-        records = [TaskRecord.model_validate_json(value) for value in entries.values()]
-        records = [r for r in records if (state is None or r.state is state) and (capability is None or r.capability == capability)]
+        parsed = (self.unreadable.parse(TaskRecord, key, value) for key, value in entries.items())
+        records = [
+            r
+            for r in parsed
+            if r is not None and (state is None or r.state is state) and (capability is None or r.capability == capability)
+        ]
         records.sort(key=lambda r: r.created_at, reverse=True)
         return records[:limit]
 

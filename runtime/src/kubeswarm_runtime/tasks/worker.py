@@ -85,6 +85,11 @@ class TaskWorker:
     def load(self) -> int:
         return len(self.inflight)
 
+    @property
+    def alive(self) -> bool:
+        """Whether the worker still takes tasks (or is stopping on purpose): liveness fails when its loop died."""
+        return self._stopping or (self._loop_task is not None and not self._loop_task.done())
+
     async def start(self) -> None:
         cfg = self.config
         nc = self.conn.nc
@@ -165,7 +170,11 @@ class TaskWorker:
                         continue
                     msgs = await self._fetch(puller, free)
                     for msg in msgs:
-                        await self._start(msg, puller)
+                        try:
+                            await self._start(msg, puller)
+                        except Exception:
+                            # Not acked: delivered again later. One bad delivery must not stop the worker.
+                            log.exception("could not start a delivery from %s", puller.consumer)
                     took = took or bool(msgs)
                 if took:
                     break  # look at the higher priorities again before taking lower ones
@@ -322,7 +331,8 @@ class TaskWorker:
         self._stopping = True
         self._wake.set()
         if self._loop_task is not None:
-            await self._loop_task
+            # A loop that already died was reported by liveness; stopping goes on.
+            await asyncio.gather(self._loop_task, return_exceptions=True)
         running = list(self.inflight.values())
         if running:
             _done, late = await asyncio.wait(running, timeout=grace)
