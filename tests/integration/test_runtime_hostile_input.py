@@ -196,3 +196,16 @@ async def test_a_legacy_sse_session_has_a_bounded_number_of_requests_in_flight(n
         assert busy["id"] == 2 and busy["error"]["code"] == -31000
         agent.handler.gate.set()
         assert data_of(await anext(events))["id"] == 1
+
+
+async def test_a_streamable_session_has_a_bounded_number_of_streamed_requests_in_flight(nats_server: NatsServer) -> None:
+    async with mcp_agent(nats_server.url, ws_max_in_flight=1) as agent, aiohttp.ClientSession() as http:
+        session_id = await initialize(http, agent.mcp)
+        call = {"name": "request_capability", "arguments": {"capability": "gated", "input": "x"}}
+        async with http.post(agent.mcp, json=rpc("tools/call", call, request_id=1), headers=session_headers(session_id)) as first:
+            assert first.content_type == "text/event-stream"
+            await asyncio.wait_for(agent.handler.entered.wait(), 10)
+        # The client left; its work goes on (resumable), and still counts.
+        status, reply = await post(http, agent.mcp, rpc("tools/call", call, request_id=2), session_headers(session_id))
+        assert status == 200 and reply["error"]["code"] == -31000, reply
+        agent.handler.gate.set()

@@ -88,7 +88,7 @@ class McpConfig(Section):
     max_streams: int = Field(default=2048, ge=1, description="Concurrent SSE and WebSocket connections; 503 past it.")
     keepalive_seconds: float = Field(default=15, gt=0, description="Comment/ping interval on idle streams.")
     ws_max_in_flight: int = Field(
-        default=32, ge=1, description="Requests one WebSocket, or one legacy SSE session on one replica, may have running at once."
+        default=32, ge=1, description="Requests one WebSocket, or one session on one replica, may have running at once."
     )
     tools_page_size: int = Field(default=50, ge=1)
 

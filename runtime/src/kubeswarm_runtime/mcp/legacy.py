@@ -18,7 +18,7 @@ from .http import CLIENT_GONE, KEEPALIVE, SseStream, json_response, sse_event
 from .jsonrpc import RpcError, RpcMessage, check, decode, encode, error_reply, id_of, result_reply, too_many_in_flight
 from .metering import OK, method_of
 from .protocol import LATEST_HANDSHAKE_VERSION, McpServer
-from .security import Guard, StreamSlots
+from .security import Guard, SessionWork, StreamSlots
 from .state import LegacyRouter, McpState, SessionRecord
 
 
@@ -31,7 +31,10 @@ class LegacySse:
     slots: StreamSlots
     config: McpConfig
     _background: set[asyncio.Task[None]] = field(default_factory=set)
-    _in_flight: dict[str, int] = field(default_factory=dict)  # session -> requests this replica is answering
+    _work: SessionWork = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._work = SessionWork(self.config.ws_max_in_flight)
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/sse", self.stream)
@@ -84,14 +87,12 @@ class LegacySse:
             if message.is_notification:
                 self.server.meter.count(message.method)
             return web.Response(status=202, text="Accepted")
-        limit = self.config.ws_max_in_flight
-        if self._in_flight.get(session_id, 0) >= limit:
-            busy = too_many_in_flight("session", limit)
+        if not self._work.start(session_id):
+            busy = too_many_in_flight("session", self._work.limit)
             self.server.meter.count(message.method, busy.code)
             assert record.holder is not None
             await self.router.send(record.holder, session_id, encode(error_reply(message.id, busy)))
             return web.Response(status=202, text="Accepted")
-        self._in_flight[session_id] = self._in_flight.get(session_id, 0) + 1
         task = asyncio.create_task(self._answer(session_id, record, message))
         self._background.add(task)
         task.add_done_callback(lambda done: self._answered(session_id, done))
@@ -99,9 +100,7 @@ class LegacySse:
 
     def _answered(self, session_id: str, task: asyncio.Task[None]) -> None:
         self._background.discard(task)
-        left = self._in_flight.pop(session_id) - 1
-        if left:
-            self._in_flight[session_id] = left
+        self._work.finished(session_id)
 
     async def _answer(self, session_id: str, record: SessionRecord, message: RpcMessage) -> None:
         assert record.holder is not None

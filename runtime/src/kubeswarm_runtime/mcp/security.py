@@ -268,6 +268,27 @@ class StreamSlots:
             self.open -= 1
 
 
+class SessionWork:
+    """Requests a replica is answering per session, at most ``limit`` each (their work may outlive the client's connection)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._running: dict[str, int] = {}
+
+    def start(self, session_id: str) -> bool:
+        """Count one more request of the session; False (nothing counted) when it already has ``limit`` running."""
+        running = self._running.get(session_id, 0)
+        if running >= self.limit:
+            return False
+        self._running[session_id] = running + 1
+        return True
+
+    def finished(self, session_id: str) -> None:
+        left = self._running.pop(session_id) - 1
+        if left:
+            self._running[session_id] = left
+
+
 class Guard:
     """Every request of the MCP surface passes here first: origin, authentication, rate limit."""
 

@@ -19,7 +19,18 @@ from aiohttp import web
 
 from ..config import McpConfig
 from .http import CLIENT_GONE, KEEPALIVE, RECONNECT_MS, SseStream, accepts, json_response, sse_event, status_of
-from .jsonrpc import INVALID_REQUEST, RpcError, RpcMessage, check, decode, encode, error_reply, id_of, result_reply
+from .jsonrpc import (
+    INVALID_REQUEST,
+    RpcError,
+    RpcMessage,
+    check,
+    decode,
+    encode,
+    error_reply,
+    id_of,
+    result_reply,
+    too_many_in_flight,
+)
 from .metering import method_of
 from .protocol import (
     HANDSHAKE_VERSIONS,
@@ -30,7 +41,7 @@ from .protocol import (
     modern_version,
     unsupported_version,
 )
-from .security import Caller, Guard, StreamSlots
+from .security import Caller, Guard, SessionWork, StreamSlots
 from .state import McpState, SessionRecord, event_id, new_stream_id, parse_event_id
 
 log = logging.getLogger(__name__)
@@ -47,6 +58,10 @@ class StreamableHttp:
     slots: StreamSlots
     config: McpConfig
     _background: set[asyncio.Task[Any]] = field(default_factory=set)
+    _work: SessionWork = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._work = SessionWork(self.config.ws_max_in_flight)
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/mcp", self.post)
@@ -160,12 +175,18 @@ class StreamableHttp:
     async def _stream_resumable(self, request: web.Request, session_id: str, message: RpcMessage, version: str) -> web.StreamResponse:
         """2025 sessions: events go to JetStream first, so the client may drop and resume here or on another replica."""
         with self.slots.hold():
+            if not self._work.start(session_id):
+                return self._reject(200, too_many_in_flight("session", self._work.limit), message.method, message.id)
             stream_id = new_stream_id()
-            priming = await self.state.append_event(session_id, stream_id, 0, None)
+            try:
+                priming = await self.state.append_event(session_id, stream_id, 0, None)
+            except BaseException:
+                self._work.finished(session_id)  # no work was started
+                raise
             # The work records its reply whether or not this client is still listening.
             work = asyncio.create_task(self._answer_and_record(session_id, stream_id, message, version))
             self._background.add(work)
-            work.add_done_callback(self._background.discard)
+            work.add_done_callback(lambda done: self._recorded(session_id, done))
             stream = await SseStream.open(request, self.config.write_timeout_seconds)
             try:
                 await stream.send(sse_event(b"", event_id=priming, retry_ms=RECONNECT_MS))
@@ -174,6 +195,10 @@ class StreamableHttp:
             except CLIENT_GONE:
                 log.debug("client left stream %s of session %s; it can resume", stream_id, session_id)
             return stream.response
+
+    def _recorded(self, session_id: str, work: asyncio.Task[Any]) -> None:
+        self._background.discard(work)
+        self._work.finished(session_id)
 
     async def _answer_and_record(self, session_id: str, stream_id: str, message: RpcMessage, version: str) -> dict[str, Any]:
         reply = await self.server.reply(message, version)
