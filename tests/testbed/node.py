@@ -352,8 +352,10 @@ class RealNode:
         return run(str(wheel_binary("kubectl")), "--kubeconfig", str(self.admin_kubeconfig), *args, input=input)
 
     def _node_ready(self) -> bool:
+        """Ready, and the node controller has lifted its not-ready taint: pods schedule at once."""
         node = json.loads(self._kubectl("get", "node", NODE_NAME, "-o", "json").stdout)
-        return any(c["type"] == "Ready" and c["status"] == "True" for c in node["status"].get("conditions", []))
+        ready = any(c["type"] == "Ready" and c["status"] == "True" for c in node["status"].get("conditions", []))
+        return ready and not any(t["key"].startswith("node.kubernetes.io/") for t in node["spec"].get("taints", []))
 
 
 def build_service_cidr() -> str:
