@@ -1,5 +1,5 @@
 {{/*
-What the operator does, verb by verb (kubeswarm_operator.handlers and .kube):
+What the operator does, verb by verb (kubeswarm_operator.wiring, .kube and .loops):
 - Agents and Swarms: kopf lists and watches them and patches their metadata (finalizer,
   progress annotations); the reconciler patches Agent status. A Swarm creates, updates and
   deletes its member Agents and writes its own status.
