@@ -23,6 +23,15 @@ from .records import TaskMessage, TaskNotFound, TaskRecord, TaskState
 log = logging.getLogger(__name__)
 
 
+async def stored_record(bucket: KeyValue, task_id: str) -> TaskRecord | None:
+    """A task's state as stored in the tasks bucket; None if it has none."""
+    try:
+        entry = await bucket.get(task_key(task_id))
+    except KeyNotFoundError:
+        return None
+    return TaskRecord.model_validate_json(entry.value) if entry.value else None
+
+
 class TaskService:
     """Create and follow tasks; any process connected to the swarm can use it."""
 
@@ -52,11 +61,7 @@ class TaskService:
         return record
 
     async def get(self, task_id: str) -> TaskRecord | None:
-        try:
-            entry = await self.bucket.get(task_key(task_id))
-        except KeyNotFoundError:
-            return None
-        return TaskRecord.model_validate_json(entry.value) if entry.value else None
+        return await stored_record(self.bucket, task_id)
 
     async def list(self, *, state: TaskState | None = None, capability: str | None = None, limit: int = 100) -> list[TaskRecord]:
         entries = await read_bucket(self.conn, self.names.tasks_bucket, task_key(">"))

@@ -21,21 +21,21 @@ from typing import Any
 import nats
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.js.errors import KeyNotFoundError, NotFoundError
+from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
 from ..config import RuntimeConfig
 from ..connection import NatsConnection, backoff_delay
 from ..metrics import RuntimeMetrics
-from ..names import PRIORITIES, Priority, SwarmNames, cancel_key, task_key
+from ..names import PRIORITIES, Priority, SwarmNames, cancel_key
 from ..providers.base import PermanentTaskError, TaskContext, TaskHandler
 from ..stores import read_bucket, task_consumer_config
 from .committing import SuccessCommitter
 from .outcomes import TaskOutcomes
 from .pulling import Puller, deliveries
-from .records import TaskMessage, TaskRecord, TaskState, encode_record
-from .service import TaskService
+from .records import TaskMessage, TaskState, encode_record
+from .service import TaskService, stored_record
 from .watch import RunWatch
 
 log = logging.getLogger(__name__)
@@ -267,21 +267,14 @@ class TaskWorker:
             self.outcomes.observe_duration(task.capability, time.time() - started)
 
     async def _finished_before(self, task: TaskMessage) -> bool:
-        """Whether a redelivered task's stored state is already terminal. Unknown (NATS busy) counts as no:
-        at-least-once is kept, only a known finish is skipped."""
+        """Whether a redelivered task's stored state is already terminal. Unknown (NATS busy, a record that
+        does not parse) counts as no: at-least-once is kept, only a known finish is skipped."""
         try:
-            entry = await self.bucket.get(task_key(task.id))
-        except KeyNotFoundError:
-            return False
-        except (TimeoutError, nats.errors.Error) as exc:
+            record = await stored_record(self.bucket, task.id)
+        except (TimeoutError, nats.errors.Error, ValidationError) as exc:
             log.info("state of redelivered task %s unreadable (%s); running it", task.id, exc)
             return False
-        if not entry.value:
-            return False
-        try:
-            return TaskRecord.model_validate_json(entry.value).terminal
-        except ValidationError:
-            return False
+        return record is not None and record.terminal
 
     async def _interrupted(self, msg: Msg, task: TaskMessage, state: Callable[..., bytes]) -> str:
         """A running task was cancelled: by its owner (ack it away) or by shutdown (hand it back)."""
