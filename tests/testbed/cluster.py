@@ -9,6 +9,7 @@ under the work directory.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import ssl
@@ -24,7 +25,7 @@ import yaml
 from . import build
 from . import node as real
 from .pki import Pki
-from .procs import ManagedProcess, TestbedError, free_port, log_tail, wheel_binary
+from .procs import ManagedProcess, TestbedError, free_port, http_ok, log_tail, wheel_binary
 
 SERVICE_CIDR = "10.96.0.0/16"
 FAKE_NODE_ANNOTATION = "kwok.x-k8s.io/node"
@@ -103,13 +104,16 @@ class Cluster(KubeAccess):
     def server(self) -> str:
         return f"https://{self.host}:{self.apiserver_port}"
 
-    @property
+    @functools.cached_property
     def node(self) -> real.RealNode:
+        """One per cluster: its ports are picked once."""
         return real.RealNode(
             self.workdir / "node",
             kubeconfig=self.workdir / "node.kubeconfig",
             admin_kubeconfig=self.kubeconfig,
             ca_cert=self.pki.ca_cert,
+            service_cidr=SERVICE_CIDR,
+            kubectl=self.kubectl,
         )
 
     def _write_kubeconfig(self, path: Path | None = None, user: str = "admin") -> None:
@@ -199,7 +203,7 @@ class Cluster(KubeAccess):
             ],
             [self.etcd_port, self.etcd_peer_port],
         )
-        etcd.wait_until(lambda: _http_ok(f"{etcd_url}/health"), timeout)
+        etcd.wait_until(lambda: http_ok(f"{etcd_url}/health"), timeout)
 
         apiserver = self._start(
             "kube-apiserver",
@@ -273,12 +277,12 @@ class Cluster(KubeAccess):
         )
         controller_manager.wait_until(lambda: self._secure_healthz(self.controller_manager_port), timeout)
         scheduler.wait_until(lambda: self._secure_healthz(self.scheduler_port), timeout)
-        kwok.wait_until(lambda: _http_ok(f"http://127.0.0.1:{self.kwok_port}/healthz"), timeout)
+        kwok.wait_until(lambda: http_ok(f"http://127.0.0.1:{self.kwok_port}/healthz"), timeout)
 
         for index in range(self.nodes):
             self.kubectl("apply", "-f", "-", input=json.dumps(fake_node(f"kwok-node-{index}")))
         if self.real_node:
-            self.node.start(self._start, timeout)
+            self.node.start(binaries, self._start, timeout)
             for index in range(self.nodes):
                 # Pods go to the real node unless they tolerate this.
                 self.kubectl("taint", "node", f"kwok-node-{index}", f"{real.FAKE_NODE_TAINT}=true:NoSchedule", "--overwrite")
@@ -345,11 +349,6 @@ def fake_node(name: str) -> dict[str, object]:
         },
         "status": {"allocatable": FAKE_NODE_CAPACITY, "capacity": FAKE_NODE_CAPACITY},
     }
-
-
-def _http_ok(url: str) -> bool:
-    with urllib.request.urlopen(url, timeout=2) as resp:
-        return bool(resp.status == 200)
 
 
 def stop_recorded(workdir: Path) -> list[str]:

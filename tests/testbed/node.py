@@ -26,7 +26,6 @@ import shutil
 import signal
 import subprocess
 import time
-import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +35,7 @@ import yaml
 from images import build as images
 
 from . import build
-from .procs import ManagedProcess, TestbedError, free_port, wheel_binary
+from .procs import ManagedProcess, TestbedError, free_port, http_ok
 
 NODE_NAME = "kubeswarm-node"
 BRIDGE = "ks-cni0"
@@ -122,6 +121,8 @@ class RealNode:
     kubeconfig: Path  # the node's own identity (system:node:<name>)
     admin_kubeconfig: Path
     ca_cert: Path
+    service_cidr: str
+    kubectl: Callable[..., subprocess.CompletedProcess[str]]  # the cluster's, as admin
     kubelet_port: int = field(default_factory=free_port)
     kubelet_healthz_port: int = field(default_factory=free_port)
     proxy_healthz_port: int = field(default_factory=free_port)
@@ -160,14 +161,15 @@ class RealNode:
         run("ip", "link", "set", BRIDGE, "up")
         # Service addresses stay on this machine: a ClusterIP that kube-proxy has not (yet)
         # translated goes to the bridge and dies there, never out of the default route.
-        run("ip", "route", "add", build_service_cidr(), "dev", BRIDGE)
+        run("ip", "route", "add", self.service_cidr, "dev", BRIDGE)
         run("iptables", "-w", "-N", FILTER_CHAIN)
         run("iptables", "-w", "-A", FILTER_CHAIN, "-i", BRIDGE, "!", "-o", BRIDGE, "-j", "DROP")
         run("iptables", "-w", "-I", "FORWARD", "1", "-j", FILTER_CHAIN)
 
-    def start(self, launch: Callable[[str, Sequence[str], Sequence[int]], ManagedProcess], timeout: float) -> None:
+    def start(
+        self, binaries: dict[str, Path], launch: Callable[[str, Sequence[str], Sequence[int]], ManagedProcess], timeout: float
+    ) -> None:
         """Start containerd, the images, kubelet, kube-proxy, CoreDNS and the provisioner."""
-        binaries = build.build_all(node=True)
         archives = images.build_all()
         self.workdir.mkdir(parents=True, exist_ok=True)
         config = self._containerd_config(binaries, image_ref(archives, "pause"))
@@ -215,7 +217,7 @@ class RealNode:
         )
         coredns = launch("coredns", [str(binaries["coredns"]), "-conf", str(self._corefile())], [self.dns_ready_port])
         helper = image_ref(archives, "runtime")
-        self._kubectl("apply", "--server-side", "-f", "-", input=yaml.safe_dump_all(provisioner_objects(helper)))
+        self.kubectl("apply", "--server-side", "-f", "-", input=yaml.safe_dump_all(provisioner_objects(helper)))
         provisioner = launch(
             "local-path-provisioner",
             [
@@ -230,9 +232,9 @@ class RealNode:
             ],
             [],
         )
-        kubelet.wait_until(lambda: _http_ok(f"http://127.0.0.1:{self.kubelet_healthz_port}/healthz"), timeout)
-        proxy.wait_until(lambda: _http_ok(f"http://127.0.0.1:{self.proxy_healthz_port}/healthz"), timeout)
-        coredns.wait_until(lambda: _http_ok(f"http://127.0.0.1:{self.dns_ready_port}/ready"), timeout)
+        kubelet.wait_until(lambda: http_ok(f"http://127.0.0.1:{self.kubelet_healthz_port}/healthz"), timeout)
+        proxy.wait_until(lambda: http_ok(f"http://127.0.0.1:{self.proxy_healthz_port}/healthz"), timeout)
+        coredns.wait_until(lambda: http_ok(f"http://127.0.0.1:{self.dns_ready_port}/ready"), timeout)
         kubelet.wait_until(self._node_ready, timeout, f"node {NODE_NAME} Ready")
         assert provisioner.running()
 
@@ -277,9 +279,10 @@ class RealNode:
     def _import_images(self, ctr: list[str], archives: dict[str, Path]) -> None:
         imported = self.containerd_root() / "imported"
         imported.mkdir(parents=True, exist_ok=True)
+        present = set(run(*ctr, "images", "list", "--quiet").stdout.split())
         for ref, archive in archives.items():
             marker = imported / f"{archive.name}.done"
-            if marker.exists() and ref in run(*ctr, "images", "list", "--quiet").stdout.split():
+            if marker.exists() and ref in present:
                 continue
             print(f"importing {ref} into the real node's containerd", flush=True)
             run(*ctr, "images", "import", "--no-unpack=false", str(archive))
@@ -348,20 +351,11 @@ class RealNode:
         )
         return path
 
-    def _kubectl(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
-        return run(str(wheel_binary("kubectl")), "--kubeconfig", str(self.admin_kubeconfig), *args, input=input)
-
     def _node_ready(self) -> bool:
         """Ready, and the node controller has lifted its not-ready taint: pods schedule at once."""
-        node = json.loads(self._kubectl("get", "node", NODE_NAME, "-o", "json").stdout)
+        node = json.loads(self.kubectl("get", "node", NODE_NAME, "-o", "json").stdout)
         ready = any(c["type"] == "Ready" and c["status"] == "True" for c in node["status"].get("conditions", []))
         return ready and not any(t["key"].startswith("node.kubernetes.io/") for t in node["spec"].get("taints", []))
-
-
-def build_service_cidr() -> str:
-    from .cluster import SERVICE_CIDR
-
-    return SERVICE_CIDR
 
 
 def cni_config() -> dict[str, object]:
@@ -472,11 +466,6 @@ def toml_dump(data: dict[str, object]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _http_ok(url: str) -> bool:
-    with urllib.request.urlopen(url, timeout=2) as resp:
-        return bool(resp.status == 200)
-
-
 # --- cleanup -----------------------------------------------------------------------------------
 
 
@@ -556,7 +545,6 @@ def cleanup_host() -> None:
     _unmount_below(*(p for p in (RUN_DIR, workdir, RealNode.containerd_root()) if p is not None))
     if subprocess.run(["ip", "link", "show", BRIDGE], capture_output=True).returncode == 0:
         subprocess.run(["ip", "link", "delete", BRIDGE], capture_output=True)
-    subprocess.run(["ip", "route", "del", build_service_cidr(), "dev", BRIDGE], capture_output=True)
     if shutil.which("iptables-save"):
         _remove_rules()
     _remove_cgroups()

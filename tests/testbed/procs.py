@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sysconfig
 import time
+import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +60,12 @@ def port_accepts(port: int) -> bool:
     with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
         return True
     return False
+
+
+def http_ok(url: str) -> bool:
+    """A component's plain-HTTP health endpoint answers 200."""
+    with urllib.request.urlopen(url, timeout=2) as resp:
+        return bool(resp.status == 200)
 
 
 def wheel_binary(name: str) -> Path:
