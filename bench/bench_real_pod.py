@@ -34,6 +34,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from images import build as images
 from tests.integration.test_mcp_support import modern_call
 from tests.testbed.cluster import Cluster
 from tests.unit.test_chart import CHART, helm
@@ -121,7 +122,7 @@ def manifests(kind: str, name: str) -> dict[str, Any]:
     probe = {"httpGet": {"path": "/", "port": 8080}, "periodSeconds": 1}
     container = {
         "name": "http",
-        "image": "docker.io/kubeswarm/runtime:" + app_version(),
+        "image": "docker.io/kubeswarm/runtime:" + images.app_version(),
         "imagePullPolicy": "IfNotPresent",
         "command": ["python3", "-m", "http.server", "8080"],
         "readinessProbe": probe,
@@ -147,13 +148,6 @@ def manifests(kind: str, name: str) -> dict[str, Any]:
             },
         ],
     }
-
-
-def app_version() -> str:
-    for line in (CHART / "Chart.yaml").read_text().splitlines():
-        if line.startswith("appVersion:"):
-            return line.split(":", 1)[1].strip().strip('"')
-    raise AssertionError("Chart.yaml has no appVersion")
 
 
 def main() -> None:

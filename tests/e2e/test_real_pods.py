@@ -22,7 +22,9 @@ from typing import Any
 import aiohttp
 import pytest
 from mcp.client.client import Client
+from prometheus_client.parser import text_string_to_metric_families
 
+from images import build as images
 from tests.integration.test_mcp_sdk import DESIGN_TOOLS
 from tests.integration.test_mcp_support import data_of, sse_events
 from tests.testbed.cluster import KubeAccess
@@ -62,8 +64,9 @@ def pods(ns: Namespace, selector: str) -> list[dict[str, Any]]:
 
 
 def ready_pods(ns: Namespace, selector: str, count: int) -> list[dict[str, Any]] | None:
-    found = [p for p in pods(ns, selector) if ready(p)]
-    return found if len(found) == count and len(pods(ns, selector)) == count else None
+    """The pods, when there are exactly ``count`` and all are Ready."""
+    found = pods(ns, selector)
+    return found if len(found) == count and all(ready(p) for p in found) else None
 
 
 def condition(body: dict[str, Any] | None, kind: str) -> str | None:
@@ -109,13 +112,9 @@ async def tool(client: Client, name: str, arguments: dict[str, Any]) -> dict[str
 
 
 def metric_sum(text: str, name: str, **labels: str) -> float:
-    """Sum of one metric's samples whose labels include ``labels``."""
-    total = 0.0
-    for line in text.splitlines():
-        match = re.fullmatch(rf"{name}(?:\{{(.*)\}})? (\S+)", line)
-        if match and all(f'{k}="{v}"' in (match.group(1) or "") for k, v in labels.items()):
-            total += float(match.group(2))
-    return total
+    """Sum of one series' samples whose labels include ``labels``."""
+    samples = (sample for family in text_string_to_metric_families(text) for sample in family.samples)
+    return sum(s.value for s in samples if s.name == name and labels.items() <= s.labels.items())
 
 
 @dataclass
@@ -190,11 +189,7 @@ def test_chart_installs_nats_cluster_and_operator(release: KubeAccess) -> None:
     assert len(claims) == 3 and {c["status"]["phase"] for c in claims} == {"Bound"}
     operator = until(lambda: ready_pods(system, "app.kubernetes.io/component=operator", 1), START, "the operator pod Ready")[0]
     assert operator["spec"]["serviceAccountName"] == OPERATOR
-    assert operator["spec"]["containers"][0]["image"].endswith("kubeswarm/operator:" + chart_app_version())
-
-
-def chart_app_version() -> str:
-    return re.search(r'^appVersion: "?([^"\n]+)"?$', (CHART / "Chart.yaml").read_text(), re.M).group(1)  # type: ignore[union-attr]
+    assert operator["spec"]["containers"][0]["image"].endswith("kubeswarm/operator:" + images.app_version())
 
 
 def test_examples_run_as_restricted_pods(swarm: Swarm) -> None:
@@ -352,14 +347,14 @@ def test_every_pod_serves_the_metrics_the_dashboards_read(swarm: Swarm) -> None:
     for agent in ("scout", "critic", "echo"):
         for pod in swarm.agent_pods(agent):
             # A family is exported from its first scrape on (its TYPE line), before any sample of a label set.
-            scrape = swarm.metrics(pod["metadata"]["name"]).splitlines()
-            exported = {family(line.split()[2]) for line in scrape if line.startswith("# TYPE ")}
+            scrape = text_string_to_metric_families(swarm.metrics(pod["metadata"]["name"]))
+            exported = {family(metrics.name) for metrics in scrape}
             missing = {m for m in runtime_metrics if family(m) not in exported}
             assert not missing, (pod["metadata"]["name"], sorted(missing))
 
 
 def family(series: str) -> str:
-    """A sample's metric family: kubeswarm_tasks_total and kubeswarm_tasks_created are both kubeswarm_tasks."""
+    """A series' metric family, as the dashboards' PromQL names it: kubeswarm_tasks_total is kubeswarm_tasks."""
     return re.sub(r"_(bucket|sum|count|total|created)$", "", series)
 
 
