@@ -199,6 +199,7 @@ def image_sources(name: str) -> list[str]:
 
 
 def run(argv: Sequence[str], logfile: Path, what: str, *, env: Mapping[str, str] | None = None, cwd: Path | None = None) -> None:
+    """Run a build step into its log; on failure raise with the log's path and tail (the test bed's Go builds too)."""
     logfile.parent.mkdir(parents=True, exist_ok=True)
     with logfile.open("ab") as out:
         out.write(f"\n$ {shlex.join(argv)}\n".encode())
@@ -209,7 +210,7 @@ def run(argv: Sequence[str], logfile: Path, what: str, *, env: Mapping[str, str]
             raise ImageBuildError(f"{what}: {error}") from error
     if proc.returncode:
         lines = logfile.read_text(errors="replace").splitlines()[-25:]
-        raise ImageBuildError(f"{what} failed (exit {proc.returncode}); log: {logfile}\n" + "\n".join(lines))
+        raise ImageBuildError(f"{what} failed (exit {proc.returncode}); full log: {logfile}\n" + "\n".join(lines))
 
 
 def capture(argv: Sequence[str]) -> str | None:

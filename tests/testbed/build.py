@@ -219,14 +219,10 @@ def bin_dir(component: Component) -> Path:
 
 
 def _run_logged(cmd: list[str], cwd: Path, log: Path, what: str, env: dict[str, str] | None = None) -> None:
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("a") as out:
-        out.write(f"$ {' '.join(cmd)}\n")
-        out.flush()
-        proc = subprocess.run(cmd, cwd=cwd, env=env or go_env(), stdout=out, stderr=subprocess.STDOUT)
-    if proc.returncode != 0:
-        tail = "\n".join(log.read_text(errors="replace").splitlines()[-25:])
-        raise BuildError(f"building {what} failed (exit {proc.returncode}); full log: {log}\n{tail}")
+    try:
+        images.run(cmd, log, f"building {what}", env=env or go_env(), cwd=cwd)
+    except images.ImageBuildError as error:
+        raise BuildError(str(error)) from error
 
 
 def build(component: Component, *, force: bool = False) -> Path:
