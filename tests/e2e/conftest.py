@@ -102,6 +102,8 @@ OPERATOR_ENV = {
     "KUBESWARM_RESYNC_SECONDS": "10",
     # Swarm status and route acceptance are re-read on this period: short, so tests see them change.
     "KUBESWARM_SWARM_RESYNC_SECONDS": "3",
+    # A Swarm whose NATS is gone is deleted after this long (300 s by default), leaving its streams.
+    "KUBESWARM_SWARM_DELETE_TIMEOUT_SECONDS": "15",
 }
 
 

@@ -178,3 +178,26 @@ def test_nats_unreachable_is_a_condition_then_recovers(operator: Operator, names
     until(recovered, 90, "NatsReady=True once NATS is up")
     assert stream_config(late_nats.url, f"{prefix.replace('.', '_')}_TASKS") is not None
     namespace.kubectl("delete", "swarm", "offline", "--wait=true", "--timeout=60s")
+
+
+def test_deleting_a_swarm_whose_nats_is_gone_posts_events_and_ends_within_the_bound(
+    operator: Operator, namespace: Namespace, prefix: str
+) -> None:
+    """The finalizer retries an unreachable NATS with a Warning Event per try, then leaves the streams (named in an Event)."""
+    namespace.apply(swarm_manifest("gone", f"nats://127.0.0.1:{free_port()}", prefix))
+    until(lambda: "kubeswarm.io/finalizer" in namespace.must("swarm", "gone")["metadata"].get("finalizers", []), 60, "the finalizer")
+    until(lambda: condition(namespace.get("swarm", "gone"), "NatsReady"), 60, "NatsReady reported")
+    namespace.kubectl("delete", "swarm", "gone", "--wait=false")
+
+    def events(reason: str) -> list[str]:
+        selector = f"involvedObject.name=gone,reason={reason}"
+        out = namespace.kubectl("get", "events", "--field-selector", selector, "-o", "jsonpath={.items[*].message}").stdout
+        return [out] if out else []
+
+    tried = until(lambda: events("StreamsNotRemoved"), 60, "a StreamsNotRemoved Event while the finalizer waits")
+    assert "127.0.0.1" in tried[0]
+    # KUBESWARM_SWARM_DELETE_TIMEOUT_SECONDS is 15 in the e2e operator: gone well before kopf's old ten minutes.
+    until(lambda: namespace.get("swarm", "gone") is None, 90, "the Swarm gone after the finalizer gave up")
+    left = until(lambda: events("StreamsLeft"), 30, "a StreamsLeft Event")
+    base = prefix.replace(".", "_")
+    assert f"{base}_TASKS" in left[0] and f"KV_{base}_tasks" in left[0] and "nats stream rm" in left[0]

@@ -37,6 +37,11 @@ class OperatorSettings(BaseSettings):
     nats_password: SecretStr | None = Field(default=None, description="NATS password of the operator's own connections.")
     nats_connect_timeout_seconds: float = Field(default=3.0, gt=0, description="How long one NATS connection attempt may take.")
     swarm_resync_seconds: float = Field(default=30.0, gt=0, description="Period of each Swarm's level check (stream counts, gateway).")
+    swarm_delete_timeout_seconds: float = Field(
+        default=300.0,
+        ge=0,
+        description="How long a Swarm's finalizer retries an unreachable NATS before leaving its streams.",
+    )
     autoscale_interval_seconds: float = Field(default=2.0, gt=0, description="How often the backlog of autoscaled Agents is read.")
     aws_endpoint_url: str | None = Field(default=None, description="Secrets Manager endpoint override (tests, VPC endpoints).")
     aws_refresh_seconds: float = Field(default=300.0, gt=0, description="How often AWS secrets are re-read to pick up rotation.")

@@ -155,13 +155,17 @@ async def _converge_consumers(conn: NatsConnection, names: SwarmNames, wanted: l
     return actions
 
 
+def swarm_streams(names: SwarmNames) -> list[str]:
+    """Every JetStream stream a swarm has (a KV bucket is the stream KV_<bucket>)."""
+    streams = [config.name for config in stream_configs(names, StreamsConfig())] + [names.mcp_events_stream]
+    buckets = [KV_STREAM.format(bucket=b) for b in (names.agents_bucket, names.tasks_bucket, names.mcp_sessions_bucket)]
+    return [name for name in [*streams, *buckets] if name]
+
+
 async def remove(conn: NatsConnection, names: SwarmNames) -> list[str]:
     """Delete every stream and bucket of the swarm (the Swarm is being deleted)."""
     removed = []
-    streams = [config.name for config in stream_configs(names, StreamsConfig())] + [names.mcp_events_stream]
-    buckets = [KV_STREAM.format(bucket=b) for b in (names.agents_bucket, names.tasks_bucket, names.mcp_sessions_bucket)]
-    for stream in [*streams, *buckets]:
-        assert stream
+    for stream in swarm_streams(names):
         try:
             await conn.js.delete_stream(stream)
             removed.append(stream)

@@ -27,7 +27,7 @@ from ..kube.client import ApiError, KindNotInstalled, Kube, namespace_terminatin
 from ..kube.conditions import condition, condition_events, now, status_patch
 from ..kube.drift import contains
 from ..kube.kinds import AGENT, HTTP_ROUTE, INGRESS, SWARM, Key, Kind, reference
-from ..kube.workqueue import WorkQueue
+from ..kube.workqueue import WorkQueue, backoff
 from ..kube.world import World, latest, one
 from ..settings import OperatorSettings
 from .gateway import build_gateway, gateway_url
@@ -143,11 +143,43 @@ class SwarmController:
         if nats.error is not None:
             raise nats.error
 
-    async def remove_streams(self, swarm: Swarm) -> list[str]:
+    async def remove_streams(self, swarm: Swarm, attempt: int, waited_seconds: float) -> float | None:
+        """Delete the swarm's streams (its finalizer): seconds until the next try while NATS is unreachable, None once done.
+
+        Each failed try posts a Warning Event; after ``swarm_delete_timeout_seconds`` of trying, the streams are
+        left in NATS with a Warning Event naming them, and the Swarm may go.
+        """
+        key = (swarm.metadata.namespace, swarm.metadata.name)
+        names = SwarmNames(swarm.subject_prefix)
+        url = swarm_nats_url(swarm, self.settings.nats_url)
+        regarding = reference(SWARM, *key, swarm.metadata.uid)
         # After any reconcile under way, which may still be creating them.
-        async with self._locks.setdefault((swarm.metadata.namespace, swarm.metadata.name), asyncio.Lock()):
-            conn = await self.pool.get(await self.target(swarm))
-            return await provisioning.remove(conn, SwarmNames(swarm.subject_prefix))
+        async with self._locks.setdefault(key, asyncio.Lock()):
+            try:
+                conn = await self.pool.get(await self.target(swarm))
+                removed = await provisioning.remove(conn, names)
+            except (NatsUnavailable, TimeoutError, nats.errors.Error, JetStreamError) as error:
+                reason = str(error) or type(error).__name__
+                timeout = self.settings.swarm_delete_timeout_seconds
+                remaining = timeout - waited_seconds
+                if remaining <= 0:
+                    left = ", ".join(provisioning.swarm_streams(names))
+                    message = (
+                        f"gave up removing the swarm's streams after {waited_seconds:.0f}s ({reason}); left in NATS at {url}: "
+                        f"{left}; remove each with `nats stream rm <name>` once it is reachable"
+                    )
+                    log.error("Swarm %s/%s deleted; %s", *key, message)
+                    await self.kube.post_event(regarding, "Warning", "StreamsLeft", message, action="Delete")
+                    return None
+                delay = min(backoff(attempt + 1), remaining)
+                message = (
+                    f"cannot remove the swarm's streams from NATS at {url} ({reason}); try {attempt + 1}, next in {delay:.0f}s; "
+                    f"they are left behind after {timeout:.0f}s"
+                )
+                await self.kube.post_event(regarding, "Warning", "StreamsNotRemoved", message, action="Delete")
+                return delay
+        log.info("Swarm %s/%s deleted; removed %s", *key, ", ".join(removed) or "no streams")
+        return None
 
     def forget(self, namespace: str, name: str) -> None:
         self.queue.forget((namespace, name))

@@ -10,7 +10,7 @@ sees what exists and does not recreate it.
 
 from __future__ import annotations
 
-import logging
+import datetime as dt
 from collections.abc import Iterable
 from typing import Any
 
@@ -18,20 +18,14 @@ import kopf
 from kubeswarm_runtime.resources import GROUP, VERSION, Agent, Swarm
 
 from ..agent.children import referenced_objects
-from ..jetstream.connections import NatsUnavailable
 from ..kube.kinds import Key
 from ..kube.watch import prune
-from ..kube.workqueue import backoff
 from ..settings import OperatorSettings
 from .operator import Operator
-
-log = logging.getLogger(__name__)
 
 AGENTS = (GROUP, VERSION, "agents")
 SWARMS = (GROUP, VERSION, "swarms")
 HPAS = ("autoscaling", "v2", "horizontalpodautoscalers")
-# Deleting a Swarm waits this many attempts (about 10 minutes) for its NATS before leaving the streams behind.
-DELETE_RETRIES = 14
 
 
 def the_operator(memo: kopf.Memo) -> Operator:
@@ -94,16 +88,12 @@ async def hpa_event(type: str | None, spec: kopf.Spec, namespace: str | None, me
         the_operator(memo).hpa_event(namespace or "", spec.get("scaleTargetRef", {}).get("name", ""))
 
 
-@kopf.on.delete(*SWARMS, id="remove-streams", retries=DELETE_RETRIES)
-async def remove_streams(body: kopf.Body, retry: int, memo: kopf.Memo, namespace: str | None, name: str, **_: Any) -> None:
-    try:
-        removed = await the_operator(memo).remove_swarm_streams(Swarm.model_validate(body))
-    except NatsUnavailable as error:
-        if retry + 1 >= DELETE_RETRIES:
-            log.error("Swarm %s/%s deleted; its streams stay in NATS (unreachable: %s)", namespace, name, error)
-            return
-        raise kopf.TemporaryError(f"cannot remove the swarm's streams yet: {error}", delay=backoff(retry + 1)) from error
-    log.info("Swarm %s/%s deleted; removed %s", namespace, name, ", ".join(removed) or "no streams")
+@kopf.on.delete(*SWARMS, id="remove-streams")
+async def remove_streams(body: kopf.Body, retry: int, runtime: dt.timedelta, memo: kopf.Memo, **_: Any) -> None:
+    # Bounded by the operator's swarm_delete_timeout_seconds, not by kopf's retry count.
+    retry_in = await the_operator(memo).remove_swarm_streams(Swarm.model_validate(body), retry, runtime.total_seconds())
+    if retry_in is not None:
+        raise kopf.TemporaryError("the swarm's streams are not removed yet (see the Swarm's Events)", delay=retry_in)
 
 
 # -- lifecycle

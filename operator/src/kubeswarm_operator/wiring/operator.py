@@ -140,10 +140,12 @@ class Operator:
         """An HPA on an Agent's Deployment takes its replicas over (and gives them back when deleted)."""
         self.agents.enqueue(namespace, target)
 
-    async def remove_swarm_streams(self, swarm: Swarm) -> list[str]:
-        removed = await self.swarms.remove_streams(swarm)
-        self.swarms.forget(swarm.metadata.namespace, swarm.metadata.name)
-        return removed
+    async def remove_swarm_streams(self, swarm: Swarm, attempt: int, waited_seconds: float) -> float | None:
+        """The Swarm's finalizer: None once done (streams removed or left behind), else seconds until the next try."""
+        retry_in = await self.swarms.remove_streams(swarm, attempt, waited_seconds)
+        if retry_in is None:
+            self.swarms.forget(swarm.metadata.namespace, swarm.metadata.name)
+        return retry_in
 
     # -- the children's watches
 
