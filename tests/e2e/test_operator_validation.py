@@ -7,10 +7,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from kubeswarm_runtime.resources import Agent
+from kubeswarm_runtime.resources import Agent, Swarm
 from pydantic import ValidationError
 
 from tests.testbed.cluster import KubeAccess
+from tests.verdicts import CASES, Case
 
 from .conftest import Namespace, install_crds
 
@@ -55,6 +56,13 @@ def manifest(spec: dict[str, Any]) -> dict[str, Any]:
     return {"apiVersion": "kubeswarm.io/v1alpha1", "kind": "Agent", "metadata": {"name": name}, "spec": spec}
 
 
+def swarm_manifest(spec: dict[str, Any]) -> dict[str, Any]:
+    """The same spec as a Swarm member's template (the name as the member's)."""
+    spec = dict(spec)
+    member = {"name": spec.pop("__name__", "invalid"), "template": spec}
+    return {"apiVersion": "kubeswarm.io/v1alpha1", "kind": "Swarm", "metadata": {"name": "invalid"}, "spec": {"agents": [member]}}
+
+
 @pytest.fixture(scope="module")
 def crd_namespace(cluster: KubeAccess) -> Iterator[Namespace]:
     install_crds(cluster)
@@ -80,3 +88,34 @@ def test_a_valid_agent_is_accepted_and_defaulted(crd_namespace: Namespace) -> No
     assert agent["spec"]["mcp"]["port"] == 8080
     assert agent["spec"]["autoscaling"]["maxReplicas"] == 10
     crd_namespace.kubectl("delete", "agent", "invalid")
+
+
+@pytest.mark.parametrize(("spec", "needle"), [(spec, needle) for _, spec, needle in INVALID], ids=[case for case, _, _ in INVALID])
+def test_a_member_template_is_checked_as_an_agent_spec(crd_namespace: Namespace, spec: dict[str, Any], needle: str) -> None:
+    proc = crd_namespace.kubectl("apply", "--dry-run=server", "-f", "-", input=json.dumps(swarm_manifest(spec)), check=False)
+    assert proc.returncode != 0, f"accepted: {spec}"
+    # The same words, at the member's path.
+    assert needle.replace("spec.", "spec.agents[0].template.").replace("metadata.name ", "name ") in proc.stderr, proc.stderr
+    with pytest.raises(ValidationError):
+        Swarm.model_validate(swarm_manifest(spec))
+
+
+def test_a_member_template_gets_no_defaults_that_would_override_the_swarms(crd_namespace: Namespace) -> None:
+    team = swarm_manifest({"__name__": "scout", "role": "researcher"})
+    team["spec"]["defaults"] = {"replicas": 3, "model": {"provider": "http", "name": "hook", "endpoint": "http://hook"}}
+    crd_namespace.apply(team)
+    stored = crd_namespace.must("swarm", "invalid")
+    assert stored["spec"]["agents"][0]["template"] == {"role": "researcher"}
+    member = Swarm.model_validate(stored).member_agent_spec(Swarm.model_validate(stored).spec.agents[0])
+    assert (member.replicas, member.model.provider) == (3, "http")
+    crd_namespace.kubectl("delete", "swarm", "invalid")
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
+def test_the_shared_manifests_get_their_verdict(crd_namespace: Namespace, case: Case) -> None:
+    proc = crd_namespace.kubectl("apply", "--dry-run=server", "-f", str(case.path), check=False)
+    if case.refused_with is None:
+        assert proc.returncode == 0, proc.stderr
+    else:
+        assert proc.returncode != 0, f"accepted: {case.path}"
+        assert case.refused_with in proc.stderr, proc.stderr

@@ -60,7 +60,10 @@ def test_an_autoscaled_member_leaves_replicas_to_the_autoscaler() -> None:
 
 
 def test_invalid_member_specs_are_reported_not_built() -> None:
-    team = swarm(agents=[{"name": "ok"}, {"name": "bad", "template": {"model": {"provider": "anthropic"}}}])
+    # Each template is a valid Agent spec alone; merged over these defaults, one is not.
+    key = {"apiKeySecretRef": {"name": "k", "key": "k"}}
+    defaults = {"model": {"provider": "anthropic", "name": "claude"}}
+    team = swarm(defaults=defaults, agents=[{"name": "ok", "template": {"model": key}}, {"name": "bad"}])
     members = build_members(team)
     assert list(members.manifests) == ["ok"]
     assert "anthropic" in members.invalid["bad"]

@@ -15,6 +15,8 @@ directory ``crds/``); ``--check`` only reports whether they are up to date.
 from __future__ import annotations
 
 import argparse
+import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -80,6 +82,38 @@ def strip_defaults(node: Schema) -> Schema:
         out["properties"] = {name: strip_defaults(prop) for name, prop in out["properties"].items()}
     if "items" in out:
         out["items"] = strip_defaults(out["items"])
+    return out
+
+
+_FIELD_READ = re.compile(r"(has\()?self\.(\w+)")
+
+
+def _rule_with_defaults(rule: str, defaults: Schema) -> str:
+    """``rule`` reading an absent defaulted field as its default (has() tests are left alone)."""
+
+    def read(match: re.Match[str]) -> str:
+        name = match.group(2)
+        if match.group(1) or name not in defaults:
+            return match.group(0)
+        return f"(has(self.{name}) ? self.{name} : {json.dumps(defaults[name])})"
+
+    return _FIELD_READ.sub(read, rule)
+
+
+def partial(node: Schema) -> Schema:
+    """A schema for part of a spec, merged over other parts later: no defaults (they would override what
+    it is merged over), and rules that read an absent field as the default it would have had.
+    """
+    out = strip_defaults({key: value for key, value in node.items() if key not in ("properties", "items")})
+    if "properties" in node:
+        out["properties"] = {name: partial(prop) for name, prop in node["properties"].items()}
+        defaults = {name: prop["default"] for name, prop in node["properties"].items() if "default" in prop}
+        if "x-kubernetes-validations" in node:
+            out["x-kubernetes-validations"] = [
+                {**rule, "rule": _rule_with_defaults(rule["rule"], defaults)} for rule in node["x-kubernetes-validations"]
+            ]
+    if "items" in node:
+        out["items"] = partial(node["items"])
     return out
 
 
@@ -163,6 +197,10 @@ def swarm_crd() -> Schema:
     schema = resource_schema(
         SwarmSpec, SwarmStatus, "A swarm of agents sharing a NATS subject prefix, streams and an optional gateway ingress.", []
     )
+    # A member's template is an Agent spec checked as the Agent CRD checks one, but merged over
+    # spec.defaults: the API server must not fill in defaults that would override those.
+    member = schema["properties"]["spec"]["properties"]["agents"]["items"]["properties"]
+    member["template"] = {**partial(member["template"]), "description": member["template"]["description"]}
     columns = [
         column("Phase", ".status.phase", "Pending, Running, Degraded or Failed."),
         column("Agents", ".status.agents", "Member agents.", "integer"),

@@ -407,17 +407,41 @@ class GatewaySpec(Model):
         return self
 
 
+# A member's name is its Agent's name, so the Agent's rule, checked where the member is written.
+MEMBER_NAME_RULE = cel(
+    f"self.name.matches('{AGENT_NAME}')",
+    "name must start with a letter and hold only lowercase letters, digits and '-' (it names the member Agent and its Service)",
+    ".name",
+)
+UNIQUE_MEMBERS_RULE = cel(
+    "!has(self.agents) || self.agents.all(a, self.agents.exists_one(b, b.name == a.name))", "member names must be unique", ".agents"
+)
+MAX_MEMBERS = 100
+
+
 class SwarmMember(Model):
-    name: str = Field(min_length=1, max_length=63, pattern=DNS_LABEL, description="Name of the member Agent.")
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [MEMBER_NAME_RULE]})
+
+    name: str = Field(min_length=1, max_length=63, description="Name of the member Agent.")
     replicas: int | None = Field(default=None, ge=0, le=1000, description="Replicas; overrides the template's.")
-    template: dict[str, Any] = Field(
-        default_factory=dict,
-        json_schema_extra=PRESERVE,
-        description="The member's Agent spec (fields as in Agent.spec), merged over spec.defaults.",
+    template: AgentSpec = Field(
+        default_factory=AgentSpec,
+        description=(
+            "The member's Agent spec (fields as in Agent.spec), merged over spec.defaults. "
+            "Checked as an Agent spec of its own: fields it leaves out count as the Agent's defaults."
+        ),
     )
+
+    @model_validator(mode="after")
+    def _check(self) -> SwarmMember:
+        if not re.match(AGENT_NAME, self.name):
+            raise ValueError(MEMBER_NAME_RULE["message"])
+        return self
 
 
 class SwarmSpec(Model):
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [UNIQUE_MEMBERS_RULE]})
+
     nats: NatsSpec = Field(default_factory=NatsSpec, description="The NATS the swarm talks over.")
     subject_prefix: str | None = Field(
         default=None,
@@ -426,6 +450,7 @@ class SwarmSpec(Model):
     )
     agents: list[SwarmMember] = Field(
         default_factory=list,
+        max_length=MAX_MEMBERS,
         description="Agents the swarm owns.",
         json_schema_extra={
             "x-kubernetes-list-type": "map",
@@ -438,9 +463,16 @@ class SwarmSpec(Model):
         default_factory=dict, json_schema_extra=PRESERVE, description="Agent spec fields merged into every member Agent."
     )
 
+    @model_validator(mode="after")
+    def _check(self) -> SwarmSpec:
+        names = [member.name for member in self.agents]
+        if len(set(names)) != len(names):
+            raise ValueError(UNIQUE_MEMBERS_RULE["message"])
+        return self
+
     def member_spec(self, member: SwarmMember) -> AgentSpec:
-        """The Agent spec of a member: defaults, then its template, then replicas."""
-        merged = deep_merge(self.defaults, member.template)
+        """The Agent spec of a member: defaults, then the fields its template sets, then replicas."""
+        merged = deep_merge(self.defaults, member.template.model_dump(mode="json", by_alias=True, exclude_unset=True))
         if member.replicas is not None:
             merged["replicas"] = member.replicas
         return AgentSpec.model_validate(merged)
