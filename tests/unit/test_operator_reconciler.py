@@ -39,6 +39,9 @@ class RecordingKube:
         self.objects[obj["kind"], obj["metadata"]["name"]] = obj
         return obj
 
+    async def get(self, kind: Kind, namespace: str, name: str) -> Manifest | None:
+        return self.objects.get((kind.kind, name))
+
     async def merge_patch(self, kind: Kind, namespace: str, name: str, patch: Manifest) -> Manifest:
         self.writes.append(("merge", kind.kind, name))
         return patch
@@ -100,7 +103,9 @@ async def test_first_reconcile_creates_every_child_then_a_resync_writes_nothing(
     assert ("status", "Agent", "scout") in kube.writes
     assert any(w[0] == "event" and w[1] == "Created" for w in kube.writes)
     created_secret = kube.objects["Secret", "scout-credentials"]
-    assert len(base64.b64decode(created_secret["data"]["jwt-key"])) == 48
+    # The signing key is text an environment variable can hold and a token can be signed with.
+    key = base64.b64decode(created_secret["data"]["jwt-key"]).decode("ascii")
+    assert len(key) == 64 and key.isprintable()
 
     # The watch now shows what was written, and the Agent carries its status.
     rec.world = world_from(kube)
@@ -279,3 +284,23 @@ async def test_an_agent_is_queued_for_a_new_generation_not_for_its_own_status_wr
     rec.observe("lab", "scout", "u-1", 2)  # the spec changed
     assert ("lab", "scout") in rec.queue._queued
     await rec.close()
+
+
+@pytest.mark.parametrize("kind", [kinds.SERVICE, kinds.CONFIG_MAP, kinds.SECRET, kinds.DEPLOYMENT])
+async def test_an_object_the_agent_does_not_own_is_left_alone_and_reported(kind: Kind) -> None:
+    kube = RecordingKube()
+    rec = make(kube)
+    name = children.child_name(Agent.model_validate(agent_body()), kind)
+    theirs = {"apiVersion": kind.api_version, "kind": kind.kind, "metadata": {"name": name, "namespace": "lab"}}
+    kube.objects[kind.kind, name] = theirs
+    await rec.reconcile(Agent.model_validate(agent_body()))
+    await rec.flush_events()
+    assert not [w for w in kube.writes if w[1] == kind.kind and w[2] == name]
+    assert kube.objects[kind.kind, name] is theirs
+    assert kube.status is not None
+    ready = next(c for c in kube.status["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "NameConflict")
+    assert f'{kind.kind} "{name}" exists and is not owned by this Agent' in ready["message"]
+    assert any(w[0] == "event" and w[1] == "NameConflict" and name in w[2] for w in kube.writes)
+    # The other children are made as usual.
+    assert ("apply", "NetworkPolicy", "scout") in kube.writes

@@ -26,7 +26,7 @@ from ..kube.client import ApiError, Kube, namespace_terminating
 from ..kube.conditions import Event, now, status_patch
 from ..kube.drift import contains
 from ..kube.kinds import AGENT, CHILD_KINDS, CONFIG_MAP, DEPLOYMENT, INGRESS, SECRET, Key, Kind, Manifest, reference
-from ..kube.owned import SPEC_HASH_ANNOTATION, data_digests, digest
+from ..kube.owned import SPEC_HASH_ANNOTATION, controlled_by, data_digests, digest
 from ..kube.workqueue import WorkQueue
 from ..kube.world import World, latest, one
 from ..settings import OperatorSettings
@@ -49,6 +49,19 @@ log = logging.getLogger(__name__)
 # stale view is not taken for drift (which would write the same thing again).
 SETTLE_SECONDS = 15.0
 PODS_READ = (CONFIG_MAP, SECRET)
+
+
+def new_jwt_key() -> str:
+    """An HS256 signing key as text (URL-safe base64 of 48 random bytes): an environment variable holds it as is,
+    and a token minted with the same text verifies (raw bytes could hold a NUL, or fail to encode)."""
+    return secrets.token_urlsafe(48)
+
+
+class NameConflict(Exception):
+    """An object of the child's kind and name exists and the Agent does not control it: it is left alone."""
+
+    def __init__(self, kind: Kind, name: str) -> None:
+        super().__init__(f'{kind.kind} "{name}" exists and is not owned by this Agent: rename the Agent or remove that object')
 
 
 @dataclass(frozen=True)
@@ -164,7 +177,7 @@ class AgentReconciler:
         new_secret_data = (
             None
             if live_secret and JWT_SECRET_KEY in live_secret.get("digests", {})
-            else {JWT_SECRET_KEY: base64.b64encode(secrets.token_bytes(48)).decode()}
+            else {JWT_SECRET_KEY: base64.b64encode(new_jwt_key().encode()).decode()}
         )
         refs = self._refs(agent, world, runtime_env, new_secret_data)
         inputs = ChildInputs(
@@ -179,15 +192,18 @@ class AgentReconciler:
         )
         desired = build_children(agent, inputs)
 
+        conflicts: list[str] = []
+
+        async def converge_one(kind: Kind) -> str | None:
+            live = world.children[kind].get((namespace, child_name(agent, kind)))
+            try:
+                return await self._converge_child(agent, kind, desired[kind], live, new_secret_data)
+            except NameConflict as conflict:
+                conflicts.append(str(conflict))
+                return None
+
         async def converge(kinds: Iterable[Kind]) -> list[str | None]:
-            return await asyncio.gather(
-                *(
-                    self._converge_child(
-                        agent, kind, desired[kind], world.children[kind].get((namespace, child_name(agent, kind))), new_secret_data
-                    )
-                    for kind in kinds
-                )
-            )
+            return await asyncio.gather(*(converge_one(kind) for kind in kinds))
 
         # What the pods read first, then the rest in parallel (a Service's IP allocation is slow; pods need not wait for it).
         done = await converge(PODS_READ)
@@ -201,6 +217,7 @@ class AgentReconciler:
             # An HTTPRoute's readiness comes from the route loop (findings).
             ingress_wanted=agent.spec.mcp.enabled and agent.spec.mcp.ingress.enabled and agent.spec.mcp.ingress.kind == "Ingress",
             ingress=world.children[INGRESS].get((namespace, agent.metadata.name)),
+            conflicts=sorted(conflicts),
         )
         wrote_status = await self._report(agent, observed, actions)
         return bool(actions) or wrote_status
@@ -232,13 +249,26 @@ class AgentReconciler:
     async def _converge_child(
         self, agent: Agent, kind: Kind, want: Manifest | None, live: Manifest | None, new_secret: Mapping[str, str] | None
     ) -> str | None:
-        """Write one child if it differs; returns what was done, for the Agent's events."""
+        """Write one child if it differs; returns what was done, for the Agent's events.
+
+        Raises NameConflict, writing nothing, where an object the Agent does not control holds the name.
+        """
         namespace, name = agent.metadata.namespace, child_name(agent, kind)
+        if live is not None and not controlled_by(live, agent.metadata.uid):
+            if want is None:
+                return None  # someone else's object, which we do not want anyway
+            raise NameConflict(kind, name)
         if want is None:
             if live is None:
                 return None
             await self.kube.delete(kind, namespace, name)
             return f"deleted {kind.kind} {name}"
+        if live is None:
+            # Our watches see only our own objects (and other Secrets and ConfigMaps as digests): an apply would
+            # take over one of someone else's, so look before creating.
+            existing = await self.kube.get(kind, namespace, name)
+            if existing is not None and not controlled_by(existing, agent.metadata.uid):
+                raise NameConflict(kind, name)
         if live is not None and contains(live, want) and not (kind is SECRET and new_secret):
             return None
         wanted_hash = want["metadata"]["annotations"][SPEC_HASH_ANNOTATION]
@@ -294,7 +324,10 @@ class AgentReconciler:
         if changed:
             await self.kube.patch_status(AGENT, *key, status_patch(new))
             self._recent_status[key] = (new, time.monotonic() + SETTLE_SECONDS)
-            events += transitions(old, new)
+            changes = transitions(old, new)
+            if not any(event.reason == "NameConflict" for event in changes):
+                changes += [Event("Warning", "NameConflict", conflict) for conflict in observed.conflicts]
+            events += changes
         regarding = reference(AGENT, *key, agent.metadata.uid)
         for event in events:
             # Posted in the background: an Event is not worth holding a reconcile slot for.

@@ -22,6 +22,7 @@ class Observed:
     missing_refs: Sequence[str] = ()  # e.g. 'secret "x" has no key "y"'
     ingress_wanted: bool = False
     ingress: Manifest | None = None
+    conflicts: Sequence[str] = ()  # children left alone: an object we do not own holds the name
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,8 @@ def readiness(agent: Agent, deployment: Manifest) -> Readiness:
 
 def ready_condition(agent: Agent, observed: Observed, pods: Readiness | None) -> Condition:
     name = agent.metadata.name
+    if observed.conflicts:
+        return condition("Ready", False, "NameConflict", "; ".join(observed.conflicts))
     if pods is None:
         return condition("Ready", False, "DeploymentMissing", f"waiting for Deployment {name!r} to be created")
     if pods.failure:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
+from typing import Any
 
 from kubeswarm_runtime.resources import API_VERSION
 
@@ -37,6 +38,12 @@ def data_digests(data: Mapping[str, str]) -> dict[str, str]:
 def controller_reference(kind: str, name: str, uid: str | None) -> Manifest:
     """An ownerReference to a kubeswarm object (Agent or Swarm) that controls the object."""
     return {"apiVersion": API_VERSION, "kind": kind, "name": name, "uid": uid, "controller": True, "blockOwnerDeletion": True}
+
+
+def controlled_by(obj: Mapping[str, Any], uid: str | None) -> bool:
+    """Does ``obj`` (a live object or its watched view) name the kubeswarm object ``uid`` as its controller?"""
+    refs = obj.get("metadata", {}).get("ownerReferences") or []
+    return any(ref.get("uid") == uid and ref.get("controller") for ref in refs)
 
 
 def owned(

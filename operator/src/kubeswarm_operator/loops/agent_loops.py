@@ -38,7 +38,7 @@ from ..kube.client import KindNotInstalled, Kube
 from ..kube.conditions import condition
 from ..kube.drift import contains
 from ..kube.kinds import AGENT, HTTP_ROUTE, SECRET, Key, reference
-from ..kube.owned import data_digests
+from ..kube.owned import controlled_by, data_digests
 from ..kube.world import World, one
 from ..swarm.controller import SwarmController, valid_agents
 
@@ -211,11 +211,16 @@ class AgentLoops:
         key = self._key(agent)
         ref = agent.spec.model.aws_secrets_manager
         live = self.world.children[SECRET].get((agent.metadata.namespace, aws_synced_secret_name(agent)))
+        ours = live is not None and controlled_by(live, agent.metadata.uid)
         if ref is None:
             self._synced.pop(key, None)
-            if live is not None:
+            if ours:
                 await self.kube.delete(SECRET, agent.metadata.namespace, aws_synced_secret_name(agent))
             self._signal(agent, self.findings.clear_condition(key, "SecretsReady"))
+            return
+        if live is not None and not ours:
+            message = f'Secret "{aws_synced_secret_name(agent)}" exists and is not owned by this Agent: the AWS key is not synced'
+            self._signal(agent, self.findings.set_condition(key, condition("SecretsReady", False, "NameConflict", message)))
             return
         try:
             value = await read_secret(ref, self.settings.aws_endpoint_url)
@@ -238,13 +243,17 @@ class AgentLoops:
             return  # never had a route: nothing to look up
         live = await self.kube.get(HTTP_ROUTE, namespace, name)
         if body is None:
-            if live is not None and any(ref.get("uid") == agent.metadata.uid for ref in live["metadata"].get("ownerReferences", [])):
+            if live is not None and controlled_by(live, agent.metadata.uid):
                 await self.kube.delete(HTTP_ROUTE, namespace, name)
             self._routed.discard(key)
             # An Ingress (if any) is the Agent reconcile's to report.
             self._signal(agent, self.findings.clear_condition(key, "IngressReady"))
             return
         self._routed.add(key)
+        if live is not None and not controlled_by(live, agent.metadata.uid):
+            conflict = condition("IngressReady", False, "NameConflict", f'HTTPRoute "{name}" exists and is not owned by this Agent')
+            self._signal(agent, self.findings.set_condition(key, conflict))
+            return
         want = manifest(agent, HTTP_ROUTE, body)
         try:
             if live is None or not contains(live, want):

@@ -27,11 +27,12 @@ from ..kube.client import ApiError, KindNotInstalled, Kube, namespace_terminatin
 from ..kube.conditions import condition, condition_events, now, status_patch
 from ..kube.drift import contains
 from ..kube.kinds import AGENT, HTTP_ROUTE, INGRESS, SWARM, Key, Kind, reference
+from ..kube.owned import controlled_by
 from ..kube.workqueue import WorkQueue, backoff
 from ..kube.world import World, latest, one
 from ..settings import OperatorSettings
 from .gateway import build_gateway, gateway_url
-from .members import build_members, capabilities, controlled_by, joined, stale_members
+from .members import build_members, capabilities, joined, stale_members
 from .status import SwarmObserved, compute_swarm_status
 
 log = logging.getLogger(__name__)
@@ -259,7 +260,7 @@ class SwarmController:
         selector = f"kubeswarm.io/swarm={swarm.metadata.name}"
         for kind in GATEWAY_KINDS:
             for item in await self.kube.list_selected(kind, swarm.metadata.namespace, selector):
-                if controlled_by(item, swarm):
+                if controlled_by(item, swarm.metadata.uid):
                     found[(kind, item["metadata"]["name"])] = item
         return found
 

@@ -15,7 +15,7 @@ from kubeswarm_runtime.resources import Agent, Swarm, SwarmMember
 from pydantic import ValidationError
 
 from ..kube.kinds import AGENT, Kind, Manifest
-from ..kube.owned import MANAGED_BY, MANAGED_BY_LABEL, SWARM_LABEL, controller_reference
+from ..kube.owned import MANAGED_BY, MANAGED_BY_LABEL, SWARM_LABEL, controlled_by, controller_reference
 from ..kube.owned import owned as owned_object
 
 
@@ -74,15 +74,10 @@ def build_members(swarm: Swarm) -> Members:
     return Members(manifests, invalid)
 
 
-def controlled_by(body: Mapping[str, Any], swarm: Swarm) -> bool:
-    refs = body.get("metadata", {}).get("ownerReferences") or []
-    return any(ref.get("uid") == swarm.metadata.uid and ref.get("controller") for ref in refs)
-
-
 def stale_members(swarm: Swarm, agents: Sequence[Mapping[str, Any]]) -> list[str]:
     """Agents this Swarm created that its spec no longer lists (to be deleted)."""
     listed = {member.name for member in swarm.spec.agents}
-    return sorted(a["metadata"]["name"] for a in agents if controlled_by(a, swarm) and a["metadata"]["name"] not in listed)
+    return sorted(a["metadata"]["name"] for a in agents if controlled_by(a, swarm.metadata.uid) and a["metadata"]["name"] not in listed)
 
 
 def joined(swarm: Swarm, agents: Sequence[Agent]) -> list[Agent]:
