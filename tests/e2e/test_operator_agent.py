@@ -88,6 +88,21 @@ def test_agent_becomes_ready_with_all_children(operator: Operator, namespace: Na
     assert "Created" in events
 
 
+def test_mcp_allow_from_opens_the_mcp_port_to_those_peers(operator: Operator, namespace: Namespace) -> None:
+    def mcp_peers(name: str) -> list[dict[str, Any]] | None:
+        policy = namespace.get("networkpolicy", name)
+        return policy["spec"]["ingress"][0]["from"] if policy else None
+
+    namespace.apply(agent("near"))
+    # Unset: the Agent's own namespace, so status.endpoint works for its neighbours.
+    assert {"podSelector": {}} in until(lambda: mcp_peers("near"), CONVERGE, "the NetworkPolicy of near")
+    tools = {"namespaceSelector": {"matchLabels": {"team": "tools"}}, "podSelector": {"matchLabels": {"app": "client"}}}
+    namespace.apply(agent("far", mcp={"allowFrom": [tools]}))
+    peers = until(lambda: mcp_peers("far"), CONVERGE, "the NetworkPolicy of far")
+    assert tools in peers
+    assert {"podSelector": {}} not in peers
+
+
 def test_scale_subresource(operator: Operator, namespace: Namespace) -> None:
     namespace.apply(agent("crowd"))
     wait_ready(namespace, "crowd")

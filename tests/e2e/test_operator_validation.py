@@ -46,6 +46,12 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("heartbeat-too-slow", {"heartbeatSeconds": 1000}, "spec.heartbeatSeconds"),
     ("bad-pull-policy", {"imagePullPolicy": "Sometimes"}, "spec.imagePullPolicy"),
     ("typo-in-field-name", {"replica": 2}, "replica"),
+    ("mcp-peer-without-selector", {"mcp": {"allowFrom": [{}]}}, "set namespaceSelector, podSelector or both"),
+    (
+        "mcp-peer-bad-operator",
+        {"mcp": {"allowFrom": [{"podSelector": {"matchExpressions": [{"key": "a", "operator": "Is"}]}}]}},
+        "operator",
+    ),
     ("name-starts-with-digit", {"__name__": "9lives"}, "metadata.name must start with a letter"),
 ]
 

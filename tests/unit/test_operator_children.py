@@ -127,8 +127,24 @@ def test_network_policy_denies_by_default_and_opens_what_the_runtime_needs() -> 
     egress_ports = sorted({p["port"] for rule in policy["egress"] for p in rule["ports"]})
     assert egress_ports == [53, 4222, 4333, 9000]
     mcp_rule = policy["ingress"][0]
-    assert mcp_rule["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "edge"}}}]
+    # The ingress controller, and (allowFrom unset) every pod of the Agent's namespace: status.endpoint works there.
+    assert mcp_rule["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "edge"}}}, {"podSelector": {}}]
     assert policy["ingress"][1]["ports"] == [{"port": "metrics", "protocol": "TCP"}]
+
+
+def test_mcp_allow_from_replaces_the_own_namespace_default() -> None:
+    def mcp_peers(mcp: dict[str, Any]) -> list[dict[str, Any]]:
+        policy = build_network_policy(agent(mcp=mcp), nats_url="nats://n:4222", ingress_namespace="edge")
+        peers: list[dict[str, Any]] = policy["spec"]["ingress"][0]["from"]
+        return peers[1:]  # after the ingress controller's namespace
+
+    clients = {
+        "namespaceSelector": {"matchLabels": {"team": "a"}},
+        "podSelector": {"matchExpressions": [{"key": "app", "operator": "Exists"}]},
+    }
+    assert mcp_peers({"allowFrom": [clients]}) == [clients]
+    assert mcp_peers({"allowFrom": []}) == []  # only the ingress controller
+    assert mcp_peers({}) == [{"podSelector": {}}]
 
 
 def test_ingress_is_sse_safe_and_sets_the_endpoint() -> None:

@@ -188,6 +188,43 @@ class IngressSpec(Model):
         return self
 
 
+class LabelSelectorRequirement(Model):
+    key: str = Field(min_length=1, description="Label key.")
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"] = Field(description="In, NotIn, Exists or DoesNotExist.")
+    values: list[str] = Field(default_factory=list, description="Values for In and NotIn.")
+
+
+class LabelSelector(Model):
+    """A core LabelSelector; empty selects everything."""
+
+    match_labels: dict[str, str] = Field(default_factory=dict, description="Labels that must all match.")
+    match_expressions: list[LabelSelectorRequirement] = Field(default_factory=list, description="Requirements that must all hold.")
+
+
+MCP_PEER_RULE = cel(
+    "has(self.namespaceSelector) || has(self.podSelector)",
+    "set namespaceSelector, podSelector or both ({podSelector: {}} is every pod of the Agent's namespace)",
+)
+
+
+class McpPeer(Model):
+    """Pods that may open connections to the MCP port (a NetworkPolicy peer)."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [MCP_PEER_RULE]})
+
+    namespace_selector: LabelSelector | None = Field(
+        default=None,
+        description="Namespaces whose pods may connect ({} is every namespace); without it, the Agent's own namespace.",
+    )
+    pod_selector: LabelSelector | None = Field(default=None, description="Pods that may connect ({} is every pod of those namespaces).")
+
+    @model_validator(mode="after")
+    def _check(self) -> McpPeer:
+        if self.namespace_selector is None and self.pod_selector is None:
+            raise ValueError(MCP_PEER_RULE["message"])
+        return self
+
+
 class McpSpec(Model):
     enabled: bool = Field(default=True, description="Serve the MCP endpoint (Streamable HTTP at /mcp).")
     port: int = Field(default=8080, ge=1024, le=65535, description="Container port of the MCP endpoint.")
@@ -195,6 +232,14 @@ class McpSpec(Model):
     ingress: IngressSpec = Field(default_factory=IngressSpec, description="External access to the endpoint.")
     timeout_seconds: int = Field(
         default=3600, ge=1, le=86400, description="Longest a request or stream may stay open (also the ingress read timeout)."
+    )
+    allow_from: list[McpPeer] = Field(
+        default_factory=lambda: [McpPeer(pod_selector=LabelSelector())],
+        max_length=32,
+        description=(
+            "Who in the cluster may reach the MCP port (NetworkPolicy ingress peers), besides the ingress controller. "
+            "Unset: every pod of the Agent's namespace, so status.endpoint works there; [] : only the ingress controller."
+        ),
     )
 
 

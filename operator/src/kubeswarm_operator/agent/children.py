@@ -260,7 +260,7 @@ def url_ports(urls: Iterable[str], default: int) -> list[int]:
 
 
 def build_network_policy(agent: Agent, *, nats_url: str, ingress_namespace: str) -> Manifest:
-    """Default deny; allow DNS, NATS, the model API, the ingress controller to MCP and metrics scrapes."""
+    """Default deny; allow DNS, NATS, the model API, the ingress controller and spec.mcp.allowFrom to MCP, and metrics scrapes."""
     spec = agent.spec
 
     def ports(numbers: Iterable[int | str], protocol: str = "TCP") -> list[Manifest]:
@@ -279,7 +279,8 @@ def build_network_policy(agent: Agent, *, nats_url: str, ingress_namespace: str)
     ingress = [{"ports": ports(["metrics"]), "from": [{"namespaceSelector": {}}]}]
     if spec.mcp.enabled:
         controller = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ingress_namespace}}}
-        ingress.insert(0, {"ports": ports(["mcp"]), "from": [controller]})
+        peers = [peer.model_dump(mode="json", by_alias=True, exclude_defaults=True) for peer in spec.mcp.allow_from]
+        ingress.insert(0, {"ports": ports(["mcp"]), "from": [controller, *peers]})
     return manifest(
         agent,
         NETWORK_POLICY,
