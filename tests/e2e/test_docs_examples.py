@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import yaml
-from kubeswarm_runtime.local import load_manifests
+from kubeswarm_runtime.manifests import load_manifests
 
 from tests.testbed.cluster import KubeAccess
 

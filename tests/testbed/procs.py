@@ -19,6 +19,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kubeswarm_runtime.local import port_is_free
+
 
 class TestbedError(RuntimeError):
     """A test-bed component failed; the message says what to do next."""
@@ -43,17 +45,6 @@ def free_port() -> int:
             _handed_out.add(port)
             return port
     raise TestbedError("no free port found on 127.0.0.1 below the ephemeral range")
-
-
-def port_is_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        # As servers do: a port in TIME_WAIT after a restart is still usable.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
 
 
 def port_accepts(port: int) -> bool:

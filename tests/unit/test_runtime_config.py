@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from kubeswarm_runtime.capabilities import CircuitBreaker
 from kubeswarm_runtime.config import ConfigError, load_config
-from kubeswarm_runtime.local import ManifestError, load_manifests
+from kubeswarm_runtime.manifests import ManifestError, load_manifests
 from kubeswarm_runtime.names import PRIORITIES, SwarmNames
 from kubeswarm_runtime.providers.retry import retry_after
 from kubeswarm_runtime.render import MCP_JWT_KEY_ENV, MODEL_API_KEY_ENV, SECRET_ENV_NAMES, render_runtime_env
@@ -128,7 +128,7 @@ def test_example_manifests_load() -> None:
 def test_bad_manifest_names_file_object_and_field(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("apiVersion: kubeswarm.io/v1alpha1\nkind: Agent\nmetadata: {name: broken}\nspec:\n  concurrency: many\n")
-    with pytest.raises(ManifestError, match=r"bad\.yaml: Agent/broken: spec\.concurrency: Input should be a valid integer"):
+    with pytest.raises(ManifestError, match=r"bad\.yaml: Agent/broken: spec\.concurrency: should be a valid integer"):
         load_manifests([bad])
     member = tmp_path / "member.yaml"
     member.write_text("kind: Swarm\nmetadata: {name: s}\nspec:\n  agents:\n    - name: m\n      template: {model: {provider: http}}\n")

@@ -15,7 +15,8 @@ from typing import Any
 
 from .client import SwarmClient
 from .config import NatsConfig
-from .local import LocalSwarm, ManifestError, load_manifests, read_state
+from .local import LocalSwarm, read_state
+from .manifests import ManifestError, load_manifests
 from .names import Priority
 from .resources import default_subject_prefix
 
@@ -99,7 +100,7 @@ def _target(args: argparse.Namespace) -> tuple[str, str]:
     if args.nats_url:
         return args.nats_url, args.prefix or default_subject_prefix("default", "default")
     state = read_state(args.state_dir)
-    prefixes: list[str] = state["prefixes"]
+    prefixes: list[str] = sorted(set(state["swarms"].values()))
     if args.prefix is None and len(prefixes) > 1:
         raise RuntimeError(f"the local swarm has several prefixes ({', '.join(prefixes)}): pass --prefix")
     return state["nats_url"], args.prefix or prefixes[0]

@@ -8,6 +8,9 @@ same render the operator uses for pods.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import fcntl
+import itertools
 import json
 import os
 import random
@@ -19,72 +22,18 @@ import sys
 import sysconfig
 import time
 import urllib.request
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import ValidationError
-
-from .render import MODEL_API_KEY_ENV, REPLICA_ID_ENV, render_runtime_env, swarm_agents
-from .resources import Agent, Swarm
+from .manifests import Manifests
+from .render import MODEL_API_KEY_ENV, REPLICA_ID_ENV, render_runtime_env
 
 STATE_FILE = "swarm.json"
-MANIFEST_SUFFIXES = (".yaml", ".yml")
-
-
-class ManifestError(ValueError):
-    """A manifest is invalid; the message names the file, the object and the field."""
-
-
-@dataclass(frozen=True)
-class Manifests:
-    agents: list[Agent]
-    swarms: dict[str, Swarm]
-
-    def swarm_of(self, agent: Agent) -> Swarm | None:
-        return self.swarms.get(agent.spec.swarm)
-
-
-def _field(loc: tuple[str | int, ...]) -> str:
-    return ".".join(str(part) for part in loc) or "(object)"
-
-
-def load_manifests(paths: list[Path]) -> Manifests:
-    files: list[Path] = []
-    for path in paths:
-        if path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.suffix in MANIFEST_SUFFIXES)
-        elif path.is_file():
-            files.append(path)
-        else:
-            raise ManifestError(f"{path}: no such file or directory")
-    agents: list[Agent] = []
-    swarms: dict[str, Swarm] = {}
-    for file in files:
-        try:
-            documents = [d for d in yaml.safe_load_all(file.read_text()) if d is not None]
-        except yaml.YAMLError as exc:
-            raise ManifestError(f"{file}: not valid YAML: {exc}") from None
-        for index, document in enumerate(documents):
-            kind = document.get("kind") if isinstance(document, dict) else None
-            name = (document.get("metadata") or {}).get("name", f"#{index + 1}") if isinstance(document, dict) else f"#{index + 1}"
-            if kind not in ("Agent", "Swarm"):
-                continue  # other kinds (Secrets, ...) are not local mode's business
-            try:
-                if kind == "Agent":
-                    agents.append(Agent.model_validate(document))
-                else:
-                    swarm = Swarm.model_validate(document)
-                    swarms[swarm.metadata.name] = swarm
-                    members = swarm_agents(swarm)
-                    agents += members
-            except ValidationError as exc:
-                problems = "; ".join(f"{_field(e['loc'])}: {e['msg']}" for e in exc.errors())
-                raise ManifestError(f"{file}: {kind}/{name}: {problems}") from None
-    if not agents:
-        raise ManifestError(f"no Agent or Swarm found in {', '.join(map(str, paths))}")
-    return Manifests(agents=agents, swarms=swarms)
+LOCK_FILE = "lock"
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def free_port() -> int:
@@ -95,14 +44,98 @@ def free_port() -> int:
         low = 32768
     for _ in range(500):
         port = random.randrange(20000, min(low, 32768))
-        with socket.socket() as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
+        if port_is_free(port):
             return port
     raise RuntimeError("no free port on 127.0.0.1")
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        # As servers do: a port in TIME_WAIT after a restart is still usable.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+class AlreadyRunning(RuntimeError):
+    """Another local swarm holds the state directory."""
+
+
+class InstanceLock:
+    """One local swarm per state directory: an flock on ``<state>/lock``, held for the instance's life, with its pid inside.
+
+    The kernel drops the lock when the process ends however it ends, so a crash leaves no stale lock;
+    the file itself is never deleted (deleting a lock file lets two holders in).
+    """
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.state_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by the children
+        deadline = time.monotonic() + 1.0  # a verb's running_pid() may hold it shared for an instant
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    os.close(fd)
+                    pid = running_pid(self.state_dir)
+                    raise AlreadyRunning(
+                        f"already running, pid {pid if pid else '?'} (state in {self.state_dir}); "
+                        "stop it with `kubeswarm down`, or pass another --state-dir"
+                    ) from None
+                time.sleep(0.05)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def running_pid(state_dir: Path) -> int | None:
+    """The pid of the local swarm holding ``state_dir``, or None when none runs (0 if it has not written its pid yet)."""
+    try:
+        fd = os.open(state_dir / LOCK_FILE, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            return int(text) if text.isdigit() else 0
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes a child get SIGTERM when this process ends, however it ends (kill -9 included).
+
+    Linux's PR_SET_PDEATHSIG; elsewhere None (children then outlive a killed parent).
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent = os.getpid()
+
+    def arm() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the parent died before the signal was armed
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return arm
 
 
 def nats_server_binary() -> Path:
@@ -135,6 +168,10 @@ class Replica:
     process: subprocess.Popen[bytes] | None = None
 
     @property
+    def swarm(self) -> str:
+        return self.env["KUBESWARM_SWARM"]
+
+    @property
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.mcp_port}/mcp"
 
@@ -151,28 +188,48 @@ class Replica:
 
 @dataclass
 class LocalSwarm:
-    """An embedded nats-server and the runtime processes of some manifests."""
+    """An embedded nats-server and the runtime processes of some manifests, one instance per state directory.
+
+    Ports are picked free at random, or, with ``port_base``, laid out from it: NATS client, NATS monitor,
+    then an MCP and a metrics port per replica in manifest order.
+    """
 
     manifests: Manifests
     state_dir: Path
     namespace: str = "default"
-    nats_port: int = field(default_factory=free_port)
-    monitor_port: int = field(default_factory=free_port)
+    port_base: int | None = None
+    nats_port: int = 0
+    monitor_port: int = 0
     replicas: list[Replica] = field(default_factory=list)
     nats: subprocess.Popen[bytes] | None = None
+    _lock: InstanceLock | None = field(default=None, init=False, repr=False)
+    _ports: Iterator[int] | None = field(default=None, init=False, repr=False)
 
     @property
     def nats_url(self) -> str:
         return f"nats://127.0.0.1:{self.nats_port}"
 
     def start(self, timeout: float = 30.0) -> None:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        """Take the state directory (AlreadyRunning if another instance has it), then start nats-server and the agents."""
+        lock = InstanceLock(self.state_dir)
+        lock.acquire()
+        self._lock = lock
+        self._ports = itertools.count(self.port_base) if self.port_base is not None else None
+        self.nats_port, self.monitor_port = self._port(), self._port()
         self._start_nats(timeout)
         for agent in self.manifests.agents:
             env = render_runtime_env(agent, self.manifests.swarm_of(agent), namespace=self.namespace, nats_url=self.nats_url)
             for index in range(agent.spec.replicas):
                 self._start_replica(agent.metadata.name, index, env)
         self.write_state()
+
+    def _port(self) -> int:
+        if self._ports is None:
+            return free_port()
+        port = next(self._ports)
+        if port > 65535 or not port_is_free(port):
+            raise RuntimeError(f"port {port} (laid out from --port-base {self.port_base}) is not free on 127.0.0.1: pick another base")
+        return port
 
     def _start_nats(self, timeout: float) -> None:
         log = (self.state_dir / "nats-server.log").open("ab")
@@ -192,12 +249,13 @@ class LocalSwarm:
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            start_new_session=True,
+            start_new_session=True,  # the terminal's signals reach only `kubeswarm up`, which stops the children in order
+            preexec_fn=die_with_parent(),
         )
         self._wait(lambda: _http_ok(f"http://127.0.0.1:{self.monitor_port}/healthz"), timeout, "nats-server")
 
     def _start_replica(self, agent: str, index: int, rendered: dict[str, str]) -> None:
-        mcp_port, metrics_port = free_port(), free_port()
+        mcp_port, metrics_port = self._port(), self._port()
         replica_id = f"{agent}-{index}"
         env = rendered | {
             REPLICA_ID_ENV: replica_id,
@@ -226,6 +284,7 @@ class LocalSwarm:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
+                preexec_fn=die_with_parent(),
             )
         self.replicas.append(replica)
 
@@ -249,10 +308,14 @@ class LocalSwarm:
 
     def write_state(self) -> None:
         state = {
+            "pid": os.getpid(),
+            "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "nats_url": self.nats_url,
-            "prefixes": sorted({r.prefix for r in self.replicas}),
+            "namespace": self.namespace,
+            "swarms": {r.swarm: r.prefix for r in self.replicas},
             "agents": [
-                {"agent": r.agent, "replica": r.replica_id, "endpoint": r.endpoint, "metrics_port": r.metrics_port} for r in self.replicas
+                {"agent": r.agent, "replica": r.replica_id, "endpoint": r.endpoint, "metrics_port": r.metrics_port, "log": str(r.log)}
+                for r in self.replicas
             ],
         }
         (self.state_dir / STATE_FILE).write_text(json.dumps(state, indent=2))
@@ -276,8 +339,11 @@ class LocalSwarm:
         if self.nats is not None:
             self.nats.send_signal(signal.SIGTERM)
             _reap(self.nats, 10)
-        with contextlib.suppress(FileNotFoundError):
-            (self.state_dir / STATE_FILE).unlink()
+        if self._lock is not None:  # only the instance holding the directory touches its state
+            with contextlib.suppress(FileNotFoundError):
+                (self.state_dir / STATE_FILE).unlink()
+            self._lock.release()
+            self._lock = None
 
 
 def _reap(process: subprocess.Popen[bytes], grace: float) -> None:
@@ -288,9 +354,17 @@ def _reap(process: subprocess.Popen[bytes], grace: float) -> None:
         process.wait()
 
 
+class NotRunning(RuntimeError):
+    """No local swarm holds the state directory."""
+
+
 def read_state(state_dir: Path) -> dict[str, Any]:
+    """What the running local swarm of ``state_dir`` wrote about itself; NotRunning if none runs (a stale file is ignored)."""
     path = state_dir / STATE_FILE
-    if not path.exists():
-        raise RuntimeError(f"no local swarm running (no {path}); start one with `kubeswarm up`, or pass --nats-url")
-    state: dict[str, Any] = json.loads(path.read_text())
+    if running_pid(state_dir) is None or not path.exists():
+        raise NotRunning(f"no local swarm running in {state_dir}; start one with `kubeswarm up`, or pass --nats-url")
+    try:
+        state: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise NotRunning(f"the local swarm in {state_dir} is still starting; try again") from None
     return state

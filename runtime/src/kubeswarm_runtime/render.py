@@ -8,7 +8,7 @@ from the user's environment).
 from __future__ import annotations
 
 from .config import ENV_NESTED_DELIMITER, ENV_PREFIX
-from .resources import Agent, ObjectMeta, Swarm, default_subject_prefix
+from .resources import Agent, ObjectMeta, Swarm, SwarmMember, default_subject_prefix
 
 MODEL_API_KEY_ENV = "KUBESWARM_MODEL__API_KEY"
 MCP_JWT_KEY_ENV = "KUBESWARM_MCP__JWT_KEY"
@@ -65,12 +65,6 @@ def _text(value: object) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
-def swarm_agents(swarm: Swarm) -> list[Agent]:
-    """The member Agents a Swarm owns, as the operator creates them."""
-    return [
-        Agent(
-            metadata=ObjectMeta(name=member.name, namespace=swarm.metadata.namespace),
-            spec=swarm.member_agent_spec(member),
-        )
-        for member in swarm.spec.agents
-    ]
+def member_agent(swarm: Swarm, member: SwarmMember) -> Agent:
+    """One member Agent a Swarm owns, as the operator creates it; a template that is no valid Agent spec raises ValidationError."""
+    return Agent(metadata=ObjectMeta(name=member.name, namespace=swarm.metadata.namespace), spec=swarm.member_agent_spec(member))

@@ -14,7 +14,7 @@ import re
 from enum import StrEnum
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 from pydantic.config import JsonDict
 
@@ -477,11 +477,12 @@ class SwarmMember(Model):
         ),
     )
 
-    @model_validator(mode="after")
-    def _check(self) -> SwarmMember:
-        if not re.match(AGENT_NAME, self.name):
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, name: str) -> str:  # a field check: the error's path is the field's, as the CEL rule's fieldPath
+        if not re.match(AGENT_NAME, name):
             raise ValueError(MEMBER_NAME_RULE["message"])
-        return self
+        return name
 
 
 class SwarmSpec(Model):
@@ -508,12 +509,13 @@ class SwarmSpec(Model):
         default_factory=dict, json_schema_extra=PRESERVE, description="Agent spec fields merged into every member Agent."
     )
 
-    @model_validator(mode="after")
-    def _check(self) -> SwarmSpec:
-        names = [member.name for member in self.agents]
+    @field_validator("agents")
+    @classmethod
+    def _check_agents(cls, agents: list[SwarmMember]) -> list[SwarmMember]:
+        names = [member.name for member in agents]
         if len(set(names)) != len(names):
             raise ValueError(UNIQUE_MEMBERS_RULE["message"])
-        return self
+        return agents
 
     def member_spec(self, member: SwarmMember) -> AgentSpec:
         """The Agent spec of a member: defaults, then the fields its template sets, then replicas."""
