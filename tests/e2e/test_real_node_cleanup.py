@@ -86,6 +86,11 @@ def test_cluster_down_leaves_nothing_on_the_host(cluster: KubeAccess, tmp_path: 
         assert json.loads(kubectl("get", "pvc", "data", "-o", "json"))["status"]["phase"] == "Bound"
         during = node.host_footprint()
         assert during["processes"] and during["netns"] != before["netns"] and during["iptables"] != before["iptables"]
+        # Another test bed's `make cluster-down` (or `up`, which runs it first) leaves this live node alone.
+        elsewhere = run_testbed("down", state=tmp_path / "elsewhere")
+        assert elsewhere.returncode == 0 and "no test bed was running" in elsewhere.stdout, elsewhere.stdout + elsewhere.stderr
+        assert node.BRIDGE in node.host_footprint()["links"]
+        kubectl("wait", "--for=condition=Ready", "pod/web", "--timeout=30s")
     finally:
         down = run_testbed("down", state=state)
     assert down.returncode == 0, down.stderr

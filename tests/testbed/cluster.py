@@ -368,7 +368,7 @@ def stop_recorded(workdir: Path) -> list[str]:
             os.killpg(pid, 9)
         stopped.append(entry["name"])
     state_file.unlink(missing_ok=True)
-    if real.STATE_FILE.exists():
+    if real.node_of(workdir):
         real.cleanup_host()
         stopped.append("the real node's containers, mounts, network and rules")
     return stopped

@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -56,10 +57,15 @@ STATE_FILE = RUN_DIR / "host-state.json"
 VOLUMES_DIR = RUN_DIR / "volumes"
 # Our own filter chain: pods reach each other, the node and Services, never past the node.
 FILTER_CHAIN = "KUBESWARM-NODE"
+# Routes below the bridge's own (higher metric): while the bridge is up its routes win; should it vanish
+# under a running test bed, the pod and Service ranges are unreachable instead of routed off the machine.
+GUARD_METRIC = "4242"
 # Sysctls that the node needs (ip_forward) or that the kubelet sets (kernel tunables).
 SYSCTLS = ("net/ipv4/ip_forward", "kernel/panic", "kernel/panic_on_oops", "vm/overcommit_memory", "vm/panic_on_oom")
 DEBIAN_PACKAGES = {"iptables": "iptables", "conntrack": "conntrack", "ip": "iproute2"}
 CONTAINERD_NAMESPACE = "k8s.io"
+# Where the node's containerd pulls from: nothing listens on port 1.
+NO_REGISTRY = "http://127.0.0.1:1"
 
 
 def real_node_requested() -> bool:
@@ -149,12 +155,16 @@ class RealNode:
         if any(not line.startswith("default") for line in taken):
             raise TestbedError(f"the real node's pod network {POD_CIDR} is already routed on this machine: {taken}")
         RUN_DIR.mkdir(parents=True, exist_ok=True)
+        guarded = [POD_CIDR, self.service_cidr]
         state = {
             "sysctls": {name: sysctl_path(name).read_text().strip() for name in SYSCTLS},
             "netns": sorted(p.name for p in Path("/run/netns").glob("*")) if Path("/run/netns").is_dir() else [],
-            "workdir": str(self.workdir),
+            "workdir": str(self.workdir.resolve()),
+            "guarded": guarded,
         }
         STATE_FILE.write_text(json.dumps(state))
+        for cidr in guarded:
+            run("ip", "route", "add", "unreachable", cidr, "metric", GUARD_METRIC)
         sysctl_path("net/ipv4/ip_forward").write_text("1\n")
         run("ip", "link", "add", BRIDGE, "type", "bridge")
         run("ip", "addr", "add", f"{NODE_IP}/16", "dev", BRIDGE)
@@ -242,6 +252,11 @@ class RealNode:
         cni = self.workdir / "cni"
         cni.mkdir(parents=True, exist_ok=True)
         (cni / "10-kubeswarm.conflist").write_text(json.dumps(cni_config(), indent=2))
+        # Every registry resolves to a closed loopback port: an image the node lacks fails to pull at once
+        # (ErrImagePull), and no pull ever leaves this machine.
+        registries = self.workdir / "registries"
+        (registries / "_default").mkdir(parents=True, exist_ok=True)
+        (registries / "_default" / "hosts.toml").write_text(f'server = "{NO_REGISTRY}"\n')
         config = {
             "version": 3,
             "root": str(self.containerd_root()),
@@ -252,6 +267,7 @@ class RealNode:
                 "io.containerd.cri.v1.images": {
                     "snapshotter": "overlayfs",
                     "pinned_images": {"sandbox": pause},
+                    "registry": {"config_path": str(registries)},
                 },
                 "io.containerd.cri.v1.runtime": {
                     # This machine's root lacks CAP_SYS_RESOURCE: no OOM score below containerd's own.
@@ -521,9 +537,24 @@ def _remove_cgroups() -> None:
             kubepods.rmdir()
 
 
+def host_state() -> dict[str, Any]:
+    """What ``prepare_host`` recorded, or nothing when no real node is on this machine."""
+    state: dict[str, Any] = json.loads(STATE_FILE.read_text()) if STATE_FILE.exists() else {}
+    return state
+
+
+def node_of(workdir: Path) -> bool:
+    """Whether the real node on this machine is the test bed's under ``workdir``, or was left by one
+    that died (none of its processes runs): another test bed's live node is never torn down."""
+    state = host_state()
+    if not state:
+        return False
+    return Path(state.get("workdir", "/")).is_relative_to(workdir.resolve()) or not _node_processes()
+
+
 def cleanup_host() -> None:
     """Undo everything ``RealNode`` did on this machine; safe to call when nothing is there."""
-    state = json.loads(STATE_FILE.read_text()) if STATE_FILE.exists() else {}
+    state = host_state()
     for _ in range(3):
         pids = _node_processes()
         if not pids:
@@ -545,6 +576,8 @@ def cleanup_host() -> None:
     _unmount_below(*(p for p in (RUN_DIR, workdir, RealNode.containerd_root()) if p is not None))
     if subprocess.run(["ip", "link", "show", BRIDGE], capture_output=True).returncode == 0:
         subprocess.run(["ip", "link", "delete", BRIDGE], capture_output=True)
+    for cidr in state.get("guarded", []):
+        subprocess.run(["ip", "route", "del", "unreachable", cidr, "metric", GUARD_METRIC], capture_output=True)
     if shutil.which("iptables-save"):
         _remove_rules()
     _remove_cgroups()
@@ -557,6 +590,7 @@ def cleanup_host() -> None:
 def host_footprint() -> dict[str, list[str]]:
     """What a node could leave on the host, as comparable lists (``make cluster-down`` test)."""
     links = sorted(line.split(":")[1].strip().split("@")[0] for line in run("ip", "-o", "link").stdout.splitlines())
+    routes = sorted(run("ip", "-o", "route").stdout.splitlines())
     mounts = sorted(line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines())
     rules = sorted(
         re.sub(r"\[\d+:\d+\]", "", line)
@@ -568,6 +602,7 @@ def host_footprint() -> dict[str, list[str]]:
     netns = sorted(p.name for p in Path("/run/netns").glob("*")) if Path("/run/netns").is_dir() else []
     return {
         "links": links,
+        "routes": routes,
         "mounts": mounts,
         "iptables": rules,
         "cgroups": cgroups,
