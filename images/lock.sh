@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 out=${1:-images}
 uv=${UV:-$(command -v uv || echo "$HOME/.cache/kubeswarm/tools/bin/uv")}
 export UV_PYTHON_DOWNLOADS=never UV_CACHE_DIR=${UV_CACHE_DIR:-$HOME/.cache/kubeswarm/uv}
-EXCLUDE_NEWER=2026-11-22T00:00:00Z
+EXCLUDE_NEWER=2026-12-01T00:00:00Z
 
 constraints=$(mktemp)
 trap 'rm -f "$constraints"' EXIT

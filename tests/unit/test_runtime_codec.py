@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from kubeswarm_runtime.codec import encode_json
 from kubeswarm_runtime.names import Priority
-from kubeswarm_runtime.tasks import TaskMessage, TaskRecord, TaskState, encode_record
+from kubeswarm_runtime.tasks import PastAttempts, TaskMessage, TaskRecord, TaskState, encode_record
 from pydantic import BaseModel
 
 pytestmark = pytest.mark.unit
@@ -76,6 +76,15 @@ def test_encode_record_is_a_task_record() -> None:
         "created_at": 100.0,
         "started_at": 101.0,
         "finished_at": 102.0,
+        "context_id": None,
+        "replay_of": None,
+        "history": [],
     }
-    # Same fields, same order as the model writes them.
+    # The same fields in the same order as the model writes them; the links (A2A context, replay) only where set.
+    assert list(json.loads(data)) == list(json.loads(record.model_dump_json(exclude={"context_id", "replay_of", "history"})))
+    past = PastAttempts(task_id="t0", attempts=3, reason="boom", agent="r0", dead_at=99.0)
+    linked = task.model_copy(update={"context_id": "c1", "replay_of": "t0", "history": [past]})
+    data = encode_record(linked, TaskState.RUNNING, attempts=1, agent="r1", started_at=101.0)
+    record = TaskRecord.model_validate_json(data)
+    assert (record.context_id, record.replay_of, record.history) == ("c1", "t0", [past])
     assert list(json.loads(data)) == list(json.loads(record.model_dump_json()))

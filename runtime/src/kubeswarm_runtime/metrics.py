@@ -66,6 +66,13 @@ class RuntimeMetrics:
             registry=r,
         )
 
+        self.a2a_requests = Counter(
+            "kubeswarm_a2a_requests",
+            "A2A JSON-RPC requests handled, by method, outcome (ok, error) and code (JSON-RPC error code or HTTP status).",
+            ["method", "outcome", "code"],
+            registry=r,
+        )
+
     def record_tokens(self, provider: str, model: str, usage: dict[str, int]) -> None:
         for kind, count in usage.items():
             if count:

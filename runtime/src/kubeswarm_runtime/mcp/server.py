@@ -6,6 +6,7 @@ import nats
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from ..agent2agent import A2AEndpoint
 from ..app import RUNTIME
 from .discovery_stream import DiscoveryStream
 from .fanout import DiscoveryFanout
@@ -27,7 +28,8 @@ def carries_jsonrpc(request: web.Request) -> bool:
 
 
 def serve_mcp(app: web.Application) -> None:
-    """An ``AppExtension``: ``/mcp``, ``/sse`` + ``/messages``, ``/rpc``, ``/ws/mcp``, ``/sse/discoveries`` and RFC 9728 metadata.
+    """An ``AppExtension``: ``/mcp``, ``/sse`` + ``/messages``, ``/rpc``, ``/ws/mcp``, ``/sse/discoveries``, RFC 9728 metadata, and A2A
+    (``/.well-known/agent-card.json``, ``/a2a``).
 
     Probes and metrics are not touched: they stay unauthenticated.
     """
@@ -45,6 +47,8 @@ def serve_mcp(app: web.Application) -> None:
     LegacySse(server, state, router, guard, slots, config).add_routes(app)
     JsonRpc(server, guard, slots, config).add_routes(app)
     DiscoveryStream(runtime, fanout, guard, slots, config).add_routes(app)
+    # A2A beside MCP: the same port, guard (auth, rate limit, origin, size) and stream slots.
+    A2AEndpoint(runtime, guard, slots).add_routes(app)
 
     async def resource_metadata(request: web.Request) -> web.Response:
         return json_response(guard.resource.document(request))

@@ -13,13 +13,14 @@ The parts: ``records`` (the shapes), ``service`` (the client side),
 consuming side, talking through :class:`~.outcomes.TaskOutcomes`).
 """
 
-from .records import TERMINAL_STATES, DeadLetter, TaskMessage, TaskNotFound, TaskRecord, TaskState, encode_record
+from .records import TERMINAL_STATES, DeadLetter, PastAttempts, TaskMessage, TaskNotFound, TaskRecord, TaskState, encode_record
 from .service import TaskService
 from .worker import TaskWorker
 
 __all__ = [
     "TERMINAL_STATES",
     "DeadLetter",
+    "PastAttempts",
     "TaskMessage",
     "TaskNotFound",
     "TaskRecord",

@@ -6,7 +6,7 @@ import time
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from ..codec import encode_json
 from ..names import Priority
@@ -24,6 +24,18 @@ class TaskState(StrEnum):
 TERMINAL_STATES = frozenset({TaskState.SUCCEEDED, TaskState.DEAD, TaskState.CANCELLED})
 
 
+class PastAttempts(BaseModel):
+    """How a task that was replayed from the dead letters ended before: the link back and what happened."""
+
+    model_config = ConfigDict(frozen=True)
+
+    task_id: str = Field(description="The id the task had when it died.")
+    attempts: int
+    reason: str
+    agent: str
+    dead_at: float
+
+
 class TaskMessage(BaseModel):
     """What sits on the work queue."""
 
@@ -34,6 +46,11 @@ class TaskMessage(BaseModel):
     priority: Priority = Priority.NORMAL
     input: Any = None
     created_at: float
+    # An A2A conversation this task belongs to (A2A's contextId); None for tasks created otherwise.
+    context_id: str | None = None
+    # Set on a task replayed from the dead letters: the id it replays and each earlier life, oldest first.
+    replay_of: str | None = None
+    history: list[PastAttempts] = Field(default_factory=list)
 
 
 class TaskRecord(BaseModel):
@@ -54,6 +71,9 @@ class TaskRecord(BaseModel):
     updated_at: float
     started_at: float | None = None
     finished_at: float | None = None
+    context_id: str | None = None
+    replay_of: str | None = None
+    history: list[PastAttempts] = Field(default_factory=list)
 
     @property
     def terminal(self) -> bool:
@@ -68,6 +88,9 @@ class TaskRecord(BaseModel):
             priority=task.priority,
             input=task.input,
             created_at=task.created_at,
+            context_id=task.context_id,
+            replay_of=task.replay_of,
+            history=task.history,
             state=state,
             updated_at=time.time(),
             **fields,
@@ -86,23 +109,28 @@ def encode_record(
     finished_at: float | None = None,
 ) -> bytes:
     """A worker's ``TaskRecord`` of ``task``, serialized without building the model (the hot path of every task)."""
-    return encode_json(
-        {
-            "id": task.id,
-            "capability": task.capability,
-            "priority": task.priority,
-            "state": state,
-            "attempts": attempts,
-            "input": task.input,
-            "result": result,
-            "error": error,
-            "agent": agent,
-            "created_at": task.created_at,
-            "updated_at": time.time(),
-            "started_at": started_at,
-            "finished_at": finished_at,
-        }
-    )
+    record: dict[str, Any] = {
+        "id": task.id,
+        "capability": task.capability,
+        "priority": task.priority,
+        "state": state,
+        "attempts": attempts,
+        "input": task.input,
+        "result": result,
+        "error": error,
+        "agent": agent,
+        "created_at": task.created_at,
+        "updated_at": time.time(),
+        "started_at": started_at,
+        "finished_at": finished_at,
+    }
+    # The links of A2A and replayed tasks only where set: most tasks carry neither.
+    if task.context_id is not None:
+        record["context_id"] = task.context_id
+    if task.replay_of is not None:
+        record["replay_of"] = task.replay_of
+        record["history"] = task.history
+    return encode_json(record)
 
 
 class DeadLetter(BaseModel):

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import nats
@@ -18,7 +19,7 @@ from ..connection import NatsConnection
 from ..names import Priority, SwarmNames, cancel_key, task_key
 from ..stores import read_bucket, task_backlog
 from ..unreadable import UnreadableRecords
-from .records import TaskMessage, TaskNotFound, TaskRecord, TaskState
+from .records import PastAttempts, TaskMessage, TaskNotFound, TaskRecord, TaskState
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +43,26 @@ class TaskService:
         self.unreadable = UnreadableRecords("task", conn.metrics.unreadable_records)
 
     async def create(
-        self, capability: str, task_input: Any = None, *, priority: Priority = Priority.NORMAL, task_id: str | None = None
+        self,
+        capability: str,
+        task_input: Any = None,
+        *,
+        priority: Priority = Priority.NORMAL,
+        task_id: str | None = None,
+        context_id: str | None = None,
+        replay_of: str | None = None,
+        history: Sequence[PastAttempts] = (),
     ) -> TaskRecord:
         """Queue a task. Creating the same ``task_id`` twice returns the first one (deduplicated)."""
         task = TaskMessage(
-            id=task_id or uuid.uuid4().hex, capability=capability, priority=priority, input=task_input, created_at=time.time()
+            id=task_id or uuid.uuid4().hex,
+            capability=capability,
+            priority=priority,
+            input=task_input,
+            created_at=time.time(),
+            context_id=context_id,
+            replay_of=replay_of,
+            history=list(history),
         )
         record = TaskRecord.of(task, TaskState.PENDING)
         try:
