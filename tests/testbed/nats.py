@@ -34,6 +34,8 @@ class NatsNode:
     cluster_port: int = field(default_factory=free_port)
     routes: list[int] = field(default_factory=list)
     process: ManagedProcess | None = None
+    # nats.conf text (e.g. operator-mode auth); command-line flags win over it.
+    config: str | None = None
 
     @property
     def url(self) -> str:
@@ -54,6 +56,11 @@ class NatsNode:
             "--store_dir",
             str(self.store),
         ]
+        if self.config is not None:
+            path = self.store.parent / f"{self.name}.conf"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(self.config)
+            argv += ["--config", str(path)]
         if self.routes:
             argv += [
                 "--cluster_name",
@@ -85,10 +92,11 @@ class NatsServer:
     """A single JetStream node."""
 
     workdir: Path
+    config: str | None = None
     node: NatsNode = field(init=False)
 
     def __post_init__(self) -> None:
-        self.node = NatsNode("nats-0", self.workdir / "nats-0")
+        self.node = NatsNode("nats-0", self.workdir / "nats-0", config=self.config)
 
     @property
     def url(self) -> str:

@@ -45,6 +45,8 @@ def build_app(runtime: AgentRuntime) -> web.Application:
     async def healthz(_request: web.Request) -> web.Response:
         if runtime.started and not runtime.worker.alive:
             return web.json_response({"status": "the task worker stopped"}, status=503)
+        if runtime.conn.closed_unexpectedly:
+            return web.json_response({"status": "the NATS connection closed (e.g. its credentials expired)"}, status=503)
         return web.json_response({"status": "ok"})
 
     async def readyz(_request: web.Request) -> web.Response:

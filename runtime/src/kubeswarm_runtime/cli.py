@@ -10,6 +10,7 @@ import signal
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     def connected(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         p.add_argument("--nats-url", help="NATS URL of the swarm (default: the local swarm started by `up`)")
         p.add_argument("--prefix", help="subject prefix (default: the local swarm's, or ks.default.default)")
+        p.add_argument("--creds", type=Path, help="NATS .creds file of the swarm (default: the local swarm's)")
         p.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
         return p
 
@@ -85,8 +87,8 @@ def _run(_args: argparse.Namespace) -> int:
 
 def _client_call(args: argparse.Namespace, action: Any) -> int:
     async def call() -> int:
-        nats_url, prefix = _target(args)
-        client = await SwarmClient.connect(NatsConfig(url=nats_url), prefix, sender=f"cli-{uuid.uuid4().hex[:8]}")
+        nats = _target(args)
+        client = await SwarmClient.connect(nats.config, nats.prefix, sender=f"cli-{uuid.uuid4().hex[:8]}")
         try:
             result: int = await action(client, args)
             return result
@@ -96,14 +98,24 @@ def _client_call(args: argparse.Namespace, action: Any) -> int:
     return asyncio.run(call())
 
 
-def _target(args: argparse.Namespace) -> tuple[str, str]:
+@dataclass(frozen=True)
+class _Target:
+    config: NatsConfig
+    prefix: str
+
+
+def _target(args: argparse.Namespace) -> _Target:
     if args.nats_url:
-        return args.nats_url, args.prefix or default_subject_prefix("default", "default")
+        return _Target(NatsConfig(url=args.nats_url, creds_file=args.creds), args.prefix or default_subject_prefix("default", "default"))
     state = read_state(args.state_dir)
     prefixes: list[str] = sorted(set(state["swarms"].values()))
     if args.prefix is None and len(prefixes) > 1:
         raise RuntimeError(f"the local swarm has several prefixes ({', '.join(prefixes)}): pass --prefix")
-    return state["nats_url"], args.prefix or prefixes[0]
+    prefix = args.prefix or prefixes[0]
+    creds = args.creds or state.get("creds", {}).get(prefix)
+    if creds is None:
+        raise RuntimeError(f"the local swarm has no prefix {prefix!r} (it has {', '.join(prefixes)})")
+    return _Target(NatsConfig(url=state["nats_url"], creds_file=creds), prefix)
 
 
 def _json_arg(text: str) -> Any:
@@ -189,7 +201,7 @@ async def _demo_script(local: LocalSwarm) -> bool:
     checks: list[tuple[str, bool]] = []
     for prefix in sorted({r.prefix for r in local.replicas}):
         replicas = [r for r in local.replicas if r.prefix == prefix]
-        client = await SwarmClient.connect(NatsConfig(url=local.nats_url), prefix, sender="demo")
+        client = await SwarmClient.connect(NatsConfig(url=local.nats_url, creds_file=local.creds_for_prefix(prefix)), prefix, sender="demo")
         try:
             agents = {a.metadata.name: a for a in local.manifests.agents if a.metadata.name in {r.agent for r in replicas}}
             capabilities = sorted({c for a in agents.values() for c in a.spec.capabilities})

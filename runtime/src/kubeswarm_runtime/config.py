@@ -41,7 +41,11 @@ class NatsConfig(Section):
     user: str | None = None
     password: SecretStr | None = None
     token: SecretStr | None = None
-    creds_file: Path | None = Field(default=None, description="A NATS .creds file (JWT + nkey seed).")
+    creds_file: Path | None = Field(
+        default=None, description="A NATS .creds file (JWT + nkey seed); re-read on every reconnect, so a rotated file is used."
+    )
+    creds_check_seconds: float = Field(default=10.0, gt=0, description="How often the creds file is checked for a rotation.")
+    inbox_prefix: str = Field(default="_INBOX", pattern=r"^[A-Za-z0-9_$-]+$", description="Subject prefix of reply inboxes.")
     connect_timeout_seconds: float = Field(default=5.0, gt=0)
     # A dead server is noticed after ping_interval * (max_outstanding_pings + 1): 15 s with these defaults.
     ping_interval_seconds: float = Field(default=5.0, gt=0)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import nats
@@ -77,6 +79,13 @@ async def publish_patiently(
             attempt += 1
 
 
+def _digest(path: Path) -> bytes | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).digest()
+    except OSError:
+        return None  # between the kubelet's swaps, or not mounted yet: keep what we have
+
+
 class NatsConnection:
     def __init__(self, config: NatsConfig, metrics: RuntimeMetrics, name: str, *, credentials: str | None = None) -> None:
         """``credentials``: the text of a .creds file held in memory (the operator reads it from a Secret), besides ``config``."""
@@ -91,6 +100,7 @@ class NatsConnection:
         self._closing = False
         self._slow_consumer_drops = metrics.buffer_dropped.labels("nats_subscription")
         self._slow_sids_logged: set[int] = set()
+        self._creds_watch: asyncio.Task[None] | None = None
 
     @property
     def js(self) -> JetStreamContext:
@@ -116,6 +126,29 @@ class NatsConnection:
         self._js = self.nc.jetstream(prefix=JS_API_PREFIX, timeout=JS_API_TIMEOUT)
         self.metrics.nats_connected.set(1)
         log.info("connected to NATS %s", self.nc.connected_url.netloc if self.nc.connected_url else self.config.url)
+        if self.config.creds_file is not None and self._creds_watch is None:
+            self._creds_watch = asyncio.create_task(self._watch_creds(self.config.creds_file))
+
+    async def _watch_creds(self, path: Path) -> None:
+        """Reconnect with a rotated creds file before the old identity expires.
+
+        The client reads the file on every connect; the server cuts a connection whose JWT expired, and nats-py
+        does not reconnect after that error, so a changed file (the kubelet updating the mounted Secret) means a
+        reconnect now, while the old identity is still valid.
+        """
+        seen = _digest(path)
+        while True:
+            await asyncio.sleep(self.config.creds_check_seconds)
+            current = _digest(path)
+            if current is not None and current != seen:
+                seen = current
+                log.info("NATS credentials rotated; reconnecting with them")
+                await self.nc.force_reconnect()
+
+    @property
+    def closed_unexpectedly(self) -> bool:
+        """Closed for good without close() (e.g. the server ended an expired identity): only a restart recovers."""
+        return self.nc.is_closed and not self._closing and self._js is not None
 
     def _options(self) -> dict[str, Any]:
         cfg = self.config
@@ -133,6 +166,7 @@ class NatsConnection:
             "error_cb": self._on_error,
             "closed_cb": self._on_closed,
             "lame_duck_mode_cb": self._on_lame_duck,
+            "inbox_prefix": cfg.inbox_prefix,
         }
         if cfg.user:
             options["user"] = cfg.user
@@ -207,6 +241,10 @@ class NatsConnection:
     async def close(self) -> None:
         """Drain subscriptions and pending publishes, then close."""
         self._closing = True
+        if self._creds_watch is not None:
+            self._creds_watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._creds_watch
         if self.nc.is_connected:
             with contextlib.suppress(nats.errors.Error, asyncio.TimeoutError):
                 await self.nc.drain()

