@@ -83,7 +83,7 @@ def main() -> int:
             install_crds(cluster)
             operator.start()
             namespace = f"bench-{uuid.uuid4().hex[:6]}"
-            prefix = f"ks.bench.{uuid.uuid4().hex[:6]}"
+            prefix = f"ks.{namespace}.{uuid.uuid4().hex[:6]}"
             cluster.kubectl("create", "namespace", namespace)
             swarm = {
                 "apiVersion": "kubeswarm.io/v1alpha1",

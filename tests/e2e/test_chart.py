@@ -164,7 +164,7 @@ def example_agent_becomes_ready(release: Release, namespace: str, name: str, log
 
 def swarm_scales_and_goes(release: Release, namespace: str, nats_url: str, log: Path) -> None:
     """A Swarm with one autoscaled member, as the chart's identity: member Agent, streams, status, scale, finalizer."""
-    prefix = f"ks.chart.{uuid.uuid4().hex[:8]}"
+    prefix = f"ks.{namespace}.{uuid.uuid4().hex[:8]}"
     member = {
         "name": "cruncher",
         "template": {

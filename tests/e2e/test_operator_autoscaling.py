@@ -58,8 +58,8 @@ def replicas(namespace: Namespace, name: str) -> int:
 
 
 @pytest.fixture
-def prefix() -> str:
-    return f"ks.scale.{uuid.uuid4().hex[:8]}"
+def prefix(namespace: Namespace) -> str:
+    return f"ks.{namespace.name}.{uuid.uuid4().hex[:8]}"
 
 
 def test_backlog_scales_up_then_down_after_the_delay(

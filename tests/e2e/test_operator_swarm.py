@@ -86,8 +86,8 @@ def condition(body: dict[str, Any] | None, type_: str) -> dict[str, Any] | None:
 
 
 @pytest.fixture
-def prefix() -> str:
-    return f"ks.e2e.{uuid.uuid4().hex[:8]}"
+def prefix(namespace: Namespace) -> str:
+    return f"ks.{namespace.name}.{uuid.uuid4().hex[:8]}"
 
 
 def test_swarm_members_streams_status_and_finalizer(operator: Operator, namespace: Namespace, nats_server: NatsServer, prefix: str) -> None:

@@ -1,13 +1,21 @@
-"""Tenancy against a real API server: an Agent never takes over an object it does not own."""
+"""Tenancy against a real API server: an Agent never takes over an object it does not own; a Swarm never
+claims another namespace's subjects and streams."""
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from tests.testbed.cluster import KubeAccess
+from tests.testbed.nats import NatsServer
+
 from .conftest import Namespace, Operator, until
 from .test_operator_agent import agent, condition
+from .test_operator_swarm import condition as swarm_condition
+from .test_operator_swarm import stream_config
 
 pytestmark = pytest.mark.e2e
 
@@ -44,3 +52,43 @@ def test_an_agent_named_like_an_existing_service_leaves_it_alone(operator: Opera
     namespace.kubectl("delete", "agent", "billing", "--wait=true")
     until(lambda: namespace.get("configmap", "billing-runtime") is None, SETTLE, "the Agent's own children collected")
     assert namespace.must("service", "billing")["spec"]["selector"] == {"app": "billing"}
+
+
+@pytest.fixture
+def other_namespace(cluster: KubeAccess) -> Iterator[Namespace]:
+    name = f"e2e-{uuid.uuid4().hex[:8]}"
+    cluster.kubectl("create", "namespace", name)
+    yield Namespace(cluster, name)
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+def swarm(name: str, url: str, **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "kubeswarm.io/v1alpha1", "kind": "Swarm", "metadata": {"name": name}, "spec": {"nats": {"url": url}, **spec}}
+
+
+def test_a_swarm_cannot_claim_another_namespaces_prefix_nor_delete_its_streams(
+    operator: Operator, namespace: Namespace, other_namespace: Namespace, nats_server: NatsServer
+) -> None:
+    victim_prefix = f"ks.{namespace.name}.team"
+    tasks = f"{victim_prefix.replace('.', '_')}_TASKS"
+    namespace.apply(swarm("team", nats_server.url))
+    until(lambda: stream_config(nats_server.url, tasks), 60, "the victim's streams")
+
+    other_namespace.apply(swarm("thief", nats_server.url, subjectPrefix=victim_prefix))
+
+    def refused() -> dict[str, Any] | None:
+        nats_ready = swarm_condition(other_namespace.get("swarm", "thief"), "NatsReady")
+        return nats_ready if nats_ready and nats_ready["reason"] == "PrefixNotOwned" else None
+
+    nats_ready = until(refused, 60, "NatsReady=False PrefixNotOwned on the thief")
+    assert nats_ready["status"] == "False"
+    assert f"ks.{other_namespace.name}" in nats_ready["message"]
+
+    other_namespace.kubectl("delete", "swarm", "thief", "--wait=true", "--timeout=60s")
+    assert stream_config(nats_server.url, tasks) is not None
+
+    # Two Swarms of one namespace sharing a prefix: deleting one leaves the streams to the other.
+    namespace.apply(swarm("twin", nats_server.url, subjectPrefix=victim_prefix))
+    until(lambda: swarm_condition(namespace.get("swarm", "twin"), "NatsReady"), 60, "the twin's NatsReady")
+    namespace.kubectl("delete", "swarm", "twin", "--wait=true", "--timeout=60s")
+    assert stream_config(nats_server.url, tasks) is not None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from kubeswarm_operator.jetstream import provisioning as jetstream
 from kubeswarm_operator.jetstream.provisioning import consumer_differs, desired_consumers, desired_streams, stream_differs
 from kubeswarm_operator.kube.conditions import condition
@@ -142,10 +143,20 @@ def test_only_what_the_swarm_controls_makes_an_update() -> None:
 
 
 def test_nats_target_prefers_the_swarm_credentials_and_keeps_secrets_out_of_repr() -> None:
-    settings = OperatorSettings(nats_url="nats://default:4222", nats_user="op", nats_password="op-pass")
-    own = nats_target(swarm(nats={"url": "nats://team:4222"}), settings, None)
-    assert (own.url, own.user, own.password) == ("nats://team:4222", "op", "op-pass")
+    settings = OperatorSettings(nats_url="nats://default:4222", nats_user="op", nats_password="op-pass", nats_creds_file="/op.creds")
+    own = nats_target(None, settings, None)
+    assert (own.url, own.user, own.password, str(own.creds_file)) == ("nats://default:4222", "op", "op-pass", "/op.creds")
+    assert nats_target(swarm(nats={"url": "nats://default:4222"}), settings, None) == own
     creds = nats_target(swarm(nats={"clusterRef": {"name": "nats", "namespace": "infra"}}), settings, "CREDS-TEXT")
     assert (creds.url, creds.creds, creds.user, creds.password) == ("nats://nats.infra.svc:4222", "CREDS-TEXT", None, None)
     assert "CREDS-TEXT" not in repr(creds) and "op-pass" not in repr(own)
-    assert nats_target(None, settings, None).url == "nats://default:4222"
+
+
+@pytest.mark.parametrize(
+    "nats", [{"url": "nats://attacker.example:4222"}, {"clusterRef": {"name": "nats", "namespace": "kubeswarm-system", "port": 4223}}]
+)
+def test_the_operators_own_identity_never_goes_to_a_url_a_swarm_names(nats: dict[str, Any]) -> None:
+    settings = OperatorSettings(nats_url="nats://default:4222", nats_user="op", nats_password="op-pass", nats_creds_file="/op.creds")
+    target = nats_target(swarm(nats=nats), settings, None)
+    assert target.url != settings.nats_url
+    assert (target.creds, target.creds_file, target.user, target.password) == (None, None, None, None)

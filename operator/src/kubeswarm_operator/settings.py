@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 from kubeswarm_runtime import __version__
+from kubeswarm_runtime.resources import check_url_credentials
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -45,6 +46,13 @@ class OperatorSettings(BaseSettings):
     autoscale_interval_seconds: float = Field(default=2.0, gt=0, description="How often the backlog of autoscaled Agents is read.")
     aws_endpoint_url: str | None = Field(default=None, description="Secrets Manager endpoint override (tests, VPC endpoints).")
     aws_refresh_seconds: float = Field(default=300.0, gt=0, description="How often AWS secrets are re-read to pick up rotation.")
+
+    @field_validator("nats_url")
+    @classmethod
+    def _no_credentials(cls, value: str) -> str:
+        # The default URL reaches every swarm-less Agent's ConfigMap: credentials go in nats_user/password or a creds file.
+        check_url_credentials(value)
+        return value
 
     @field_validator("namespaces", mode="before")
     @classmethod

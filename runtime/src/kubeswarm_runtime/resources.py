@@ -395,11 +395,26 @@ class NatsClusterRef(Model):
     port: int = Field(default=4222, ge=1, le=65535, description="Client port.")
 
 
+# user:password@ or token@ in a NATS URL would be copied wherever the URL goes (ConfigMaps, status, Events, logs).
+URL_CREDENTIALS = "://[^/,]*@"
+URL_CREDENTIALS_RULE = cel(
+    f"!has(self.url) || !self.url.matches('{URL_CREDENTIALS}')",
+    "url must not carry credentials (user:password@ or token@): put them in credentialsSecretRef",
+    ".url",
+)
+
+
+def check_url_credentials(url: str | None) -> None:
+    if url and re.search(URL_CREDENTIALS, url):
+        raise ValueError(URL_CREDENTIALS_RULE["message"])
+
+
 class NatsSpec(Model):
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
                 cel("!(has(self.url) && has(self.clusterRef))", "set at most one of url and clusterRef"),
+                URL_CREDENTIALS_RULE,
             ]
         }
     )
@@ -414,6 +429,7 @@ class NatsSpec(Model):
     def _check(self) -> NatsSpec:
         if self.url and self.cluster_ref:
             raise ValueError("set at most one of url and clusterRef")
+        check_url_credentials(self.url)
         return self
 
 
@@ -492,7 +508,8 @@ class SwarmSpec(Model):
     subject_prefix: str | None = Field(
         default=None,
         pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$",
-        description="Prefix of every subject; default ks.<namespace>.<swarm>.",
+        description="Prefix of every subject; default ks.<namespace>.<swarm>. Must be ks.<namespace> or begin with ks.<namespace>.: "
+        "the operator provisions and removes streams only under its own namespace's prefix.",
     )
     agents: list[SwarmMember] = Field(
         default_factory=list,
@@ -558,7 +575,22 @@ class Swarm(Model):
 
 
 def default_subject_prefix(namespace: str, swarm: str) -> str:
-    return f"ks.{namespace}.{swarm}"
+    return f"{namespace_subject_prefix(namespace)}.{swarm}"
+
+
+def namespace_subject_prefix(namespace: str) -> str:
+    """Every subject prefix a namespace's Swarms may use is this or begins with it and a dot.
+
+    Namespace names hold no dots or underscores, so no two namespaces share a prefix, nor the
+    stream and bucket names made from it (``SwarmNames.token``).
+    """
+    return f"ks.{namespace}"
+
+
+def prefix_owned(namespace: str, prefix: str) -> bool:
+    """May a Swarm of ``namespace`` use ``prefix``?  (Not another namespace's subjects, streams and buckets.)"""
+    own = namespace_subject_prefix(namespace)
+    return prefix == own or prefix.startswith(own + ".")
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

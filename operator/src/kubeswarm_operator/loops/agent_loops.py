@@ -17,7 +17,7 @@ from typing import Any
 
 import nats.errors
 from kubeswarm_runtime.names import SwarmNames
-from kubeswarm_runtime.resources import Agent, Swarm, default_subject_prefix
+from kubeswarm_runtime.resources import Agent, Swarm, default_subject_prefix, prefix_owned
 from kubeswarm_runtime.stores import task_backlog
 from nats.js.errors import Error as JetStreamError
 
@@ -165,6 +165,10 @@ class AgentLoops:
             return
         swarm = self._swarm(agent)
         prefix = swarm.subject_prefix if swarm else default_subject_prefix(agent.metadata.namespace, agent.spec.swarm)
+        if not prefix_owned(agent.metadata.namespace, prefix):
+            unknown = condition("Scaling", False, "PrefixNotOwned", f"the swarm's prefix {prefix!r} is not this namespace's")
+            self._signal(agent, self.findings.set_condition(key, unknown))
+            return
         try:
             conn = await self.swarms.pool.get(await self.swarms.target(swarm))
             backlog = await task_backlog(conn, SwarmNames(prefix), agent.spec.capabilities)

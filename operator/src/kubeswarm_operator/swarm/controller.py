@@ -17,7 +17,7 @@ from typing import Any
 
 import nats.errors
 from kubeswarm_runtime.names import SwarmNames
-from kubeswarm_runtime.resources import Agent, Condition, Swarm
+from kubeswarm_runtime.resources import Agent, Condition, Swarm, namespace_subject_prefix, prefix_owned
 from nats.js.errors import Error as JetStreamError
 
 from ..agent.ingress import Exposure, ingress_ready
@@ -41,13 +41,24 @@ GATEWAY_KINDS = (INGRESS, HTTP_ROUTE)
 
 
 def nats_target(swarm: Swarm | None, settings: OperatorSettings, creds: str | None) -> NatsTarget:
-    """The swarm's NATS, as the operator connects to it: the Swarm's credentials, else the operator's own."""
-    return NatsTarget(
-        url=swarm_nats_url(swarm, settings.nats_url),
-        creds=creds,
-        creds_file=None if creds else settings.nats_creds_file,
-        user=None if creds else settings.nats_user,
-        password=None if creds or settings.nats_password is None else settings.nats_password.get_secret_value(),
+    """The swarm's NATS, as the operator connects to it: the Swarm's credentials, else the operator's own.
+
+    The operator's own identity goes only to the operator's own NATS (``settings.nats_url``): a URL a
+    Swarm names gets the credentials of the Swarm's namespace (its credentialsSecretRef) or none, so no
+    Swarm author can have the operator hand its password to a server of their choosing.
+    """
+    url = swarm_nats_url(swarm, settings.nats_url)
+    if creds is not None or url != settings.nats_url:
+        return NatsTarget(url=url, creds=creds)
+    password = settings.nats_password.get_secret_value() if settings.nats_password is not None else None
+    return NatsTarget(url=url, creds_file=settings.nats_creds_file, user=settings.nats_user, password=password)
+
+
+def prefix_not_owned(swarm: Swarm) -> str:
+    own = namespace_subject_prefix(swarm.metadata.namespace)
+    return (
+        f"spec.subjectPrefix {swarm.subject_prefix!r} is outside this namespace's subjects: use {own!r} or a prefix "
+        f"beginning with '{own}.'; no streams are provisioned (or ever removed) for it"
     )
 
 
@@ -154,6 +165,13 @@ class SwarmController:
         names = SwarmNames(swarm.subject_prefix)
         url = swarm_nats_url(swarm, self.settings.nats_url)
         regarding = reference(SWARM, *key, swarm.metadata.uid)
+        if not prefix_owned(swarm.metadata.namespace, swarm.subject_prefix):
+            log.info("Swarm %s/%s deleted; its prefix was not its namespace's: no streams removed", *key)
+            return None
+        sharing = self._sharing_prefix(swarm)
+        if sharing:
+            log.info("Swarm %s/%s deleted; its streams stay for Swarm %s, which uses the same prefix", *key, sharing)
+            return None
         # After any reconcile under way, which may still be creating them.
         async with self._locks.setdefault(key, asyncio.Lock()):
             try:
@@ -180,6 +198,20 @@ class SwarmController:
                 await self.kube.post_event(regarding, "Warning", "StreamsNotRemoved", message, action="Delete")
                 return delay
         log.info("Swarm %s/%s deleted; removed %s", *key, ", ".join(removed) or "no streams")
+        return None
+
+    def _sharing_prefix(self, swarm: Swarm) -> str | None:
+        """Another Swarm of the namespace with the same subject prefix (whose streams these are too), if any."""
+        for (namespace, name), bodies in self.world.swarms.items():
+            if namespace != swarm.metadata.namespace or name == swarm.metadata.name:
+                continue
+            for body in bodies:
+                try:
+                    other = Swarm.model_validate(body)
+                except ValueError:
+                    continue
+                if other.subject_prefix == swarm.subject_prefix and not deleting(other):
+                    return str(name)
         return None
 
     def forget(self, namespace: str, name: str) -> None:
@@ -215,6 +247,9 @@ class SwarmController:
 
     async def _converge_streams(self, swarm: Swarm, members: Sequence[Agent]) -> NatsOutcome:
         names = SwarmNames(swarm.subject_prefix)
+        if not prefix_owned(swarm.metadata.namespace, swarm.subject_prefix):
+            message = prefix_not_owned(swarm)
+            return NatsOutcome(condition("NatsReady", False, "PrefixNotOwned", message), None, (), None)
         try:
             target = await self.target(swarm)
             conn = await self.pool.get(target)
