@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
 from kubeswarm_operator.jetstream import provisioning as jetstream
-from kubeswarm_operator.jetstream.provisioning import consumer_differs, desired_consumers, desired_streams, stream_differs
+from kubeswarm_operator.jetstream.provisioning import (
+    consumer_differs,
+    desired_buckets,
+    desired_consumers,
+    desired_streams,
+    stream_differs,
+)
 from kubeswarm_operator.kube.conditions import condition
 from kubeswarm_operator.settings import OperatorSettings
 from kubeswarm_operator.swarm.controller import nats_target
@@ -118,28 +125,52 @@ def test_nats_outage_keeps_the_last_stream_counts_and_degrades() -> None:
     assert (ready.status, ready.reason, ready.last_transition_time) == ("False", "NatsNotReady", "2026-01-02T00:00:00Z")
 
 
+SINGLE: dict[str, object] = {"server_name": "n0"}
+CLUSTER = {"cluster": "c", "connect_urls": ["a:4222", "b:4222", "c:4222"]}
+
+
 def test_streams_carry_the_swarm_limits_over_the_runtime_names() -> None:
     names = SwarmNames("ks.ns.team")
     spec = StreamsSpec(replicas=3, max_age_seconds=60, max_bytes=1 << 20, discoveries_retention="interest", max_deliver=7)
-    streams = {s.name: s for s in desired_streams(names, spec)}
-    assert set(streams) == {s.name for s in stream_configs(SwarmNames("ks.ns.team"), jetstream.runtime_streams(spec))}
+    streams = {s.name: s for s in desired_streams(names, spec, SINGLE)}
+    runtime = {s.name for s in stream_configs(SwarmNames("ks.ns.team"), jetstream.runtime_streams(spec, SINGLE))}
+    assert set(streams) == runtime | {names.mcp_events_stream}
     assert streams[names.discoveries_stream].retention == api.RetentionPolicy.INTEREST
     assert streams[names.tasks_stream].retention == api.RetentionPolicy.WORK_QUEUE
     assert all(s.num_replicas == 3 and s.max_bytes == 1 << 20 for s in streams.values())
     # JetStream refuses a dedup window longer than the stream keeps messages.
     assert streams[names.dlq_stream].duplicate_window == 60
-    consumers = desired_consumers(names, ["b", "a", "a"], spec)
+    assert streams[names.tasks_stream].duplicate_window == 60
+    consumers = desired_consumers(names, ["b", "a", "a"], spec, SINGLE)
     assert [c.durable_name for c in consumers] == ["a-high", "a", "a-low", "b-high", "b", "b-low"]
     assert {c.max_deliver for c in consumers} == {7}
 
 
+def test_every_stream_and_bucket_is_limited_and_replicated_as_the_cluster_by_default() -> None:
+    names = SwarmNames("p")
+    streams = {s.name: s for s in desired_streams(names, StreamsSpec(), CLUSTER)}
+    buckets = {b.bucket: b for b in desired_buckets(names, StreamsSpec(), CLUSTER)}
+    assert {s.num_replicas for s in streams.values()} == {3} == {b.replicas for b in buckets.values()}
+    assert {s.num_replicas for s in desired_streams(names, StreamsSpec(), SINGLE)} == {1}
+    assert {s.num_replicas for s in desired_streams(names, StreamsSpec(replicas=1), CLUSTER)} == {1}
+    tasks = streams[names.tasks_stream]
+    assert tasks.max_age and tasks.max_msgs and tasks.discard == api.DiscardPolicy.NEW
+    assert streams[names.discoveries_stream].max_bytes == 64 << 20
+    assert streams[names.mcp_events_stream].max_bytes == 32 << 20
+    assert buckets[names.mcp_sessions_bucket].max_bytes == 8 << 20
+    assert buckets[names.tasks_bucket].ttl and buckets[names.tasks_bucket].history == 1
+    unbounded = {s.name: s.max_bytes for s in desired_streams(names, StreamsSpec(max_bytes=-1), CLUSTER)}
+    assert set(unbounded.values()) == {None}
+
+
 def test_only_what_the_swarm_controls_makes_an_update() -> None:
-    want = desired_streams(SwarmNames("p"), StreamsSpec())[0]
+    want = desired_streams(SwarmNames("p"), StreamsSpec(), SINGLE)[0]
     assert not stream_differs(want, want)
-    assert stream_differs(want, desired_streams(SwarmNames("p"), StreamsSpec(replicas=3))[0])
-    consumer = desired_consumers(SwarmNames("p"), ["a"], StreamsSpec())[0]
+    assert stream_differs(want, desired_streams(SwarmNames("p"), StreamsSpec(replicas=3), SINGLE)[0])
+    assert stream_differs(dataclasses.replace(want, max_msgs=-1, max_age=None), want)
+    consumer = desired_consumers(SwarmNames("p"), ["a"], StreamsSpec(), SINGLE)[0]
     assert not consumer_differs(consumer, consumer)
-    assert consumer_differs(consumer, desired_consumers(SwarmNames("p"), ["a"], StreamsSpec(max_deliver=9))[0])
+    assert consumer_differs(consumer, desired_consumers(SwarmNames("p"), ["a"], StreamsSpec(max_deliver=9), SINGLE)[0])
 
 
 def test_nats_target_prefers_the_swarm_credentials_and_keeps_secrets_out_of_repr() -> None:

@@ -30,6 +30,7 @@ ENV_PREFIX = "KUBESWARM_"
 ENV_NESTED_DELIMITER = "__"
 CONFIG_FILE_ENV = "KUBESWARM_CONFIG_FILE"
 NAME_PATTERN = r"^[A-Za-z0-9_-]+$"
+MIB = 1 << 20
 
 
 class Section(BaseModel):
@@ -100,8 +101,13 @@ class McpConfig(Section):
 class StreamsConfig(Section):
     """Settings used when the runtime creates streams itself; a Swarm's existing streams win."""
 
-    replicas: int = Field(default=1, ge=1, le=5)
-    max_age_seconds: float = Field(default=7 * 24 * 3600, ge=0, description="Discoveries, dead letters and task state.")
+    replicas: int | None = Field(default=None, ge=1, le=5, description="Unset: 3 on a NATS cluster of 3 or more servers, else 1.")
+    max_age_seconds: float = Field(default=7 * 24 * 3600, ge=0, description="Tasks, discoveries, dead letters and task state.")
+    tasks_max_messages: int = Field(default=1_000_000, ge=-1, description="Tasks queued at most; a full queue refuses new ones.")
+    dead_letters_max_messages: int = Field(default=100_000, ge=-1, description="Dead letters kept at most (oldest dropped).")
+    discoveries_max_bytes: int = Field(default=64 * MIB, ge=-1, description="Discoveries kept at most (oldest dropped).")
+    mcp_events_max_bytes: int = Field(default=32 * MIB, ge=-1, description="MCP stream events kept for resumption (oldest dropped).")
+    mcp_sessions_max_bytes: int = Field(default=8 * MIB, ge=-1, description="MCP sessions at most; a full bucket refuses new ones.")
     max_deliver: int = Field(default=5, ge=1)
     ack_wait_seconds: float = Field(default=30.0, gt=0)
     retry_backoff_seconds: float = Field(default=1.0, ge=0, description="First nak delay; doubles per attempt.")

@@ -108,6 +108,11 @@ class NatsConnection:
         return self._js
 
     @property
+    def server_info(self) -> dict[str, Any]:
+        """The INFO of the server connected to (its cluster, the servers clients may use)."""
+        return dict(self.nc._server_info)
+
+    @property
     def connected(self) -> bool:
         return self.nc.is_connected
 

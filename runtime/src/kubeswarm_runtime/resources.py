@@ -434,9 +434,20 @@ class NatsSpec(Model):
 
 
 class StreamsSpec(Model):
-    replicas: int = Field(default=1, ge=1, le=5, description="JetStream replicas of each stream (3 on a NATS cluster).")
-    max_age_seconds: int = Field(default=7 * 24 * 3600, ge=0, description="How long discoveries and dead letters are kept (0: forever).")
-    max_bytes: int = Field(default=-1, ge=-1, description="Size limit of each stream in bytes (-1: none).")
+    replicas: int | None = Field(
+        default=None,
+        ge=1,
+        le=5,
+        description="JetStream replicas of every stream and bucket; unset: 3 on a NATS cluster of 3+ servers, else 1.",
+    )
+    max_age_seconds: int = Field(
+        default=7 * 24 * 3600, ge=0, description="How long tasks, task state, discoveries and dead letters are kept (0: forever)."
+    )
+    max_bytes: int | None = Field(
+        default=None,
+        ge=-1,
+        description="Byte cap of every stream and bucket (-1: none); unset: discoveries 64 MiB, MCP events 32 MiB, MCP sessions 8 MiB.",
+    )
     discoveries_retention: Literal["limits", "interest"] = Field(
         default="limits", description="limits keeps discoveries until max age; interest drops them once all consumers have them."
     )

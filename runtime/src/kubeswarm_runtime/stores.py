@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,25 +24,107 @@ class SwarmStores:
     agents: KeyValue
 
 
-def stream_configs(names: SwarmNames, streams: StreamsConfig) -> list[api.StreamConfig]:
-    def stream(name: str, subject: str, retention: api.RetentionPolicy, **limits: Any) -> api.StreamConfig:
-        return api.StreamConfig(
-            name=name,
-            subjects=[subject],
-            retention=retention,
-            num_replicas=streams.replicas,
-            storage=api.StorageType.FILE,
-            **limits,
-        )
+def cluster_replicas(server_info: Mapping[str, Any]) -> int:
+    """Replicas of a swarm's streams when none are set: 3 on a NATS cluster of three or more servers, else 1.
 
+    The servers a client may connect to (``connect_urls`` of the server's INFO) count the cluster; a server
+    with ``no_advertise`` lists none, and then a named cluster is taken to have three.
+    """
+    if not server_info.get("cluster"):
+        return 1
+    servers = server_info.get("connect_urls") or ()
+    return 3 if not servers or len(servers) >= 3 else 1
+
+
+def with_replicas(streams: StreamsConfig, conn: NatsConnection) -> StreamsConfig:
+    """``streams`` with its replicas set, from the connected NATS when the configuration leaves them open."""
+    return streams if streams.replicas else streams.model_copy(update={"replicas": cluster_replicas(conn.server_info)})
+
+
+def _limit(value: int) -> int | None:
+    return value if value > 0 else None
+
+
+def _stream(streams: StreamsConfig, name: str, subject: str, retention: api.RetentionPolicy, **limits: Any) -> api.StreamConfig:
+    max_age = limits.get("max_age")
+    if "duplicate_window" in limits and max_age:
+        # JetStream refuses a dedup window longer than the stream keeps messages.
+        limits["duplicate_window"] = min(limits["duplicate_window"], max_age)
+    return api.StreamConfig(
+        name=name, subjects=[subject], retention=retention, num_replicas=streams.replicas or 1, storage=api.StorageType.FILE, **limits
+    )
+
+
+def stream_configs(names: SwarmNames, streams: StreamsConfig) -> list[api.StreamConfig]:
+    """The tasks work queue, discoveries and dead letters, with their limits (the one definition: docs/runtime.md)."""
     max_age = streams.max_age_seconds or None
     dedup = streams.duplicate_window_seconds
     return [
-        # Tasks never expire: they leave the work queue when acknowledged (or dead-lettered).
-        stream(names.tasks_stream, names.all_tasks, api.RetentionPolicy.WORK_QUEUE, duplicate_window=dedup),
-        stream(names.discoveries_stream, names.all_discoveries, api.RetentionPolicy.LIMITS, max_age=max_age),
-        stream(names.dlq_stream, names.all_dlq, api.RetentionPolicy.LIMITS, max_age=max_age, duplicate_window=dedup),
+        # Tasks leave the work queue when acknowledged or dead-lettered; a full queue refuses new tasks
+        # (create_task fails) rather than dropping queued ones.
+        _stream(
+            streams,
+            names.tasks_stream,
+            names.all_tasks,
+            api.RetentionPolicy.WORK_QUEUE,
+            max_age=max_age,
+            max_msgs=_limit(streams.tasks_max_messages),
+            discard=api.DiscardPolicy.NEW,
+            duplicate_window=dedup,
+        ),
+        _stream(
+            streams,
+            names.discoveries_stream,
+            names.all_discoveries,
+            api.RetentionPolicy.LIMITS,
+            max_age=max_age,
+            max_bytes=_limit(streams.discoveries_max_bytes),
+            discard=api.DiscardPolicy.OLD,
+        ),
+        _stream(
+            streams,
+            names.dlq_stream,
+            names.all_dlq,
+            api.RetentionPolicy.LIMITS,
+            max_age=max_age,
+            max_msgs=_limit(streams.dead_letters_max_messages),
+            discard=api.DiscardPolicy.OLD,
+            duplicate_window=dedup,
+        ),
     ]
+
+
+def bucket_configs(names: SwarmNames, streams: StreamsConfig) -> tuple[api.KeyValueConfig, api.KeyValueConfig]:
+    """The registry and the task state: one value per key, task state kept ``max_age_seconds``.
+
+    Presence entries expire through per-message TTLs (each agent its own heartbeat), not a bucket TTL.
+    """
+    replicas = streams.replicas or 1
+    return (
+        api.KeyValueConfig(bucket=names.agents_bucket, history=1, replicas=replicas),
+        api.KeyValueConfig(bucket=names.tasks_bucket, history=1, ttl=streams.max_age_seconds or None, replicas=replicas),
+    )
+
+
+def mcp_store_configs(names: SwarmNames, streams: StreamsConfig, session_ttl: float) -> tuple[api.StreamConfig, api.KeyValueConfig]:
+    """The MCP stream events (kept for resumption on any replica) and the MCP sessions, both bounded in bytes."""
+    events = _stream(
+        streams,
+        names.mcp_events_stream,
+        names.all_mcp_events,
+        api.RetentionPolicy.LIMITS,
+        max_age=session_ttl,
+        max_bytes=_limit(streams.mcp_events_max_bytes),
+        discard=api.DiscardPolicy.OLD,
+    )
+    sessions = api.KeyValueConfig(
+        bucket=names.mcp_sessions_bucket,
+        history=1,
+        ttl=session_ttl,
+        max_bytes=_limit(streams.mcp_sessions_max_bytes),
+        replicas=streams.replicas or 1,
+    )
+    return events, sessions
 
 
 def task_consumer_config(names: SwarmNames, capability: str, priority: Priority, streams: StreamsConfig) -> api.ConsumerConfig:
@@ -54,7 +136,7 @@ def task_consumer_config(names: SwarmNames, capability: str, priority: Priority,
         ack_wait=streams.ack_wait_seconds,
         max_deliver=streams.max_deliver,
         max_ack_pending=-1,
-        num_replicas=streams.replicas,
+        num_replicas=streams.replicas or 1,
     )
 
 
@@ -86,14 +168,11 @@ async def task_backlog(conn: NatsConnection, names: SwarmNames, capabilities: It
 
 
 async def ensure_swarm_stores(conn: NatsConnection, names: SwarmNames, streams: StreamsConfig) -> SwarmStores:
+    streams = with_replicas(streams, conn)
     for config in stream_configs(names, streams):
         await conn.ensure_stream(config)
-    tasks = await conn.ensure_kv(
-        api.KeyValueConfig(bucket=names.tasks_bucket, history=1, ttl=streams.max_age_seconds or None, replicas=streams.replicas)
-    )
-    # Presence entries expire through per-message TTLs (each agent its own heartbeat), not a bucket TTL.
-    agents = await conn.ensure_kv(api.KeyValueConfig(bucket=names.agents_bucket, history=1, replicas=streams.replicas))
-    return SwarmStores(tasks=tasks, agents=agents)
+    agents, tasks = bucket_configs(names, streams)
+    return SwarmStores(tasks=await conn.ensure_kv(tasks), agents=await conn.ensure_kv(agents))
 
 
 # Pull at most this many entries per request when reading a bucket.

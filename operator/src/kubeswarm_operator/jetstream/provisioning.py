@@ -10,14 +10,22 @@ same is left alone (so a second run makes no write).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from kubeswarm_runtime.config import McpConfig, StreamsConfig
 from kubeswarm_runtime.connection import NatsConnection
 from kubeswarm_runtime.names import PRIORITIES, Priority, SwarmNames
 from kubeswarm_runtime.resources import StreamsSpec
-from kubeswarm_runtime.stores import ensure_swarm_stores, stream_configs, task_consumer_config
+from kubeswarm_runtime.stores import (
+    bucket_configs,
+    cluster_replicas,
+    ensure_swarm_stores,
+    mcp_store_configs,
+    stream_configs,
+    task_consumer_config,
+)
 from nats.js import api
 from nats.js.errors import NotFoundError
 
@@ -25,19 +33,34 @@ KV_STREAM = "KV_{bucket}"
 SERVER_DEFAULT_DUPLICATE_WINDOW = 120.0
 
 
-def runtime_streams(spec: StreamsSpec) -> StreamsConfig:
-    """The Swarm's stream settings in the runtime's terms (ack wait, backoff: the runtime's defaults)."""
-    return StreamsConfig(replicas=spec.replicas, max_age_seconds=spec.max_age_seconds, max_deliver=spec.max_deliver)
+def runtime_streams(spec: StreamsSpec, server_info: Mapping[str, Any]) -> StreamsConfig:
+    """The Swarm's stream settings in the runtime's terms (limits it leaves open, ack wait, backoff: the runtime's defaults)."""
+    caps = (
+        {}
+        if spec.max_bytes is None
+        else {field: spec.max_bytes for field in ("discoveries_max_bytes", "mcp_events_max_bytes", "mcp_sessions_max_bytes")}
+    )
+    return StreamsConfig(
+        replicas=spec.replicas or cluster_replicas(server_info),
+        max_age_seconds=spec.max_age_seconds,
+        max_deliver=spec.max_deliver,
+        **caps,
+    )
 
 
-def desired_streams(names: SwarmNames, spec: StreamsSpec) -> list[api.StreamConfig]:
-    """The runtime's streams with the Swarm's size limit and discoveries retention."""
+def desired_streams(names: SwarmNames, spec: StreamsSpec, server_info: Mapping[str, Any]) -> list[api.StreamConfig]:
+    """The runtime's streams (and the MCP events stream it makes on first use) with the Swarm's discoveries retention."""
+    streams = runtime_streams(spec, server_info)
     out = []
-    for config in stream_configs(names, runtime_streams(spec)):
+    for config in [*stream_configs(names, streams), mcp_store_configs(names, streams, McpConfig().session_ttl_seconds)[0]]:
         retention = api.RetentionPolicy(spec.discoveries_retention) if config.name == names.discoveries_stream else config.retention
-        window = dedup_window(config.duplicate_window, config.max_age)
-        out.append(dataclasses.replace(config, max_bytes=spec.max_bytes, retention=retention, duplicate_window=window))
+        max_bytes = config.max_bytes if spec.max_bytes is None else _limit(spec.max_bytes)
+        out.append(dataclasses.replace(config, retention=retention, max_bytes=max_bytes))
     return out
+
+
+def _limit(value: int) -> int | None:
+    return value if value > 0 else None
 
 
 def dedup_window(window: float, max_age: float | None) -> float:
@@ -46,39 +69,43 @@ def dedup_window(window: float, max_age: float | None) -> float:
     return min(window, max_age) if max_age else window
 
 
-def desired_buckets(names: SwarmNames, spec: StreamsSpec) -> list[api.KeyValueConfig]:
-    """Registry, task state and MCP sessions.
+def desired_buckets(names: SwarmNames, spec: StreamsSpec, server_info: Mapping[str, Any]) -> list[api.KeyValueConfig]:
+    """Registry, task state and MCP sessions, as the runtime creates them (listed here to converge their limits)."""
+    streams = runtime_streams(spec, server_info)
+    sessions = mcp_store_configs(names, streams, McpConfig().session_ttl_seconds)[1]
+    return [*bucket_configs(names, streams), sessions]
 
-    The registry and task buckets are created by the runtime's own setup
-    (same options); here they are listed again only to compare replicas and
-    TTL, which the Swarm may change later.  MCP sessions expire after the
-    runtime's session TTL, as the runtime would create the bucket.
-    """
-    ttl = float(spec.max_age_seconds) or None
+
+def task_consumer(
+    names: SwarmNames, capability: str, priority: Priority, spec: StreamsSpec, server_info: Mapping[str, Any]
+) -> api.ConsumerConfig:
+    """The durable work-queue consumer of one capability and priority, exactly as the runtime's TaskWorker makes it."""
+    return task_consumer_config(names, capability, priority, runtime_streams(spec, server_info))
+
+
+def desired_consumers(
+    names: SwarmNames, capabilities: Iterable[str], spec: StreamsSpec, server_info: Mapping[str, Any]
+) -> list[api.ConsumerConfig]:
     return [
-        api.KeyValueConfig(bucket=names.agents_bucket, history=1, replicas=spec.replicas),
-        api.KeyValueConfig(bucket=names.tasks_bucket, history=1, ttl=ttl, replicas=spec.replicas),
-        api.KeyValueConfig(bucket=names.mcp_sessions_bucket, history=1, ttl=McpConfig().session_ttl_seconds, replicas=spec.replicas),
+        task_consumer(names, capability, priority, spec, server_info) for capability in sorted(set(capabilities)) for priority in PRIORITIES
     ]
 
 
-def task_consumer(names: SwarmNames, capability: str, priority: Priority, spec: StreamsSpec) -> api.ConsumerConfig:
-    """The durable work-queue consumer of one capability and priority, exactly as the runtime's TaskWorker makes it."""
-    return task_consumer_config(names, capability, priority, runtime_streams(spec))
-
-
-def desired_consumers(names: SwarmNames, capabilities: Iterable[str], spec: StreamsSpec) -> list[api.ConsumerConfig]:
-    return [task_consumer(names, capability, priority, spec) for capability in sorted(set(capabilities)) for priority in PRIORITIES]
+# The settings of a stream a Swarm controls: compared, and updated in place when they differ.
+STREAM_LIMITS = ("num_replicas", "max_age", "max_bytes", "max_msgs", "discard", "duplicate_window")
 
 
 def stream_differs(live: api.StreamConfig, want: api.StreamConfig) -> bool:
-    """Whether an update is needed: only the settings a Swarm controls are compared."""
-    return (
-        live.num_replicas != want.num_replicas
-        or (live.max_age or 0) != (want.max_age or 0)
-        or (live.max_bytes or -1) != (want.max_bytes or -1)
-        or (want.retention is not None and live.retention != want.retention)
+    """Whether an update is needed: only the settings a Swarm controls are compared (unset and -1 both mean none)."""
+    # No dedup window asked for is the server's default one.
+    limits = [f for f in STREAM_LIMITS if f != "duplicate_window" or want.duplicate_window]
+    return any(_unset(getattr(live, f)) != _unset(getattr(want, f)) for f in limits) or (
+        want.retention is not None and live.retention != want.retention
     )
+
+
+def _unset(value: Any) -> Any:
+    return None if value in (None, -1, 0) else value
 
 
 def consumer_differs(live: api.ConsumerConfig, want: api.ConsumerConfig) -> bool:
@@ -95,8 +122,9 @@ class Provisioned:
 async def provision(conn: NatsConnection, names: SwarmNames, spec: StreamsSpec, capabilities: Iterable[str]) -> Provisioned:
     """Create or update the swarm's streams, buckets and task consumers; delete consumers no member needs."""
     js = conn.js
+    server = conn.server_info
     actions: list[str] = []
-    for want in desired_streams(names, spec):
+    for want in desired_streams(names, spec, server):
         assert want.name
         try:
             live = (await js.stream_info(want.name)).config
@@ -105,22 +133,14 @@ async def provision(conn: NatsConnection, names: SwarmNames, spec: StreamsSpec, 
             actions.append(f"created stream {want.name}")
             continue
         if stream_differs(live, want):
-            await js.update_stream(
-                dataclasses.replace(
-                    live,
-                    num_replicas=want.num_replicas,
-                    max_age=want.max_age,
-                    max_bytes=want.max_bytes,
-                    retention=want.retention,
-                    duplicate_window=want.duplicate_window,
-                )
-            )
+            limits = {f: getattr(want, f) for f in STREAM_LIMITS}
+            await js.update_stream(dataclasses.replace(live, retention=want.retention, **limits))
             actions.append(f"updated stream {want.name}")
     # The runtime's setup creates its buckets with exactly the options it relies on; it finds the streams above.
-    await ensure_swarm_stores(conn, names, runtime_streams(spec))
-    for bucket in desired_buckets(names, spec):
+    await ensure_swarm_stores(conn, names, runtime_streams(spec, server))
+    for bucket in desired_buckets(names, spec, server):
         actions += await _converge_bucket(conn, bucket)
-    actions += await _converge_consumers(conn, names, desired_consumers(names, capabilities, spec))
+    actions += await _converge_consumers(conn, names, desired_consumers(names, capabilities, spec, server))
     return Provisioned(tuple(actions))
 
 
@@ -131,9 +151,11 @@ async def _converge_bucket(conn: NatsConnection, want: api.KeyValueConfig) -> li
     except NotFoundError:
         await conn.js.create_key_value(want)
         return [f"created bucket {want.bucket}"]
-    if live.num_replicas != want.replicas or (live.max_age or 0) != (want.ttl or 0):
+    if live.num_replicas != want.replicas or _unset(live.max_age) != _unset(want.ttl) or _unset(live.max_bytes) != _unset(want.max_bytes):
         window = dedup_window(live.duplicate_window, want.ttl)
-        await conn.js.update_stream(dataclasses.replace(live, num_replicas=want.replicas, max_age=want.ttl, duplicate_window=window))
+        await conn.js.update_stream(
+            dataclasses.replace(live, num_replicas=want.replicas, max_age=want.ttl, max_bytes=want.max_bytes, duplicate_window=window)
+        )
         return [f"updated bucket {want.bucket}"]
     return []
 

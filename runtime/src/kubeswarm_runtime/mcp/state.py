@@ -18,12 +18,12 @@ from typing import Any, Literal
 import nats
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.js import api
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 from pydantic import BaseModel, ConfigDict
 
 from ..runtime import AgentRuntime
+from ..stores import mcp_store_configs, with_replicas
 
 _SESSION_ID = re.compile(r"^[0-9a-f]{32}$")
 _EVENT_ID = re.compile(r"^(?P<stream>[0-9a-f]{16})-(?P<n>\d{1,9})$")
@@ -85,22 +85,10 @@ class McpState:
             async with self._lock:
                 if self._sessions is None:
                     swarm, conn = self.runtime.swarm, self.runtime.conn
-                    streams = self.runtime.config.streams
-                    await conn.ensure_stream(
-                        api.StreamConfig(
-                            name=swarm.names.mcp_events_stream,
-                            subjects=[swarm.names.all_mcp_events],
-                            retention=api.RetentionPolicy.LIMITS,
-                            max_age=self.session_ttl,
-                            num_replicas=streams.replicas,
-                            storage=api.StorageType.FILE,
-                        )
-                    )
-                    self._sessions = await conn.ensure_kv(
-                        api.KeyValueConfig(
-                            bucket=swarm.names.mcp_sessions_bucket, history=1, ttl=self.session_ttl, replicas=streams.replicas
-                        )
-                    )
+                    streams = with_replicas(self.runtime.config.streams, conn)
+                    events, sessions = mcp_store_configs(swarm.names, streams, self.session_ttl)
+                    await conn.ensure_stream(events)
+                    self._sessions = await conn.ensure_kv(sessions)
         return self._sessions
 
     # -- sessions

@@ -30,7 +30,7 @@ from ..connection import NatsConnection, backoff_delay
 from ..metrics import RuntimeMetrics
 from ..names import PRIORITIES, Priority, SwarmNames, cancel_key
 from ..providers.base import PermanentTaskError, TaskContext, TaskHandler
-from ..stores import read_bucket, task_consumer_config
+from ..stores import read_bucket, task_consumer_config, with_replicas
 from .committing import SuccessCommitter
 from .outcomes import TaskOutcomes
 from .pulling import Puller, deliveries
@@ -94,12 +94,11 @@ class TaskWorker:
         cfg = self.config
         nc = self.conn.nc
         await self._watch_cancellations()
+        streams = with_replicas(cfg.streams, self.conn)
         for capability in cfg.capabilities:
             for priority in PRIORITIES:
                 consumer = self.names.task_consumer(capability, priority)
-                await self.conn.ensure_consumer(
-                    self.names.tasks_stream, task_consumer_config(self.names, capability, priority, cfg.streams)
-                )
+                await self.conn.ensure_consumer(self.names.tasks_stream, task_consumer_config(self.names, capability, priority, streams))
                 info = await self.conn.js.consumer_info(self.names.tasks_stream, consumer)
                 self.max_deliver[consumer] = info.config.max_deliver or cfg.streams.max_deliver
                 puller = Puller(self.conn, self.names.tasks_stream, consumer, capability)

@@ -1,0 +1,75 @@
+"""Every stream and bucket of a swarm is limited, and replicated as the NATS cluster by default (real 3-node cluster)."""
+
+from __future__ import annotations
+
+import pytest
+from kubeswarm_operator.jetstream.connections import NatsPool, NatsTarget
+from kubeswarm_operator.jetstream.provisioning import KV_STREAM, provision
+from kubeswarm_runtime.mcp.state import McpState
+from kubeswarm_runtime.names import SwarmNames
+from kubeswarm_runtime.resources import StreamsSpec
+from nats.js import api
+
+from tests.integration.runtime_helpers import agent_config, running, unique_prefix, wait_for
+from tests.testbed.nats import NatsCluster
+
+pytestmark = pytest.mark.integration
+
+MIB = 1 << 20
+
+
+async def test_runtime_creates_limited_streams_replicated_over_the_cluster(nats_cluster: NatsCluster) -> None:
+    prefix = unique_prefix()
+    names = SwarmNames(prefix)
+    config = agent_config(nats_cluster.url, prefix, "w", ["cap"], streams={"replicas": None})
+    async with running(config) as runtime:
+        await McpState(runtime, 60).sessions()  # the MCP layer makes its stores on first use
+        js = runtime.conn.js
+        wanted = (names.tasks_stream, names.discoveries_stream, names.dlq_stream, names.mcp_events_stream)
+        configs = {name: (await js.stream_info(name)).config for name in wanted}
+        tasks_kv = (await js.stream_info(KV_STREAM.format(bucket=names.tasks_bucket))).config
+        sessions = (await js.stream_info(KV_STREAM.format(bucket=names.mcp_sessions_bucket))).config
+    assert {c.num_replicas for c in configs.values()} == {3} and tasks_kv.num_replicas == 3
+    tasks = configs[names.tasks_stream]
+    assert tasks.max_age and tasks.max_msgs and tasks.max_msgs > 0 and tasks.discard == api.DiscardPolicy.NEW
+    assert configs[names.discoveries_stream].max_bytes == 64 * MIB
+    assert configs[names.dlq_stream].max_msgs and configs[names.dlq_stream].max_msgs > 0
+    assert tasks_kv.max_age and tasks_kv.max_msgs_per_subject == 1
+    assert configs[names.mcp_events_stream].max_bytes == 32 * MIB
+    assert sessions.max_bytes == 8 * MIB and sessions.num_replicas == 3
+
+
+async def test_provisioning_limits_and_replicates_existing_unlimited_streams_in_place(nats_cluster: NatsCluster) -> None:
+    """Streams made before the limits (one replica, no age, size or count limit) are updated, not recreated."""
+    names = SwarmNames(unique_prefix())
+    conn = await NatsPool(connect_timeout=3).get(NatsTarget(nats_cluster.url))
+    try:
+        js = conn.js
+        await js.add_stream(api.StreamConfig(name=names.tasks_stream, subjects=[names.all_tasks], retention=api.RetentionPolicy.WORK_QUEUE))
+        await js.add_stream(api.StreamConfig(name=names.discoveries_stream, subjects=[names.all_discoveries]))
+        await js.add_stream(api.StreamConfig(name=names.mcp_events_stream, subjects=[names.all_mcp_events]))
+        await js.create_key_value(api.KeyValueConfig(bucket=names.mcp_sessions_bucket, history=1))
+        await js.publish(names.task("cap"), b"{}")
+
+        done = await provision(conn, names, StreamsSpec(), ["cap"])
+        assert f"updated stream {names.tasks_stream}" in done.actions
+        assert f"updated bucket {names.mcp_sessions_bucket}" in done.actions
+
+        updated = (names.tasks_stream, names.discoveries_stream, names.mcp_events_stream)
+
+        async def scaled_up() -> bool:
+            # A stream's info shows the old config for a moment while its new replicas catch up.
+            return all([(await js.stream_info(name)).config.num_replicas == 3 for name in updated])
+
+        await wait_for(scaled_up, what="the updated streams on three replicas")
+        tasks = await js.stream_info(names.tasks_stream)
+        assert tasks.state.messages == 1  # updated in place: the queued task is still there
+        assert tasks.config.max_age and tasks.config.max_msgs and tasks.config.max_msgs > 0
+        assert (await js.stream_info(names.discoveries_stream)).config.max_bytes == 64 * MIB
+        assert (await js.stream_info(names.mcp_events_stream)).config.max_bytes == 32 * MIB
+        sessions = (await js.stream_info(KV_STREAM.format(bucket=names.mcp_sessions_bucket))).config
+        assert sessions.max_bytes == 8 * MIB and sessions.num_replicas == 3
+        # Level-based: a second run finds everything in place.
+        assert (await provision(conn, names, StreamsSpec(), ["cap"])).actions == ()
+    finally:
+        await conn.close()
