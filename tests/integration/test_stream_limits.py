@@ -33,7 +33,7 @@ async def test_runtime_creates_limited_streams_replicated_over_the_cluster(nats_
     tasks = configs[names.tasks_stream]
     assert tasks.max_age and tasks.max_msgs and tasks.max_msgs > 0 and tasks.discard == api.DiscardPolicy.NEW
     assert configs[names.discoveries_stream].max_bytes == 64 * MIB
-    assert configs[names.dlq_stream].max_msgs and configs[names.dlq_stream].max_msgs > 0
+    assert (configs[names.dlq_stream].max_msgs or -1) > 0
     assert tasks_kv.max_age and tasks_kv.max_msgs_per_subject == 1
     assert configs[names.mcp_events_stream].max_bytes == 32 * MIB
     assert sessions.max_bytes == 8 * MIB and sessions.num_replicas == 3
