@@ -86,6 +86,16 @@ def test_agent_becomes_ready_with_all_children(operator: Operator, namespace: Na
     assert "Running" in listed
     events = namespace.kubectl("get", "events", "--field-selector", "involvedObject.name=scout").stdout
     assert "Created" in events
+    # Like a Deployment: READY ready/wanted; -o wide says what the agent is.
+    table = namespace.kubectl("get", "agent", "scout").stdout.splitlines()
+    assert table[0].split()[:3] == ["NAME", "SWARM", "PHASE"] and "READY" in table[0] and "REPLICAS" not in table[0]
+    assert "1/1" in table[1].split()
+    wide = namespace.kubectl("get", "agent", "scout", "-o", "wide").stdout.splitlines()
+    assert [h in wide[0].split() for h in ("ROLE", "CAPABILITIES", "PROVIDER", "MODEL")] == [True] * 4
+    assert '["search"]' in wide[1] and "echo" in wide[1].split()
+    # Our Events carry lastTimestamp, so `kubectl get events --sort-by=.lastTimestamp` orders them with the rest.
+    ours = namespace.must("events", "--field-selector", "involvedObject.name=scout,involvedObject.kind=Agent")["items"]
+    assert ours and all(e.get("lastTimestamp") and e.get("eventTime") and e["count"] == 1 for e in ours), ours
 
 
 def test_mcp_allow_from_opens_the_mcp_port_to_those_peers(operator: Operator, namespace: Namespace) -> None:

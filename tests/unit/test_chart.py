@@ -226,7 +226,7 @@ def test_cluster_wide_rbac_is_one_cluster_role(rendered: dict[str, list[Manifest
     assert role[("kubeswarm.io", "agents/status")] == {"get", "patch"}
     assert role[("kubeswarm.io", "agents/scale")] == {"get", "patch"}  # the backlog autoscaler
     assert role[("autoscaling", "horizontalpodautoscalers")] == {"get", "list", "watch"}  # read only: never fight an HPA
-    assert role[("events.k8s.io", "events")] == {"create"}
+    assert role[("", "events")] == {"create"}
     assert not any("*" in verbs for verbs in role.values()) and ("", "pods") not in role
     binding = one(docs, "ClusterRoleBinding", "ks-kubeswarm-operator")
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "ks-kubeswarm-operator", "namespace": NAMESPACE}]

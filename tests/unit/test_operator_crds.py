@@ -49,7 +49,10 @@ def test_agent_crd_names_subresources_and_columns() -> None:
         "statusReplicasPath": ".status.replicas",
         "labelSelectorPath": ".status.selector",
     }
-    assert [c["name"] for c in version["additionalPrinterColumns"]] == ["Swarm", "Phase", "Ready", "Replicas", "Endpoint", "Age"]
+    columns = version["additionalPrinterColumns"]
+    # Like a Deployment's: READY 2/3; -o wide (priority 1) adds what the agent is.
+    assert [c["name"] for c in columns if not c.get("priority")] == ["Swarm", "Phase", "Ready", "Endpoint", "Age"]
+    assert [c["name"] for c in columns if c.get("priority") == 1] == ["Role", "Capabilities", "Provider", "Model"]
 
 
 def test_nested_objects_default_so_their_defaults_apply() -> None:

@@ -268,6 +268,7 @@ def test_transition_times_are_kept_while_a_condition_holds() -> None:
     ready = next(c for c in degraded.conditions if c.type == "Ready")
     assert ready.last_transition_time == "t3"
     assert [e.reason for e in transitions(first, degraded)] == ["ReplicasNotReady", "PhaseDegraded"]
+    assert (first.ready, degraded.ready) == ("2/2", "1/2")  # the READY column, as a Deployment's
     assert isinstance(degraded, AgentStatus)
 
 

@@ -102,6 +102,7 @@ def test_status_aggregates_members_nats_and_streams() -> None:
     members = [agent("a", ready=True), agent("b")]
     status = compute_swarm_status(team, members, SwarmObserved(nats_ok, {"S_TASKS": 4}, {}), NOW)
     assert (status.phase, status.agents, status.ready_agents, status.streams) == ("Degraded", 2, 1, {"S_TASKS": 4})
+    assert status.ready == "1/2"
     assert {c.type: c.reason for c in status.conditions} == {"Ready": "AgentsNotReady", "NatsReady": "StreamsProvisioned"}
     assert all(c.observed_generation == 2 and c.last_transition_time == NOW for c in status.conditions)
 

@@ -9,7 +9,7 @@ What the operator does, verb by verb (kubeswarm_operator.wiring, .kube and .loop
   a change to one an Agent references rolls its pods.
 - Agents' scale subresource: the backlog autoscaler sets replicas through it, as an HPA does.
 - HorizontalPodAutoscalers: read only, so the operator never fights a user's HPA.
-- Events (events.k8s.io): created on Agents for every notable transition.
+- Events (core, so they carry lastTimestamp and sort with the rest): created on Agents and Swarms for every notable transition.
 - HTTPRoutes (Gateway API): a Swarm gateway or an Agent's route where a Gateway serves MCP.
 */}}
 {{- define "kubeswarm.operatorRules" -}}
@@ -40,7 +40,7 @@ What the operator does, verb by verb (kubeswarm_operator.wiring, .kube and .loop
 - apiGroups: [autoscaling]
   resources: [horizontalpodautoscalers]
   verbs: [get, list, watch]
-- apiGroups: [events.k8s.io]
+- apiGroups: [""]
   resources: [events]
   verbs: [create]
 {{- end -}}

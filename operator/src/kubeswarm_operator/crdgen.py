@@ -184,10 +184,13 @@ def agent_crd() -> Schema:
     columns = [
         column("Swarm", ".spec.swarm", "Swarm the agent belongs to."),
         column("Phase", ".status.phase", "Pending, Running, Degraded or Failed."),
-        column("Ready", ".status.readyReplicas", "Pods that are ready.", "integer"),
-        column("Replicas", ".spec.replicas", "Pods wanted.", "integer"),
+        column("Ready", ".status.ready", "Ready pods of those wanted."),
         column("Endpoint", ".status.endpoint", "URL of the MCP endpoint."),
         AGE,
+        column("Role", ".spec.role", "What the agent announces itself as.", priority=1),
+        column("Capabilities", ".spec.capabilities", "Task queues it consumes.", priority=1),
+        column("Provider", ".spec.model.provider", "Who answers its tasks.", priority=1),
+        column("Model", ".spec.model.name", "The model's name.", priority=1),
     ]
     scale = {"specReplicasPath": ".spec.replicas", "statusReplicasPath": ".status.replicas", "labelSelectorPath": ".status.selector"}
     return crd("Agent", "agents", "ag", schema, columns, {"status": {}, "scale": scale})
@@ -203,9 +206,10 @@ def swarm_crd() -> Schema:
     member["template"] = {**partial(member["template"]), "description": member["template"]["description"]}
     columns = [
         column("Phase", ".status.phase", "Pending, Running, Degraded or Failed."),
-        column("Agents", ".status.agents", "Member agents.", "integer"),
-        column("Ready", ".status.readyAgents", "Member agents that are Ready.", "integer"),
+        column("Ready", ".status.ready", "Member agents that are Ready, of all of them."),
         AGE,
+        column("Endpoint", ".status.endpoint", "External URL of the gateway.", priority=1),
+        column("Prefix", ".spec.subjectPrefix", "NATS subject prefix, when set (else ks.<namespace>.<swarm>).", priority=1),
     ]
     return crd("Swarm", "swarms", "sw", schema, columns, {"status": {}})
 

@@ -118,6 +118,7 @@ def compute_status(agent: Agent, observed: Observed, now: str) -> AgentStatus:
         phase=phase(pods),
         replicas=pods.current if pods else 0,
         ready_replicas=pods.ready if pods else 0,
+        ready=f"{pods.ready if pods else 0}/{pods.wanted if pods else agent.spec.replicas}",
         selector=selector_string(agent),
         observed_generation=agent.metadata.generation,
         endpoint=endpoint(agent),

@@ -29,7 +29,9 @@ from .. import metrics
 from .kinds import KINDS_BY_NAME, SECRET, Kind, Manifest
 
 log = logging.getLogger(__name__)
-EVENTS_PATH = "/apis/events.k8s.io/v1/namespaces/{namespace}/events"
+# core/v1, not events.k8s.io/v1: only core Events may carry lastTimestamp, which `kubectl get events
+# --sort-by=.lastTimestamp` and the LAST SEEN column read.
+EVENTS_PATH = "/api/v1/namespaces/{namespace}/events"
 TIMEOUT = aiohttp.ClientTimeout(total=60, connect=10)
 
 
@@ -230,19 +232,24 @@ class Kube:
 
     async def post_event(self, regarding: Manifest, type_: str, reason: str, message: str, action: str) -> None:
         """A Kubernetes Event on ``regarding`` (an object reference); failures are counted, not raised."""
-        now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        now = dt.datetime.now(dt.UTC)
+        seconds = now.strftime("%Y-%m-%dT%H:%M:%SZ")
         event = {
-            "apiVersion": "events.k8s.io/v1",
+            "apiVersion": "v1",
             "kind": "Event",
             # Named like client-go's recorder does: the object's name and a unique suffix.
             "metadata": {"name": f"{regarding['name']}.{uuid.uuid4().hex[:16]}", "namespace": regarding["namespace"]},
-            "regarding": regarding,
+            "involvedObject": regarding,
             "type": type_,
             "reason": reason,
-            "note": message[:1024],
+            "message": message[:1024],
             "action": action,
-            "eventTime": now,
-            "reportingController": f"kubeswarm.io/{self.field_manager}",
+            "eventTime": now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "firstTimestamp": seconds,
+            "lastTimestamp": seconds,
+            "count": 1,
+            "source": {"component": f"kubeswarm.io/{self.field_manager}"},
+            "reportingComponent": f"kubeswarm.io/{self.field_manager}",
             "reportingInstance": self.instance[:128],
         }
         try:

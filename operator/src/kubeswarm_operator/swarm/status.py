@@ -56,10 +56,12 @@ def compute_swarm_status(swarm: Swarm, members: Sequence[Agent], observed: Swarm
     conditions = [ready_condition(members, nats_ok, observed.invalid), observed.nats]
     if observed.ingress is not None:
         conditions.append(observed.ingress)
+    ready_agents = sum(ready(a) for a in members)
     return SwarmStatus(
         phase=swarm_phase(members, nats_ok, observed.invalid),
         agents=len(members),
-        ready_agents=sum(ready(a) for a in members),
+        ready_agents=ready_agents,
+        ready=f"{ready_agents}/{len(members)}",
         conditions=stamp(conditions, old.conditions, swarm.metadata.generation, now),
         streams=dict(observed.streams) if observed.streams is not None else old.streams,
         observed_generation=swarm.metadata.generation,
