@@ -116,6 +116,20 @@ def test_swarm_members_streams_status_and_finalizer(operator: Operator, namespac
     beta = until(lambda: namespace.get("agent", "beta"), 30, "member Agent beta")
     assert beta["spec"]["capabilities"] == ["code"]  # the template replaces the default list
 
+    # kubectl scale of a member: kept where the Swarm sets no replicas (beta), put back with a Warning
+    # Event on the Agent saying where to scale it where it does (alpha).
+    namespace.kubectl("scale", "agent/beta", "--replicas=3")
+    namespace.kubectl("scale", "agent/alpha", "--replicas=5")
+    selector = "involvedObject.kind=Agent,involvedObject.name=alpha,reason=ReplicasSetBySwarm"
+    explained = until(
+        lambda: namespace.kubectl("get", "events", "--field-selector", selector, "-o", "jsonpath={.items[*].message}").stdout,
+        30,
+        "a ReplicasSetBySwarm Event on alpha",
+    )
+    assert "replicas 5 put back to 2" in explained and "spec.agents[name=alpha].replicas" in explained
+    until(lambda: namespace.must("agent", "alpha")["spec"]["replicas"] == 2, 30, "alpha's replicas put back to 2")
+    assert namespace.must("agent", "beta")["spec"]["replicas"] == 3
+
     def aggregated() -> dict[str, Any] | None:
         body = namespace.get("swarm", "team")
         status = (body or {}).get("status") or {}

@@ -120,6 +120,24 @@ async def test_first_reconcile_creates_every_child_then_a_resync_writes_nothing(
     assert kube.writes == []
 
 
+async def test_a_hand_edit_moments_after_a_write_is_reverted_at_once_a_lagging_watch_is_not() -> None:
+    kube = RecordingKube()
+    rec = make(kube)
+    await rec.reconcile(Agent.model_validate(agent_body()))
+    written = kube.objects["Deployment", "scout"]
+    # Within the settle window, the watch still shows an older Deployment, but the API server has ours: no write.
+    stale = {**written, "spec": {**written["spec"], "replicas": 7}}
+    rec.world = world_from(kube)
+    rec.world = World(agents={}, swarms={}, children={**rec.world.children, kinds.DEPLOYMENT: {("lab", "scout"): stale}}, scaled={})
+    kube.writes.clear()
+    await rec.reconcile(Agent.model_validate(agent_body(status=kube.status)))
+    assert ("apply", "Deployment", "scout") not in kube.writes
+    # Someone edits it (the API server has the edit too): put back now, not once the window has passed.
+    kube.objects["Deployment", "scout"] = stale
+    await rec.reconcile(Agent.model_validate(agent_body(status=kube.status)))
+    assert ("apply", "Deployment", "scout") in kube.writes
+
+
 async def test_a_referenced_secret_change_rolls_the_deployment_only() -> None:
     kube = RecordingKube()
     rec = make(kube)

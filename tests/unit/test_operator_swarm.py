@@ -17,7 +17,7 @@ from kubeswarm_operator.jetstream.provisioning import (
 from kubeswarm_operator.kube.conditions import condition
 from kubeswarm_operator.settings import OperatorSettings
 from kubeswarm_operator.swarm.controller import nats_target
-from kubeswarm_operator.swarm.members import build_member, build_members, capabilities, joined, stale_members
+from kubeswarm_operator.swarm.members import build_member, build_members, capabilities, joined, replicas_undone, stale_members
 from kubeswarm_operator.swarm.status import SwarmObserved, compute_swarm_status
 from kubeswarm_runtime.names import SwarmNames
 from kubeswarm_runtime.resources import Agent, StreamsSpec, Swarm
@@ -192,3 +192,13 @@ def test_the_operators_own_identity_never_goes_to_a_url_a_swarm_names(nats: dict
     target = nats_target(swarm(nats=nats), settings, None)
     assert target.url != settings.nats_url
     assert (target.creds, target.creds_file, target.user, target.password) == (None, None, None, None)
+
+
+def test_a_scaled_member_is_explained_only_when_the_swarm_sets_its_replicas() -> None:
+    team = swarm(agents=[{"name": "fixed", "replicas": 2}, {"name": "free"}])
+    fixed, free = (build_member(team, member) for member in team.spec.agents)
+    scaled = {"spec": {"replicas": 5}}
+    message = replicas_undone(team, scaled, fixed)
+    assert message is not None and "replicas 5 put back to 2" in message and "spec.agents[name=fixed].replicas" in message
+    assert replicas_undone(team, {"spec": {"replicas": 2}}, fixed) is None
+    assert replicas_undone(team, scaled, free) is None  # the Swarm sets no replicas: the scale stays

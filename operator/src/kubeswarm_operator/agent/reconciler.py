@@ -45,8 +45,8 @@ from .status import Observed, compute_status, transitions
 
 log = logging.getLogger(__name__)
 
-# After a write, the watch needs a moment to show it; within this window a
-# stale view is not taken for drift (which would write the same thing again).
+# After a write, the watch needs a moment to show it; within this window a view
+# that differs is read again from the API server before it is taken for drift.
 SETTLE_SECONDS = 15.0
 PODS_READ = (CONFIG_MAP, SECRET)
 
@@ -275,9 +275,11 @@ class AgentReconciler:
         recent_key = (kind.kind, namespace, name)
         last = self._recent.get(recent_key)
         if last is not None and last[0] == wanted_hash and time.monotonic() < last[1]:
-            # We wrote exactly this moments ago; the watch has not caught up. Look again once it has.
-            self.enqueue(namespace, agent.metadata.name, delay=SETTLE_SECONDS)
-            return None
+            # We wrote exactly this moments ago: the watch may lag behind it (no reason to write it again), or
+            # someone edited it since (a reason to, now). One fresh read tells which.
+            fresh = await self.kube.get(kind, namespace, name)
+            if fresh is not None and contains(fresh, want):
+                return None
         if kind is SECRET and new_secret is not None:
             with_data = {**want, "data": dict(new_secret)}
             if live is None:

@@ -32,7 +32,7 @@ from ..kube.workqueue import WorkQueue, backoff
 from ..kube.world import World, latest, one
 from ..settings import OperatorSettings
 from .gateway import build_gateway, gateway_url
-from .members import build_members, capabilities, joined, stale_members
+from .members import build_members, capabilities, joined, replicas_undone, stale_members
 from .status import SwarmObserved, compute_swarm_status
 
 log = logging.getLogger(__name__)
@@ -234,6 +234,10 @@ class SwarmController:
             live = one(world.agents, (namespace, name))
             if live is not None and contains(live, manifest):
                 continue
+            undone = replicas_undone(swarm, live, manifest) if live is not None else None
+            if live is not None and undone:
+                regarding = reference(AGENT, namespace, name, live["metadata"].get("uid"))
+                await self.kube.post_event(regarding, "Warning", "ReplicasSetBySwarm", undone, action="Scale")
             await self.kube.apply(manifest, field_manager=self.member_manager)
             actions.append(f"{'updated' if live else 'created'} Agent {name}")
         in_namespace = [b for (ns, _), bodies in world.agents.items() if ns == namespace for b in bodies]

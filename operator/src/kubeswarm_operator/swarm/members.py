@@ -54,6 +54,22 @@ def build_member(swarm: Swarm, member: SwarmMember) -> Manifest:
     return owned(swarm, AGENT, member.name, {"spec": fields})
 
 
+def replicas_undone(swarm: Swarm, live: Mapping[str, Any], manifest: Manifest) -> str | None:
+    """Why a member's replicas are about to be put back, when someone (``kubectl scale``) changed what the Swarm sets.
+
+    A member whose replicas the Swarm does not set (none in spec.defaults, its template or
+    spec.agents[].replicas; or autoscaling) is not in the manifest and keeps any scale.
+    """
+    want, have = manifest["spec"].get("replicas"), live.get("spec", {}).get("replicas")
+    if want is None or have is None or want == have:
+        return None
+    name = manifest["metadata"]["name"]
+    return (
+        f"replicas {have} put back to {want}: Swarm {swarm.metadata.name} sets this member's replicas; "
+        f"scale it there (spec.agents[name={name}].replicas), or enable autoscaling in its template"
+    )
+
+
 @dataclass(frozen=True)
 class Members:
     """The Agents a Swarm wants (by name) and the spec errors of those it cannot build."""
