@@ -13,7 +13,7 @@ export UV_CACHE_DIR ?= $(HOME)/.cache/kubeswarm/uv
 PYTEST_ARGS ?=
 
 .PHONY: help venv lock test test-unit test-integration test-e2e test-kind lint testbed testbed-regenerate \
-        cluster-up cluster-down crds run-operator bench demo up
+        cluster-up cluster-down crds run-operator bench demo demo-tools up
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
@@ -75,8 +75,12 @@ run-operator: venv ## install the CRDs into the current KUBECONFIG's cluster and
 	$(BIN)/kubectl apply --server-side --force-conflicts -f crds/
 	$(BIN)/python -m kubeswarm_operator $(OPERATOR_ARGS)
 
-demo: venv ## local mode end to end: an example swarm on an embedded NATS answers tasks and shares a discovery
+demo: venv ## local mode end to end: an example swarm answers tasks and shares a discovery; then agents cooperate through tools
 	$(BIN)/kubeswarm demo examples/swarm.yaml
+	$(BIN)/python -m examples.tools.demo
+
+demo-tools: venv ## the tools part of the demo: a planner delegates, shares and calls an MCP server (scripted stand-in model, offline)
+	$(BIN)/python -m examples.tools.demo
 
 up: venv ## local mode: run the example swarm until Ctrl-C, printing each agent's MCP endpoint
 	$(BIN)/kubeswarm up examples/swarm.yaml

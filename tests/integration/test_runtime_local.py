@@ -36,6 +36,16 @@ def test_demo_runs_the_example_swarm(tmp_path: Path) -> None:
     assert "9/9 tasks answered" in proc.stdout
 
 
+def test_tools_demo_agents_cooperate_in_local_mode() -> None:
+    """examples/tools: a planner asks a researcher by capability, calls an SDK-built MCP server, shares a discovery and
+    delegates by task, all through its model's tool calls (the scripted stand-in)."""
+    root = Path(__file__).parents[2]
+    proc = subprocess.run([sys.executable, "-m", "examples.tools.demo"], capture_output=True, text=True, timeout=180, env=_env(), cwd=root)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "tools demo passed" in proc.stdout
+    assert "weather__forecast" in proc.stdout and "(write, depth 1): succeeded" in proc.stdout
+
+
 def _cli(state: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*KUBESWARM, *args, "--state-dir", str(state)], capture_output=True, text=True, timeout=60, env=_env())
 

@@ -58,6 +58,21 @@ FULL = agent(
         {"name": "FROM_MAP", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "mode"}}},
     ],
     envFrom=[{"configMapRef": {"name": "shared"}}],
+    tools={
+        "deny": ["broadcast"],
+        "maxTurns": 6,
+        "mcpServers": [
+            {
+                "name": "search",
+                "url": "http://search.lab.svc:8000/mcp",
+                "headers": [
+                    {"name": "Authorization", "valueFrom": {"secretKeyRef": {"name": "search-token", "key": "bearer"}}},
+                    {"name": "X-Team", "value": "research"},
+                ],
+            }
+        ],
+        "agents": [{"name": "writer", "capability": "write"}],
+    },
     resources={"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
     nodeSelector={"pool": "agents"},
     tolerations=[{"key": "agents", "operator": "Exists", "effect": "NoSchedule"}],

@@ -60,8 +60,11 @@ def test_encode_json_never_fails_on_unknown_types() -> None:
 
 
 def test_encode_record_is_a_task_record() -> None:
-    task = TaskMessage(id="t1", capability="echo", priority=Priority.HIGH, input={"n": 1}, created_at=100.0)
-    data = encode_record(task, TaskState.SUCCEEDED, attempts=2, agent="r1", started_at=101.0, result={"echo": 1}, finished_at=102.0)
+    task = TaskMessage(id="t1", capability="echo", priority=Priority.HIGH, input={"n": 1}, created_at=100.0, depth=2)
+    steps = [{"turn": 1, "kind": "tool", "tool": "get_task", "outcome": "ok"}]
+    data = encode_record(
+        task, TaskState.SUCCEEDED, attempts=2, agent="r1", started_at=101.0, result={"echo": 1}, finished_at=102.0, steps=steps
+    )
     record = TaskRecord.model_validate_json(data)
     assert record.model_dump(exclude={"updated_at"}) == {
         "id": "t1",
@@ -79,6 +82,8 @@ def test_encode_record_is_a_task_record() -> None:
         "context_id": None,
         "replay_of": None,
         "history": [],
+        "depth": 2,
+        "steps": steps,
     }
     # The same fields in the same order as the model writes them; the links (A2A context, replay) only where set.
     assert list(json.loads(data)) == list(json.loads(record.model_dump_json(exclude={"context_id", "replay_of", "history"})))
@@ -87,4 +92,4 @@ def test_encode_record_is_a_task_record() -> None:
     data = encode_record(linked, TaskState.RUNNING, attempts=1, agent="r1", started_at=101.0)
     record = TaskRecord.model_validate_json(data)
     assert (record.context_id, record.replay_of, record.history) == ("c1", "t0", [past])
-    assert list(json.loads(data)) == list(json.loads(record.model_dump_json()))
+    assert list(json.loads(data)) == list(json.loads(record.model_dump_json(exclude={"steps"})))

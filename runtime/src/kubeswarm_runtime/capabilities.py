@@ -21,6 +21,15 @@ from .providers.base import TaskContext, TaskHandler
 log = logging.getLogger(__name__)
 
 QUEUE_GROUP = "kubeswarm"
+# The delegation depth of a request made by a model's tool call (docs/tools.md); absent means 0.
+DEPTH_HEADER = "Kubeswarm-Depth"
+
+
+def depth_of(msg: Msg) -> int:
+    try:
+        return max(int((msg.headers or {}).get(DEPTH_HEADER, 0)), 0)
+    except ValueError:
+        return 0
 
 
 class CapabilityError(Exception):
@@ -101,14 +110,22 @@ class CapabilityService:
             self.breakers[capability] = CircuitBreaker(self.breaker_threshold, self.breaker_cooldown)
         return self.breakers[capability]
 
-    async def request(self, capability: str, payload: Any, *, timeout_seconds: float = 30.0) -> Any:
-        """Ask one agent offering ``capability``; its result, or CapabilityError / CapabilityUnavailable."""
+    async def request(self, capability: str, payload: Any, *, timeout_seconds: float = 30.0, depth: int = 0) -> Any:
+        """Ask one agent offering ``capability``; its result, or CapabilityError / CapabilityUnavailable.
+
+        ``depth``: how many delegations deep the answer runs (the answering agent's tool loop bounds it).
+        """
         breaker = self.breaker(capability)
         if not breaker.allow():
             raise CapabilityUnavailable(f"capability {capability!r} is failing; circuit open for up to {breaker.cooldown:.0f}s")
         self._requests_out.inc()
         try:
-            reply = await self.conn.nc.request(self.names.capability(capability), encode_json(payload), timeout=timeout_seconds)
+            reply = await self.conn.nc.request(
+                self.names.capability(capability),
+                encode_json(payload),
+                timeout=timeout_seconds,
+                headers={DEPTH_HEADER: str(depth)} if depth else None,
+            )
         except nats.errors.NoRespondersError:
             breaker.failed()
             self._breaker_gauge(capability)
@@ -156,7 +173,7 @@ class CapabilityService:
         self._requests_in.inc()
         try:
             payload = decode_json(msg.data) if msg.data else None
-            result = await handler.handle(TaskContext(msg.reply or "request", capability, payload, 1, self.agent))
+            result = await handler.handle(TaskContext(msg.reply or "request", capability, payload, 1, self.agent, depth=depth_of(msg)))
             answer: dict[str, Any] = {"ok": True, "result": result}
         except Exception as exc:
             answer = {"ok": False, "error": str(exc) or type(exc).__name__}

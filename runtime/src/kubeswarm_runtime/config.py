@@ -12,7 +12,7 @@ import json
 import os
 import socket
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
@@ -64,12 +64,46 @@ class ModelConfig(Section):
     name: str = ""
     max_tokens: int = Field(default=1024, ge=1)
     api_key: SecretStr | None = None
-    endpoint: str | None = Field(default=None, description="http: the URL tasks are POSTed to; anthropic/bedrock: API base URL.")
+    endpoint: str | None = Field(default=None, description="http: the URL tasks are POSTed to; anthropic/bedrock/openai: API base URL.")
     region: str | None = None
     system_prompt: str | None = None
     max_retries: int = Field(default=4, ge=0)
     retry_base_seconds: float = Field(default=0.5, gt=0)
     request_timeout_seconds: float = Field(default=120.0, gt=0)
+
+
+class McpServerConfig(Section):
+    name: str = Field(pattern=NAME_PATTERN)
+    url: str
+    transport: Literal["streamable-http", "sse"] = "streamable-http"
+    timeout_seconds: float = Field(default=30, gt=0)
+    headers: dict[str, str] = Field(default_factory=dict, description="Literal header values.")
+    header_env: dict[str, str] = Field(
+        default_factory=dict, description="Header name → environment variable holding its value (a Secret's, in a pod)."
+    )
+
+
+class AgentToolConfig(Section):
+    name: str = Field(pattern=NAME_PATTERN)
+    capability: str | None = Field(default=None, pattern=NAME_PATTERN)
+    description: str = ""
+
+
+class ToolsConfig(Section):
+    """The tool loop (docs/tools.md): what the model may call and the limits of one task (``spec.tools``)."""
+
+    swarm: bool = True
+    allow: list[str] = Field(default_factory=list)
+    deny: list[str] = Field(default_factory=list)
+    mcp_servers: list[McpServerConfig] = Field(default_factory=list)
+    agents: list[AgentToolConfig] = Field(default_factory=list)
+    max_turns: int = Field(default=10, ge=1)
+    max_tool_calls: int = Field(default=50, ge=0)
+    max_tokens_per_task: int = Field(default=200000, ge=1)
+    max_delegation_depth: int = Field(default=3, ge=0)
+    tool_timeout_seconds: float = Field(default=120, gt=0)
+    # Tool inputs and outputs are kept in the task's steps up to this many characters each.
+    step_text_chars: int = Field(default=500, ge=16)
 
 
 class McpConfig(Section):
@@ -139,6 +173,7 @@ class RuntimeConfig(BaseSettings):
     shutdown_grace_seconds: float = Field(default=25, ge=0, description="How long in-flight tasks may finish on SIGTERM.")
     model: ModelConfig = Field(default_factory=ModelConfig)
     mcp: McpConfig = Field(default_factory=McpConfig)
+    tools: ToolsConfig = Field(default_factory=ToolsConfig)
     metrics_port: int = Field(default=9090, ge=1, le=65535)
     streams: StreamsConfig = Field(default_factory=StreamsConfig)
 

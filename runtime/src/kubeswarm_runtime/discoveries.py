@@ -39,11 +39,26 @@ class DiscoveryService:
         self.unreadable = UnreadableRecords("discovery", metrics.unreadable_records)
 
     async def share(
-        self, type: str, content: Any, tags: list[str] | None = None, *, confidence: float = 1.0, agent: str | None = None
+        self,
+        type: str,
+        content: Any,
+        tags: list[str] | None = None,
+        *,
+        confidence: float = 1.0,
+        agent: str | None = None,
+        idempotency_key: str | None = None,
     ) -> Discovery:
-        """Publish a discovery; ``agent`` (default: this service's) names the author, as a subject token."""
+        """Publish a discovery; ``agent`` (default: this service's) names the author, as a subject token.
+
+        Shared again with the same ``idempotency_key`` within the stream's duplicate window, it is stored once
+        (the returned seq is the first one's).
+        """
         discovery = Discovery(agent=agent or self.agent, type=type, content=content, confidence=confidence, tags=tags or [])
-        ack = await self.conn.js.publish(self.names.discovery(discovery.agent, type), discovery.model_dump_json().encode())
+        ack = await self.conn.js.publish(
+            self.names.discovery(discovery.agent, type),
+            discovery.model_dump_json().encode(),
+            headers={"Nats-Msg-Id": idempotency_key} if idempotency_key else None,
+        )
         self.metrics.messages.labels("out", "discovery").inc()
         return discovery.model_copy(update={"seq": ack.seq})
 

@@ -33,11 +33,14 @@ from typing import Any
 from .manifests import Manifests
 from .names import SwarmNames
 from .natsauth import NatsAuthority, SwarmAccount, agent_permissions
-from .render import MODEL_API_KEY_ENV, NATS_CREDS_FILE_ENV, REPLICA_ID_ENV, agent_subject_prefix, render_runtime_env
+from .render import MODEL_API_KEY_ENV, NATS_CREDS_FILE_ENV, REPLICA_ID_ENV, agent_subject_prefix, mcp_header_secrets, render_runtime_env
+from .resources import Agent, SecretKeyRef
 
 STATE_FILE = "swarm.json"
 LOCK_FILE = "lock"
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+# Where local mode finds a model API key (there is no Secret to read it from).
+API_KEY_ENV = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}
 
 
 def free_port() -> int:
@@ -237,6 +240,7 @@ class LocalSwarm:
         for agent in self.manifests.agents:
             env = render_runtime_env(agent, self.manifests.swarm_of(agent), namespace=self.namespace, nats_url=self.nats_url)
             env[NATS_CREDS_FILE_ENV] = str(self.creds_file(agent.spec.swarm))
+            env |= local_secrets(agent)
             for index in range(agent.spec.replicas):
                 self._start_replica(agent.metadata.name, index, env)
         self.write_state()
@@ -294,8 +298,9 @@ class LocalSwarm:
             "KUBESWARM_METRICS_PORT": str(metrics_port),
             "KUBESWARM_ENDPOINT": f"http://127.0.0.1:{mcp_port}/mcp",
         }
-        if rendered.get("KUBESWARM_MODEL__PROVIDER") == "anthropic" and os.environ.get("ANTHROPIC_API_KEY"):
-            env[MODEL_API_KEY_ENV] = os.environ["ANTHROPIC_API_KEY"]
+        key_env = API_KEY_ENV.get(rendered.get("KUBESWARM_MODEL__PROVIDER", ""), "")
+        if os.environ.get(key_env):
+            env[MODEL_API_KEY_ENV] = os.environ[key_env]
         replica = Replica(
             agent,
             replica_id,
@@ -386,6 +391,18 @@ def _write_private(path: Path, text: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as out:
         out.write(text)
+
+
+def secret_env_name(ref: SecretKeyRef) -> str:
+    """The environment variable local mode reads a Secret key from: <NAME>_<KEY>, uppercased, '-' and '.' as '_'."""
+    return f"{ref.name}_{ref.key}".upper().replace("-", "_").replace(".", "_")
+
+
+def local_secrets(agent: Agent) -> dict[str, str]:
+    """The values a pod would get from Secrets (MCP servers' headers), taken from this environment."""
+    return {
+        env: os.environ[secret_env_name(ref)] for env, ref in mcp_header_secrets(agent.spec.tools) if secret_env_name(ref) in os.environ
+    }
 
 
 def _reap(process: subprocess.Popen[bytes], grace: float) -> None:

@@ -35,6 +35,7 @@ class AgentMessage(BaseModel):
     body: Any = None
     correlation_id: str | None = None
     at: float = Field(default_factory=time.time)
+    depth: int = Field(default=0, ge=0, description="Delegations deep: a query answered by a model's tool loop is bounded by it.")
 
 
 # Handles a command or query; a query's return value is sent back as the response.
@@ -111,13 +112,25 @@ class MessageService:
             self._subs.append(await subscribe(self.names.direct(agent), self._on_message, queue=agent))
             self._subs.append(await subscribe(self.names.broadcast, self._on_message))
 
-    async def send(self, to: str, kind: MessageKind, body: Any, *, correlation_id: str | None = None) -> AgentMessage:
-        message = AgentMessage(kind=kind, sender=self.sender, to=to, body=body, correlation_id=correlation_id)
+    async def send(
+        self,
+        to: str,
+        kind: MessageKind,
+        body: Any,
+        *,
+        correlation_id: str | None = None,
+        message_id: str | None = None,
+        depth: int = 0,
+    ) -> AgentMessage:
+        """``message_id`` (default: random) lets a receiver recognise a message sent again (a task's loop re-run)."""
+        message = AgentMessage(
+            id=message_id or uuid.uuid4().hex, kind=kind, sender=self.sender, to=to, body=body, correlation_id=correlation_id, depth=depth
+        )
         await self.conn.nc.publish(self.names.direct(to), message.model_dump_json().encode())
         self.metrics.messages.labels("out", kind).inc()
         return message
 
-    async def query(self, to: str, body: Any, *, timeout_seconds: float = 30.0) -> AgentMessage:
+    async def query(self, to: str, body: Any, *, timeout_seconds: float = 30.0, depth: int = 0) -> AgentMessage:
         """Send a query and wait for the response carrying its id as correlation id."""
         if not self._subs:
             await self.start()
@@ -125,14 +138,14 @@ class MessageService:
         waiter: asyncio.Future[AgentMessage] = asyncio.get_running_loop().create_future()
         self._waiting[correlation_id] = waiter
         try:
-            await self.send(to, "query", body, correlation_id=correlation_id)
+            await self.send(to, "query", body, correlation_id=correlation_id, depth=depth)
             async with asyncio.timeout(timeout_seconds):
                 return await waiter
         finally:
             self._waiting.pop(correlation_id, None)
 
-    async def broadcast(self, body: Any) -> AgentMessage:
-        message = AgentMessage(kind="broadcast", sender=self.sender, body=body)
+    async def broadcast(self, body: Any, *, message_id: str | None = None) -> AgentMessage:
+        message = AgentMessage(id=message_id or uuid.uuid4().hex, kind="broadcast", sender=self.sender, body=body)
         await self.conn.nc.publish(self.names.broadcast, message.model_dump_json().encode())
         self.metrics.messages.labels("out", "broadcast").inc()
         return message

@@ -36,6 +36,20 @@ class RuntimeMetrics:
             ["provider", "model", "kind"],
             registry=r,
         )
+        self.tool_calls = Counter(
+            "kubeswarm_tool_calls",
+            "Tool calls of the tool loop, by tool (as the model names it; unknown for a name it made up) and outcome "
+            "(ok, error, timeout, refused).",
+            ["tool", "outcome"],
+            registry=r,
+        )
+        self.tool_call_duration = Histogram(
+            "kubeswarm_tool_call_duration_seconds",
+            "Duration of the tool loop's tool calls.",
+            ["tool"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
         self.llm_retries = Counter("kubeswarm_llm_retries", "Retried LLM API calls.", ["provider"], registry=r)
         self.breaker_open = Gauge(
             "kubeswarm_capability_breaker_open",

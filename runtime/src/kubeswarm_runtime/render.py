@@ -7,8 +7,10 @@ from the user's environment).
 
 from __future__ import annotations
 
+import json
+
 from .config import ENV_NESTED_DELIMITER, ENV_PREFIX
-from .resources import Agent, ObjectMeta, Swarm, SwarmMember, default_subject_prefix
+from .resources import Agent, McpServerSpec, ObjectMeta, SecretKeyRef, Swarm, SwarmMember, ToolsSpec, default_subject_prefix
 
 MODEL_API_KEY_ENV = "KUBESWARM_MODEL__API_KEY"
 MCP_JWT_KEY_ENV = "KUBESWARM_MCP__JWT_KEY"
@@ -16,6 +18,7 @@ NATS_CREDS_FILE_ENV = "KUBESWARM_NATS__CREDS_FILE"  # a path: mount the credenti
 NATS_USER_ENV = "KUBESWARM_NATS__USER"
 NATS_PASSWORD_ENV = "KUBESWARM_NATS__PASSWORD"  # noqa: S105 - an env var name, not a value
 NATS_TOKEN_ENV = "KUBESWARM_NATS__TOKEN"  # noqa: S105 - an env var name, not a value
+MCP_HEADER_ENV_PREFIX = "KUBESWARM_TOOL_HEADER_"  # + <server index>_<header index>: a header value from a Secret
 REPLICA_ID_ENV = "KUBESWARM_REPLICA_ID"  # defaults to the hostname (the pod name)
 SECRET_ENV_NAMES = (MODEL_API_KEY_ENV, MCP_JWT_KEY_ENV, NATS_PASSWORD_ENV, NATS_TOKEN_ENV)
 
@@ -49,12 +52,14 @@ def render_runtime_env(agent: Agent, swarm: Swarm | None, *, namespace: str, nat
         ("model", "max_tokens"): spec.model.max_tokens,
         ("model", "endpoint"): spec.model.endpoint,
         ("model", "region"): spec.model.region,
+        ("model", "system_prompt"): spec.model.system_prompt,
         ("mcp", "enabled"): spec.mcp.enabled,
         ("mcp", "port"): spec.mcp.port,
         ("mcp", "auth"): spec.mcp.auth.mode.value,
         ("mcp", "issuer"): spec.mcp.auth.issuer,
         ("mcp", "audience"): spec.mcp.auth.audience,
         ("mcp", "timeout_seconds"): spec.mcp.timeout_seconds,
+        **tools_values(spec.tools),
     }
     if swarm is not None:
         streams = swarm.spec.streams
@@ -64,6 +69,46 @@ def render_runtime_env(agent: Agent, swarm: Swarm | None, *, namespace: str, nat
             ("streams", "max_deliver"): streams.max_deliver,
         }
     return {_env(*path): _text(value) for path, value in values.items() if value is not None and value != ""}
+
+
+def mcp_header_env(server: int, header: int) -> str:
+    return f"{MCP_HEADER_ENV_PREFIX}{server}_{header}"
+
+
+def mcp_header_secrets(tools: ToolsSpec) -> list[tuple[str, SecretKeyRef]]:
+    """(env var, Secret key) of each MCP server header read from a Secret: the operator sets them with secretKeyRef."""
+    return [
+        (mcp_header_env(i, j), header.value_from.secret_key_ref)
+        for i, server in enumerate(tools.mcp_servers)
+        for j, header in enumerate(server.headers)
+        if header.value_from is not None
+    ]
+
+
+def _mcp_server(index: int, server: McpServerSpec) -> dict[str, object]:
+    return {
+        "name": server.name,
+        "url": server.url,
+        "transport": server.transport,
+        "timeout_seconds": server.timeout_seconds,
+        "headers": {h.name: h.value for h in server.headers if h.value is not None},
+        "header_env": {h.name: mcp_header_env(index, j) for j, h in enumerate(server.headers) if h.value_from is not None},
+    }
+
+
+def tools_values(tools: ToolsSpec) -> dict[tuple[str, ...], object]:
+    """The fields of ``spec.tools`` set to other than their defaults (the runtime has the same defaults): an agent
+    without tools keeps the configuration it had, so an upgrade does not roll its pods."""
+    values: dict[tuple[str, ...], object] = {}
+    for field in tools.model_dump(exclude_defaults=True):
+        value = getattr(tools, field)
+        if field == "mcp_servers":
+            value = [_mcp_server(i, s) for i, s in enumerate(tools.mcp_servers)]
+        elif field == "agents":
+            value = [a.model_dump(exclude_none=True) for a in tools.agents]
+        # Lists travel as JSON (pydantic-settings decodes them).
+        values["tools", field] = json.dumps(value) if isinstance(value, list) else value
+    return values
 
 
 def _text(value: object) -> str:

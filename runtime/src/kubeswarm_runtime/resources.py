@@ -61,6 +61,7 @@ class Provider(StrEnum):
     ECHO = "echo"
     ANTHROPIC = "anthropic"
     BEDROCK = "bedrock"
+    OPENAI = "openai"
     HTTP = "http"
 
 
@@ -86,7 +87,8 @@ class ModelSpec(Model):
 
     provider: Provider = Field(
         default=Provider.ECHO,
-        description="echo (offline, deterministic), anthropic (Messages API), bedrock (AWS Converse) or http (POST to endpoint).",
+        description="echo (offline, deterministic), anthropic (Messages API), bedrock (AWS Converse), "
+        "openai (any OpenAI-compatible Chat Completions endpoint: OpenAI, vLLM, Ollama, LiteLLM) or http (POST to endpoint).",
     )
     name: str | None = Field(default=None, description="Model name, e.g. claude-sonnet-4-5 or a Bedrock model id.")
     max_tokens: int = Field(default=1024, ge=1, le=200000, description="Upper bound of output tokens per task.")
@@ -98,9 +100,13 @@ class ModelSpec(Model):
     endpoint: str | None = Field(
         default=None,
         pattern=r"^https?://",
-        description="URL the http provider POSTs each task to (a sidecar or webhook); for anthropic, an alternative API base URL.",
+        description="URL the http provider POSTs each task to (a sidecar or webhook); for anthropic, bedrock and openai, "
+        "the API base URL (openai: up to /v1, e.g. http://vllm:8000/v1).",
     )
     region: str | None = Field(default=None, description="AWS region for the bedrock provider.")
+    system_prompt: str | None = Field(
+        default=None, max_length=100000, description='System prompt of every task (a task\'s own "system" input wins).'
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ModelSpec:
@@ -267,6 +273,140 @@ class AutoscalingSpec(Model):
         return self
 
 
+# A tool namespace (an MCP server's name): tools are offered to models as <server>__<tool>, within the 64 characters APIs allow.
+TOOL_NAMESPACE = r"^[a-z0-9]([a-z0-9_-]{0,22}[a-z0-9])?$"
+HTTP_HEADER_NAME = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"
+
+
+class HeaderSource(Model):
+    secret_key_ref: SecretKeyRef = Field(description="Secret key holding the header's value (e.g. a bearer token).")
+
+
+class McpServerHeader(Model):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("has(self.value) != has(self.valueFrom)", "set exactly one of value and valueFrom"),
+            ]
+        }
+    )
+
+    name: str = Field(min_length=1, max_length=128, pattern=HTTP_HEADER_NAME, description="HTTP header name, e.g. Authorization.")
+    value: str | None = Field(default=None, max_length=8192, description="A literal value (not for secrets: it is stored in a ConfigMap).")
+    value_from: HeaderSource | None = Field(default=None, description="Read the value from a Secret (passed to the pods as an env var).")
+
+    @model_validator(mode="after")
+    def _check(self) -> McpServerHeader:
+        if (self.value is None) == (self.value_from is None):
+            raise ValueError("set exactly one of value and valueFrom")
+        return self
+
+
+class McpServerSpec(Model):
+    name: str = Field(
+        pattern=TOOL_NAMESPACE, description="Short name; its tools are offered as <name>__<tool> (lowercase, digits, '-', '_')."
+    )
+    url: str = Field(pattern=r"^https?://", max_length=2048, description="Endpoint of the MCP server, e.g. http://search:8000/mcp.")
+    transport: Literal["streamable-http", "sse"] = Field(
+        default="streamable-http",
+        description="streamable-http (the current and 2025 protocol revisions, negotiated) or sse (the 2024 HTTP+SSE transport).",
+    )
+    timeout_seconds: int = Field(
+        default=30, ge=1, le=3600, description="Longest wait for one tool call (or the connection) of this server."
+    )
+    headers: list[McpServerHeader] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Headers sent with every request, e.g. Authorization from a Secret.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> McpServerSpec:
+        unique([h.name for h in self.headers], "header")
+        return self
+
+
+class AgentToolSpec(Model):
+    name: str = Field(
+        pattern=DNS_LABEL, max_length=63, description="Name of another Agent of the swarm; offered as the tool agent__<name>."
+    )
+    capability: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_-]+$",
+        description="Reach it through this capability (request/reply, load-balanced); default: a direct query to the agent by name.",
+    )
+    description: str = Field(default="", max_length=1024, description="What the agent is good at, shown to the model.")
+
+
+def unique(names: list[str], what: str) -> None:
+    """Local mode's check of what the API server enforces with x-kubernetes-list-type: map."""
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise ValueError(f"{what} name {name!r} appears twice")
+        seen.add(name)
+
+
+class ToolsSpec(Model):
+    """What the agent's model may call, and the limits of one task's tool loop."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel("self.allow.all(t, !(t in self.deny))", "a tool cannot be both allowed and denied", ".allow"),
+            ]
+        }
+    )
+
+    swarm: bool = Field(
+        default=True,
+        description="Offer the swarm's own tools (request_capability, create_task, get_task, share_discovery, list_discoveries, "
+        "list_agents, send_message, broadcast, ...), served in process.",
+    )
+    allow: list[Annotated[str, Field(max_length=128)]] = Field(
+        default_factory=list, max_length=128, description="Only these tool names (as the model sees them); empty: all."
+    )
+    deny: list[Annotated[str, Field(max_length=128)]] = Field(
+        default_factory=list, max_length=128, description="Never these tool names (as the model sees them)."
+    )
+    mcp_servers: list[McpServerSpec] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Remote MCP servers whose tools the model may call.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    agents: list[AgentToolSpec] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Other Agents the model may ask, each as one tool.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    max_turns: int = Field(default=10, ge=1, le=200, description="Model calls per task; the task fails when the limit is hit.")
+    max_tool_calls: int = Field(default=50, ge=0, le=2000, description="Tool calls per task; the task fails past it.")
+    max_tokens_per_task: int = Field(
+        default=200000, ge=1, le=100000000, description="Input plus output tokens over all model calls of a task; the task fails past it."
+    )
+    max_delegation_depth: int = Field(
+        default=3,
+        ge=0,
+        le=32,
+        description="How deep tasks may delegate (create_task, request_capability, agents): past it the delegating call "
+        "returns an error to the model, so agents delegating in a circle stop.",
+    )
+    tool_timeout_seconds: int = Field(
+        default=120, ge=1, le=86400, description="Longest one tool call may take; past it the model gets a timeout error."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> ToolsSpec:
+        if set(self.allow) & set(self.deny):
+            raise ValueError("a tool cannot be both allowed and denied")
+        unique([s.name for s in self.mcp_servers], "mcpServers")
+        unique([a.name for a in self.agents], "agents")
+        return self
+
+
 class AgentSpec(Model):
     """What an agent is (role, capabilities, model) and how its pods run."""
 
@@ -310,6 +450,7 @@ class AgentSpec(Model):
         default=10, ge=1, le=300, description="Presence heartbeat interval; an agent silent for 3 heartbeats drops out."
     )
     mcp: McpSpec = Field(default_factory=McpSpec, description="The agent's MCP endpoint.")
+    tools: ToolsSpec = Field(default_factory=ToolsSpec, description="What the agent's model may call (docs/tools.md).")
     autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec, description="Backlog-driven scaling.")
 
 

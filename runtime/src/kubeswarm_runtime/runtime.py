@@ -15,10 +15,15 @@ from .connection import NatsConnection
 from .messages import AgentMessage
 from .metrics import RuntimeMetrics
 from .presence import AgentInfo, Presence
-from .providers import TaskContext, TaskHandler, build_handler
+from .providers import CHAT_PROVIDERS, TaskContext, TaskHandler, build_handler
 from .tasks import TaskWorker
 
 log = logging.getLogger(__name__)
+
+
+def config_uses_tools(config: RuntimeConfig) -> bool:
+    """Echo and http ignore tools: they get no toolbox (and load none of its modules)."""
+    return config.model.provider in CHAT_PROVIDERS
 
 
 class AgentRuntime:
@@ -26,7 +31,7 @@ class AgentRuntime:
         self.config = config
         self.endpoint = endpoint
         self.metrics = RuntimeMetrics()
-        self.handler = handler or build_handler(config.model, self.metrics)
+        self.handler = handler or self._build_handler()
         self.conn = NatsConnection(config.nats, self.metrics, name=f"kubeswarm/{config.agent}/{config.replica_id}")
         self.started = False
         self.draining = False
@@ -34,6 +39,14 @@ class AgentRuntime:
         self._presence: Presence | None = None
         self._worker: TaskWorker | None = None
         self._heartbeats: asyncio.Task[None] | None = None
+
+    def _build_handler(self) -> TaskHandler:
+        if config_uses_tools(self.config):
+            # Imported here: the swarm's tools (mcp.tools) import this module.
+            from .agentloop.sources import build_toolbox
+
+            return build_handler(self.config.model, self.metrics, build_toolbox(self))
+        return build_handler(self.config.model, self.metrics)
 
     @property
     def swarm(self) -> SwarmClient:
@@ -99,7 +112,7 @@ class AgentRuntime:
             found = await self.swarm.discoveries.list(type=body.get("type"), agent=body.get("agent"))
             return [d.model_dump(mode="json") for d in found]
         if message.kind == "query":
-            return await self.handler.handle(TaskContext(message.id, "query", message.body, 1, self.config.agent))
+            return await self.handler.handle(TaskContext(message.id, "query", message.body, 1, self.config.agent, depth=message.depth))
         log.info("message %s from %s: %s", message.kind, message.sender, message.body)
         return None
 

@@ -80,6 +80,7 @@ def stream_configs(names: SwarmNames, streams: StreamsConfig) -> list[api.Stream
             max_age=max_age,
             max_bytes=_limit(streams.discoveries_max_bytes),
             discard=api.DiscardPolicy.OLD,
+            duplicate_window=dedup,  # a tool loop run again shares its discoveries with the same Nats-Msg-Id
         ),
         _stream(
             streams,

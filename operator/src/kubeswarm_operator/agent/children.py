@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from kubeswarm_runtime.render import mcp_header_secrets
 from kubeswarm_runtime.resources import Agent, AuthMode, Provider, SecretKeyRef
 
 from ..kube.kinds import CONFIG_MAP, DEPLOYMENT, INGRESS, NETWORK_POLICY, PDB, SECRET, SERVICE, Kind, Manifest
@@ -126,13 +127,14 @@ def api_key_ref(agent: Agent) -> SecretKeyRef | None:
 
 
 def secret_env(agent: Agent, *, api_key_env: str, jwt_key_env: str) -> list[SecretEnv]:
-    """Environment the runtime reads from Secrets (the API key, the JWT signing key)."""
+    """Environment the runtime reads from Secrets (the API key, the JWT signing key, MCP servers' headers)."""
     out = []
     ref = api_key_ref(agent)
     if ref is not None:
         out.append(SecretEnv(api_key_env, ref.name, ref.key))
     if agent.spec.mcp.auth.mode is AuthMode.JWT:
         out.append(SecretEnv(jwt_key_env, secret_name(agent), JWT_SECRET_KEY))
+    out += [SecretEnv(env, header.name, header.key) for env, header in mcp_header_secrets(agent.spec.tools)]
     return out
 
 
@@ -142,6 +144,7 @@ def referenced_objects(agent: Agent) -> set[tuple[str, str]]:
     api_key = api_key_ref(agent)
     if api_key is not None:
         refs.add(("Secret", api_key.name))
+    refs |= {("Secret", header.name) for _env, header in mcp_header_secrets(agent.spec.tools)}
     for var in agent.spec.env:
         source = var.get("valueFrom") or {}
         for field, kind in (("secretKeyRef", "Secret"), ("configMapKeyRef", "ConfigMap")):
@@ -260,7 +263,8 @@ def url_ports(urls: Iterable[str], default: int) -> list[int]:
 
 
 def build_network_policy(agent: Agent, *, nats_url: str, ingress_namespace: str) -> Manifest:
-    """Default deny; allow DNS, NATS, the model API, the ingress controller and spec.mcp.allowFrom to MCP, and metrics scrapes."""
+    """Default deny; allow DNS, NATS, the model API, remote MCP tool servers, the ingress controller and spec.mcp.allowFrom to MCP,
+    and metrics scrapes."""
     spec = agent.spec
 
     def ports(numbers: Iterable[int | str], protocol: str = "TCP") -> list[Manifest]:
@@ -270,10 +274,11 @@ def build_network_policy(agent: Agent, *, nats_url: str, ingress_namespace: str)
         {"ports": ports([53], "UDP") + ports([53])},
         {"ports": ports(url_ports(nats_url.split(","), 4222))},
     ]
-    https = spec.model.provider in (Provider.ANTHROPIC, Provider.BEDROCK) or spec.mcp.auth.mode is AuthMode.OIDC
+    https = spec.model.provider in (Provider.ANTHROPIC, Provider.BEDROCK, Provider.OPENAI) or spec.mcp.auth.mode is AuthMode.OIDC
     outbound = {443} if https else set()
-    if spec.model.endpoint:
-        outbound.update(url_ports([spec.model.endpoint], 443 if spec.model.endpoint.startswith("https") else 80))
+    for url in [spec.model.endpoint or "", *(server.url for server in spec.tools.mcp_servers)]:
+        if url:
+            outbound.update(url_ports([url], 443 if url.startswith("https") else 80))
     if outbound:
         egress.append({"ports": ports(sorted(outbound))})
     ingress = [{"ports": ports(["metrics"]), "from": [{"namespaceSelector": {}}]}]

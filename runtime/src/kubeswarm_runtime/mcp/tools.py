@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..capabilities import CapabilityError
 from ..config import NAME_PATTERN
+from ..delegation import OUTSIDE, CallOrigin
 from ..discoveries import Discovery
 from ..names import Priority
 from ..presence import AgentInfo
@@ -141,24 +142,29 @@ class BroadcastInput(ToolInput):
 # -- implementations
 
 
-async def share_discovery(runtime: AgentRuntime, args: ShareDiscoveryInput) -> DiscoveryOutput:
+async def share_discovery(runtime: AgentRuntime, args: ShareDiscoveryInput, origin: CallOrigin) -> DiscoveryOutput:
     discovery = await runtime.swarm.discoveries.share(
-        args.discovery_type, args.content, args.tags, confidence=args.confidence, agent=args.agent_id
+        args.discovery_type,
+        args.content,
+        args.tags,
+        confidence=args.confidence,
+        agent=args.agent_id,
+        idempotency_key=origin.idempotency_key,
     )
     return DiscoveryOutput(discovery=discovery)
 
 
-async def list_discoveries(runtime: AgentRuntime, args: ListDiscoveriesInput) -> DiscoveriesOutput:
+async def list_discoveries(runtime: AgentRuntime, args: ListDiscoveriesInput, origin: CallOrigin) -> DiscoveriesOutput:
     found = await runtime.swarm.discoveries.list(agent=args.agent_id, type=args.discovery_type, since_seq=args.since_seq, limit=args.limit)
     last_seq = (found[-1].seq or args.since_seq) if found else args.since_seq
     return DiscoveriesOutput(discoveries=[d for d in found if d.confidence >= args.min_confidence], last_seq=last_seq)
 
 
-async def list_agents(runtime: AgentRuntime, args: ListAgentsInput) -> AgentsOutput:
+async def list_agents(runtime: AgentRuntime, args: ListAgentsInput, origin: CallOrigin) -> AgentsOutput:
     return AgentsOutput(agents=await runtime.swarm.agents.list(capability=args.capability))
 
 
-async def get_agent_info(runtime: AgentRuntime, args: GetAgentInfoInput) -> AgentOutput:
+async def get_agent_info(runtime: AgentRuntime, args: GetAgentInfoInput, origin: CallOrigin) -> AgentOutput:
     if args.agent_id is None or args.agent_id == runtime.config.replica_id:
         return AgentOutput(agent=runtime.info())
     info = await runtime.swarm.agents.get(args.agent_id)
@@ -167,26 +173,28 @@ async def get_agent_info(runtime: AgentRuntime, args: GetAgentInfoInput) -> Agen
     return AgentOutput(agent=info)
 
 
-async def send_message(runtime: AgentRuntime, args: SendMessageInput) -> MessageOutput:
+async def send_message(runtime: AgentRuntime, args: SendMessageInput, origin: CallOrigin) -> MessageOutput:
     messages = runtime.swarm.messages
     if args.kind == "query":
         try:
-            answer = await messages.query(args.to, args.body, timeout_seconds=args.timeout_seconds)
+            answer = await messages.query(args.to, args.body, timeout_seconds=args.timeout_seconds, depth=origin.depth)
         except TimeoutError:
             raise ToolFailure(f"{args.to!r} did not answer within {args.timeout_seconds}s") from None
         return MessageOutput(message_id=answer.correlation_id or answer.id, response=answer.body)
-    sent = await messages.send(args.to, "command", args.body)
+    sent = await messages.send(args.to, "command", args.body, message_id=origin.idempotency_key)
     return MessageOutput(message_id=sent.id)
 
 
-async def request_capability(runtime: AgentRuntime, args: RequestCapabilityInput) -> CapabilityOutput:
-    result = await runtime.swarm.capabilities.request(args.capability, args.input, timeout_seconds=args.timeout_seconds)
+async def request_capability(runtime: AgentRuntime, args: RequestCapabilityInput, origin: CallOrigin) -> CapabilityOutput:
+    result = await runtime.swarm.capabilities.request(args.capability, args.input, timeout_seconds=args.timeout_seconds, depth=origin.depth)
     return CapabilityOutput(result=result)
 
 
-async def create_task(runtime: AgentRuntime, args: CreateTaskInput) -> TaskOutput:
+async def create_task(runtime: AgentRuntime, args: CreateTaskInput, origin: CallOrigin) -> TaskOutput:
     tasks = runtime.swarm.tasks
-    record = await tasks.create(args.capability, args.input, priority=args.priority, task_id=args.task_id)
+    record = await tasks.create(
+        args.capability, args.input, priority=args.priority, task_id=args.task_id or origin.idempotency_key, depth=origin.depth
+    )
     if args.wait_seconds > 0 and not record.terminal:
         try:
             record = await tasks.wait(record.id, args.wait_seconds)
@@ -195,23 +203,23 @@ async def create_task(runtime: AgentRuntime, args: CreateTaskInput) -> TaskOutpu
     return TaskOutput(task=record)
 
 
-async def get_task(runtime: AgentRuntime, args: TaskIdInput) -> TaskOutput:
+async def get_task(runtime: AgentRuntime, args: TaskIdInput, origin: CallOrigin) -> TaskOutput:
     record = await runtime.swarm.tasks.get(args.task_id)
     if record is None:
         raise TaskNotFound(args.task_id)
     return TaskOutput(task=record)
 
 
-async def list_tasks(runtime: AgentRuntime, args: ListTasksInput) -> TasksOutput:
+async def list_tasks(runtime: AgentRuntime, args: ListTasksInput, origin: CallOrigin) -> TasksOutput:
     return TasksOutput(tasks=await runtime.swarm.tasks.list(state=args.state, capability=args.capability, limit=args.limit))
 
 
-async def cancel_task(runtime: AgentRuntime, args: TaskIdInput) -> TaskOutput:
+async def cancel_task(runtime: AgentRuntime, args: TaskIdInput, origin: CallOrigin) -> TaskOutput:
     return TaskOutput(task=await runtime.swarm.tasks.cancel(args.task_id))
 
 
-async def broadcast(runtime: AgentRuntime, args: BroadcastInput) -> MessageOutput:
-    return MessageOutput(message_id=(await runtime.swarm.messages.broadcast(args.body)).id)
+async def broadcast(runtime: AgentRuntime, args: BroadcastInput, origin: CallOrigin) -> MessageOutput:
+    return MessageOutput(message_id=(await runtime.swarm.messages.broadcast(args.body, message_id=origin.idempotency_key)).id)
 
 
 # -- specs and the registry
@@ -227,7 +235,7 @@ class ToolSpec(Generic[InT, OutT]):
     description: str
     input: type[InT]
     output: type[OutT]
-    run: Callable[[AgentRuntime, InT], Awaitable[OutT]]
+    run: Callable[[AgentRuntime, InT, CallOrigin], Awaitable[OutT]]
     read_only: bool = False
     idempotent: bool = False
     # May take seconds or longer: served as an SSE stream (keep-alives, resumable on 2025 sessions).
@@ -251,7 +259,7 @@ class ToolSpec(Generic[InT, OutT]):
         }
         object.__setattr__(self, "definition", definition)
 
-    async def call(self, runtime: AgentRuntime, arguments: dict[str, Any]) -> dict[str, Any]:
+    async def call(self, runtime: AgentRuntime, arguments: dict[str, Any], origin: CallOrigin = OUTSIDE) -> dict[str, Any]:
         """Validate (pydantic ValidationError names the fields), run, and return the output as JSON data.
 
         Failures of the swarm become ToolFailure with a message for the model.
@@ -260,7 +268,7 @@ class ToolSpec(Generic[InT, OutT]):
         if not runtime.started:
             raise ToolFailure("this agent is not connected to the swarm yet; retry in a few seconds")
         try:
-            output = await self.run(runtime, args)
+            output = await self.run(runtime, args, origin)
         except ToolFailure:
             raise
         except TaskNotFound as exc:

@@ -11,7 +11,9 @@ from typing import Any
 
 import aiohttp
 
+from ..config import ModelConfig
 from ..connection import backoff_delay
+from ..metrics import RuntimeMetrics
 from .base import PermanentTaskError
 
 RETRYABLE_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
@@ -76,3 +78,29 @@ async def post_json(
             on_retry()
             await asyncio.sleep(wait if wait is not None else backoff_delay(attempt, policy.base_seconds, policy.max_seconds))
     raise RetriesExhausted(f"{url} failed {policy.max_retries + 1} times; last: {last_error}")
+
+
+class JsonApi:
+    """One HTTP JSON API of a provider: a lazily opened aiohttp session and the retry policy."""
+
+    def __init__(self, url: str, max_retries: int, retry_base_seconds: float, timeout_seconds: float, on_retry: Callable[[], None]) -> None:
+        self.url = url
+        self.policy = RetryPolicy(max_retries, retry_base_seconds)
+        self.timeout_seconds = timeout_seconds
+        self.on_retry = on_retry
+        self._session: aiohttp.ClientSession | None = None
+
+    async def post(self, body: Any, headers: dict[str, str]) -> Any:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout_seconds))
+        return await post_json(self._session, self.url, body, headers=headers, policy=self.policy, on_retry=self.on_retry)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
+def json_api(provider: str, url: str, config: ModelConfig, metrics: RuntimeMetrics) -> JsonApi:
+    """A provider's API with the model configuration's retries and timeout."""
+    retries = metrics.llm_retries.labels(provider)
+    return JsonApi(url, config.max_retries, config.retry_base_seconds, config.request_timeout_seconds, retries.inc)

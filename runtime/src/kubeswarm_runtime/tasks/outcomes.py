@@ -72,19 +72,21 @@ class TaskOutcomes:
         self._results_out.inc()
         self.count(task.capability, "succeeded")
 
-    async def dead_letter(self, msg: Msg, task: TaskMessage, attempts: int, reason: str) -> None:
-        if await self.send_dead_letter(task, attempts, reason):
+    async def dead_letter(self, msg: Msg, task: TaskMessage, attempts: int, reason: str, steps: list[dict[str, Any]] | None = None) -> None:
+        if await self.send_dead_letter(task, attempts, reason, steps):
             await msg.term()
         # else: no ack; the task is delivered again (or reported by the max-deliveries advisory).
 
-    async def send_dead_letter(self, task: TaskMessage, attempts: int, reason: str) -> bool:
+    async def send_dead_letter(self, task: TaskMessage, attempts: int, reason: str, steps: list[dict[str, Any]] | None = None) -> bool:
         letter = DeadLetter(task=task, reason=reason, attempts=attempts, agent=self.replica_id, dead_at=time.time())
         sent = await publish_patiently(
             self.conn.js, self.names.dlq(task.capability), letter.model_dump_json().encode(), headers={"Nats-Msg-Id": f"dlq-{task.id}"}
         )
         if not sent:
             return False
-        dead = TaskRecord.of(task, TaskState.DEAD, attempts=attempts, error=reason, agent=self.replica_id, finished_at=time.time())
+        dead = TaskRecord.of(
+            task, TaskState.DEAD, attempts=attempts, error=reason, agent=self.replica_id, finished_at=time.time(), steps=steps
+        )
         await self.write_state(task, dead.model_dump_json().encode())
         self.metrics.dead_letters.labels(task.capability).inc()
         log.warning("task %s dead-lettered: %s", task.id, reason)

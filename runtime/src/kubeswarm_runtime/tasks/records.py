@@ -51,6 +51,8 @@ class TaskMessage(BaseModel):
     # Set on a task replayed from the dead letters: the id it replays and each earlier life, oldest first.
     replay_of: str | None = None
     history: list[PastAttempts] = Field(default_factory=list)
+    # Delegations between the swarm's outside caller and this task (a model's create_task adds one).
+    depth: int = 0
 
 
 class TaskRecord(BaseModel):
@@ -74,6 +76,8 @@ class TaskRecord(BaseModel):
     context_id: str | None = None
     replay_of: str | None = None
     history: list[PastAttempts] = Field(default_factory=list)
+    depth: int = 0
+    steps: list[dict[str, Any]] | None = None  # the tool loop's steps (docs/tools.md)
 
     @property
     def terminal(self) -> bool:
@@ -91,6 +95,7 @@ class TaskRecord(BaseModel):
             context_id=task.context_id,
             replay_of=task.replay_of,
             history=task.history,
+            depth=task.depth,
             state=state,
             updated_at=time.time(),
             **fields,
@@ -107,6 +112,7 @@ def encode_record(
     result: Any = None,
     error: str | None = None,
     finished_at: float | None = None,
+    steps: list[dict[str, Any]] | None = None,
 ) -> bytes:
     """A worker's ``TaskRecord`` of ``task``, serialized without building the model (the hot path of every task)."""
     record: dict[str, Any] = {
@@ -124,12 +130,16 @@ def encode_record(
         "started_at": started_at,
         "finished_at": finished_at,
     }
-    # The links of A2A and replayed tasks only where set: most tasks carry neither.
+    # The links of A2A and replayed tasks, and a tool loop's depth and steps, only where set: most tasks carry none.
     if task.context_id is not None:
         record["context_id"] = task.context_id
     if task.replay_of is not None:
         record["replay_of"] = task.replay_of
         record["history"] = task.history
+    if task.depth:
+        record["depth"] = task.depth
+    if steps:
+        record["steps"] = steps
     return encode_json(record)
 
 

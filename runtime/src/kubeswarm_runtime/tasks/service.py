@@ -52,6 +52,7 @@ class TaskService:
         context_id: str | None = None,
         replay_of: str | None = None,
         history: Sequence[PastAttempts] = (),
+        depth: int = 0,
     ) -> TaskRecord:
         """Queue a task. Creating the same ``task_id`` twice returns the first one (deduplicated)."""
         task = TaskMessage(
@@ -63,6 +64,7 @@ class TaskService:
             context_id=context_id,
             replay_of=replay_of,
             history=list(history),
+            depth=depth,
         )
         record = TaskRecord.of(task, TaskState.PENDING)
         try:

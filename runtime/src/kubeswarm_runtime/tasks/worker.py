@@ -226,13 +226,23 @@ class TaskWorker:
             return
         started = time.time()
         agent = self.config.replica_id
+        steps: list[dict[str, Any]] = []  # the tool loop's, written with every state
 
         def state(state: TaskState, **fields: Any) -> bytes:
-            return encode_record(task, state, attempts=attempt, agent=agent, started_at=started, **fields)
+            return encode_record(task, state, attempts=attempt, agent=agent, started_at=started, steps=steps or None, **fields)
 
         outcome = "succeeded"
         try:
-            ctx = TaskContext(task.id, task.capability, task.input, attempt, self.config.agent)
+            ctx = TaskContext(
+                task.id,
+                task.capability,
+                task.input,
+                attempt,
+                self.config.agent,
+                depth=task.depth,
+                steps=steps,
+                on_step=lambda: self.outcomes.publish_running(task, state(TaskState.RUNNING)),
+            )
             watch = RunWatch(task, state, self.config.task_timeout_seconds, self.outcomes.publish_running)
             try:
                 result = await self.handler.handle(ctx)
@@ -247,12 +257,12 @@ class TaskWorker:
             outcome = await self._interrupted(msg, task, state)
         except PermanentTaskError as exc:
             outcome = "dead"
-            await self.outcomes.dead_letter(msg, task, attempt, f"permanent error: {exc}")
+            await self.outcomes.dead_letter(msg, task, attempt, f"permanent error: {exc}", steps or None)
         except Exception as exc:
             reason = f"timed out after {self.config.task_timeout_seconds}s" if isinstance(exc, TimeoutError) else repr(exc)
             if attempt >= self.max_deliver[puller.consumer]:
                 outcome = "dead"
-                await self.outcomes.dead_letter(msg, task, attempt, f"failed on the last of {attempt} deliveries: {reason}")
+                await self.outcomes.dead_letter(msg, task, attempt, f"failed on the last of {attempt} deliveries: {reason}", steps or None)
             else:
                 outcome = "failed"
                 await self.outcomes.write_state(task, state(TaskState.FAILED, error=reason))
