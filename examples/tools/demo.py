@@ -21,7 +21,8 @@ from pathlib import Path
 
 from kubeswarm_runtime.client import SwarmClient
 from kubeswarm_runtime.config import NatsConfig
-from kubeswarm_runtime.local import LocalSwarm, free_port, load_manifests
+from kubeswarm_runtime.local import LocalSwarm, free_port
+from kubeswarm_runtime.manifests import load_manifests
 
 HERE = Path(__file__).parent
 # The ports written in swarm.yaml; the demo runs its servers on free ports and points the agents there.
@@ -60,7 +61,7 @@ def clip(text: str, limit: int = 90) -> str:
 
 async def run_planner(local: LocalSwarm, city: str) -> bool:
     prefix = local.replicas[0].prefix
-    client = await SwarmClient.connect(NatsConfig(url=local.nats_url), prefix, sender="demo")
+    client = await SwarmClient.connect(NatsConfig(url=local.nats_url, creds_file=local.creds_for_prefix(prefix)), prefix, sender="demo")
     try:
         task = await client.tasks.create("plan", city)
         done = await client.tasks.wait(task.id, 120)
