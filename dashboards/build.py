@@ -112,7 +112,14 @@ def swarm_overview() -> Any:
         )
         .with_panel(single("Tasks/s", "reqps", f"sum(rate(kubeswarm_tasks_total{{{AGENT}}}[{WINDOW}]))"))
         .with_panel(single("Backlog", "none", f"sum(kubeswarm_backlog{{{AGENT}}})"))
-        .with_panel(single("Dead letters (1h)", "none", f"sum(increase(kubeswarm_dead_letters_total{{{AGENT}}}[1h]))"))
+        .with_panel(
+            single(
+                "Dead letters waiting",
+                "none",
+                f"sum(max by (namespace, swarm, capability) (kubeswarm_dead_letters_waiting{{{AGENT}}}))",
+                description="Dead letters in the swarms' dead-letter streams: `kubeswarm dlq list` shows them, `replay` queues them again.",
+            )
+        )
         .with_panel(
             graph(
                 "Replicas ready vs desired",
@@ -155,9 +162,11 @@ def swarm_overview() -> Any:
                 "Dead letters and open breakers",
                 "none",
                 (f"sum by (capability) (increase(kubeswarm_dead_letters_total{{{AGENT}}}[{WINDOW}]))", "{{capability}} dead letters"),
+                (f"max by (capability) (kubeswarm_dead_letters_waiting{{{AGENT}}})", "{{capability}} waiting"),
                 (f"max by (capability) (kubeswarm_capability_breaker_open{{{AGENT}}})", "{{capability}} breaker open"),
                 description=(
-                    "Tasks that failed their last delivery (see the P.dlq.> subjects), and capabilities whose circuit breaker is open."
+                    "Tasks that failed their last delivery (see the P.dlq.> subjects), the dead letters waiting per capability "
+                    "(every replica reports its capabilities', hence max), and capabilities whose circuit breaker is open."
                 ),
             )
         )

@@ -26,6 +26,10 @@ DESIGN_TOOLS = {
     "list_tasks",
     "cancel_task",
     "broadcast",
+    "list_dead_letters",
+    "get_dead_letter",
+    "replay_dead_letter",
+    "purge_dead_letters",
 }
 
 
@@ -90,7 +94,7 @@ async def test_sdk_client_pages_through_tools(nats_server: NatsServer, mode: str
             if page.next_cursor is None:
                 break
             cursor = page.next_cursor
-        assert pages == 3 and set(names) == DESIGN_TOOLS
+        assert pages == 4 and set(names) == DESIGN_TOOLS
 
 
 async def test_sdk_legacy_sse_client(nats_server: NatsServer) -> None:

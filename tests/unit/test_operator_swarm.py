@@ -110,6 +110,19 @@ def test_status_aggregates_members_nats_and_streams() -> None:
     assert all_ready.phase == "Running"
 
 
+def test_status_counts_the_dead_letters_waiting() -> None:
+    team = swarm()
+    dlq = SwarmNames(team.subject_prefix).dlq_stream
+    nats_ok = condition("NatsReady", True, "StreamsProvisioned", "3 streams")
+    waiting = compute_swarm_status(team, [], SwarmObserved(nats_ok, {"S_TASKS": 4, dlq: 3}, {}), NOW)
+    assert waiting.dead_letters == 3
+    assert compute_swarm_status(team, [], SwarmObserved(nats_ok, {}, {}), NOW).dead_letters == 0
+    # NATS away: the last count stays, as the stream counts do.
+    down = condition("NatsReady", False, "Unreachable", "no NATS server answered")
+    kept = compute_swarm_status(team.model_copy(update={"status": waiting}), [], SwarmObserved(down, None, {}), NOW)
+    assert kept.dead_letters == 3
+
+
 def test_nats_outage_keeps_the_last_stream_counts_and_degrades() -> None:
     team = swarm().model_copy(
         update={

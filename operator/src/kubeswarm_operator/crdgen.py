@@ -207,6 +207,7 @@ def swarm_crd() -> Schema:
     columns = [
         column("Phase", ".status.phase", "Pending, Running, Degraded or Failed."),
         column("Ready", ".status.ready", "Member agents that are Ready, of all of them."),
+        column("Dead-Letters", ".status.deadLetters", "Dead letters waiting (kubeswarm dlq list).", "integer"),
         AGE,
         column("Endpoint", ".status.endpoint", "External URL of the gateway.", priority=1),
         column("Prefix", ".spec.subjectPrefix", "NATS subject prefix, when set (else ks.<namespace>.<swarm>).", priority=1),

@@ -10,6 +10,7 @@ import signal
 import sys
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from .local import LocalSwarm, read_state
 from .manifests import ManifestError, load_manifests
 from .names import Priority
 from .resources import default_subject_prefix
+from .tasks import DeadLetterNotFound, NotReplayable
 
 DEFAULT_STATE_DIR = Path(os.environ.get("KUBESWARM_STATE_DIR", Path.home() / ".local" / "state" / "kubeswarm"))
 
@@ -29,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result: int = args.func(args)
         return result
-    except (ManifestError, RuntimeError) as exc:
+    except (ManifestError, RuntimeError, DeadLetterNotFound, NotReplayable) as exc:
         print(f"kubeswarm: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -76,6 +78,26 @@ def _parser() -> argparse.ArgumentParser:
 
     agents = connected(sub.add_parser("agents", help="list the agents present in the swarm"))
     agents.set_defaults(func=lambda a: _client_call(a, _agents))
+
+    dlq = sub.add_parser("dlq", help="dead letters: list, show, replay or purge the tasks that died")
+    dlq_verbs = dlq.add_subparsers(required=True, metavar="VERB")
+    dlq_list = connected(dlq_verbs.add_parser("list", help="the dead letters waiting, oldest first, and the count per capability"))
+    dlq_list.add_argument("--capability")
+    dlq_list.add_argument("--since-seq", type=int, default=0, help="start after this sequence number")
+    dlq_list.add_argument("--limit", type=int, default=100)
+    dlq_list.add_argument("--json", action="store_true", help="one JSON letter per line")
+    dlq_list.set_defaults(func=lambda a: _client_call(a, _dlq_list))
+    for verb, what in (("show", "print one dead letter"), ("replay", "queue a dead task again (a new task linked to the dead one)")):
+        command = connected(dlq_verbs.add_parser(verb, help=what))
+        command.add_argument("task_id", nargs="?", help="the dead task's id")
+        command.add_argument("--seq", type=int, help="the letter's sequence number (any letter, malformed ones too)")
+        command.set_defaults(func=lambda a, verb=verb: _client_call(a, _dlq_show if verb == "show" else _dlq_replay))
+    purge = connected(dlq_verbs.add_parser("purge", help="remove dead letters for good: one, a capability's, or --all"))
+    purge.add_argument("task_id", nargs="?", help="the dead task's id")
+    purge.add_argument("--seq", type=int)
+    purge.add_argument("--capability")
+    purge.add_argument("--all", action="store_true", help="every dead letter of the swarm")
+    purge.set_defaults(func=lambda a: _client_call(a, _dlq_purge))
     return parser
 
 
@@ -147,9 +169,61 @@ async def _agents(client: SwarmClient, _args: argparse.Namespace) -> int:
         (a.id, a.agent, a.role, ",".join(a.capabilities), f"{a.load}/{a.concurrency}", a.endpoint or "-")
         for a in await client.agents.list()
     ]
+    _print_table(rows)
+    return 0
+
+
+def _print_table(rows: Sequence[Sequence[str]]) -> None:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _letter_ref(args: argparse.Namespace) -> dict[str, Any]:
+    if (args.task_id is None) == (args.seq is None):
+        raise RuntimeError("name the dead letter by its task id or by --seq (not both)")
+    return {"task_id": args.task_id, "seq": args.seq}
+
+
+async def _dlq_list(client: SwarmClient, args: argparse.Namespace) -> int:
+    letters = await client.dead_letters.list(capability=args.capability, since_seq=args.since_seq, limit=args.limit)
+    if args.json:
+        for letter in letters:
+            print(letter.model_dump_json())
+        return 0
+    rows = [("SEQ", "CAPABILITY", "TASK", "ATTEMPTS", "DIED", "REASON")] + [
+        (
+            str(letter.seq),
+            letter.capability,
+            letter.task_id or "(malformed)",
+            str(letter.attempts or "-"),
+            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(letter.dead_at)) if letter.dead_at else "-",
+            letter.reason[:80],
+        )
+        for letter in letters
+    ]
+    _print_table(rows)
+    waiting = await client.dead_letters.counts()
+    print("\nwaiting: " + (", ".join(f"{c} {n}" for c, n in sorted(waiting.items())) or "none"))
+    return 0
+
+
+async def _dlq_show(client: SwarmClient, args: argparse.Namespace) -> int:
+    print((await client.dead_letters.get(**_letter_ref(args))).model_dump_json(indent=2))
+    return 0
+
+
+async def _dlq_replay(client: SwarmClient, args: argparse.Namespace) -> int:
+    print((await client.dead_letters.replay(**_letter_ref(args))).model_dump_json(indent=2))
+    return 0
+
+
+async def _dlq_purge(client: SwarmClient, args: argparse.Namespace) -> int:
+    given = [args.task_id is not None, args.seq is not None, args.capability is not None, args.all]
+    if sum(given) != 1:
+        raise RuntimeError("purge what: a task id, --seq, --capability or --all (exactly one)")
+    purged = await client.dead_letters.purge(task_id=args.task_id, seq=args.seq, capability=args.capability)
+    print(f"purged {purged} dead letter{'s' if purged != 1 else ''}")
     return 0
 
 

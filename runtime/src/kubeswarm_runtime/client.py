@@ -13,7 +13,7 @@ from .metrics import RuntimeMetrics
 from .names import SwarmNames
 from .presence import AgentDirectory
 from .stores import SwarmStores, ensure_swarm_stores
-from .tasks import TaskService
+from .tasks import DeadLetterService, TaskService
 
 
 @dataclass
@@ -22,6 +22,7 @@ class SwarmClient:
     names: SwarmNames
     stores: SwarmStores
     tasks: TaskService
+    dead_letters: DeadLetterService
     agents: AgentDirectory
     discoveries: DiscoveryService
     messages: MessageService
@@ -44,11 +45,13 @@ class SwarmClient:
         names = SwarmNames(prefix)
         stores = await ensure_swarm_stores(conn, names, streams or StreamsConfig())
         metrics = conn.metrics
+        tasks = TaskService(conn, names, stores.tasks)
         return cls(
             conn=conn,
             names=names,
             stores=stores,
-            tasks=TaskService(conn, names, stores.tasks),
+            tasks=tasks,
+            dead_letters=DeadLetterService(conn, names, tasks),
             agents=AgentDirectory(conn, names, stores.agents),
             discoveries=DiscoveryService(conn, names, metrics, agent or sender),
             messages=MessageService(conn, names, metrics, sender),

@@ -58,6 +58,12 @@ class RuntimeMetrics:
             registry=r,
         )
         self.dead_letters = Counter("kubeswarm_dead_letters", "Tasks sent to the dead-letter subject.", ["capability"], registry=r)
+        self.dead_letters_waiting = Gauge(
+            "kubeswarm_dead_letters_waiting",
+            "Dead letters waiting in the swarm's dead-letter stream, as last seen (refreshed every heartbeat).",
+            ["capability"],
+            registry=r,
+        )
         self.received_messages_bytes = Gauge(
             "kubeswarm_received_messages_bytes", "Bytes of the received messages this replica keeps for its readers.", registry=r
         )

@@ -704,6 +704,9 @@ class SwarmStatus(Model):
     ready: str | None = Field(default=None, description="Ready member agents of all of them, as kubectl prints a Deployment's: 2/3.")
     conditions: list[Condition] = Field(default_factory=list, description="Ready, NatsReady, ...", json_schema_extra=CONDITIONS_LIST)
     streams: dict[str, int] = Field(default_factory=dict, description="Message count of each stream.")
+    dead_letters: int | None = Field(
+        default=None, description="Dead letters waiting in the swarm's dead-letter stream (`kubeswarm dlq list` shows them)."
+    )
     observed_generation: int | None = Field(default=None, description="Generation of the spec last reconciled.")
     endpoint: str | None = Field(
         default=None, description="External URL of the gateway, once it exists; each agent is at <endpoint>/agents/<agent>/mcp."

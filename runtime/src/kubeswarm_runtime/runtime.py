@@ -96,7 +96,7 @@ class AgentRuntime:
             await asyncio.sleep(self.config.heartbeat_seconds)
             try:
                 await self._presence.heartbeat()
-                await self.worker.refresh_backlog(self.swarm.tasks)
+                await self.worker.refresh_backlog(self.swarm.tasks, self.swarm.dead_letters)
             except (TimeoutError, nats.errors.Error) as exc:
                 log.warning("heartbeat failed: %s", exc)
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import nats
+from nats.aio.msg import Msg
 from nats.js import api
 from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
@@ -187,29 +188,54 @@ _REMOVAL_HEADERS = ("KV-Operation", "Nats-Marker-Reason")
 async def read_bucket(conn: NatsConnection, bucket: str, keys: str) -> dict[str, bytes]:
     """Current values of the keys of ``bucket`` matching a pattern, by last write (deleted and expired keys left out).
 
-    Deterministic: an empty answer means no key matches. A consumer of the bucket's stream (last message per
-    subject, no acks, pulled) is made for the read; its creation answer says how many messages it holds, and
-    they are pulled until the server reports none pending. (nats-py's KV ``watch``/``keys`` signal "no more
-    entries" from a consumer-info count taken after the server may already have pushed the entries, so they
-    can report an empty bucket before the entries arrive.)
+    Deterministic: an empty answer means no key matches (see :func:`read_stream`; nats-py's KV ``watch``/``keys``
+    signal "no more entries" from a consumer-info count taken after the server may already have pushed the
+    entries, so they can report an empty bucket before the entries arrive).
+    """
+    prefix = f"$KV.{bucket}."
+    values: dict[str, bytes] = {}
+    for msg in await read_stream(conn, f"KV_{bucket}", prefix + keys, deliver=api.DeliverPolicy.LAST_PER_SUBJECT):
+        key = msg.subject[len(prefix) :]
+        if msg.data and not any(h in (msg.headers or {}) for h in _REMOVAL_HEADERS):
+            values[key] = msg.data
+        else:
+            values.pop(key, None)
+    return values
+
+
+async def read_stream(
+    conn: NatsConnection,
+    stream: str,
+    subjects: str,
+    *,
+    deliver: api.DeliverPolicy = api.DeliverPolicy.ALL,
+    start_seq: int | None = None,
+    limit: int | None = None,
+) -> list[Msg]:
+    """The messages of ``stream`` on ``subjects`` (oldest first, at most ``limit``), read to the end the server reports.
+
+    A consumer (no acks, pulled, in memory) is made for the read; its creation answer says how many messages it
+    holds, and they are pulled until the server reports none pending (or ``limit`` is reached).
     """
     js, nc = conn.js, conn.nc
-    stream, prefix = f"KV_{bucket}", f"$KV.{bucket}."
     name = f"read-{secrets.token_hex(8)}"
     info = await js.add_consumer(
         stream,
         api.ConsumerConfig(
             name=name,
-            filter_subject=prefix + keys,
-            deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
+            filter_subject=subjects,
+            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE if start_seq else deliver,
+            opt_start_seq=start_seq,
             ack_policy=api.AckPolicy.NONE,
             mem_storage=True,
             num_replicas=1,
             inactive_threshold=READER_INACTIVE_SECONDS,
         ),
     )
-    values: dict[str, bytes] = {}
+    found: list[Msg] = []
     pending = info.num_pending or 0
+    if limit is not None:
+        pending = min(pending, limit)
     inbox = nc.new_inbox()
     sub = await nc.subscribe(inbox) if pending else None
     try:
@@ -225,13 +251,11 @@ async def read_bucket(conn: NatsConnection, bucket: str, keys: str) -> dict[str,
                     if status in (api.StatusCode.NO_MESSAGES, api.StatusCode.REQUEST_TIMEOUT):
                         pending = 0  # what was pending is gone (expired or purged meanwhile)
                         break
-                    raise nats.errors.Error(f"reading bucket {bucket}: {status} {headers.get('Description', '')}".rstrip())
-                key = msg.subject[len(prefix) :]
-                if msg.data and not any(h in headers for h in _REMOVAL_HEADERS):
-                    values[key] = msg.data
-                else:
-                    values.pop(key, None)
+                    raise nats.errors.Error(f"reading stream {stream}: {status} {headers.get('Description', '')}".rstrip())
+                found.append(msg)
                 pending = msg.metadata.num_pending or 0
+                if limit is not None and len(found) >= limit:
+                    pending = 0
                 if not pending:
                     break
     finally:
@@ -241,4 +265,4 @@ async def read_bucket(conn: NatsConnection, bucket: str, keys: str) -> dict[str,
         with contextlib.suppress(nats.errors.Error):
             # No need to wait for the answer: the inactivity threshold removes the consumer should this be lost.
             await nc.publish(f"{JS_API_PREFIX}.CONSUMER.DELETE.{stream}.{name}")
-    return values
+    return found

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from kubeswarm_runtime.names import SwarmNames
 from kubeswarm_runtime.resources import Agent, Condition, Phase, Swarm, SwarmStatus
 
 from ..kube.conditions import condition, stamp
@@ -64,6 +65,10 @@ def compute_swarm_status(swarm: Swarm, members: Sequence[Agent], observed: Swarm
         ready=f"{ready_agents}/{len(members)}",
         conditions=stamp(conditions, old.conditions, swarm.metadata.generation, now),
         streams=dict(observed.streams) if observed.streams is not None else old.streams,
+        # The dead-letter stream's count, read with the others: no request of its own.
+        dead_letters=observed.streams.get(SwarmNames(swarm.subject_prefix).dlq_stream, 0)
+        if observed.streams is not None
+        else old.dead_letters,
         observed_generation=swarm.metadata.generation,
         endpoint=observed.endpoint,
     )

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
 import nats
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..capabilities import CapabilityError
 from ..config import NAME_PATTERN
@@ -21,7 +21,7 @@ from ..discoveries import Discovery
 from ..names import Priority
 from ..presence import AgentInfo
 from ..runtime import AgentRuntime
-from ..tasks import TaskNotFound, TaskRecord, TaskState
+from ..tasks import DeadLetterNotFound, NotReplayable, StoredLetter, TaskNotFound, TaskRecord, TaskState
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +135,49 @@ class TasksOutput(ToolOutput):
     tasks: list[TaskRecord]
 
 
+class ListDeadLettersInput(ToolInput):
+    capability: Token | None = Field(default=None, description="Only dead letters of this capability.")
+    since_seq: int = Field(default=0, ge=0, description="Start after this sequence number (the last seq of a previous page).")
+    limit: int = Field(default=50, ge=1, le=500, description="At most this many letters, oldest first.")
+
+
+class DeadLettersOutput(ToolOutput):
+    dead_letters: list[StoredLetter]
+    waiting: dict[str, int] = Field(description="Dead letters waiting per capability, all of the swarm.")
+
+
+class DeadLetterRefInput(ToolInput):
+    task_id: Token | None = Field(default=None, description="The dead task's id.")
+    seq: int | None = Field(default=None, ge=1, description="The letter's sequence number (list_dead_letters shows it); any letter.")
+
+    @model_validator(mode="after")
+    def _one(self) -> DeadLetterRefInput:
+        if (self.task_id is None) == (self.seq is None):
+            raise ValueError("give exactly one of task_id and seq")
+        return self
+
+
+class DeadLetterOutput(ToolOutput):
+    dead_letter: StoredLetter
+
+
+class PurgeDeadLettersInput(ToolInput):
+    task_id: Token | None = Field(default=None, description="Remove this task's letter.")
+    seq: int | None = Field(default=None, ge=1, description="Remove the letter with this sequence number.")
+    capability: Token | None = Field(default=None, description="Remove every letter of this capability.")
+    all: bool = Field(default=False, description="Remove every dead letter of the swarm (nothing else given).")
+
+    @model_validator(mode="after")
+    def _one(self) -> PurgeDeadLettersInput:
+        if sum(v is not None and v is not False for v in (self.task_id, self.seq, self.capability, self.all or None)) != 1:
+            raise ValueError("give exactly one of task_id, seq, capability and all=true")
+        return self
+
+
+class PurgedOutput(ToolOutput):
+    purged: int
+
+
 class BroadcastInput(ToolInput):
     body: Any = Field(description="Message content for every agent: text or any JSON value.")
 
@@ -218,6 +261,25 @@ async def cancel_task(runtime: AgentRuntime, args: TaskIdInput, origin: CallOrig
     return TaskOutput(task=await runtime.swarm.tasks.cancel(args.task_id))
 
 
+async def list_dead_letters(runtime: AgentRuntime, args: ListDeadLettersInput, origin: CallOrigin) -> DeadLettersOutput:
+    dead = runtime.swarm.dead_letters
+    letters = await dead.list(capability=args.capability, since_seq=args.since_seq, limit=args.limit)
+    return DeadLettersOutput(dead_letters=letters, waiting=await dead.counts())
+
+
+async def get_dead_letter(runtime: AgentRuntime, args: DeadLetterRefInput, origin: CallOrigin) -> DeadLetterOutput:
+    return DeadLetterOutput(dead_letter=await runtime.swarm.dead_letters.get(task_id=args.task_id, seq=args.seq))
+
+
+async def replay_dead_letter(runtime: AgentRuntime, args: DeadLetterRefInput, origin: CallOrigin) -> TaskOutput:
+    return TaskOutput(task=await runtime.swarm.dead_letters.replay(task_id=args.task_id, seq=args.seq))
+
+
+async def purge_dead_letters(runtime: AgentRuntime, args: PurgeDeadLettersInput, origin: CallOrigin) -> PurgedOutput:
+    purged = await runtime.swarm.dead_letters.purge(task_id=args.task_id, seq=args.seq, capability=args.capability)
+    return PurgedOutput(purged=purged)
+
+
 async def broadcast(runtime: AgentRuntime, args: BroadcastInput, origin: CallOrigin) -> MessageOutput:
     return MessageOutput(message_id=(await runtime.swarm.messages.broadcast(args.body, message_id=origin.idempotency_key)).id)
 
@@ -238,6 +300,7 @@ class ToolSpec(Generic[InT, OutT]):
     run: Callable[[AgentRuntime, InT, CallOrigin], Awaitable[OutT]]
     read_only: bool = False
     idempotent: bool = False
+    destructive: bool = False
     # May take seconds or longer: served as an SSE stream (keep-alives, resumable on 2025 sessions).
     slow: bool = False
     definition: dict[str, Any] = field(init=False, repr=False, compare=False)
@@ -252,7 +315,7 @@ class ToolSpec(Generic[InT, OutT]):
             "annotations": {
                 "title": self.title,
                 "readOnlyHint": self.read_only,
-                "destructiveHint": False,
+                "destructiveHint": self.destructive,
                 "idempotentHint": self.idempotent or self.read_only,
                 "openWorldHint": False,
             },
@@ -273,6 +336,8 @@ class ToolSpec(Generic[InT, OutT]):
             raise
         except TaskNotFound as exc:
             raise ToolFailure(f"no task {exc.args[0]!r}") from None
+        except (DeadLetterNotFound, NotReplayable) as exc:
+            raise ToolFailure(str(exc)) from None
         except CapabilityError as exc:
             raise ToolFailure(str(exc)) from None
         except (TimeoutError, nats.errors.Error) as exc:
@@ -375,6 +440,44 @@ SWARM_TOOLS: tuple[ToolSpec[Any, Any], ...] = (
         TaskOutput,
         cancel_task,
         idempotent=True,
+    ),
+    ToolSpec(
+        "list_dead_letters",
+        "List dead letters",
+        "List the tasks that died (out of deliveries, or a permanent error) and wait in the swarm's dead letters, oldest "
+        "first, with their reason, attempts and input; and how many wait per capability. Page with since_seq.",
+        ListDeadLettersInput,
+        DeadLettersOutput,
+        list_dead_letters,
+        read_only=True,
+    ),
+    ToolSpec(
+        "get_dead_letter",
+        "Get a dead letter",
+        "Read one dead letter by the dead task's id or by its sequence number.",
+        DeadLetterRefInput,
+        DeadLetterOutput,
+        get_dead_letter,
+        read_only=True,
+    ),
+    ToolSpec(
+        "replay_dead_letter",
+        "Replay a dead letter",
+        "Queue a dead task again: a new task (new id, replay_of = the dead id, history = its earlier lives) with the same "
+        "capability, priority and input; the letter leaves the dead letters. Replaying the same letter twice queues one task.",
+        DeadLetterRefInput,
+        TaskOutput,
+        replay_dead_letter,
+        idempotent=True,
+    ),
+    ToolSpec(
+        "purge_dead_letters",
+        "Purge dead letters",
+        "Remove dead letters for good: one (task_id or seq), every letter of a capability, or all=true. Returns how many went.",
+        PurgeDeadLettersInput,
+        PurgedOutput,
+        purge_dead_letters,
+        destructive=True,
     ),
     ToolSpec(
         "broadcast",

@@ -13,6 +13,7 @@ The parts: ``records`` (the shapes), ``service`` (the client side),
 consuming side, talking through :class:`~.outcomes.TaskOutcomes`).
 """
 
+from .dead_letters import DeadLetterNotFound, DeadLetterService, NotReplayable, StoredLetter
 from .records import TERMINAL_STATES, DeadLetter, PastAttempts, TaskMessage, TaskNotFound, TaskRecord, TaskState, encode_record
 from .service import TaskService
 from .worker import TaskWorker
@@ -20,7 +21,11 @@ from .worker import TaskWorker
 __all__ = [
     "TERMINAL_STATES",
     "DeadLetter",
+    "DeadLetterNotFound",
+    "DeadLetterService",
+    "NotReplayable",
     "PastAttempts",
+    "StoredLetter",
     "TaskMessage",
     "TaskNotFound",
     "TaskRecord",

@@ -102,6 +102,7 @@ class TaskOutcomes:
             "raw": msg.data[:MALFORMED_BYTES_KEPT].decode(errors="replace"),
             "size": len(msg.data),
             "reason": f"malformed task: {error}",
+            "dead_at": time.time(),
         }
         if await publish_patiently(self.conn.js, self.names.dlq(capability), json.dumps(letter).encode()):
             self.metrics.dead_letters.labels(capability).inc()

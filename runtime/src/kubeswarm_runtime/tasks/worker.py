@@ -32,6 +32,7 @@ from ..names import PRIORITIES, Priority, SwarmNames, cancel_key
 from ..providers.base import PermanentTaskError, TaskContext, TaskHandler
 from ..stores import read_bucket, task_consumer_config, with_replicas
 from .committing import SuccessCommitter
+from .dead_letters import DeadLetterService
 from .outcomes import TaskOutcomes
 from .pulling import Puller, deliveries
 from .records import TaskMessage, TaskState, encode_record
@@ -323,10 +324,15 @@ class TaskWorker:
         except (nats.errors.Error, ValidationError, KeyError, ValueError) as exc:
             log.warning("could not dead-letter after max deliveries: %s", exc)
 
-    async def refresh_backlog(self, tasks: TaskService) -> None:
+    async def refresh_backlog(self, tasks: TaskService, dead_letters: DeadLetterService) -> None:
+        """The gauges of this replica's capabilities: tasks waiting in the queue, and in the dead letters."""
         for capability in self.config.capabilities:
             with contextlib.suppress(nats.errors.Error, asyncio.TimeoutError):
                 self.metrics.backlog.labels(capability).set(await tasks.backlog(capability))
+        with contextlib.suppress(nats.errors.Error, asyncio.TimeoutError):
+            waiting = await dead_letters.counts()
+            for capability in self.config.capabilities:
+                self.metrics.dead_letters_waiting.labels(capability).set(waiting.get(capability, 0))
 
     async def stop(self, grace: float) -> None:
         """Stop fetching; let in-flight tasks finish until ``grace`` runs out; hand the rest back."""
