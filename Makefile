@@ -90,7 +90,8 @@ bench: testbed ## run every benchmark in bench/ (each prints its ratios against 
 
 # -- packaging: images, chart, dashboards (no container engine needed except for `images`)
 
-HELM = $(shell $(BIN)/python -c 'from tests.testbed import build; print(build.build(next(c for c in build.COMPONENTS if c.name == "helm")) / "helm")')
+# A helm on PATH, else the test bed's (built from its Go module, alone, on first use: minutes).
+HELM = $(or $(shell command -v helm 2>/dev/null),$(shell $(BIN)/python -c 'from tests.testbed import build; print(build.build(next(c for c in build.COMPONENTS if c.name == "helm")) / "helm")'))
 
 .PHONY: base-image images images-lock test-images dashboards chart chart-lint
 
@@ -109,12 +110,12 @@ test-images: venv ## the image checks that need no container engine (locks, Dock
 dashboards: venv ## rebuild charts/kubeswarm/dashboards/*.json from dashboards/build.py
 	$(BIN)/python -m dashboards.build
 
-chart: venv testbed dashboards ## copy crds/ into the chart and package it into dist/
+chart: venv dashboards ## copy crds/ into the chart and package it into dist/ (helm from PATH, else built)
 	rm -f charts/kubeswarm/files/crds/*.yaml
 	cp crds/*.yaml charts/kubeswarm/files/crds/
 	mkdir -p dist
 	$(HELM) package charts/kubeswarm --destination dist
 
-chart-lint: venv testbed ## helm lint --strict and the chart's unit tests (schemas, RBAC, NATS config)
+chart-lint: venv ## helm lint --strict and the chart's unit tests (schemas, RBAC, NATS config)
 	$(HELM) lint --strict charts/kubeswarm
 	$(BIN)/pytest tests/unit/test_chart.py tests/unit/test_dashboards.py $(PYTEST_ARGS)

@@ -327,7 +327,8 @@ class Engine:
 
 
 def docker_running() -> bool:
-    return shutil.which("docker") is not None and capture(["docker", "info"]) is not None
+    # Ask for the server's version: some docker CLIs print their client half of `docker info` and exit 0 without a daemon.
+    return shutil.which("docker") is not None and bool((capture(["docker", "info", "--format", "{{.ServerVersion}}"]) or "").strip())
 
 
 def local_engine(name: str, path: str) -> Engine:
@@ -346,17 +347,24 @@ def choose_engine(
     """docker when its daemon answers, else buildah, else podman, else buildah installed by ``install``."""
     if docker_ok():
         return Engine("docker", ("docker",))
+    docker = (
+        "docker is installed but its daemon does not answer (`docker info` failed: start it, or check access to its socket)"
+        if which("docker")
+        else "docker is not installed"
+    )
     for name in ("buildah", "podman"):
         path = which(name)
         if path:
+            log(f"{docker}: building with {name} instead")
             return local_engine(name, path)
     if install is not None:
         install()
         path = which("buildah")
         if path:
+            log(f"{docker}: building with buildah instead")
             return local_engine("buildah", path)
     raise ImageBuildError(
-        "no container engine: docker is not running (`docker info` failed) and neither buildah nor podman is installed. "
+        f"no container engine: {docker}, and neither buildah nor podman is installed. "
         "Install buildah (Debian/Ubuntu: apt-get install buildah runc), or run `python3 -m images.build` as root on "
         "Debian/Ubuntu to have it installed."
     )

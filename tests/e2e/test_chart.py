@@ -232,6 +232,21 @@ def test_install_test_operate_upgrade_uninstall(
     example_agent_becomes_ready(release, agents_namespace, "writer", tmp_path / "operator-cluster.log")
     swarm_scales_and_goes(release, agents_namespace, nats_server.url, tmp_path / "operator-swarm.log")
 
+    # A second release (docs/install.md, several releases): another name, its own namespaces, and the
+    # first one's CRDs (crds.install=false); installing them again would fail on their ownership.
+    second = Release(cluster, f"{release.namespace}-b", tmp_path)
+    cluster.kubectl("create", "namespace", second.namespace)
+    try:
+        team_b = ["--set", f"operator.watchNamespaces={{{second.namespace}}}", *values_args(VALUES, tmp_path)]
+        refused = second.helm("install", "ks-b", str(CHART), *team_b, check=False)
+        assert refused.returncode != 0 and "agents.kubeswarm.io" in refused.stderr, refused.stderr
+        second.helm("install", "ks-b", str(CHART), "--set", "crds.install=false", *team_b, "--timeout", "2m")
+        cluster.kubectl("-n", second.namespace, "rollout", "status", "deployment/ks-b-kubeswarm-operator", "--timeout=60s")
+        assert all(release.get("crd", crd, namespace="default") for crd in CRDS)
+    finally:
+        second.helm("uninstall", "ks-b", "--wait", "--timeout", "2m", check=False)
+        cluster.kubectl("delete", "namespace", second.namespace, "--wait=false", check=False)
+
     # Upgrade to watching one namespace: the ClusterRole gives way to a Role there.
     release.install("upgrade", {**VALUES, "operator": {**VALUES["operator"], "watchNamespaces": [agents_namespace]}})
     upgraded = release.manifest()

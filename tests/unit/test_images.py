@@ -315,10 +315,29 @@ def test_no_engine_is_a_clear_error() -> None:
     with pytest.raises(build.ImageBuildError) as error:
         build.choose_engine(which=lambda name: None, docker_ok=lambda: False, install=None)
     assert str(error.value) == (
-        "no container engine: docker is not running (`docker info` failed) and neither buildah nor podman is installed. "
+        "no container engine: docker is not installed, and neither buildah nor podman is installed. "
         "Install buildah (Debian/Ubuntu: apt-get install buildah runc), or run `python3 -m images.build` as root on "
         "Debian/Ubuntu to have it installed."
     )
+
+
+@pytest.mark.unit
+def test_a_docker_cli_without_its_daemon_is_named_and_buildah_used(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    def which(present: set[str]) -> Callable[[str], str | None]:
+        return lambda name: f"/usr/bin/{name}" if name in present else None
+
+    assert build.choose_engine(which=which({"docker", "buildah"}), docker_ok=lambda: False).name == "buildah"
+    assert "docker is installed but its daemon does not answer (`docker info` failed" in capsys.readouterr().err
+    with pytest.raises(build.ImageBuildError) as error:
+        build.choose_engine(which=which({"docker"}), docker_ok=lambda: False, install=None)
+    assert "docker is installed but its daemon does not answer" in str(error.value)
+    # The check itself: a docker CLI that exits 0 printing only its client half (no server version) is no daemon.
+    fake = tmp_path / "docker"
+    fake.write_text("#!/bin/sh\necho ''\nexit 0\n")
+    fake.chmod(0o755)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+        assert build.docker_running() is False
 
 
 @pytest.mark.unit
