@@ -18,6 +18,7 @@ from .conftest import Namespace, install_crds
 pytestmark = pytest.mark.e2e
 
 ANTHROPIC = {"provider": "anthropic", "name": "claude"}
+SECRET = {"secretKeyRef": {"name": "token", "key": "bearer"}}
 
 # (id, spec or metadata override, text the error must contain)
 INVALID: list[tuple[str, dict[str, Any], str]] = [
@@ -53,6 +54,22 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
         "operator",
     ),
     ("name-starts-with-digit", {"__name__": "9lives"}, "metadata.name must start with a letter"),
+    ("mcp-server-without-url", {"tools": {"mcpServers": [{"name": "search"}]}}, "spec.tools.mcpServers[0].url"),
+    ("mcp-server-url-not-http", {"tools": {"mcpServers": [{"name": "search", "url": "ftp://x"}]}}, "spec.tools.mcpServers[0].url"),
+    (
+        "mcp-servers-same-name",
+        {"tools": {"mcpServers": [{"name": "search", "url": "http://a"}, {"name": "search", "url": "http://b"}]}},
+        "spec.tools.mcpServers[1]",
+    ),
+    (
+        "mcp-header-value-and-secret",
+        {"tools": {"mcpServers": [{"name": "s", "url": "http://s", "headers": [{"name": "A", "value": "v", "valueFrom": SECRET}]}]}},
+        "set exactly one of value and valueFrom",
+    ),
+    ("max-turns-out-of-range", {"tools": {"maxTurns": 0}}, "spec.tools.maxTurns"),
+    ("delegation-depth-out-of-range", {"tools": {"maxDelegationDepth": 100}}, "spec.tools.maxDelegationDepth"),
+    ("tool-allowed-and-denied", {"tools": {"allow": ["broadcast"], "deny": ["broadcast"]}}, "a tool cannot be both allowed and denied"),
+    ("agent-tool-not-a-dns-label", {"tools": {"agents": [{"name": "Bad_Name"}]}}, "spec.tools.agents[0].name"),
 ]
 
 

@@ -354,7 +354,11 @@ class ToolsSpec(Model):
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
-                cel("self.allow.all(t, !(t in self.deny))", "a tool cannot be both allowed and denied", ".allow"),
+                cel(
+                    "!has(self.allow) || !has(self.deny) || self.allow.all(t, !(t in self.deny))",
+                    "a tool cannot be both allowed and denied",
+                    ".allow",
+                ),
             ]
         }
     )

@@ -1,0 +1,90 @@
+"""The tool loop's pure parts: idempotency keys, tool names, allow/deny, and how spec.tools reaches a pod."""
+
+from __future__ import annotations
+
+import pytest
+from kubeswarm_runtime.agentloop.loop import idempotency_key
+from kubeswarm_runtime.agentloop.toolbox import MODEL_TOOL_NAME, allowed, model_tool_name
+from kubeswarm_runtime.local import local_secrets
+from kubeswarm_runtime.render import render_runtime_env
+from kubeswarm_runtime.resources import Agent, ToolsSpec
+from pydantic import ValidationError
+
+pytestmark = pytest.mark.unit
+
+
+def test_idempotency_keys_are_stable_and_fit_a_task_id() -> None:
+    assert idempotency_key("0f3a", 2, 1) == "0f3a-t2c1"
+    assert idempotency_key("0f3a", 2, 1) != idempotency_key("0f3a", 2, 0) != idempotency_key("0f3a", 1, 1)
+    # A capability request's context id is a NATS inbox: hashed into a subject token.
+    inbox = "_INBOX.abc.def"
+    assert idempotency_key(inbox, 1, 0) == idempotency_key(inbox, 1, 0)
+    assert len(idempotency_key(inbox, 1, 0)) == 40 and "." not in idempotency_key(inbox, 1, 0)
+    assert len(idempotency_key("x" * 128, 1, 0)) == 40
+
+
+def test_tool_names_fit_what_model_apis_accept() -> None:
+    assert model_tool_name("search", "web.query/v2") == "search__web_query_v2"
+    long = model_tool_name("s", "t" * 100)
+    assert len(long) == 64 and MODEL_TOOL_NAME.match(long)
+
+
+@pytest.mark.parametrize(
+    ("name", "allow", "deny", "expected"),
+    [
+        ("broadcast", [], [], True),
+        ("broadcast", [], ["broadcast"], False),
+        ("search__web", ["search__*"], [], True),
+        ("get_task", ["search__*"], [], False),
+        ("search__web", ["search__*"], ["search__web"], False),
+    ],
+)
+def test_allow_and_deny(name: str, allow: list[str], deny: list[str], expected: bool) -> None:
+    assert allowed(name, allow, deny) is expected
+
+
+def test_an_agent_without_tools_renders_as_before() -> None:
+    env = render_runtime_env(Agent.model_validate({"metadata": {"name": "a"}}), None, namespace="d", nats_url="nats://n:4222")
+    assert not [key for key in env if key.startswith("KUBESWARM_TOOLS")]
+
+
+def test_header_secrets_reach_the_pod_by_name_never_by_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    agent = Agent.model_validate(
+        {
+            "metadata": {"name": "a"},
+            "spec": {
+                "tools": {
+                    "mcpServers": [
+                        {
+                            "name": "search",
+                            "url": "http://search:8000/mcp",
+                            "headers": [
+                                {"name": "Authorization", "valueFrom": {"secretKeyRef": {"name": "search-token", "key": "bearer"}}}
+                            ],
+                        }
+                    ]
+                }
+            },
+        }
+    )
+    env = render_runtime_env(agent, None, namespace="d", nats_url="nats://n:4222")
+    assert '"header_env": {"Authorization": "KUBESWARM_TOOL_HEADER_0_0"}' in env["KUBESWARM_TOOLS__MCP_SERVERS"]
+    monkeypatch.setenv("SEARCH_TOKEN_BEARER", "Bearer s3cret")
+    assert local_secrets(agent) == {"KUBESWARM_TOOL_HEADER_0_0": "Bearer s3cret"}
+
+
+@pytest.mark.parametrize(
+    ("tools", "message"),
+    [
+        ({"mcpServers": [{"name": "s", "url": "http://a"}, {"name": "s", "url": "http://b"}]}, "mcpServers name 's' appears twice"),
+        ({"agents": [{"name": "w"}, {"name": "w"}]}, "agents name 'w' appears twice"),
+        (
+            {"mcpServers": [{"name": "s", "url": "http://a", "headers": [{"name": "A", "value": "1"}, {"name": "A", "value": "2"}]}]},
+            "twice",
+        ),
+        ({"allow": ["x"], "deny": ["x"]}, "both allowed and denied"),
+    ],
+)
+def test_local_mode_refuses_what_the_api_server_refuses(tools: dict[str, object], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        ToolsSpec.model_validate(tools)
