@@ -72,7 +72,7 @@ def secured(tmp_path: Path) -> Iterator[SecuredNats]:
         creds = tmp_path / f"{swarm}.creds"
         _write_creds(creds, authority.user_creds(account, f"{account.name}/agent", agent_permissions(names)))
         tenants[swarm] = Tenant(account, names, creds)
-    jwts = {t.account.public_key: authority.account_jwt(t.account, time.time()) for t in tenants.values()}
+    jwts = {t.account.public_key: authority.account_jwt(t.account) for t in tenants.values()}
     server = NatsServer(tmp_path / "nats", config=authority.server_config(resolver_dir=None, accounts=jwts)).start()
     try:
         yield SecuredNats(authority, server, tenants["alpha"], tenants["beta"])

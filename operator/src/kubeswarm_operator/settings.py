@@ -36,6 +36,16 @@ class OperatorSettings(BaseSettings):
     nats_creds_file: Path | None = Field(default=None, description="NATS .creds file of the operator's own connections.")
     nats_user: str | None = Field(default=None, description="NATS user of the operator's own connections.")
     nats_password: SecretStr | None = Field(default=None, description="NATS password of the operator's own connections.")
+    # -- NATS identities (docs/security.md): set by the chart, whose NATS servers mount the auth Secret
+    nats_auth_secret: str = Field(
+        default="",
+        description="Secret holding the NATS master key and the servers' auth files; empty: no NATS identities are issued.",
+    )
+    nats_auth_namespace: str = Field(default="", description="Namespace of the auth Secret (the operator's own).")
+    nats_resolver_dir: str = Field(default="/data/jwt", description="Where the NATS servers keep the account JWTs pushed to them.")
+    nats_routes: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="host:port of every NATS server's route port, comma-separated (routes.conf)."
+    )
     nats_connect_timeout_seconds: float = Field(default=3.0, gt=0, description="How long one NATS connection attempt may take.")
     swarm_resync_seconds: float = Field(default=30.0, gt=0, description="Period of each Swarm's level check (stream counts, gateway).")
     swarm_delete_timeout_seconds: float = Field(
@@ -54,7 +64,7 @@ class OperatorSettings(BaseSettings):
         check_url_credentials(value)
         return value
 
-    @field_validator("namespaces", mode="before")
+    @field_validator("namespaces", "nats_routes", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
         return [part.strip() for part in value.split(",") if part.strip()] if isinstance(value, str) else value

@@ -257,8 +257,7 @@ class LocalSwarm:
         """The server's operator-mode configuration (an account per swarm) and each swarm's creds file, owner-only."""
         prefixes = {a.spec.swarm: agent_subject_prefix(a, self.manifests.swarm_of(a), self.namespace) for a in self.manifests.agents}
         accounts = {swarm: self.account(swarm) for swarm in prefixes}
-        now = time.time()
-        jwts = {a.public_key: self.authority.account_jwt(a, now) for a in accounts.values()}
+        jwts = {a.public_key: self.authority.account_jwt(a) for a in accounts.values()}
         _write_private(self.state_dir / "nats-auth.conf", self.authority.server_config(resolver_dir=None, accounts=jwts))
         for swarm, account in accounts.items():
             permissions = agent_permissions(SwarmNames(prefixes[swarm]))

@@ -15,6 +15,7 @@ import hmac
 import json
 import secrets
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,11 @@ import nkeys
 from .names import SwarmNames
 
 _JWT_HEADER = {"typ": "JWT", "alg": "ed25519-nkey"}
+# The auth Secret's keys (the NATS servers mount it; the operator keeps the master in it).
+MASTER_KEY = "master"
+AUTH_CONF_KEY = "auth.conf"
+ROUTES_CONF_KEY = "routes.conf"
+ROUTE_USER = "route"
 # A user JWT lives this long; holders get a fresh one once half of it has passed (rotation).
 USER_LIFETIME_SECONDS = 7 * 24 * 3600
 # The operator's identity in each swarm's account: manage streams and consumers, read their state, nothing else
@@ -212,20 +218,19 @@ class NatsAuthority:
         return encode_jwt(claims, operator)
 
     def system_account_jwt(self) -> str:
-        return self._account_jwt("SYS", self.system_account.public_key, jetstream=False, issued_at=None)
+        return self._account_jwt("SYS", self.system_account.public_key, jetstream=False)
 
-    def account_jwt(self, account: SwarmAccount, issued_at: float | None) -> str:
-        return self._account_jwt(account.name, account.public_key, jetstream=True, issued_at=issued_at)
+    def account_jwt(self, account: SwarmAccount) -> str:
+        """The swarm's account JWT; the same every time (no iat), so pushing it again changes nothing."""
+        return self._account_jwt(account.name, account.public_key, jetstream=True)
 
-    def _account_jwt(self, name: str, subject: str, *, jetstream: bool, issued_at: float | None) -> str:
+    def _account_jwt(self, name: str, subject: str, *, jetstream: bool) -> str:
         limits = _UNLIMITED | (_JETSTREAM if jetstream else {})
         claims: dict[str, Any] = {
             "name": name,
             "sub": subject,
             "nats": {"limits": limits, "default_permissions": {"pub": {}, "sub": {}}, "type": "account", "version": 2},
         }
-        if issued_at is not None:
-            claims["iat"] = int(issued_at)
         return encode_jwt(claims, self.operator)
 
     def user_creds(
@@ -255,6 +260,24 @@ class NatsAuthority:
             "nats": {**permissions.claims(), "subs": -1, "data": -1, "payload": -1, "type": "user", "version": 2},
         }
         return creds_text(encode_jwt(claims, account), user)
+
+    def routes_config(self, routes: Sequence[str]) -> str:
+        """The nats.conf fragment inside a ``cluster`` block: route auth, and the routes (host:port) with it."""
+        password = self.route_password
+        urls = "".join(f"\n  nats-route://{ROUTE_USER}:{password}@{route}" for route in routes)
+        return f"authorization {{ user: {ROUTE_USER}, password: {password} }}\nroutes: [{urls}\n]\n"
+
+    def server_files(self, *, resolver_dir: str, routes: Sequence[str]) -> dict[str, str]:
+        """The auth Secret's files a NATS server includes: the master (to re-derive), auth.conf, routes.conf."""
+        return {
+            MASTER_KEY: self.master.hex(),
+            AUTH_CONF_KEY: self.server_config(resolver_dir=resolver_dir),
+            ROUTES_CONF_KEY: self.routes_config(routes),
+        }
+
+    @classmethod
+    def from_files(cls, files: Mapping[str, str]) -> NatsAuthority:
+        return cls(bytes.fromhex(files[MASTER_KEY].strip()))
 
     def server_config(self, *, resolver_dir: str | None, accounts: dict[str, str] | None = None) -> str:
         """The nats.conf fragment of operator mode.

@@ -23,6 +23,11 @@ APP_NAME = "kubeswarm-agent"
 CONFIG_HASH_ANNOTATION = "kubeswarm.io/config-hash"
 
 JWT_SECRET_KEY = "jwt-key"  # noqa: S105 (the name of a key, not a secret)
+# The agent's NATS identity in its credentials Secret, mounted as a file (never env); rotated without a rollout.
+NATS_CREDS_KEY = "nats.creds"
+NATS_CREDS_DIR = "/var/run/kubeswarm/nats"
+NATS_IDENTITY_ANNOTATION = "kubeswarm.io/nats-identity"  # account and prefix the creds were issued for
+NATS_RENEW_AFTER_ANNOTATION = "kubeswarm.io/nats-renew-after"  # epoch seconds: issue new creds from then on
 AWS_SYNCED_KEY = "api-key"  # the key of the Secret an AWS Secrets Manager value is synced into
 METRICS_PORT = 9090
 RUNTIME_COMMAND = ["python", "-m", "kubeswarm_runtime"]
@@ -86,13 +91,13 @@ def build_config_map(agent: Agent, runtime_env: Mapping[str, str]) -> Manifest:
     return manifest(agent, CONFIG_MAP, {"data": dict(sorted(runtime_env.items()))})
 
 
-def build_secret(agent: Agent) -> Manifest:
+def build_secret(agent: Agent, annotations: Mapping[str, str] | None = None) -> Manifest:
     """The per-agent credentials Secret without its data.
 
-    The data (the JWT signing key) is generated once when the Secret is
-    created and never re-applied, so reconciles cannot rotate it.
+    The data (the JWT signing key; the NATS creds, with ``annotations`` saying for what and until when) is
+    written by the reconciler when missing or due, never re-applied, so reconciles cannot rotate it by accident.
     """
-    return manifest(agent, SECRET, {"type": "Opaque"})
+    return manifest(agent, SECRET, {"type": "Opaque"}, annotations=annotations)
 
 
 def build_service(agent: Agent) -> Manifest:
@@ -173,10 +178,12 @@ def build_deployment(
     config_hash: str,
     api_key_env: str,
     jwt_key_env: str,
+    nats_creds_env: str | None = None,
     with_replicas: bool = True,
 ) -> Manifest:
     """The runtime pods: restricted pod security, probes on the runtime's endpoints, a config hash to roll them.
 
+    ``nats_creds_env``: the variable naming the creds file, mounted from the credentials Secret (None: no NATS identity).
     ``with_replicas=False`` leaves replicas to whoever else scales the Deployment (an HPA).
     """
     spec = agent.spec
@@ -209,6 +216,13 @@ def build_deployment(
         # The root filesystem is read-only; Python and libraries still want a scratch directory (an emptyDir).
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],  # noqa: S108,
     }
+    volumes: list[Manifest] = [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}]
+    if nats_creds_env is not None:
+        container["env"].insert(0, {"name": nats_creds_env, "value": f"{NATS_CREDS_DIR}/{NATS_CREDS_KEY}"})
+        container["volumeMounts"].append({"name": "nats-creds", "mountPath": NATS_CREDS_DIR, "readOnly": True})
+        # Not a subPath mount: the kubelet then swaps in a rotated file, which the runtime reconnects with.
+        items = [{"key": NATS_CREDS_KEY, "path": NATS_CREDS_KEY}]
+        volumes.append({"name": "nats-creds", "secret": {"secretName": secret_name(agent), "items": items, "defaultMode": 0o440}})
     if spec.image_pull_policy:
         container["imagePullPolicy"] = spec.image_pull_policy
     pod_spec: Manifest = {
@@ -222,7 +236,7 @@ def build_deployment(
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "containers": [container],
-        "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}],
+        "volumes": volumes,
     }
     optional = {
         "serviceAccountName": spec.service_account_name,
@@ -353,13 +367,15 @@ class ChildInputs:
     api_key_env: str
     jwt_key_env: str
     scaled_externally: bool = False
+    nats_creds_env: str | None = None  # the agent has a NATS identity (the operator's own NATS)
+    secret_annotations: Mapping[str, str] | None = None
 
 
 def build_children(agent: Agent, inputs: ChildInputs) -> dict[Kind, Manifest | None]:
     """Every child kind -> its desired manifest, or None where the Agent wants none (to be deleted)."""
     return {
         CONFIG_MAP: build_config_map(agent, inputs.runtime_env),
-        SECRET: build_secret(agent),
+        SECRET: build_secret(agent, inputs.secret_annotations),
         SERVICE: build_service(agent),
         NETWORK_POLICY: build_network_policy(agent, nats_url=inputs.nats_url, ingress_namespace=inputs.ingress_namespace),
         PDB: build_pdb(agent),
@@ -369,6 +385,7 @@ def build_children(agent: Agent, inputs: ChildInputs) -> dict[Kind, Manifest | N
             config_hash=inputs.config_hash,
             api_key_env=inputs.api_key_env,
             jwt_key_env=inputs.jwt_key_env,
+            nats_creds_env=inputs.nats_creds_env,
             with_replicas=not inputs.scaled_externally,
         ),
         INGRESS: build_ingress(agent),

@@ -17,11 +17,13 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from kubeswarm_runtime.render import MCP_JWT_KEY_ENV, MODEL_API_KEY_ENV, render_runtime_env
+from kubeswarm_runtime.natsauth import USER_LIFETIME_SECONDS
+from kubeswarm_runtime.render import MCP_JWT_KEY_ENV, MODEL_API_KEY_ENV, NATS_CREDS_FILE_ENV, agent_subject_prefix, render_runtime_env
 from kubeswarm_runtime.resources import Agent, AgentStatus, Swarm
 
 from .. import metrics
-from ..jetstream.connections import swarm_nats_url
+from ..jetstream.connections import NatsUnavailable, swarm_nats_url
+from ..jetstream.identity import NatsIdentities
 from ..kube.client import ApiError, Kube, namespace_terminating
 from ..kube.conditions import Event, now, status_patch
 from ..kube.drift import contains
@@ -32,6 +34,9 @@ from ..kube.world import World, latest, one
 from ..settings import OperatorSettings
 from .children import (
     JWT_SECRET_KEY,
+    NATS_CREDS_KEY,
+    NATS_IDENTITY_ANNOTATION,
+    NATS_RENEW_AFTER_ANNOTATION,
     ChildInputs,
     api_key_ref,
     build_children,
@@ -49,6 +54,8 @@ log = logging.getLogger(__name__)
 # that differs is read again from the API server before it is taken for drift.
 SETTLE_SECONDS = 15.0
 PODS_READ = (CONFIG_MAP, SECRET)
+# A failed push of a swarm's account is retried this soon (the pods keep retrying their connection meanwhile).
+ACCOUNT_RETRY_SECONDS = 10.0
 
 
 def new_jwt_key() -> str:
@@ -62,6 +69,28 @@ class NameConflict(Exception):
 
     def __init__(self, kind: Kind, name: str) -> None:
         super().__init__(f'{kind.kind} "{name}" exists and is not owned by this Agent: rename the Agent or remove that object')
+
+
+@dataclass(frozen=True)
+class NatsIdentity:
+    """The agent's NATS creds as the credentials Secret should hold them: annotations, and new creds when due."""
+
+    annotations: dict[str, str]
+    new_creds: str | None
+
+
+def nats_identity(identities: NatsIdentities, agent: Agent, prefix: str, live_secret: Manifest | None, now: float) -> NatsIdentity:
+    """Keep the creds the Secret holds while they are for this account and prefix and not due; else issue new ones."""
+    namespace, swarm = agent.metadata.namespace, agent.spec.swarm
+    issued_for = f"{identities.account(namespace, swarm).public_key}/{prefix}"
+    annotations = (live_secret or {}).get("metadata", {}).get("annotations", {})
+    renew_after = annotations.get(NATS_RENEW_AFTER_ANNOTATION, "")
+    held = NATS_CREDS_KEY in (live_secret or {}).get("digests", {})
+    if held and annotations.get(NATS_IDENTITY_ANNOTATION) == issued_for and renew_after.isdigit() and int(renew_after) > now:
+        return NatsIdentity({NATS_IDENTITY_ANNOTATION: issued_for, NATS_RENEW_AFTER_ANNOTATION: renew_after}, None)
+    creds = identities.agent_creds(namespace, swarm, agent.metadata.name, prefix)
+    renew = str(int(now + USER_LIFETIME_SECONDS / 2))
+    return NatsIdentity({NATS_IDENTITY_ANNOTATION: issued_for, NATS_RENEW_AFTER_ANNOTATION: renew}, creds)
 
 
 @dataclass(frozen=True)
@@ -86,6 +115,8 @@ class AgentReconciler:
         self._posting: set[asyncio.Task[None]] = set()
         # What the operator's loops (autoscaler, AWS secret sync, HTTPRoutes) found; merged into the status.
         self.findings = AgentFindings()
+        # Set at startup where the operator issues NATS identities (its own NATS).
+        self.identities: NatsIdentities | None = None
 
     # -- entry points
 
@@ -174,11 +205,16 @@ class AgentReconciler:
 
         live_secret = world.children[SECRET].get((namespace, secret_name(agent)))
         # Base64 as in a Secret's data, so its digests match what the watch reports once it exists.
-        new_secret_data = (
-            None
-            if live_secret and JWT_SECRET_KEY in live_secret.get("digests", {})
-            else {JWT_SECRET_KEY: base64.b64encode(new_jwt_key().encode()).decode()}
-        )
+        new_data: dict[str, str] = {}
+        if not (live_secret and JWT_SECRET_KEY in live_secret.get("digests", {})):
+            new_data[JWT_SECRET_KEY] = base64.b64encode(new_jwt_key().encode()).decode()
+        identity = None
+        if self.identities is not None and self.identities.manages(nats_url):
+            identity = nats_identity(self.identities, agent, agent_subject_prefix(agent, swarm, namespace), live_secret, time.time())
+            if identity.new_creds is not None:
+                new_data[NATS_CREDS_KEY] = base64.b64encode(identity.new_creds.encode()).decode()
+            await self._ensure_account(agent)
+        new_secret_data = new_data or None
         refs = self._refs(agent, world, runtime_env, new_secret_data)
         inputs = ChildInputs(
             image=self.settings.runtime_image,
@@ -189,6 +225,8 @@ class AgentReconciler:
             api_key_env=MODEL_API_KEY_ENV,
             jwt_key_env=MCP_JWT_KEY_ENV,
             scaled_externally=bool(world.scaled.get((namespace, "Deployment", agent.metadata.name))),
+            nats_creds_env=NATS_CREDS_FILE_ENV if identity is not None else None,
+            secret_annotations=identity.annotations if identity is not None else None,
         )
         desired = build_children(agent, inputs)
 
@@ -222,11 +260,28 @@ class AgentReconciler:
         wrote_status = await self._report(agent, observed, actions)
         return bool(actions) or wrote_status
 
+    async def _ensure_account(self, agent: Agent) -> None:
+        """The agent's swarm account on the servers before its pods connect; a failure is retried soon, not raised:
+        the rest of the Agent does not wait for NATS."""
+        assert self.identities is not None
+        namespace, swarm = agent.metadata.namespace, agent.spec.swarm
+        try:
+            await self.identities.ensure_account(self.identities.account(namespace, swarm))
+        except NatsUnavailable as error:
+            log.warning("Agent %s/%s: %s; retrying", namespace, agent.metadata.name, error)
+            self.enqueue(namespace, agent.metadata.name, delay=ACCOUNT_RETRY_SECONDS)
+
     def _refs(self, agent: Agent, world: World, runtime_env: Mapping[str, str], new_secret: Mapping[str, str] | None) -> Refs:
-        """Digests of everything the pods read: ours from what we are about to write, others' from the watch."""
+        """Digests of everything the pods read: ours from what we are about to write, others' from the watch.
+
+        The NATS creds are left out: a rotation reaches the pods as a file the kubelet swaps in, not as a rollout.
+        """
+        live_secret = world.children[SECRET].get((agent.metadata.namespace, secret_name(agent)))
+        secret = {**((live_secret or {}).get("digests") or {}), **data_digests(new_secret or {})}
+        secret.pop(NATS_CREDS_KEY, None)
         own = {
             ("ConfigMap", child_name(agent, CONFIG_MAP)): digest(dict(runtime_env)),
-            ("Secret", secret_name(agent)): data_digests(new_secret) if new_secret else None,
+            ("Secret", secret_name(agent)): secret or None,
         }
         digests: dict[tuple[str, str], object] = {}
         missing = []
@@ -285,7 +340,8 @@ class AgentReconciler:
             if live is None:
                 await self.kube.create(with_data)  # a 409 means it exists after all: never overwrite a key
             else:
-                await self.kube.merge_patch(kind, namespace, name, {"data": dict(new_secret)})
+                annotations = want["metadata"].get("annotations", {})
+                await self.kube.merge_patch(kind, namespace, name, {"metadata": {"annotations": annotations}, "data": dict(new_secret)})
         else:
             await self._apply(kind, want, live)
         self._recent[recent_key] = (wanted_hash, time.monotonic() + SETTLE_SECONDS)

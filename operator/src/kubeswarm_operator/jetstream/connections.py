@@ -39,6 +39,7 @@ class NatsTarget:
     creds_file: Path | None = None
     user: str | None = None
     password: str | None = field(default=None, repr=False)
+    inbox_prefix: str = "_INBOX"
 
 
 def swarm_nats_url(swarm: Swarm | None, default_url: str) -> str:
@@ -61,6 +62,7 @@ def connection(target: NatsTarget, connect_timeout: float) -> NatsConnection:
         user=target.user,
         password=SecretStr(target.password) if target.password else None,
         creds_file=target.creds_file,
+        inbox_prefix=target.inbox_prefix,
         connect_timeout_seconds=connect_timeout,
     )
     return NatsConnection(config, RuntimeMetrics(), CLIENT_NAME, credentials=target.creds)

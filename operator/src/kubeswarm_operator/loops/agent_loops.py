@@ -170,7 +170,7 @@ class AgentLoops:
             self._signal(agent, self.findings.set_condition(key, unknown))
             return
         try:
-            conn = await self.swarms.pool.get(await self.swarms.target(swarm))
+            conn = await self.swarms.pool.get(await self.swarms.target(swarm, agent.metadata.namespace, agent.spec.swarm))
             backlog = await task_backlog(conn, SwarmNames(prefix), agent.spec.capabilities)
         except (NatsUnavailable, TimeoutError, nats.errors.Error, JetStreamError) as error:
             unknown = condition("Scaling", False, "BacklogUnknown", f"cannot read the backlog, replicas left as they are: {error}")

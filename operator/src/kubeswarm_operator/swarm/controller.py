@@ -23,6 +23,7 @@ from nats.js.errors import Error as JetStreamError
 from ..agent.ingress import Exposure, ingress_ready
 from ..jetstream import provisioning
 from ..jetstream.connections import NatsPool, NatsTarget, NatsUnavailable, swarm_nats_url
+from ..jetstream.identity import NatsIdentities
 from ..kube.client import ApiError, KindNotInstalled, Kube, namespace_terminating
 from ..kube.conditions import condition, condition_events, now, status_patch
 from ..kube.drift import contains
@@ -99,6 +100,8 @@ class SwarmController:
         self.pool = pool
         self.world = world
         self.member_manager = f"{settings.field_manager}-swarm"
+        # Set at startup where the operator issues NATS identities (its own NATS).
+        self.identities: NatsIdentities | None = None
         self._locks: dict[Key, asyncio.Lock] = {}
         self._written: dict[Key, Mapping[str, Any]] = {}
         # Its own changes, member events and the resync; a failure (an unreachable NATS among them) is retried while it exists.
@@ -128,8 +131,16 @@ class SwarmController:
             if not namespace_terminating(error):
                 raise
 
-    async def target(self, swarm: Swarm | None) -> NatsTarget:
+    async def target(self, swarm: Swarm | None, namespace: str = "", name: str = "default") -> NatsTarget:
+        """How the operator connects to a swarm (``swarm``, or the one named ``namespace``/``name`` that has no object).
+
+        On its own NATS: as its limited user in the swarm's account. Elsewhere: with the Swarm's credentials.
+        """
         ref = swarm.spec.nats.credentials_secret_ref if swarm else None
+        if swarm is not None:
+            namespace, name = swarm.metadata.namespace, swarm.metadata.name
+        if self.identities is not None and ref is None and self.identities.manages(swarm_nats_url(swarm, self.settings.nats_url)):
+            return await self.identities.operator_target(namespace, name)
         creds = None
         if swarm is not None and ref is not None:
             creds = await self.kube.secret_value(swarm.metadata.namespace, ref.name, ref.key)

@@ -11,18 +11,21 @@ children's own watches.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 from collections.abc import Mapping
 from typing import Any
 
+from kubeswarm_runtime.natsauth import NatsAuthority
 from kubeswarm_runtime.resources import Agent, Swarm
 
 from .. import metrics
 from ..agent.reconciler import AgentReconciler
 from ..jetstream.connections import NatsPool
+from ..jetstream.identity import NatsIdentities
 from ..kube.client import Kube
 from ..kube.kinds import CHILD_KINDS, CONFIG_MAP, SECRET, Key, Kind, Manifest
-from ..kube.owned import AGENT_LABEL, MANAGED_SELECTOR
+from ..kube.owned import AGENT_LABEL, MANAGED_BY, MANAGED_BY_LABEL, MANAGED_SELECTOR
 from ..kube.watch import ChildWatch, Notify, digests_view, prune
 from ..kube.world import View, World
 from ..loops.agent_loops import AgentLoops
@@ -68,6 +71,9 @@ class Operator:
     async def start(self) -> None:
         """List every child kind (before kopf starts the Agent handlers: a restarted operator recreates nothing), then run."""
         metrics.serve(self.settings.metrics_port)
+        if self.settings.nats_auth_secret:
+            identities = NatsIdentities(await self._nats_authority(), self.settings.nats_url, self.nats, self.settings.swarm_resync_seconds)
+            self.agents.identities = self.swarms.identities = identities
         await asyncio.gather(*(watch.list_until_done() for watch in self.watches))
         loops = [
             *(watch.watch_forever() for watch in self.watches),
@@ -78,6 +84,33 @@ class Operator:
             self.loops.routes_forever(self.settings.swarm_resync_seconds),
         ]
         self._background = [asyncio.create_task(loop) for loop in loops]
+
+    async def _nats_authority(self) -> NatsAuthority:
+        """The master of the NATS identities, from the auth Secret the NATS servers mount; created with a new master
+        if missing (the servers wait for it), its server files brought up to date otherwise."""
+        settings = self.settings
+        namespace, name = settings.nats_auth_namespace, settings.nats_auth_secret
+        while True:
+            live = await self.kube.get(SECRET, namespace, name)
+            data = {key: base64.b64decode(value).decode() for key, value in ((live or {}).get("data") or {}).items()}
+            authority = NatsAuthority.from_files(data) if data.get("master") else NatsAuthority.generate()
+            files = authority.server_files(resolver_dir=settings.nats_resolver_dir, routes=settings.nats_routes)
+            encoded = {key: base64.b64encode(value.encode()).decode() for key, value in files.items()}
+            if live is None:
+                secret = {
+                    "apiVersion": "v1",
+                    "kind": "Secret",
+                    "metadata": {"name": name, "namespace": namespace, "labels": {MANAGED_BY_LABEL: MANAGED_BY}},
+                    "type": "Opaque",
+                    "data": encoded,
+                }
+                if await self.kube.create(secret) is None:
+                    continue  # another replica created it meanwhile: use its master
+                log.info("created the NATS auth Secret %s/%s", namespace, name)
+            elif data != files:
+                await self.kube.merge_patch(SECRET, namespace, name, {"data": encoded})
+                log.info("updated the NATS auth Secret %s/%s", namespace, name)
+            return authority
 
     async def close(self) -> None:
         for task in self._background:
