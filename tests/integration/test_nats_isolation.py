@@ -11,6 +11,7 @@ import asyncio
 import os
 import time
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ import pytest_asyncio
 from kubeswarm_runtime.client import SwarmClient
 from kubeswarm_runtime.config import NatsConfig, StreamsConfig
 from kubeswarm_runtime.names import Priority, SwarmNames
-from kubeswarm_runtime.natsauth import NatsAuthority, SwarmAccount, agent_permissions
+from kubeswarm_runtime.natsauth import OPERATOR_INBOX, OPERATOR_PERMISSIONS, NatsAuthority, SwarmAccount, agent_permissions
 from kubeswarm_runtime.providers.base import TaskContext
 from kubeswarm_runtime.stores import task_consumer_config
 from nats.aio.client import Client
@@ -146,6 +147,45 @@ async def test_each_swarm_works_and_no_swarm_reaches_the_other(secured: SecuredN
     finally:
         for client in clients.values():
             await client.close()
+
+
+@pytest.mark.usefixtures("agents")
+async def test_the_operator_identity_manages_streams_and_reads_no_message(secured: SecuredNats, tmp_path: Path) -> None:
+    alpha = secured.alpha
+    async with swarm_client_for(secured, alpha) as client:
+        await client.tasks.create("idle", {"prompt": "waiting"})  # no agent takes "idle": it stays in the stream
+    creds = tmp_path / "operator.creds"
+    _write_creds(creds, secured.authority.user_creds(alpha.account, "alpha/kubeswarm-operator", OPERATOR_PERMISSIONS))
+    errors: list[str] = []
+
+    async def on_error(exc: Exception) -> None:
+        errors.append(str(exc))
+
+    nc = await nats.connect(secured.url, user_credentials=str(creds), inbox_prefix=OPERATOR_INBOX, error_cb=on_error, allow_reconnect=False)
+    try:
+        js = nc.jetstream(timeout=2)
+        info = await js.stream_info(alpha.names.tasks_stream)  # backlogs: stream and consumer state
+        assert info.state.messages >= 1
+        assert {c.name for c in await js.consumers_info(alpha.names.tasks_stream)} >= {"work"}
+        with pytest.raises(nats.errors.TimeoutError):
+            await js.get_msg(alpha.names.tasks_stream, info.state.first_seq)
+        with pytest.raises(nats.errors.TimeoutError):
+            await nc.request(f"$JS.API.CONSUMER.MSG.NEXT.{alpha.names.tasks_stream}.work", b'{"batch":1}', timeout=1)
+        await nc.publish(alpha.names.task("work"), b"{}")
+        await nc.flush()
+        await wait_for(lambda: _async(len(errors) >= 3), what="three permission violations")
+        assert all("permissions violation" in e.lower() for e in errors), errors
+    finally:
+        await nc.close()
+
+
+@asynccontextmanager
+async def swarm_client_for(secured: SecuredNats, tenant: Tenant) -> AsyncIterator[SwarmClient]:
+    client = await SwarmClient.connect(tenant.nats(secured.url), tenant.names.prefix, sender="test")
+    try:
+        yield client
+    finally:
+        await client.close()
 
 
 async def beta_submits_to_alpha(secured: SecuredNats) -> None:
