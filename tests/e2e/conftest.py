@@ -182,9 +182,19 @@ class Namespace:
         return self.kubectl("apply", "-f", "-", input=json.dumps(manifest))
 
 
-@pytest.fixture
-def namespace(cluster: KubeAccess) -> Iterator[Namespace]:
+def _fresh_namespace(cluster: KubeAccess) -> Iterator[Namespace]:
     name = f"e2e-{uuid.uuid4().hex[:8]}"
     cluster.kubectl("create", "namespace", name)
     yield Namespace(cluster, name)
     cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture
+def namespace(cluster: KubeAccess) -> Iterator[Namespace]:
+    yield from _fresh_namespace(cluster)
+
+
+@pytest.fixture
+def other_namespace(cluster: KubeAccess) -> Iterator[Namespace]:
+    """A second test namespace, for what must stay apart from the first."""
+    yield from _fresh_namespace(cluster)

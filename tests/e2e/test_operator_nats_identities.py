@@ -68,14 +68,6 @@ def secured(cluster: KubeAccess, tmp_path_factory: pytest.TempPathFactory) -> It
         cluster.kubectl("delete", "namespace", system_namespace, "--wait=false", check=False)
 
 
-@pytest.fixture
-def other_namespace(cluster: KubeAccess) -> Iterator[Namespace]:
-    name = f"e2e-{uuid.uuid4().hex[:8]}"
-    cluster.kubectl("create", "namespace", name)
-    yield Namespace(cluster, name)
-    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
-
-
 def swarm(name: str) -> dict[str, Any]:
     member = {"name": "worker", "template": {"capabilities": ["work"]}}
     return {"apiVersion": "kubeswarm.io/v1alpha1", "kind": "Swarm", "metadata": {"name": name}, "spec": {"agents": [member]}}
@@ -152,7 +144,8 @@ def test_each_swarm_gets_its_own_identity_and_reaches_nothing_of_the_other(
     deployment = until(lambda: namespace.get("deployment", "worker"), 60, "alpha's worker Deployment")
     pod = deployment["spec"]["template"]["spec"]
     volume = next(v for v in pod["volumes"] if v["name"] == "nats-creds")
-    assert volume["secret"] == {"secretName": "worker-credentials", "items": [{"key": "nats.creds", "path": "nats.creds"}], "defaultMode": 0o440}
+    items = [{"key": "nats.creds", "path": "nats.creds"}]
+    assert volume["secret"] == {"secretName": "worker-credentials", "items": items, "defaultMode": 0o440}
     container = pod["containers"][0]
     assert {"name": "KUBESWARM_NATS__CREDS_FILE", "value": "/var/run/kubeswarm/nats/nats.creds"} in container["env"]
     assert any(m["name"] == "nats-creds" and m["readOnly"] for m in container["volumeMounts"])

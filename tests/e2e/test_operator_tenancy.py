@@ -3,13 +3,10 @@ claims another namespace's subjects and streams."""
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests.testbed.cluster import KubeAccess
 from tests.testbed.nats import NatsServer
 
 from .conftest import Namespace, Operator, until
@@ -52,14 +49,6 @@ def test_an_agent_named_like_an_existing_service_leaves_it_alone(operator: Opera
     namespace.kubectl("delete", "agent", "billing", "--wait=true")
     until(lambda: namespace.get("configmap", "billing-runtime") is None, SETTLE, "the Agent's own children collected")
     assert namespace.must("service", "billing")["spec"]["selector"] == {"app": "billing"}
-
-
-@pytest.fixture
-def other_namespace(cluster: KubeAccess) -> Iterator[Namespace]:
-    name = f"e2e-{uuid.uuid4().hex[:8]}"
-    cluster.kubectl("create", "namespace", name)
-    yield Namespace(cluster, name)
-    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
 def swarm(name: str, url: str, **spec: Any) -> dict[str, Any]:
