@@ -26,9 +26,33 @@ from grafana_foundation_sdk.models import dashboard as model
 
 OUT = Path(__file__).resolve().parents[1] / "charts" / "kubeswarm" / "dashboards"
 DATASOURCE = model.DataSourceRef(type_val="prometheus", uid="${datasource}")
-# Every agent query is narrowed to the chosen namespaces and swarms.
-AGENT = 'namespace=~"$namespace", swarm=~"$swarm"'
+TAG = "kubeswarm"
+# `cluster` is what a Prometheus watching several clusters adds (an external label); where there is
+# none, its variable is empty or All, and `cluster=~""` / `=~".*"` match series without it.
+CLUSTER = 'cluster=~"$cluster"'
+# Every agent query is narrowed to the chosen cluster, namespaces and swarms.
+AGENT = f'{CLUSTER}, namespace=~"$namespace", swarm=~"$swarm"'
+# Every operator query to the chosen operators: cluster, scrape job, and the namespace it runs in
+# (its own series carry the ServiceMonitor's namespace label).
+OPERATOR = f'{CLUSTER}, job=~"$job", namespace=~"$namespace"'
 WINDOW = "$__rate_interval"
+
+# Units: a rate reads as what it counts (Grafana's "reqps" would call tasks and tokens requests).
+TASKS_PER_S = "suffix: tasks/s"
+TOKENS_PER_S = "suffix: tokens/s"
+TOKENS = "suffix: tokens"
+RECONCILES_PER_S = "suffix: reconciles/s"
+ERRORS_PER_S = "suffix: errors/s"
+REQUESTS_PER_S = "reqps"  # MCP and API requests: requests indeed
+COUNT = "none"
+
+# Stat colours: a count with no good or bad value is plain text; a count of trouble is green at 0 and
+# turns orange or red from the first one (rates from any at all). Grafana's own default (red from 80)
+# showed five Agents not Running in green.
+NEUTRAL = [model.Threshold(None, "text")]
+ANY_IS_BAD = [model.Threshold(None, "green"), model.Threshold(1, "red")]
+ANY_RATE_IS_BAD = [model.Threshold(None, "green"), model.Threshold(0.001, "red")]
+ANY_IS_A_WARNING = [model.Threshold(None, "green"), model.Threshold(1, "orange")]
 
 Query = tuple[str, str]  # (PromQL, legend)
 PanelBuilder = Callable[[], Any]
@@ -48,8 +72,10 @@ def graph(title: str, unit: str, *exprs: Query, description: str = "", width: in
     return queries(panel, *exprs)
 
 
-def single(title: str, unit: str, expr: str, description: str = "", width: int = 6) -> Any:
+def single(title: str, unit: str, expr: str, *, thresholds: list[model.Threshold], description: str = "", width: int = 6) -> Any:
     panel = stat.Panel().title(title).description(description).unit(unit).span(width).height(4).datasource(DATASOURCE)
+    panel = panel.thresholds(gd.ThresholdsConfig().mode(model.ThresholdsMode.ABSOLUTE).steps(thresholds))
+    panel = panel.color_mode(common.BigValueColorMode.VALUE).color_scheme(gd.FieldColor().mode(model.FieldColorModeId.THRESHOLDS))
     return queries(panel.graph_mode(common.BigValueGraphMode.AREA), (expr, title))
 
 
@@ -81,49 +107,64 @@ def datasource_variable() -> Any:
 
 
 def base(uid: str, title: str, description: str) -> Any:
+    # The other kubeswarm dashboards, one click away, with the same time range and variables.
+    others = (
+        gd.DashboardLink("kubeswarm")
+        .type(model.DashboardLinkType.DASHBOARDS)
+        .tags([TAG])
+        .as_dropdown(False)
+        .include_vars(True)
+        .keep_time(True)
+        .target_blank(False)
+    )
     return (
         gd.Dashboard(title)
         .uid(uid)
         .description(description)
-        .tags(["kubeswarm"])
+        .tags([TAG])
         .refresh("30s")
         .time("now-1h", "now")
         .timezone("browser")
         .tooltip(model.DashboardCursorSync.CROSSHAIR)
+        .link(others)
         .with_variable(datasource_variable())
     )
 
 
 def swarm_overview() -> Any:
-    namespaces = "label_values(kubeswarm_nats_connected, namespace)"
-    swarms = 'label_values(kubeswarm_nats_connected{namespace=~"$namespace"}, swarm)'
+    clusters = "label_values(kubeswarm_nats_connected, cluster)"
+    namespaces = f"label_values(kubeswarm_nats_connected{{{CLUSTER}}}, namespace)"
+    swarms = f'label_values(kubeswarm_nats_connected{{{CLUSTER}, namespace=~"$namespace"}}, swarm)'
     return (
         base("kubeswarm-swarm", "kubeswarm / Swarm overview", "Agents, tasks, backlog, MCP and LLM usage of kubeswarm swarms.")
+        .with_variable(variable("cluster", "Cluster", clusters))
         .with_variable(variable("namespace", "Namespace", namespaces))
         .with_variable(variable("swarm", "Swarm", swarms))
         .with_row(gd.Row("Agents"))
         .with_panel(
             single(
                 "Agents ready",
-                "none",
+                COUNT,
                 f"count(max by (namespace, agent) (kubeswarm_nats_connected{{{AGENT}}}) == 1)",
+                thresholds=NEUTRAL,
                 description="Agents with at least one replica connected to NATS.",
             )
         )
-        .with_panel(single("Tasks/s", "reqps", f"sum(rate(kubeswarm_tasks_total{{{AGENT}}}[{WINDOW}]))"))
-        .with_panel(single("Backlog", "none", f"sum(kubeswarm_backlog{{{AGENT}}})"))
+        .with_panel(single("Tasks/s", TASKS_PER_S, f"sum(rate(kubeswarm_tasks_total{{{AGENT}}}[{WINDOW}]))", thresholds=NEUTRAL))
+        .with_panel(single("Backlog", COUNT, f"sum(kubeswarm_backlog{{{AGENT}}})", thresholds=NEUTRAL))
         .with_panel(
             single(
                 "Dead letters waiting",
-                "none",
+                COUNT,
                 f"sum(max by (namespace, swarm, capability) (kubeswarm_dead_letters_waiting{{{AGENT}}}))",
+                thresholds=ANY_IS_A_WARNING,
                 description="Dead letters in the swarms' dead-letter streams: `kubeswarm dlq list` shows them, `replay` queues them again.",
             )
         )
         .with_panel(
             graph(
                 "Replicas ready vs desired",
-                "none",
+                COUNT,
                 (f'sum by (agent) (kubeswarm_operator_agent_replicas{{{AGENT}, state="desired"}})', "{{agent}} desired"),
                 (f'sum by (agent) (kubeswarm_operator_agent_replicas{{{AGENT}, state="ready"}})', "{{agent}} ready"),
                 description="The Agent's spec.replicas (desired) and its ready pods, from the operator.",
@@ -132,7 +173,7 @@ def swarm_overview() -> Any:
         .with_panel(
             graph(
                 "Runtimes connected to NATS",
-                "none",
+                COUNT,
                 (f"sum by (agent) (kubeswarm_nats_connected{{{AGENT}}})", "{{agent}}"),
                 (f"sum by (agent) (increase(kubeswarm_nats_reconnects_total{{{AGENT}}}[{WINDOW}]))", "{{agent}} reconnects"),
                 description="Replicas whose runtime is connected to NATS (what /readyz checks), and reconnections.",
@@ -142,7 +183,7 @@ def swarm_overview() -> Any:
         .with_panel(
             graph(
                 "Tasks/s by capability and outcome",
-                "reqps",
+                TASKS_PER_S,
                 (f"sum by (capability, outcome) (rate(kubeswarm_tasks_total{{{AGENT}}}[{WINDOW}]))", "{{capability}} {{outcome}}"),
                 stacked=True,
             )
@@ -150,7 +191,7 @@ def swarm_overview() -> Any:
         .with_panel(
             graph(
                 "Backlog by capability",
-                "none",
+                COUNT,
                 (f"sum by (capability) (kubeswarm_backlog{{{AGENT}}})", "{{capability}}"),
                 (f"sum(kubeswarm_tasks_in_flight{{{AGENT}}})", "in flight"),
                 description="Tasks pending or unacknowledged on each capability's consumer: what autoscaling follows.",
@@ -160,7 +201,7 @@ def swarm_overview() -> Any:
         .with_panel(
             graph(
                 "Dead letters and open breakers",
-                "none",
+                COUNT,
                 (f"sum by (capability) (increase(kubeswarm_dead_letters_total{{{AGENT}}}[{WINDOW}]))", "{{capability}} dead letters"),
                 (f"max by (capability) (kubeswarm_dead_letters_waiting{{{AGENT}}})", "{{capability}} waiting"),
                 (f"max by (capability) (kubeswarm_capability_breaker_open{{{AGENT}}})", "{{capability}} breaker open"),
@@ -174,7 +215,7 @@ def swarm_overview() -> Any:
         .with_panel(
             graph(
                 "MCP requests/s by method",
-                "reqps",
+                REQUESTS_PER_S,
                 (f"sum by (method) (rate(kubeswarm_mcp_requests_total{{{AGENT}}}[{WINDOW}]))", "{{method}}"),
                 stacked=True,
             )
@@ -182,7 +223,7 @@ def swarm_overview() -> Any:
         .with_panel(
             graph(
                 "MCP errors/s by code",
-                "reqps",
+                REQUESTS_PER_S,
                 (
                     f'sum by (method, code) (rate(kubeswarm_mcp_requests_total{{{AGENT}, outcome="error"}}[{WINDOW}]))',
                     "{{method}} {{code}}",
@@ -194,7 +235,7 @@ def swarm_overview() -> Any:
         .with_panel(
             graph(
                 "LLM tokens/s by model",
-                "none",
+                TOKENS_PER_S,
                 (f"sum by (model, kind) (rate(kubeswarm_llm_tokens_total{{{AGENT}}}[{WINDOW}]))", "{{model}} {{kind}}"),
                 stacked=True,
             )
@@ -202,7 +243,7 @@ def swarm_overview() -> Any:
         .with_panel(
             graph(
                 "LLM tokens by model (range)",
-                "none",
+                TOKENS,
                 (f"sum by (model) (increase(kubeswarm_llm_tokens_total{{{AGENT}}}[$__range]))", "{{model}}"),
                 (f"sum by (provider) (increase(kubeswarm_llm_retries_total{{{AGENT}}}[$__range]))", "{{provider}} retries"),
                 description="Tokens used over the dashboard's time range, and retried LLM API calls.",
@@ -212,29 +253,67 @@ def swarm_overview() -> Any:
 
 
 def operator_overview() -> Any:
+    series = "kubeswarm_operator_reconciles_total"
     return (
         base("kubeswarm-operator", "kubeswarm / Operator", "Reconciles, errors, latency and Agents by phase of the kubeswarm operator.")
-        .with_panel(single("Reconciles/s", "reqps", f"sum(rate(kubeswarm_operator_reconciles_total[{WINDOW}]))"))
-        .with_panel(single("Reconcile errors/s", "reqps", f'sum(rate(kubeswarm_operator_reconciles_total{{outcome="error"}}[{WINDOW}]))'))
-        .with_panel(single("API errors/s", "reqps", f"sum(rate(kubeswarm_operator_api_errors_total[{WINDOW}]))"))
-        .with_panel(single("Agents not Running", "none", 'sum(kubeswarm_operator_agents{phase!="Running"})'))
+        .with_variable(variable("cluster", "Cluster", f"label_values({series}, cluster)"))
+        .with_variable(variable("job", "Job", f"label_values({series}{{{CLUSTER}}}, job)"))
+        .with_variable(variable("namespace", "Operator namespace", f'label_values({series}{{{CLUSTER}, job=~"$job"}}, namespace)'))
+        .with_panel(
+            single(
+                "Reconciles/s",
+                RECONCILES_PER_S,
+                f"sum(rate(kubeswarm_operator_reconciles_total{{{OPERATOR}}}[{WINDOW}]))",
+                thresholds=NEUTRAL,
+            )
+        )
+        .with_panel(
+            single(
+                "Reconcile errors/s",
+                ERRORS_PER_S,
+                f'sum(rate(kubeswarm_operator_reconciles_total{{{OPERATOR}, outcome="error"}}[{WINDOW}]))',
+                thresholds=ANY_RATE_IS_BAD,
+            )
+        )
+        .with_panel(
+            single(
+                "API errors/s",
+                ERRORS_PER_S,
+                f"sum(rate(kubeswarm_operator_api_errors_total{{{OPERATOR}}}[{WINDOW}]))",
+                thresholds=ANY_RATE_IS_BAD,
+            )
+        )
+        .with_panel(
+            single(
+                "Agents not Running",
+                COUNT,
+                f'sum(kubeswarm_operator_agents{{{OPERATOR}, phase!="Running"}})',
+                thresholds=ANY_IS_BAD,
+                description="Pending, Degraded or Failed: `kubectl get agents -A` lists them, the Swarm overview shows their swarms.",
+            )
+        )
         .with_panel(
             graph(
                 "Reconciles/s by kind and outcome",
-                "reqps",
-                (f"sum by (kind, outcome) (rate(kubeswarm_operator_reconciles_total[{WINDOW}]))", "{{kind}} {{outcome}}"),
+                RECONCILES_PER_S,
+                (f"sum by (kind, outcome) (rate(kubeswarm_operator_reconciles_total{{{OPERATOR}}}[{WINDOW}]))", "{{kind}} {{outcome}}"),
                 stacked=True,
                 description="unchanged: the cluster already matched; applied: something drifted and was put back; error: retried.",
             )
         )
-        .with_panel(quantiles("Reconcile latency", "kubeswarm_operator_reconcile_duration_seconds", "", "kind"))
-        .with_panel(graph("Agents by phase", "none", ("sum by (phase) (kubeswarm_operator_agents)", "{{phase}}"), stacked=True))
+        .with_panel(quantiles("Reconcile latency", "kubeswarm_operator_reconcile_duration_seconds", OPERATOR, "kind"))
+        .with_panel(
+            graph("Agents by phase", COUNT, (f"sum by (phase) (kubeswarm_operator_agents{{{OPERATOR}}})", "{{phase}}"), stacked=True)
+        )
         .with_panel(
             graph(
                 "API requests and errors/s",
-                "reqps",
-                (f"sum by (verb, kind) (rate(kubeswarm_operator_api_requests_total[{WINDOW}]))", "{{verb}} {{kind}}"),
-                (f"sum by (verb, kind, code) (rate(kubeswarm_operator_api_errors_total[{WINDOW}]))", "{{verb}} {{kind}} {{code}} error"),
+                REQUESTS_PER_S,
+                (f"sum by (verb, kind) (rate(kubeswarm_operator_api_requests_total{{{OPERATOR}}}[{WINDOW}]))", "{{verb}} {{kind}}"),
+                (
+                    f"sum by (verb, kind, code) (rate(kubeswarm_operator_api_errors_total{{{OPERATOR}}}[{WINDOW}]))",
+                    "{{verb}} {{kind}} {{code}} error",
+                ),
             )
         )
     )

@@ -26,8 +26,9 @@ from tests.unit.test_chart import EVERYTHING, one, render
 
 pytestmark = pytest.mark.unit
 
-# What Prometheus adds to every scraped series.
-PROMETHEUS_TARGET_LABELS = {"job", "instance"}
+# What Prometheus adds to every scraped series; `cluster`, what one watching several clusters adds
+# (an external label; the dashboards' matchers on it also match series without it).
+PROMETHEUS_TARGET_LABELS = {"job", "instance", "cluster"}
 # What a Prometheus Operator ServiceMonitor adds to the operator's series.
 SERVICE_MONITOR_LABELS = {"namespace", "pod", "service", "endpoint", "container"}
 PROMQL_FUNCTIONS_AND_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "offset"}
@@ -157,3 +158,85 @@ def test_every_series_the_dashboards_read_is_exported_with_those_labels(name: st
         for labels in known:
             problems += [f"{title}: a series in {expr!r} has no label {label}" for label in sorted(wanted - labels)]
     assert not problems, "\n".join(problems)
+
+
+# -- the rules of a readable dashboard (units, colours, variables, links)
+
+RATE = re.compile(r"\b(?:i?rate)\((kubeswarm_[a-z0-9_]+)")
+# What a rate of each counter is per second of: its panel's unit must say it.
+RATE_UNITS = {
+    "kubeswarm_tasks_total": "suffix: tasks/s",
+    "kubeswarm_llm_tokens_total": "suffix: tokens/s",
+    "kubeswarm_operator_reconciles_total": ("suffix: reconciles/s", "suffix: errors/s"),
+    "kubeswarm_mcp_requests_total": "reqps",
+    "kubeswarm_operator_api_requests_total": "reqps",
+    "kubeswarm_operator_api_errors_total": ("reqps", "suffix: errors/s"),
+}
+
+
+def panels(board: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield from (panel for panel in board["panels"] if panel["type"] != "row")
+
+
+def color_at(panel: dict[str, Any], value: float) -> str:
+    """The colour Grafana gives ``value`` from the panel's absolute thresholds (the last step it reaches)."""
+    thresholds = panel["fieldConfig"]["defaults"]["thresholds"]
+    assert thresholds["mode"] == "absolute", panel["title"]
+    reached = [step for step in thresholds["steps"] if step["value"] is None or value >= step["value"]]
+    return str(reached[-1]["color"])
+
+
+@pytest.mark.parametrize("name", build.DASHBOARDS)
+def test_a_rate_is_shown_per_second_of_what_it_counts(name: str) -> None:
+    problems = []
+    for panel in panels(dashboards()[name]):
+        unit = panel["fieldConfig"]["defaults"]["unit"]
+        for target in panel["targets"]:
+            for metric in RATE.findall(target["expr"]):
+                if metric.endswith("_seconds_bucket"):  # a latency histogram's quantiles: seconds
+                    problems += [] if unit == "s" else [f"{panel['title']}: quantiles of {metric} in {unit!r}, not 's'"]
+                    continue
+                assert metric in RATE_UNITS, f"{panel['title']}: which unit is a rate of {metric}? (add it to RATE_UNITS)"
+                allowed = RATE_UNITS[metric]
+                if unit not in (allowed if isinstance(allowed, tuple) else (allowed,)):
+                    problems.append(f"{panel['title']}: a rate of {metric} in {unit!r}, not {allowed!r}")
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("name", build.DASHBOARDS)
+def test_every_stat_panel_has_its_own_thresholds_and_trouble_is_not_green(name: str) -> None:
+    for panel in panels(dashboards()[name]):
+        if panel["type"] != "stat":
+            continue
+        assert panel["fieldConfig"]["defaults"].get("thresholds"), f"{panel['title']}: Grafana's default (red from 80) would colour it"
+        assert panel["options"]["colorMode"] == "value"
+        title = panel["title"].lower()
+        if "not running" in title or "errors" in title or "dead letters" in title:
+            assert color_at(panel, 0) == "green", panel["title"]
+            assert color_at(panel, 1) in ("red", "orange") and color_at(panel, 5) in ("red", "orange"), panel["title"]
+            if "errors/s" in title:
+                assert color_at(panel, 0.01) == "red", panel["title"]  # any error rate at all
+    operator = {panel["title"]: panel for panel in panels(dashboards()["operator"])}
+    assert color_at(operator["Agents not Running"], 5) == "red"  # the issue's example: five showed green
+
+
+def test_the_operator_dashboard_narrows_every_query_to_a_cluster_job_and_namespace() -> None:
+    board = dashboards()["operator"]
+    assert [v["name"] for v in board["templating"]["list"]] == ["datasource", "cluster", "job", "namespace"]
+    for title, expr, _ in targets(board):
+        if title.startswith("variable"):
+            continue
+        for _metric, matchers in SELECTOR.findall(expr):
+            assert {"cluster", "job", "namespace"} <= set(MATCHER.findall(matchers)), f"{title}: {expr}"
+        assert all(f"{m}{{" in expr for m in METRIC.findall(expr)), f"{title}: a series without the variables' matchers in {expr}"
+    swarm = dashboards()["swarm-overview"]
+    assert [v["name"] for v in swarm["templating"]["list"]] == ["datasource", "cluster", "namespace", "swarm"]
+
+
+def test_the_dashboards_link_to_each_other_keeping_time_and_variables() -> None:
+    boards = dashboards()
+    for name, board in boards.items():
+        (link,) = board["links"]
+        assert link["type"] == "dashboards" and link["includeVars"] and link["keepTime"], name
+        others = [other for other_name, other in boards.items() if other_name != name]
+        assert others and all(set(link["tags"]) <= set(other["tags"]) for other in others), f"{name}: its link misses a dashboard"
