@@ -3,6 +3,7 @@ official SDK, tool errors and timeouts back to the model, limits, the delegation
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 from kubeswarm_runtime.config import RuntimeConfig
 from kubeswarm_runtime.runtime import AgentRuntime
 from kubeswarm_runtime.tasks import TaskRecord, TaskState
+from nats.aio.msg import Msg
 
 from examples.tools.scripted_model import Script
 from tests.integration.runtime_helpers import agent_config, config_env, running, swarm_client, unique_prefix, wait_for
@@ -152,11 +154,44 @@ async def test_max_turns_fails_the_task_with_the_limit_named(nats_server: NatsSe
     async with scripted_model(script) as (url, requests):
         looper = config(nats_server, prefix, "looper", ["loop"], "anthropic", url, tools={"max_turns": 3})
         async with agents(looper), swarm_client(nats_server.url, prefix) as client:
-            done = await client.tasks.wait((await client.tasks.create("loop", "go")).id, 30)
+            events: list[dict[str, Any]] = []
+
+            async def on_event(msg: Msg) -> None:
+                events.append(json.loads(msg.data))
+
+            await client.conn.nc.subscribe(f"{prefix}.agent.*.events", cb=on_event)
+            task = await client.tasks.create("loop", "go")
+            done = await client.tasks.wait(task.id, 30)
+
+            async def all_steps_seen() -> bool:
+                return len(events) >= 5
+
+            await wait_for(all_steps_seen, 10, "the steps as events")
     assert done.state is TaskState.DEAD
     assert "maxTurns (3) reached without a final answer" in (done.error or "")
     assert len(requests) == 3  # a limit is permanent: not retried
     assert [s["kind"] for s in done.steps or []] == ["model", "tool", "model", "tool", "model"]
+    # Each step was also published as it happened, on the agent's events subject.
+    assert [(e["event"], e["task_id"], e["step"]["kind"]) for e in events] == [("task_step", task.id, s["kind"]) for s in done.steps or []]
+
+
+async def test_messages_sent_again_with_their_id_are_taken_once(nats_server: NatsServer) -> None:
+    prefix = unique_prefix()
+    async with (
+        agents(agent_config(nats_server.url, prefix, "listener", [])) as (listener,),
+        swarm_client(nats_server.url, prefix) as client,
+    ):
+        for message_id in ("step-1", "step-1", "step-2"):
+            await client.messages.send("listener", "command", {"n": message_id}, message_id=message_id)
+        for message_id in ("all-1", "all-1", "all-2"):
+            await client.messages.broadcast({"n": message_id}, message_id=message_id)
+
+        async def last_ones_arrived() -> bool:
+            return {"step-2", "all-2"} <= {m.id for m in listener.swarm.messages.received}
+
+        await wait_for(last_ones_arrived, 10, "the last messages")
+        taken = [m.id for m in listener.swarm.messages.received]
+    assert sorted(taken) == ["all-1", "all-2", "step-1", "step-2"]
 
 
 CRASHY: Script = {

@@ -86,6 +86,25 @@ class ReceivedMessages:
         return (message for message, _ in self._kept)
 
 
+class RecentIds:
+    """The ids of the last ``size`` commands and broadcasts: one sent again with its id (by a task's tool loop run
+    again after a crash) is taken once by a replica that still remembers it."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self._order: deque[str] = deque()
+        self._ids: set[str] = set()
+
+    def first_time(self, message_id: str) -> bool:
+        if message_id in self._ids:
+            return False
+        self._ids.add(message_id)
+        self._order.append(message_id)
+        if len(self._order) > self.size:
+            self._ids.discard(self._order.popleft())
+        return True
+
+
 class MessageService:
     """Send and receive direct messages and broadcasts.
 
@@ -99,6 +118,7 @@ class MessageService:
         self.metrics = metrics
         self.sender = sender
         self.received = ReceivedMessages(metrics)
+        self._recent = RecentIds()
         self._waiting: dict[str, asyncio.Future[AgentMessage]] = {}
         self._subs: list[Subscription] = []
         self._handler: MessageHandler | None = None
@@ -155,6 +175,9 @@ class MessageService:
             message = AgentMessage.model_validate_json(msg.data)
         except ValidationError:
             log.warning("dropped a malformed message on %s", msg.subject)
+            return
+        if message.kind in ("command", "broadcast") and not self._recent.first_time(message.id):
+            log.info("%s %s from %s taken already; dropped", message.kind, message.id, message.sender)
             return
         self.metrics.messages.labels("in", message.kind).inc()
         if message.kind == "response" and message.correlation_id in self._waiting:

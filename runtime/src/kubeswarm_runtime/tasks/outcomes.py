@@ -10,10 +10,12 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Coroutine
 from typing import Any
 
 from nats.aio.msg import Msg
 
+from ..codec import encode_json
 from ..connection import NatsConnection, publish_patiently
 from ..metrics import RuntimeMetrics
 from ..names import SwarmNames, task_key
@@ -35,6 +37,7 @@ class TaskOutcomes:
         # Hot-path constants: subject prefixes and metric children (labels() costs a lock and a lookup per call).
         self.state_prefix = f"$KV.{names.tasks_bucket}.{task_key('')}"
         self._result_prefix = names.task_result("")
+        self._events = names.events(replica_id)
         self._results_out = metrics.messages.labels("out", "task_result")
         self._outcomes: dict[tuple[str, str], Any] = {}
         self._durations: dict[str, Any] = {}
@@ -61,7 +64,16 @@ class TaskOutcomes:
 
     def publish_running(self, task: TaskMessage, running: bytes) -> None:
         """The advisory "running" state, unconfirmed, in the background."""
-        publishing = asyncio.ensure_future(self.conn.nc.publish(self.state_subject(task.id), running))
+        self._in_background(self.conn.nc.publish(self.state_subject(task.id), running))
+
+    def publish_step(self, task: TaskMessage, running: bytes, step: dict[str, Any]) -> None:
+        """A tool-loop step: the running state with the steps so far, and the step alone on ``P.agent.<replica>.events``."""
+        self.publish_running(task, running)
+        event = encode_json({"event": "task_step", "task_id": task.id, "capability": task.capability, "step": step})
+        self._in_background(self.conn.nc.publish(self._events, event))
+
+    def _in_background(self, publish: Coroutine[Any, Any, None]) -> None:
+        publishing = asyncio.ensure_future(publish)
         self._background.add(publishing)
         publishing.add_done_callback(self._background.discard)
 

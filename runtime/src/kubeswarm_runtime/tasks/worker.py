@@ -242,7 +242,7 @@ class TaskWorker:
                 self.config.agent,
                 depth=task.depth,
                 steps=steps,
-                on_step=lambda: self.outcomes.publish_running(task, state(TaskState.RUNNING)),
+                on_step=lambda: self.outcomes.publish_step(task, state(TaskState.RUNNING), steps[-1]),
             )
             watch = RunWatch(task, state, self.config.task_timeout_seconds, self.outcomes.publish_running)
             try:
