@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -24,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.e2e.conftest import OPERATOR_ENV, Operator, install_crds, until
-from tests.testbed.cluster import Cluster, ExistingCluster, KubeAccess
+from tests.testbed.cluster import KubeAccess, benchmark_cluster
 
 NAMESPACE = "bench-drift"
 AGENT = {"apiVersion": "kubeswarm.io/v1alpha1", "kind": "Agent", "metadata": {"name": "stubborn"}, "spec": {}}
@@ -86,17 +85,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="bench-drift-") as tmp:
-        workdir = Path(tmp)
-        kubeconfig = os.environ.get("KUBESWARM_E2E_KUBECONFIG") or os.environ.get("KUBECONFIG")
-        if kubeconfig:
-            run(ExistingCluster(Path(kubeconfig)), args.rounds, workdir)
-        else:
-            cluster = Cluster(workdir / "cluster").start()
-            try:
-                run(cluster, args.rounds, workdir)
-            finally:
-                cluster.stop()
+    with tempfile.TemporaryDirectory(prefix="bench-drift-") as tmp, benchmark_cluster(Path(tmp)) as cluster:
+        run(cluster, args.rounds, Path(tmp))
     return 0
 
 

@@ -33,7 +33,7 @@ from kubernetes_asyncio import client, config, watch
 from kubeswarm_runtime.resources import GROUP, VERSION
 
 from tests.e2e.conftest import Operator, install_crds, until
-from tests.testbed.cluster import Cluster, ExistingCluster, KubeAccess
+from tests.testbed.cluster import KubeAccess, benchmark_cluster
 
 NAMESPACE = "bench-operator"
 # Small requests: the test bed's two fake nodes have 32 CPUs each, 64 default-sized (100m) pods too few for 1,000.
@@ -351,15 +351,8 @@ def main() -> int:
     )
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="bench-operator-"))
-    kubeconfig = os.environ.get("KUBECONFIG") or os.environ.get("KUBESWARM_E2E_KUBECONFIG")
-    if kubeconfig:
-        run(ExistingCluster(Path(kubeconfig)), args.agents, args.resync, workdir, args.baseline)
-        return 0
-    testbed = Cluster(workdir / "cluster").start()
-    try:
-        run(testbed, args.agents, args.resync, workdir, args.baseline)
-    finally:
-        testbed.stop()
+    with benchmark_cluster(workdir) as cluster:
+        run(cluster, args.agents, args.resync, workdir, args.baseline)
     return 0
 
 

@@ -9,6 +9,7 @@ under the work directory.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -16,7 +17,7 @@ import ssl
 import subprocess
 import time
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -391,3 +392,17 @@ def remaining_pids(pids: Sequence[int]) -> list[int]:
 def env_kubeconfig() -> Path | None:
     value = os.environ.get("KUBESWARM_E2E_KUBECONFIG")
     return Path(value) if value else None
+
+
+@contextlib.contextmanager
+def benchmark_cluster(workdir: Path) -> Iterator[KubeAccess]:
+    """A benchmark's cluster: KUBECONFIG's (or KUBESWARM_E2E_KUBECONFIG's) when set, else a test bed of its own, stopped after."""
+    value = os.environ.get("KUBECONFIG") or os.environ.get("KUBESWARM_E2E_KUBECONFIG")
+    if value:
+        yield ExistingCluster(Path(value))
+        return
+    testbed = Cluster(workdir / "cluster").start()
+    try:
+        yield testbed
+    finally:
+        testbed.stop()
