@@ -55,7 +55,13 @@ def gateway_api(cluster: KubeAccess, tmp_path_factory: pytest.TempPathFactory) -
 
 
 def agent(name: str, **mcp: Any) -> dict[str, Any]:
-    return {"apiVersion": "kubeswarm.io/v1alpha1", "kind": "Agent", "metadata": {"name": name}, "spec": {"mcp": mcp}}
+    # An exposed endpoint needs auth (refused at apply otherwise).
+    return {
+        "apiVersion": "kubeswarm.io/v1alpha1",
+        "kind": "Agent",
+        "metadata": {"name": name},
+        "spec": {"mcp": {"auth": {"mode": "jwt"}, **mcp}},
+    }
 
 
 def set_status(namespace: Namespace, kind: str, name: str, status: dict[str, Any]) -> None:

@@ -3,11 +3,21 @@ claims another namespace's subjects and streams."""
 
 from __future__ import annotations
 
+import base64
+import json
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.integration.test_mcp_support import modern_call
 from tests.testbed.nats import NatsServer
+from tests.testbed.procs import ManagedProcess, free_port, port_accepts, wheel_binary
 
 from .conftest import Namespace, Operator, until
 from .test_operator_agent import agent, condition
@@ -81,3 +91,51 @@ def test_a_swarm_cannot_claim_another_namespaces_prefix_nor_delete_its_streams(
     until(lambda: swarm_condition(namespace.get("swarm", "twin"), "NatsReady"), 60, "the twin's NatsReady")
     namespace.kubectl("delete", "swarm", "twin", "--wait=true", "--timeout=60s")
     assert stream_config(nats_server.url, tasks) is not None
+
+
+def mint(ns: Namespace, agent_name: str, *scopes: str) -> str:
+    """`kubeswarm token` as a user runs it: the key read from the cluster with the user's kubectl."""
+    argv = [sys.executable, "-m", "kubeswarm_runtime.cli", "token", agent_name, "-n", ns.name, "--kubectl", str(wheel_binary("kubectl"))]
+    argv += [arg for scope in scopes for arg in ("--scope", scope)]
+    env = {**os.environ, "KUBECONFIG": str(ns.cluster.kubeconfig)}
+    return subprocess.run(argv, env=env, capture_output=True, text=True, check=True, timeout=60).stdout.strip()
+
+
+def tools_list(url: str, token: str) -> int:
+    body, headers = modern_call("tools/list")
+    headers |= {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, json.dumps(body).encode(), headers), timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def test_jwt_mode_works_with_the_operators_key_and_kubeswarm_token(
+    operator: Operator, namespace: Namespace, nats_server: NatsServer, tmp_path: Path
+) -> None:
+    namespace.apply(agent("guarded", mcp={"auth": {"mode": "jwt", "requiredScopes": ["swarm:use"]}}))
+    config = until(lambda: namespace.get("configmap", "guarded-runtime"), SETTLE, "the Agent's ConfigMap")["data"]
+    secret = until(lambda: namespace.get("secret", "guarded-credentials"), SETTLE, "the Agent's Secret")
+    key = base64.b64decode(secret["data"]["jwt-key"])
+    assert b"\0" not in key and key.decode("ascii").isprintable()
+
+    # The pod's environment, as the kubelet would give it: the ConfigMap, and the key from the Secret.
+    mcp_port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBESWARM_")} | config
+    env |= {
+        "KUBESWARM_MCP__JWT_KEY": key.decode(),
+        "KUBESWARM_NATS__URL": nats_server.url,
+        "KUBESWARM_MCP__PORT": str(mcp_port),
+        "KUBESWARM_METRICS_PORT": str(free_port()),
+    }
+    runtime = ManagedProcess("guarded", [sys.executable, "-m", "kubeswarm_runtime"], tmp_path / "guarded.log", [mcp_port], env=env)
+    runtime.start()
+    try:
+        runtime.wait_until(lambda: port_accepts(mcp_port), 60, "serving MCP")
+        url = f"http://127.0.0.1:{mcp_port}/mcp"
+        assert tools_list(url, mint(namespace, "guarded", "swarm:use")) == 200
+        assert tools_list(url, mint(namespace, "guarded")) == 403  # requiredScopes reached the runtime
+        assert tools_list(url, "not-a-token") == 401
+    finally:
+        runtime.stop()

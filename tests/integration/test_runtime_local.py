@@ -8,9 +8,15 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
+from kubeswarm_runtime.local import LocalSwarm
+from kubeswarm_runtime.manifests import load_manifests
+
+from tests.integration.test_mcp_support import modern_call
 
 pytestmark = pytest.mark.integration
 
@@ -83,3 +89,67 @@ def test_up_then_cli_verbs_then_ctrl_c(tmp_path: Path) -> None:
             except subprocess.TimeoutExpired:
                 up.kill()
                 up.wait()
+
+
+GUARDED = """\
+apiVersion: kubeswarm.io/v1alpha1
+kind: Agent
+metadata:
+  name: guarded
+spec:
+  mcp:
+    auth: {mode: jwt, requiredScopes: [swarm:use]}
+"""
+
+
+def _listening(port: int) -> set[str]:
+    """The addresses a TCP port listens on, from the kernel's tables (state 0A is LISTEN)."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, _, hex_port = local.partition(":")
+            if state == "0A" and int(hex_port, 16) == port:
+                found.add(address)
+    return found
+
+
+def _status(url: str, token: str | None, host: str | None = None) -> int:
+    body, headers = modern_call("tools/list")
+    headers["Content-Type"] = "application/json"
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    if host:
+        headers["Host"] = host
+    request = urllib.request.Request(url, json.dumps(body).encode(), headers)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def test_local_mode_listens_on_loopback_and_its_jwt_agents_take_kubeswarm_tokens(tmp_path: Path) -> None:
+    manifest = tmp_path / "guarded.yaml"
+    manifest.write_text(GUARDED)
+    state = tmp_path / "state"
+    local = LocalSwarm(load_manifests([manifest]), state)
+    try:
+        local.start()
+        local.wait_ready()
+        (replica,) = local.replicas
+        assert _listening(replica.mcp_port) == {"0100007F"}  # 127.0.0.1 only
+        key_file = state / "jwt" / "guarded.key"
+        assert key_file.stat().st_mode & 0o077 == 0
+        with_scope = _cli(state, "token", "guarded", "--scope", "swarm:use")
+        assert with_scope.returncode == 0, with_scope.stderr
+        without = _cli(state, "token", "guarded").stdout.strip()
+        url = replica.endpoint
+        assert _status(url, with_scope.stdout.strip()) == 200
+        assert _status(url, without) == 403
+        assert _status(url, None) == 401
+        # DNS rebinding: a name that is not the agent's is refused before anything else.
+        assert _status(url, with_scope.stdout.strip(), host=f"rebound.example:{replica.mcp_port}") == 421
+        assert _status(url, with_scope.stdout.strip(), host=f"localhost:{replica.mcp_port}") == 200
+    finally:
+        local.stop()

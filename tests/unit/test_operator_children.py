@@ -148,7 +148,12 @@ def test_mcp_allow_from_replaces_the_own_namespace_default() -> None:
 
 
 def test_ingress_is_sse_safe_and_sets_the_endpoint() -> None:
-    a = agent(mcp={"ingress": {"enabled": True, "host": "agents.example.com", "className": "nginx", "tls": {"secretName": "tls"}}})
+    a = agent(
+        mcp={
+            "auth": {"mode": "jwt"},
+            "ingress": {"enabled": True, "host": "agents.example.com", "className": "nginx", "tls": {"secretName": "tls"}},
+        }
+    )
     ingress = children.build_ingress(a)
     assert ingress is not None
     assert ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-buffering"] == "off"

@@ -91,7 +91,10 @@ SCALED = agent(
     mcp={"auth": {"mode": "oidc", "issuer": "https://issuer.example.test", "audience": "kubeswarm"}},
     autoscaling={"enabled": True, "minReplicas": 0, "maxReplicas": 5},
 )
-ROUTED = agent("routed", mcp={"ingress": {"enabled": True, "kind": "HTTPRoute", "className": "public", "host": "routed.example.test"}})
+ROUTED = agent(
+    "routed",
+    mcp={"auth": {"mode": "jwt"}, "ingress": {"enabled": True, "kind": "HTTPRoute", "className": "public", "host": "routed.example.test"}},
+)
 
 
 def children_of(agent: Agent, *, scaled_externally: bool = False) -> dict[str, Any]:

@@ -14,7 +14,9 @@ OAUTH = "/.well-known/oauth-protected-resource"
 
 
 def agent(name: str = "scout", **mcp: Any) -> Agent:
-    return Agent.model_validate({"metadata": {"name": name, "namespace": "ns", "uid": "u"}, "spec": {"mcp": mcp}})
+    return Agent.model_validate(
+        {"metadata": {"name": name, "namespace": "ns", "uid": "u"}, "spec": {"mcp": {"auth": {"mode": "jwt"}, **mcp}}}
+    )
 
 
 def team(**gateway: Any) -> Swarm:

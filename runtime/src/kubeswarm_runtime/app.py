@@ -75,7 +75,7 @@ async def _serve(app: web.Application, port: int, host: str) -> web.AppRunner:
     return runner
 
 
-async def run_agent(config: RuntimeConfig, *, host: str = "0.0.0.0", extensions: tuple[AppExtension, ...] = ()) -> None:  # noqa: S104 - a pod serves its probes on all interfaces
+async def run_agent(config: RuntimeConfig, *, extensions: tuple[AppExtension, ...] = ()) -> None:
     """Run one agent until SIGTERM/SIGINT, then shut down gracefully."""
     endpoint = f"http://{config.replica_id}:{config.mcp.port}/mcp" if config.mcp.enabled else None
     runtime = AgentRuntime(config, endpoint=config.endpoint or endpoint)
@@ -83,6 +83,7 @@ async def run_agent(config: RuntimeConfig, *, host: str = "0.0.0.0", extensions:
     for extend in extensions:
         extend(app)
     # Probes answer from the first moment (liveness), readiness once NATS is usable.
+    host = config.listen_host
     runners = [await _serve(app, config.mcp.port, host), await _serve(build_metrics_app(runtime.metrics), config.metrics_port, host)]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

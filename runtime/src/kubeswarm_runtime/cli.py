@@ -22,6 +22,7 @@ from .manifests import ManifestError, load_manifests
 from .names import Priority
 from .resources import default_subject_prefix
 from .tasks import DeadLetterNotFound, NotReplayable
+from .tokens import key_from_cluster, local_key_file, mint
 
 DEFAULT_STATE_DIR = Path(os.environ.get("KUBESWARM_STATE_DIR", Path.home() / ".local" / "state" / "kubeswarm"))
 
@@ -52,6 +53,9 @@ def _parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="run Agent/Swarm manifests locally on an embedded NATS")
     up.add_argument("paths", nargs="+", type=Path, help="manifest files or directories")
     up.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
+    up.add_argument(
+        "--listen", default="127.0.0.1", help="address the agents' MCP and metrics ports listen on (default: this machine only)"
+    )
     up.set_defaults(func=_up)
 
     demo = sub.add_parser("demo", help="run an example swarm end to end and report")
@@ -98,6 +102,17 @@ def _parser() -> argparse.ArgumentParser:
     purge.add_argument("--capability")
     purge.add_argument("--all", action="store_true", help="every dead letter of the swarm")
     purge.set_defaults(func=lambda a: _client_call(a, _dlq_purge))
+    token = sub.add_parser("token", help="mint a bearer token for an agent's MCP endpoint (spec.mcp.auth {mode: jwt})")
+    token.add_argument("agent", help="the Agent whose endpoint the token is for")
+    token.add_argument("-n", "--namespace", help="its namespace (default: kubectl's); read from its Secret <agent>-credentials")
+    token.add_argument("--scope", action="append", default=[], help="a scope the token carries (repeat for several)")
+    token.add_argument("--subject", default="kubeswarm-cli", help="the token's sub claim (who calls)")
+    token.add_argument("--ttl", type=int, default=3600, help="seconds until it expires")
+    token.add_argument("--audience", help="the aud claim, if the agent checks one")
+    token.add_argument("--key-file", type=Path, help="the signing key as a file (default: local mode's, else the cluster's)")
+    token.add_argument("--kubectl", default="kubectl", help="kubectl binary used to read the Secret")
+    token.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
+    token.set_defaults(func=_token)
     return parser
 
 
@@ -138,6 +153,20 @@ def _target(args: argparse.Namespace) -> _Target:
     if creds is None:
         raise RuntimeError(f"the local swarm has no prefix {prefix!r} (it has {', '.join(prefixes)})")
     return _Target(NatsConfig(url=state["nats_url"], creds_file=creds), prefix)
+
+
+def _token(args: argparse.Namespace) -> int:
+    local = local_key_file(args.state_dir, args.agent)
+    if args.key_file is not None:
+        key = args.key_file.read_text().strip()
+    elif args.namespace is None and local.exists():
+        key = local.read_text().strip()
+    else:
+        key = key_from_cluster(args.agent, args.namespace, args.kubectl)
+    if args.ttl <= 0:
+        raise RuntimeError("--ttl must be positive")
+    print(mint(key, subject=args.subject, scopes=args.scope, ttl_seconds=args.ttl, audience=args.audience))
+    return 0
 
 
 def _json_arg(text: str) -> Any:
@@ -228,7 +257,7 @@ async def _dlq_purge(client: SwarmClient, args: argparse.Namespace) -> int:
 
 
 def _up(args: argparse.Namespace) -> int:
-    local = LocalSwarm(load_manifests(args.paths), args.state_dir)
+    local = LocalSwarm(load_manifests(args.paths), args.state_dir, listen=args.listen)
     stop = False
 
     def on_signal(_signum: int, _frame: Any) -> None:

@@ -118,6 +118,13 @@ class McpConfig(Section):
     allowed_origins: list[str] = Field(
         default_factory=list, description="Browser origins allowed besides the server's own host; others get 403."
     )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Host header names this endpoint answers to, against DNS rebinding (others get 421); IP addresses and "
+            "localhost always pass. Empty: any host (the operator sets the Service and ingress names)."
+        ),
+    )
     session_ttl_seconds: float = Field(default=3600, gt=0, description="An MCP session unused this long expires (404).")
     rate_limit_per_second: float = Field(default=100, ge=0, description="Per-caller token bucket refill rate; 0 disables.")
     rate_limit_burst: int = Field(default=200, ge=1)
@@ -175,6 +182,10 @@ class RuntimeConfig(BaseSettings):
     mcp: McpConfig = Field(default_factory=McpConfig)
     tools: ToolsConfig = Field(default_factory=ToolsConfig)
     metrics_port: int = Field(default=9090, ge=1, le=65535)
+    listen_host: str = Field(
+        default="0.0.0.0",  # noqa: S104 - a pod serves its probes and endpoint on all its interfaces
+        description="Address the MCP and metrics ports listen on (local mode: 127.0.0.1 unless `kubeswarm up --listen`).",
+    )
     streams: StreamsConfig = Field(default_factory=StreamsConfig)
 
     @model_validator(mode="before")

@@ -33,8 +33,18 @@ from typing import Any
 from .manifests import Manifests
 from .names import SwarmNames
 from .natsauth import NatsAuthority, SwarmAccount, agent_permissions
-from .render import MODEL_API_KEY_ENV, NATS_CREDS_FILE_ENV, REPLICA_ID_ENV, agent_subject_prefix, mcp_header_secrets, render_runtime_env
-from .resources import Agent, SecretKeyRef
+from .render import (
+    MCP_JWT_KEY_ENV,
+    MODEL_API_KEY_ENV,
+    NATS_CREDS_FILE_ENV,
+    REPLICA_ID_ENV,
+    agent_subject_prefix,
+    mcp_header_secrets,
+    new_jwt_key,
+    render_runtime_env,
+)
+from .resources import Agent, AuthMode, SecretKeyRef
+from .tokens import local_key_file
 
 STATE_FILE = "swarm.json"
 LOCK_FILE = "lock"
@@ -205,6 +215,7 @@ class LocalSwarm:
     state_dir: Path
     namespace: str = "default"
     port_base: int | None = None
+    listen: str = "127.0.0.1"  # the agents' MCP and metrics ports: this machine only, unless asked
     nats_port: int = 0
     monitor_port: int = 0
     replicas: list[Replica] = field(default_factory=list)
@@ -241,9 +252,18 @@ class LocalSwarm:
             env = render_runtime_env(agent, self.manifests.swarm_of(agent), namespace=self.namespace, nats_url=self.nats_url)
             env[NATS_CREDS_FILE_ENV] = str(self.creds_file(agent.spec.swarm))
             env |= local_secrets(agent)
+            if agent.spec.mcp.auth.mode is AuthMode.JWT:
+                env[MCP_JWT_KEY_ENV] = self._jwt_key(agent.metadata.name)
             for index in range(agent.spec.replicas):
                 self._start_replica(agent.metadata.name, index, env)
         self.write_state()
+
+    def _jwt_key(self, agent: str) -> str:
+        """The agent's signing key, kept in the state directory (0600) so `kubeswarm token` can sign with it."""
+        path = local_key_file(self.state_dir, agent)
+        if not path.exists():
+            _write_private(path, new_jwt_key())
+        return path.read_text().strip()
 
     def _port(self) -> int:
         if self._ports is None:
@@ -295,6 +315,7 @@ class LocalSwarm:
             REPLICA_ID_ENV: replica_id,
             "KUBESWARM_MCP__PORT": str(mcp_port),
             "KUBESWARM_METRICS_PORT": str(metrics_port),
+            "KUBESWARM_LISTEN_HOST": self.listen,
             "KUBESWARM_ENDPOINT": f"http://127.0.0.1:{mcp_port}/mcp",
         }
         key_env = API_KEY_ENV.get(rendered.get("KUBESWARM_MODEL__PROVIDER", ""), "")

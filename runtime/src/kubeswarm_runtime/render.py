@@ -8,6 +8,7 @@ from the user's environment).
 from __future__ import annotations
 
 import json
+import secrets
 
 from .config import ENV_NESTED_DELIMITER, ENV_PREFIX
 from .resources import Agent, McpServerSpec, ObjectMeta, SecretKeyRef, Swarm, SwarmMember, ToolsSpec, default_subject_prefix
@@ -21,6 +22,18 @@ NATS_TOKEN_ENV = "KUBESWARM_NATS__TOKEN"  # noqa: S105 - an env var name, not a 
 MCP_HEADER_ENV_PREFIX = "KUBESWARM_TOOL_HEADER_"  # + <server index>_<header index>: a header value from a Secret
 REPLICA_ID_ENV = "KUBESWARM_REPLICA_ID"  # defaults to the hostname (the pod name)
 SECRET_ENV_NAMES = (MODEL_API_KEY_ENV, MCP_JWT_KEY_ENV, NATS_PASSWORD_ENV, NATS_TOKEN_ENV)
+# The Secret the operator makes per Agent (``<agent>-credentials``) and its key holding the JWT signing key.
+CREDENTIALS_SECRET_SUFFIX = "-credentials"  # noqa: S105 - a name suffix, not a value
+JWT_SECRET_KEY = "jwt-key"  # noqa: S105 - the name of a key, not a secret
+
+
+def new_jwt_key() -> str:
+    """An agent's HS256 signing key (mcp.auth jwt) as text: URL-safe base64 of 48 random bytes.
+
+    Text, not raw bytes: an environment variable must hold it (raw bytes may contain a NUL), and a
+    token signed with the same text (``kubeswarm token``) must verify.
+    """
+    return secrets.token_urlsafe(48)
 
 
 def _env(*path: str) -> str:
@@ -58,6 +71,8 @@ def render_runtime_env(agent: Agent, swarm: Swarm | None, *, namespace: str, nat
         ("mcp", "auth"): spec.mcp.auth.mode.value,
         ("mcp", "issuer"): spec.mcp.auth.issuer,
         ("mcp", "audience"): spec.mcp.auth.audience,
+        ("mcp", "required_scopes"): json.dumps(spec.mcp.auth.required_scopes) if spec.mcp.auth.required_scopes else None,
+        ("mcp", "allowed_hosts"): json.dumps(allowed_hosts(agent, swarm, namespace)),
         ("mcp", "timeout_seconds"): spec.mcp.timeout_seconds,
         **tools_values(spec.tools),
     }
@@ -109,6 +124,12 @@ def tools_values(tools: ToolsSpec) -> dict[tuple[str, ...], object]:
         # Lists travel as JSON (pydantic-settings decodes them).
         values["tools", field] = json.dumps(value) if isinstance(value, list) else value
     return values
+def allowed_hosts(agent: Agent, swarm: Swarm | None, namespace: str) -> list[str]:
+    """The Host names an agent's endpoint answers to: its Service's names, its ingress host, its swarm's gateway host."""
+    name = agent.metadata.name
+    hosts = [name, f"{name}.{namespace}", f"{name}.{namespace}.svc", f"{name}.{namespace}.svc.cluster.local"]
+    hosts += [host for host in (agent.spec.mcp.ingress.host, swarm.spec.gateway.host if swarm else None) if host]
+    return list(dict.fromkeys([*hosts, *agent.spec.mcp.allowed_hosts]))
 
 
 def _text(value: object) -> str:

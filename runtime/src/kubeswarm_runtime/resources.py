@@ -185,6 +185,9 @@ class IngressSpec(Model):
     path: str = Field(default="/mcp", pattern=r"^/", description="Path prefix routed to the agent's MCP endpoint.")
     tls: IngressTls | None = Field(default=None, description="Terminate TLS with this Secret.")
     annotations: dict[str, str] = Field(default_factory=dict, description="Extra annotations on the Ingress.")
+    allow_anonymous: bool = Field(
+        default=False, description="Expose the endpoint although spec.mcp.auth.mode is none: anyone on the internet may call it."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> IngressSpec:
@@ -231,7 +234,17 @@ class McpPeer(Model):
         return self
 
 
+EXPOSED_NEEDS_AUTH_RULE = cel(
+    "!(has(self.ingress) && self.ingress.enabled) || (has(self.auth) && self.auth.mode != 'none')"
+    " || (has(self.ingress.allowAnonymous) && self.ingress.allowAnonymous)",
+    "an endpoint exposed by ingress needs auth (mode jwt or oidc); set ingress.allowAnonymous: true to expose it without",
+    ".auth",
+)
+
+
 class McpSpec(Model):
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [EXPOSED_NEEDS_AUTH_RULE]})
+
     enabled: bool = Field(default=True, description="Serve the MCP endpoint (Streamable HTTP at /mcp).")
     port: int = Field(default=8080, ge=1024, le=65535, description="Container port of the MCP endpoint.")
     auth: McpAuth = Field(default_factory=McpAuth, description="Who may call the endpoint.")
@@ -247,6 +260,21 @@ class McpSpec(Model):
             "Unset: every pod of the Agent's namespace, so status.endpoint works there; [] : only the ingress controller."
         ),
     )
+
+    allowed_hosts: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9.-]+$")]] = Field(
+        default_factory=list,
+        max_length=32,
+        description=(
+            "More Host names the endpoint answers to (e.g. a proxy's); its Service names, ingress host and swarm gateway "
+            "host always are. Other names get 421 (DNS rebinding defence); IP addresses and localhost always pass."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> McpSpec:
+        if self.ingress.enabled and self.auth.mode is AuthMode.NONE and not self.ingress.allow_anonymous:
+            raise ValueError(EXPOSED_NEEDS_AUTH_RULE["message"])
+        return self
 
 
 class AutoscalingSpec(Model):

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from kubeswarm_runtime.render import mcp_header_secrets
+from kubeswarm_runtime.render import CREDENTIALS_SECRET_SUFFIX, JWT_SECRET_KEY, mcp_header_secrets
 from kubeswarm_runtime.resources import Agent, AuthMode, Provider, SecretKeyRef
 
 from ..kube.kinds import CONFIG_MAP, DEPLOYMENT, INGRESS, NETWORK_POLICY, PDB, SECRET, SERVICE, Kind, Manifest
@@ -22,7 +22,6 @@ INSTANCE_LABEL = "app.kubernetes.io/instance"
 APP_NAME = "kubeswarm-agent"
 CONFIG_HASH_ANNOTATION = "kubeswarm.io/config-hash"
 
-JWT_SECRET_KEY = "jwt-key"  # noqa: S105 (the name of a key, not a secret)
 # The agent's NATS identity in its credentials Secret, mounted as a file (never env); rotated without a rollout.
 NATS_CREDS_KEY = "nats.creds"
 NATS_CREDS_DIR = "/var/run/kubeswarm/nats"
@@ -40,7 +39,7 @@ def config_map_name(agent: Agent) -> str:
 
 
 def secret_name(agent: Agent) -> str:
-    return f"{agent.metadata.name}-credentials"
+    return agent.metadata.name + CREDENTIALS_SECRET_SUFFIX
 
 
 def child_name(agent: Agent, kind: Kind) -> str:

@@ -12,13 +12,20 @@ import asyncio
 import base64
 import contextlib
 import logging
-import secrets
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from kubeswarm_runtime.natsauth import USER_LIFETIME_SECONDS
-from kubeswarm_runtime.render import MCP_JWT_KEY_ENV, MODEL_API_KEY_ENV, NATS_CREDS_FILE_ENV, agent_subject_prefix, render_runtime_env
+from kubeswarm_runtime.render import (
+    JWT_SECRET_KEY,
+    MCP_JWT_KEY_ENV,
+    MODEL_API_KEY_ENV,
+    NATS_CREDS_FILE_ENV,
+    agent_subject_prefix,
+    new_jwt_key,
+    render_runtime_env,
+)
 from kubeswarm_runtime.resources import Agent, AgentStatus, Swarm
 
 from .. import metrics
@@ -33,7 +40,6 @@ from ..kube.workqueue import WorkQueue
 from ..kube.world import World, latest, one
 from ..settings import OperatorSettings
 from .children import (
-    JWT_SECRET_KEY,
     NATS_CREDS_KEY,
     NATS_IDENTITY_ANNOTATION,
     NATS_RENEW_AFTER_ANNOTATION,
@@ -56,12 +62,6 @@ SETTLE_SECONDS = 15.0
 PODS_READ = (CONFIG_MAP, SECRET)
 # A failed push of a swarm's account is retried this soon (the pods keep retrying their connection meanwhile).
 ACCOUNT_RETRY_SECONDS = 10.0
-
-
-def new_jwt_key() -> str:
-    """An HS256 signing key as text (URL-safe base64 of 48 random bytes): an environment variable holds it as is,
-    and a token minted with the same text verifies (raw bytes could hold a NUL, or fail to encode)."""
-    return secrets.token_urlsafe(48)
 
 
 class NameConflict(Exception):

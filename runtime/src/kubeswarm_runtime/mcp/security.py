@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 import math
@@ -298,8 +299,11 @@ class Guard:
         self.auth = Authenticator(config, self.resource)
         self.limiter = RateLimiter(config.rate_limit_per_second, config.rate_limit_burst)
         self.allowed_origins = frozenset(o.rstrip("/") for o in config.allowed_origins)
+        self.allowed_hosts = frozenset(h.lower().rstrip(".") for h in config.allowed_hosts)
 
     async def admit(self, request: web.Request) -> Caller:
+        if not self._host_allowed(request.host):
+            raise problem(web.HTTPMisdirectedRequest, "forbidden_host", f"this endpoint does not answer to host {request.host!r}")
         origin = request.headers.get("Origin")
         if origin is not None and not self._origin_allowed(origin, request):
             raise problem(web.HTTPForbidden, "forbidden_origin", f"origin {origin!r} may not call this endpoint")
@@ -324,6 +328,20 @@ class Guard:
             raise RpcError(
                 INVALID_REQUEST, f"Invalid request: a batch holds at most {int(self.limiter.burst)} messages (the rate limit burst)"
             )
+
+    def _host_allowed(self, host: str) -> bool:
+        # DNS rebinding defence: a page of a name that now resolves here sends that name as Host; a name
+        # must be one of ours. An address literal cannot be rebound, so callers by IP (probes, tools) pass.
+        if not self.allowed_hosts:
+            return True
+        name = (urlsplit(f"//{host}").hostname or "").rstrip(".")
+        if name in self.allowed_hosts or name == "localhost":
+            return True
+        try:
+            ipaddress.ip_address(name)
+        except ValueError:
+            return False
+        return True
 
     def _origin_allowed(self, origin: str, request: web.Request) -> bool:
         # DNS rebinding defence: a browser page may call only from this host or a configured origin.
