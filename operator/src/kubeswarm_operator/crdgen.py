@@ -93,7 +93,9 @@ def _rule_with_defaults(rule: str, defaults: Schema) -> str:
 
     def read(match: re.Match[str]) -> str:
         name = match.group(2)
-        if match.group(1) or name not in defaults:
+        # An object's default cannot stand in for it (CEL types a map literal apart from the object):
+        # rules reach into objects only after has() tests.
+        if match.group(1) or name not in defaults or isinstance(defaults[name], dict | list):
             return match.group(0)
         return f"(has(self.{name}) ? self.{name} : {json.dumps(defaults[name])})"
 

@@ -234,8 +234,10 @@ class McpPeer(Model):
         return self
 
 
+# has() tests only where a member template may leave a field to the Swarm's defaults (an Agent's own spec has them all).
 EXPOSED_NEEDS_AUTH_RULE = cel(
-    "!(has(self.ingress) && self.ingress.enabled) || (has(self.auth) && self.auth.mode != 'none')"
+    "!has(self.ingress) || !has(self.ingress.enabled) || !self.ingress.enabled"
+    " || !has(self.auth) || !has(self.auth.mode) || self.auth.mode != 'none'"
     " || (has(self.ingress.allowAnonymous) && self.ingress.allowAnonymous)",
     "an endpoint exposed by ingress needs auth (mode jwt or oidc); set ingress.allowAnonymous: true to expose it without",
     ".auth",
