@@ -124,6 +124,8 @@ def tools_values(tools: ToolsSpec) -> dict[tuple[str, ...], object]:
         # Lists travel as JSON (pydantic-settings decodes them).
         values["tools", field] = json.dumps(value) if isinstance(value, list) else value
     return values
+
+
 def allowed_hosts(agent: Agent, swarm: Swarm | None, namespace: str) -> list[str]:
     """The Host names an agent's endpoint answers to: its Service's names, its ingress host, its swarm's gateway host."""
     name = agent.metadata.name
