@@ -37,6 +37,7 @@ EVERYTHING: Manifest = {
     "metrics": {"serviceMonitor": {"enabled": True}, "podMonitor": {"enabled": True}},
     "dashboards": {"enabled": True, "namespace": "monitoring", "annotations": {"grafana_folder": "kubeswarm"}},
     "operator": {"verbose": True, "extraEnv": [{"name": "AWS_REGION", "value": "eu-west-1"}]},
+    "runtime": {"env": {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel-collector.observability.svc:4318"}},
 }
 NAMESPACED: Manifest = {"operator": {"watchNamespaces": ["team-a", "team-b"]}}
 EXTERNAL_NATS: Manifest = {"nats": {"enabled": False, "url": "nats://nats.messaging.svc:4222"}, "crds": {"keep": False}}
@@ -199,6 +200,18 @@ def test_operator_env_names_are_operator_settings(rendered: dict[str, list[Manif
                 env.setenv(name, value)
             settings = OperatorSettings()
         assert settings.nats_url == operator_env(docs)["KUBESWARM_NATS_URL"]
+
+
+def test_agent_env_reaches_the_operator_as_json(rendered: dict[str, list[Manifest]]) -> None:
+    assert "KUBESWARM_AGENT_ENV" not in operator_env(rendered["defaults"])
+    env = json.loads(operator_env(rendered["everything"])["KUBESWARM_AGENT_ENV"])
+    assert env == {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel-collector.observability.svc:4318"}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("KUBESWARM_AGENT_ENV", json.dumps(env))
+        assert OperatorSettings().agent_env == env
+        patch.setenv("KUBESWARM_AGENT_ENV", json.dumps({"KUBESWARM_AGENT": "x"}))
+        with pytest.raises(ValueError, match="KUBESWARM_AGENT"):
+            OperatorSettings()
 
 
 def test_operator_is_told_the_nats_url_and_namespaces(rendered: dict[str, list[Manifest]]) -> None:

@@ -120,6 +120,20 @@ async def test_first_reconcile_creates_every_child_then_a_resync_writes_nothing(
     assert kube.writes == []
 
 
+async def test_the_charts_agent_env_goes_into_every_agents_config_map_below_the_runtime_config() -> None:
+    kube = RecordingKube()
+    world = World(agents={}, swarms={}, children={kind: {} for kind in CHILD_KINDS}, scaled={})
+    settings = OperatorSettings(
+        runtime_image="runtime:1",
+        nats_url="nats://nats:4222",
+        agent_env={"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318", "OTEL_TRACES_SAMPLER": "parentbased_traceidratio"},
+    )
+    agent = Agent.model_validate(agent_body())
+    await AgentReconciler(kube, settings, world).reconcile(agent)  # type: ignore[arg-type]
+    data = kube.objects["ConfigMap", children.config_map_name(agent)]["data"]
+    assert data["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://collector:4318" and data["KUBESWARM_AGENT"] == "scout"
+
+
 async def test_a_hand_edit_moments_after_a_write_is_reverted_at_once_a_lagging_watch_is_not() -> None:
     kube = RecordingKube()
     rec = make(kube)

@@ -55,6 +55,10 @@ class OperatorSettings(BaseSettings):
     )
     autoscale_interval_seconds: float = Field(default=2.0, gt=0, description="How often the backlog of autoscaled Agents is read.")
     aws_endpoint_url: str | None = Field(default=None, description="Secrets Manager endpoint override (tests, VPC endpoints).")
+    agent_env: dict[str, str] = Field(
+        default_factory=dict,
+        description="Environment of every agent pod, as JSON (chart value runtime.env), e.g. OTEL_* for traces; an Agent's spec.env wins.",
+    )
     aws_refresh_seconds: float = Field(default=300.0, gt=0, description="How often AWS secrets are re-read to pick up rotation.")
 
     @field_validator("nats_url")
@@ -62,6 +66,14 @@ class OperatorSettings(BaseSettings):
     def _no_credentials(cls, value: str) -> str:
         # The default URL reaches every swarm-less Agent's ConfigMap: credentials go in nats_user/password or a creds file.
         check_url_credentials(value)
+        return value
+
+    @field_validator("agent_env")
+    @classmethod
+    def _not_the_runtime_config(cls, value: dict[str, str]) -> dict[str, str]:
+        # The runtime's own configuration is the operator's to render from each Agent.
+        if taken := sorted(name for name in value if name.upper().startswith("KUBESWARM_")):
+            raise ValueError(f"KUBESWARM_* names are the runtime's configuration, set from each Agent: {', '.join(taken)}")
         return value
 
     @field_validator("namespaces", "nats_routes", mode="before")

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from . import tracing
 from .config import RuntimeConfig
 from .metrics import RuntimeMetrics
 from .runtime import AgentRuntime
@@ -78,6 +79,10 @@ async def _serve(app: web.Application, port: int, host: str) -> web.AppRunner:
 async def run_agent(config: RuntimeConfig, *, extensions: tuple[AppExtension, ...] = ()) -> None:
     """Run one agent until SIGTERM/SIGINT, then shut down gracefully."""
     endpoint = f"http://{config.replica_id}:{config.mcp.port}/mcp" if config.mcp.enabled else None
+    traces = tracing.setup_from_env(
+        f"kubeswarm-{config.agent}",
+        {"service.namespace": config.namespace, "service.instance.id": config.replica_id, "kubeswarm.swarm": config.swarm},
+    )
     runtime = AgentRuntime(config, endpoint=config.endpoint or endpoint)
     app = build_app(runtime)
     for extend in extensions:
@@ -102,5 +107,7 @@ async def run_agent(config: RuntimeConfig, *, extensions: tuple[AppExtension, ..
     finally:
         for runner in runners:
             await runner.cleanup()
+        if traces is not None:
+            await asyncio.to_thread(traces.shutdown)  # the spans still batched go out (a slow collector must not stall the loop)
     if starting.done() and not starting.cancelled() and (exc := starting.exception()) is not None:
         raise exc

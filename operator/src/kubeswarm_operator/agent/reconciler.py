@@ -201,7 +201,8 @@ class AgentReconciler:
         swarm_body = one(world.swarms, (namespace, agent.spec.swarm))
         swarm = Swarm.model_validate(swarm_body) if swarm_body else None
         nats_url = swarm_nats_url(swarm, self.settings.nats_url)
-        runtime_env = render_runtime_env(agent, swarm, namespace=namespace, nats_url=nats_url)
+        # The chart's environment for every agent first (an Agent's spec.env, set on the container, still wins over both).
+        runtime_env = {**self.settings.agent_env, **render_runtime_env(agent, swarm, namespace=namespace, nats_url=nats_url)}
 
         live_secret = world.children[SECRET].get((namespace, secret_name(agent)))
         # Base64 as in a Secret's data, so its digests match what the watch reports once it exists.

@@ -11,6 +11,7 @@ import re
 import time
 from typing import Any
 
+from .. import tracing
 from ..config import ModelConfig, ToolsConfig
 from ..delegation import CallOrigin
 from ..metrics import RuntimeMetrics
@@ -73,7 +74,9 @@ class ToolLoop:
         calls_made = 0
         limits = self.limits
         for turn in range(1, limits.max_turns + 1):
-            reply = await self.model.reply(system or self.config.system_prompt, messages, definitions)
+            with tracing.model_call(self.config.provider.value, self.config.name, self.config.max_tokens) as span:
+                reply = await self.model.reply(system or self.config.system_prompt, messages, definitions)
+                tracing.model_replied(span, reply.model, reply.stop_reason, reply.usage)
             for kind, count in reply.usage.items():
                 usage[kind] = usage.get(kind, 0) + count
             self._step(ctx, {"turn": turn, "kind": "model", "text": reply.text, "tool_calls": [c.name for c in reply.tool_calls]})
@@ -107,6 +110,15 @@ class ToolLoop:
         }
 
     async def _call(
+        self, ctx: TaskContext, tools: dict[str, Tool], call: ToolCall, turn: int, index: int
+    ) -> tuple[ToolResult, dict[str, Any]]:
+        with tracing.tool_call(call.name, call.id) as span:
+            result, step = await self._run_tool(ctx, tools, call, turn, index)
+            if result.is_error:
+                tracing.failed(span, step["outcome"])
+            return result, step
+
+    async def _run_tool(
         self, ctx: TaskContext, tools: dict[str, Tool], call: ToolCall, turn: int, index: int
     ) -> tuple[ToolResult, dict[str, Any]]:
         started = time.monotonic()

@@ -6,7 +6,9 @@ import nats
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from .. import tracing
 from ..agent2agent import A2AEndpoint
+from ..agent2agent.endpoint import PATH as A2A_PATH
 from ..app import RUNTIME
 from .discovery_stream import DiscoveryStream
 from .fanout import DiscoveryFanout
@@ -66,6 +68,9 @@ def serve_mcp(app: web.Application) -> None:
     # Outermost: refusals are counted with their final status, the 503 of swarm_unavailable included.
     app.middlewares.append(server.meter.refusals(carries_jsonrpc))
     app.middlewares.append(swarm_unavailable)
+    if tracing.enabled():
+        # Innermost: the span covers the answer, and its status code is the one sent.
+        app.middlewares.append(tracing.http_middleware(JSONRPC_POSTS | {"/ws/mcp", A2A_PATH}))
 
 
 @web.middleware

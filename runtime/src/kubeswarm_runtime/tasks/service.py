@@ -15,6 +15,7 @@ from nats.aio.msg import Msg
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from .. import tracing
 from ..connection import NatsConnection
 from ..names import Priority, SwarmNames, cancel_key, task_key
 from ..stores import read_bucket, task_backlog
@@ -75,7 +76,11 @@ class TaskService:
                 return existing
         # Publish even for a duplicate still pending: a first attempt may have failed before publishing;
         # the stream drops the copy if the first one made it.
-        await self.conn.js.publish(self.names.task(capability, priority), task.model_dump_json().encode(), headers={"Nats-Msg-Id": task.id})
+        subject = self.names.task(capability, priority)
+        headers = {"Nats-Msg-Id": task.id}
+        with tracing.send_task(subject, task.id, capability):
+            tracing.inject(headers)  # the run becomes a child of this span: the creator's trace goes on in the task
+            await self.conn.js.publish(subject, task.model_dump_json().encode(), headers=headers)
         return record
 
     async def get(self, task_id: str) -> TaskRecord | None:

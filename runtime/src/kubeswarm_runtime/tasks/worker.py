@@ -25,6 +25,7 @@ from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
+from .. import tracing
 from ..config import RuntimeConfig
 from ..connection import NatsConnection, backoff_delay
 from ..metrics import RuntimeMetrics
@@ -225,6 +226,15 @@ class TaskWorker:
             await msg.ack()
             self.outcomes.count(task.capability, "duplicate")
             return
+        with tracing.run_task(msg.headers, msg.subject, task.id, task.capability, attempt, self.config.agent) as span:
+            outcome = await self._attempt(msg, task, puller, attempt)
+            if span is not None:
+                span.set_attribute("kubeswarm.task.outcome", outcome)
+                if outcome in ("failed", "dead"):
+                    tracing.failed(span, f"task {outcome}")
+
+    async def _attempt(self, msg: Msg, task: TaskMessage, puller: Puller, attempt: int) -> str:
+        """Run the task once and settle its delivery; its outcome."""
         started = time.time()
         agent = self.config.replica_id
         steps: list[dict[str, Any]] = []  # the tool loop's, written with every state
@@ -275,6 +285,7 @@ class TaskWorker:
             if outcome != "succeeded":
                 self.outcomes.count(task.capability, outcome)
             self.outcomes.observe_duration(task.capability, time.time() - started)
+        return outcome
 
     async def _finished_before(self, task: TaskMessage) -> bool:
         """Whether a redelivered task's stored state is already terminal. Unknown (NATS busy, a record that
