@@ -137,6 +137,9 @@ def test_swarm_members_streams_status_and_finalizer(operator: Operator, namespac
         return body if status.get("agents") == 3 and nats_ready and nats_ready["status"] == "True" else None
 
     body = until(aggregated, 60, "swarm status with 3 agents and NatsReady")
+    table = namespace.kubectl("get", "swarm", "team").stdout.splitlines()
+    assert "READY" in table[0].split() and "AGENTS" not in table[0].split()  # READY ready/all, as a Deployment's
+    assert body["status"]["ready"] == f"{body['status']['readyAgents']}/3"
     assert set(body["status"]["streams"]) == {f"{base}_TASKS", f"{base}_DISCOVERIES", f"{base}_DLQ"}
     assert body["status"]["phase"] in ("Pending", "Degraded", "Running")
 
