@@ -18,7 +18,10 @@ from typing import Any, TypeVar
 
 import pytest
 
-from tests.testbed.cluster import KubeAccess
+from images import build as images
+from tests.testbed.cluster import Cluster, KubeAccess
+from tests.testbed.nats import NatsServer
+from tests.testbed.node import FAKE_NODE_TAINT, NODE_IP
 from tests.testbed.procs import ManagedProcess, free_port, port_accepts
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,12 +40,25 @@ def until(probe: Callable[[], T | None], timeout: float, what: str, interval: fl
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
 
 
+CRDS = ("agents.kubeswarm.io", "swarms.kubeswarm.io")
+
+
 def install_crds(cluster: KubeAccess) -> None:
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
-    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/agents.kubeswarm.io", "crd/swarms.kubeswarm.io")
+    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", *(f"crd/{crd}" for crd in CRDS))
     # Discovery and storage lag behind Established: wait until both kinds can be listed
     # (an operator started earlier may get "storage is (re)initializing" on its first list).
     until(lambda: cluster.kubectl("get", "agents,swarms", "-A", check=False).returncode == 0, 30, "the kinds in discovery")
+
+
+def adopt_crds(cluster: KubeAccess, release: str, namespace: str) -> None:
+    """CRDs applied earlier with kubectl (by other e2e tests) become a helm release's, as a user would adopt them."""
+    for crd in CRDS:
+        if cluster.kubectl("get", "crd", crd, check=False).returncode == 0:
+            cluster.kubectl("label", "--overwrite", "crd", crd, "app.kubernetes.io/managed-by=Helm")
+            cluster.kubectl(
+                "annotate", "--overwrite", "crd", crd, f"meta.helm.sh/release-name={release}", f"meta.helm.sh/release-namespace={namespace}"
+            )
 
 
 @dataclass
@@ -106,6 +122,35 @@ OPERATOR_ENV = {
     "KUBESWARM_SWARM_DELETE_TIMEOUT_SECONDS": "15",
 }
 
+# Pods of tests that assert what kwok's pods do (run nothing, so consume no task): on the fake nodes,
+# tolerating the taint they carry when the real node takes the pods. Every node is a fake one otherwise.
+ON_FAKE_NODES: dict[str, Any] = {
+    "nodeSelector": {"type": "kwok"},
+    "tolerations": [{"key": FAKE_NODE_TAINT, "operator": "Exists", "effect": "NoSchedule"}],
+}
+
+
+def pods_run_here(cluster: KubeAccess) -> bool:
+    """The local test bed with its real node (KUBESWARM_REAL_NODE=1): pods run in containers on this machine."""
+    return isinstance(cluster, Cluster) and cluster.real_node
+
+
+@pytest.fixture(scope="session")
+def nats_server(cluster: KubeAccess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    """The session's JetStream nats-server; on the real node's bridge address when pods run here, so they
+    reach it (this machine does too)."""
+    server = NatsServer(tmp_path_factory.mktemp("nats"), host=NODE_IP if pods_run_here(cluster) else "127.0.0.1").start()
+    yield server
+    server.stop()
+
+
+def operator_env(cluster: KubeAccess, nats: NatsServer) -> dict[str, str]:
+    """The e2e operator's settings. Where pods run here, agents run the image the test bed imported and
+    reach the session's nats-server; on kwok the image and the default NATS are names nothing needs."""
+    if not pods_run_here(cluster):
+        return OPERATOR_ENV
+    return {**OPERATOR_ENV, "KUBESWARM_RUNTIME_IMAGE": images.chart_refs()["runtime"], "KUBESWARM_NATS_URL": nats.url}
+
 
 @dataclass(frozen=True)
 class MotoServer:
@@ -140,7 +185,9 @@ def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer
 
 
 @pytest.fixture(scope="module")
-def operator(cluster: KubeAccess, moto_server: MotoServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
+def operator(
+    cluster: KubeAccess, moto_server: MotoServer, nats_server: NatsServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Operator]:
     """The operator, cluster-wide, for the tests of one module.
 
     Per module, not per session: a module that runs an operator of its own (test_chart's,
@@ -148,7 +195,7 @@ def operator(cluster: KubeAccess, moto_server: MotoServer, tmp_path_factory: pyt
     order the modules run in.
     """
     install_crds(cluster)
-    env = {**OPERATOR_ENV, **moto_server.operator_env}
+    env = {**operator_env(cluster, nats_server), **moto_server.operator_env}
     op = Operator(cluster.kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log", env=env).start()
     yield op
     op.stop()

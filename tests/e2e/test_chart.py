@@ -1,9 +1,10 @@
 """The chart on a real API server: install, helm test, the operator under the chart's identity, upgrade, uninstall.
 
-There is no container runtime on the test bed, so the operator Deployment's pod is only
-admitted and marked Ready by kwok.  The operator process itself runs here, as
-``python -m kubeswarm_operator`` with the environment the chart's Deployment gives it and
-a token of the chart's ServiceAccount: whatever it does, the chart's RBAC must allow.
+On kwok the chart's pods run nothing (they are admitted and marked Ready); with the real node
+(KUBESWARM_REAL_NODE=1) its NATS and operator run and ``helm test`` checks them for real.  Either
+way the operator under test runs here, as ``python -m kubeswarm_operator`` with the environment
+the chart's Deployment gives it and a token of the chart's ServiceAccount (the chart's own
+operator scaled to zero meanwhile): whatever it does, the chart's RBAC must allow.
 """
 
 from __future__ import annotations
@@ -24,20 +25,16 @@ from tests.testbed.cluster import KubeAccess
 from tests.testbed.nats import NatsServer
 from tests.unit.test_chart import CHART, Manifest, find, helm, one, operator_env, values_args
 
-from .conftest import REPO, Operator, until
+from .conftest import CRDS, ON_FAKE_NODES, REPO, Operator, adopt_crds, pods_run_here, until
 
 pytestmark = pytest.mark.e2e
 
 RELEASE = "ks"
-CRDS = ("agents.kubeswarm.io", "swarms.kubeswarm.io")
 EXAMPLE = REPO / "examples" / "agent-anthropic.yaml"
-# The test bed has no volume provisioner: NATS pods wait for their volumes, which is fine
-# here (the agents' NATS is not under test), so helm does not --wait.
-VALUES: Manifest = {
-    "dashboards": {"enabled": True},
-    "operator": {"image": {"tag": "e2e"}},
-    "runtime": {"image": {"tag": "e2e"}},
-}
+# The kwok test bed has no volume provisioner: NATS pods wait for their volumes, which is fine
+# there (the agents' NATS is not under test), so helm does not --wait. The images are the
+# chart's defaults: the ones the real node imports (kwok runs none).
+VALUES: Manifest = {"dashboards": {"enabled": True}}
 READY = 60
 
 
@@ -74,8 +71,16 @@ class Release:
         proc = self.cluster.kubectl("auth", "can-i", verb, resource, "-n", namespace, f"--as={self.service_account}", check=False)
         return proc.stdout.strip() == "yes"
 
+    @property
+    def operator_deployment(self) -> str:
+        return f"deployment/{RELEASE}-kubeswarm-operator"
+
     def operator(self, log: Path) -> Operator:
-        """The real operator, with the chart Deployment's environment and the chart ServiceAccount's token."""
+        """The real operator, with the chart Deployment's environment and the chart ServiceAccount's token,
+        alone: the chart's own operator (its Deployment back at one replica after an upgrade) scaled to zero."""
+        self.cluster.kubectl("-n", self.namespace, "scale", self.operator_deployment, "--replicas=0")
+        selector = "app.kubernetes.io/component=operator"
+        until(lambda: not (self.get("pods", "-l", selector) or {"items": []})["items"], READY, "the chart's operator pod gone")
         token = self.cluster.kubectl(
             "-n", self.namespace, "create", "token", f"{RELEASE}-kubeswarm-operator", "--duration=1h"
         ).stdout.strip()
@@ -96,23 +101,13 @@ class Release:
         return Operator(kubeconfig, log, env=operator_env(self.manifest())).start()
 
 
-def adopt_crds(cluster: KubeAccess, namespace: str) -> None:
-    """CRDs applied earlier with kubectl (by other e2e tests) become the release's, as a user would adopt them."""
-    for crd in CRDS:
-        if cluster.kubectl("get", "crd", crd, check=False).returncode == 0:
-            cluster.kubectl("label", "--overwrite", "crd", crd, "app.kubernetes.io/managed-by=Helm")
-            cluster.kubectl(
-                "annotate", "--overwrite", "crd", crd, f"meta.helm.sh/release-name={RELEASE}", f"meta.helm.sh/release-namespace={namespace}"
-            )
-
-
 @pytest.fixture(scope="module")
 def release(cluster: KubeAccess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Release]:
     name = f"kubeswarm-{uuid.uuid4().hex[:6]}"
     # The restricted Pod Security Standard, enforced: a non-compliant pod of the chart is refused.
     cluster.kubectl("create", "namespace", name)
     cluster.kubectl("label", "namespace", name, "pod-security.kubernetes.io/enforce=restricted")
-    adopt_crds(cluster, name)
+    adopt_crds(cluster, RELEASE, name)
     rel = Release(cluster, name, tmp_path_factory.mktemp("chart-e2e"))
     yield rel
     rel.helm("uninstall", RELEASE, "--wait", check=False)
@@ -169,6 +164,7 @@ def swarm_scales_and_goes(release: Release, namespace: str, nats_url: str, log: 
         "name": "cruncher",
         "template": {
             "capabilities": ["crunch"],
+            **ON_FAKE_NODES,  # its pods consume nothing: the backlog stays as published
             "autoscaling": {
                 "enabled": True,
                 "minReplicas": 1,
@@ -214,7 +210,7 @@ def test_install_test_operate_upgrade_uninstall(
         assert release.get(doc["kind"].lower(), doc["metadata"]["name"], namespace=namespace), f"{doc['kind']} {doc['metadata']['name']}"
     for crd in CRDS:
         cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{crd}")
-    cluster.kubectl("-n", release.namespace, "rollout", "status", f"deployment/{RELEASE}-kubeswarm-operator", "--timeout=60s")
+    cluster.kubectl("-n", release.namespace, "rollout", "status", release.operator_deployment, f"--timeout={READY}s")
     statefulset = one(manifest, "StatefulSet")
 
     def nats_pods() -> int:
@@ -222,8 +218,10 @@ def test_install_test_operate_upgrade_uninstall(
 
     until(lambda: nats_pods() == statefulset["spec"]["replicas"], 30, "every NATS server pod admitted")
     assert len(find(manifest, "ConfigMap")) > 1  # NATS config and the dashboards
+    if pods_run_here(cluster):  # the servers, on volumes the provisioner binds, are what helm test checks
+        cluster.kubectl("-n", release.namespace, "rollout", "status", f"statefulset/{statefulset['metadata']['name']}", "--timeout=300s")
 
-    # helm test: its Job runs (kwok completes it: the check itself needs real containers).
+    # helm test: its Job runs (kwok completes it; on the real node its check reaches the operator and NATS).
     tested = release.helm("test", RELEASE, "--timeout", "90s")
     assert "Phase:          Succeeded" in tested.stdout, tested.stdout
 
@@ -248,7 +246,7 @@ def test_install_test_operate_upgrade_uninstall(
         cluster.kubectl("delete", "namespace", second.namespace, "--wait=false", check=False)
 
     # Upgrade to watching one namespace: the ClusterRole gives way to a Role there.
-    release.install("upgrade", {**VALUES, "operator": {**VALUES["operator"], "watchNamespaces": [agents_namespace]}})
+    release.install("upgrade", {**VALUES, "operator": {"watchNamespaces": [agents_namespace]}})
     upgraded = release.manifest()
     assert operator_env(upgraded)["KUBESWARM_NAMESPACES"] == agents_namespace
     assert release.get("role", f"{RELEASE}-kubeswarm-operator", namespace=agents_namespace)

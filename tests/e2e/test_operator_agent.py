@@ -80,7 +80,7 @@ def test_agent_becomes_ready_with_all_children(operator: Operator, namespace: Na
     assert not agent_obj["metadata"].get("finalizers")  # nothing external to clean up
     assert not any(k.startswith("kopf.zalando.org") for k in agent_obj["metadata"].get("annotations", {}))
     pod = namespace.must("pods", "-l", "kubeswarm.io/agent=scout")["items"][0]
-    assert pod["spec"]["containers"][0]["image"] == "kubeswarm/runtime:e2e"
+    assert pod["spec"]["containers"][0]["image"] == operator.env["KUBESWARM_RUNTIME_IMAGE"]
     listed = namespace.kubectl("get", "kubeswarm").stdout
     assert "scout" in listed
     assert "Running" in listed
@@ -213,7 +213,7 @@ def test_hand_edits_are_reverted(operator: Operator, namespace: Namespace) -> No
             deployment
             and service
             and config
-            and deployment["spec"]["template"]["spec"]["containers"][0]["image"] == "kubeswarm/runtime:e2e"
+            and deployment["spec"]["template"]["spec"]["containers"][0]["image"] == operator.env["KUBESWARM_RUNTIME_IMAGE"]
             and service["spec"]["ports"][0]["port"] == 8080
             and "hijacked" not in config["data"].values()
         )

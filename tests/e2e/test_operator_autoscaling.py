@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import Namespace, Operator, until
+from tests.e2e.conftest import ON_FAKE_NODES, Namespace, Operator, until
 from tests.e2e.test_operator_swarm import agent_manifest, condition, jetstream, swarm_manifest
 from tests.testbed.nats import NatsServer
 
@@ -18,10 +18,12 @@ SCALE_DOWN_DELAY = 4
 
 
 def autoscaled(name: str, swarm: str, capability: str) -> dict[str, Any]:
+    """An autoscaled worker whose pods consume nothing: the backlog stays as the test makes it."""
     return agent_manifest(
         name,
         swarm,
         capabilities=[capability],
+        **ON_FAKE_NODES,
         autoscaling={
             "enabled": True,
             "minReplicas": 1,

@@ -33,7 +33,7 @@ from tests.testbed.procs import free_port, port_accepts, wheel_binary
 from tests.unit.test_chart import CHART, helm
 from tests.unit.test_dashboards import METRIC, dashboards, targets
 
-from .conftest import REPO, Namespace, until
+from .conftest import REPO, Namespace, adopt_crds, until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.real_pods]
 
@@ -152,6 +152,7 @@ class Swarm:
 def release(real_cluster: KubeAccess) -> Iterator[KubeAccess]:
     """The chart with its default values, in a namespace that enforces the restricted Pod Security Standard."""
     restricted_namespace(real_cluster, SYSTEM)
+    adopt_crds(real_cluster, RELEASE, SYSTEM)  # applied by other modules' tests when they share the cluster
     helm(
         "install", RELEASE, str(CHART), "--namespace", SYSTEM, "--wait", "--timeout", "5m",
         kubeconfig=real_cluster.kubeconfig,

@@ -14,20 +14,24 @@ from tests.testbed import build
 from tests.testbed.cluster import Cluster, KubeAccess, remaining_pids
 from tests.testbed.procs import port_accepts
 
+from .conftest import ON_FAKE_NODES
+
 pytestmark = pytest.mark.e2e
 
-DEPLOYMENT = """
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: testbed-web, namespace: default}
-spec:
-  replicas: 2
-  selector: {matchLabels: {app: testbed-web}}
-  template:
-    metadata: {labels: {app: testbed-web}}
-    spec:
-      containers: [{name: web, image: example.invalid/web:1}]
-"""
+# An image nobody can pull: kwok's pods run nothing, so they become Ready all the same.
+DEPLOYMENT = {
+    "apiVersion": "apps/v1",
+    "kind": "Deployment",
+    "metadata": {"name": "testbed-web", "namespace": "default"},
+    "spec": {
+        "replicas": 2,
+        "selector": {"matchLabels": {"app": "testbed-web"}},
+        "template": {
+            "metadata": {"labels": {"app": "testbed-web"}},
+            "spec": {"containers": [{"name": "web", "image": "example.invalid/web:1"}], **ON_FAKE_NODES},
+        },
+    },
+}
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -62,7 +66,7 @@ def test_fake_nodes_are_ready(cluster: KubeAccess) -> None:
 
 
 def test_deployment_gets_ready_pods_and_garbage_collection_works(cluster: KubeAccess) -> None:
-    cluster.kubectl("apply", "-f", "-", input=DEPLOYMENT)
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(DEPLOYMENT))
     try:
 
         def ready_replicas() -> int:

@@ -16,10 +16,10 @@ from pathlib import Path
 from .procs import ManagedProcess, free_port, wheel_binary
 
 
-def _healthy(monitor_port: int) -> bool:
+def _healthy(host: str, monitor_port: int) -> bool:
     # JetStream-aware health: true only once the node's JetStream is usable
     # (in a cluster, once it has a meta leader).
-    url = f"http://127.0.0.1:{monitor_port}/healthz"
+    url = f"http://{host}:{monitor_port}/healthz"
     with urllib.request.urlopen(url, timeout=1) as resp:
         body = json.loads(resp.read())
     return bool(resp.status == 200 and body.get("status") == "ok")
@@ -29,6 +29,8 @@ def _healthy(monitor_port: int) -> bool:
 class NatsNode:
     name: str
     store: Path
+    # Where it listens (clients and monitoring): loopback, or the real node's bridge address so that pods reach it too.
+    host: str = "127.0.0.1"
     client_port: int = field(default_factory=free_port)
     monitor_port: int = field(default_factory=free_port)
     cluster_port: int = field(default_factory=free_port)
@@ -39,7 +41,7 @@ class NatsNode:
 
     @property
     def url(self) -> str:
-        return f"nats://127.0.0.1:{self.client_port}"
+        return f"nats://{self.host}:{self.client_port}"
 
     def argv(self) -> list[str]:
         argv = [
@@ -47,7 +49,7 @@ class NatsNode:
             "--server_name",
             self.name,
             "--addr",
-            "127.0.0.1",
+            self.host,
             "--port",
             str(self.client_port),
             "--http_port",
@@ -76,7 +78,7 @@ class NatsNode:
         ports = [self.client_port, self.monitor_port] + ([self.cluster_port] if self.routes else [])
         self.process = ManagedProcess(self.name, self.argv(), self.store.parent / f"{self.name}.log", ports)
         self.process.start()
-        self.process.wait_until(lambda: _healthy(self.monitor_port), timeout, "ready with JetStream")
+        self.process.wait_until(lambda: _healthy(self.host, self.monitor_port), timeout, "ready with JetStream")
 
     def kill(self) -> None:
         if self.process:
@@ -93,10 +95,11 @@ class NatsServer:
 
     workdir: Path
     config: str | None = None
+    host: str = "127.0.0.1"
     node: NatsNode = field(init=False)
 
     def __post_init__(self) -> None:
-        self.node = NatsNode("nats-0", self.workdir / "nats-0", config=self.config)
+        self.node = NatsNode("nats-0", self.workdir / "nats-0", config=self.config, host=self.host)
 
     @property
     def url(self) -> str:
@@ -146,7 +149,7 @@ class NatsCluster:
         # Health needs a meta leader, which needs a quorum: wait after all started.
         for node in self.nodes:
             assert node.process is not None
-            node.process.wait_until(functools.partial(_healthy, node.monitor_port), 60, "ready with JetStream")
+            node.process.wait_until(functools.partial(_healthy, node.host, node.monitor_port), 60, "ready with JetStream")
         return self
 
     def kill(self, index: int) -> NatsNode:
