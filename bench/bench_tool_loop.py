@@ -7,11 +7,10 @@ HTTP on loopback) and two agents: ``looper`` (provider openai → the stand-in, 
 provider, the baseline). Per round:
 
 - direct: ``get_task`` of the swarm's tools called as the loop calls it (``ToolSpec.call``), ``--calls`` times;
-- model: one model round trip to the stand-in (``reply`` with the same tools offered and a conversation as long as
-  the loop's at mid-task), ``--calls`` times;
-- loop: a task whose model asks for one ``get_task`` per turn for ``--turns`` turns, run by the loop; a turn is
-  a model round trip + the call + the loop's bookkeeping (steps, metrics, messages); "by hand" is the same model
-  round trip then the same call, one after the other, so the loop's own overhead per tool call is (loop turn - by hand);
+- model: one model round trip to the stand-in (``reply`` with the same tools offered), ``--calls`` times;
+- loop: a task whose model asks for one ``get_task`` per turn for ``--turns`` turns, run by the loop, alternating with
+  the same conversation "by hand" (ask the model, call the tool directly, append, repeat); the loop's own overhead
+  per tool call (steps, metrics, limits, concurrency, timeouts) is the median of (loop - by hand) / turns over the pairs;
 - tasks/s: ``--tasks`` tasks through the queue to the looper, each a 3-step loop (list_agents, get_task, answer),
   against as many echo tasks (no model, no tools) in the same run.
 
@@ -35,7 +34,7 @@ from kubeswarm_runtime.app import settle_heap
 from kubeswarm_runtime.client import SwarmClient
 from kubeswarm_runtime.delegation import OUTSIDE
 from kubeswarm_runtime.mcp.tools import SWARM_TOOLS
-from kubeswarm_runtime.providers.base import ChatMessage, TaskContext, ToolCall, ToolResult
+from kubeswarm_runtime.providers.base import ChatMessage, TaskContext, ToolResult
 from kubeswarm_runtime.runtime import AgentRuntime
 
 from examples.tools.scripted_model import Script
@@ -76,28 +75,40 @@ async def one_round(looper: AgentRuntime, client: SwarmClient, task_id: str, arg
     definitions = [tool.definition for tool in tools.values()]
     model = handler.model  # type: ignore[attr-defined]
     direct = await timed(args.calls, lambda: GET_TASK.call(looper, {"task_id": task_id}, OUTSIDE))
-    # The model's round trip with the loop's average conversation: half the turns' calls and results already in it.
-    output = json.dumps(await GET_TASK.call(looper, {"task_id": task_id}, OUTSIDE), separators=(",", ":"))
-    call = ToolCall("c", "get_task", {"task_id": task_id})
-    turn_pair = [ChatMessage("assistant", tool_calls=(call,)), ChatMessage("tool", results=(ToolResult("c", "get_task", output),))]
-    conversation = [ChatMessage("user", "go"), *turn_pair * (args.turns // 2)]
-    model_trip = await timed(args.calls, lambda: model.reply(None, conversation, definitions))
+    model_trip = await timed(args.calls, lambda: model.reply(None, [ChatMessage("user", "go")], definitions))
 
     async def by_hand() -> None:
-        # A turn without the loop: the same model round trip, then the same call, one after the other.
-        await model.reply(None, conversation, definitions)
-        await GET_TASK.call(looper, {"task_id": task_id}, OUTSIDE)
+        """The same conversation without the loop: ask the model, call the tool directly, append, until it answers."""
+        messages = [ChatMessage("user", "go")]
+        while (reply := await model.reply(None, messages, definitions)).tool_calls:
+            results = [
+                ToolResult(c.id, c.name, json.dumps(await GET_TASK.call(looper, c.arguments, OUTSIDE), separators=(",", ":")))
+                for c in reply.tool_calls
+            ]
+            messages += [ChatMessage("assistant", reply.text, tool_calls=reply.tool_calls), ChatMessage("tool", results=tuple(results))]
 
-    hand_turn = await timed(args.calls, by_hand)
-    tasks = max(args.calls // args.turns, 1)  # as many turns as the by-hand measures
-    loop_started = time.perf_counter()
-    for _ in range(tasks):
+    async def loop() -> None:
         result = await handler.handle(TaskContext("bench", "loop", "go", 1, "looper"))
         assert result["tool_calls"] == args.turns, result
-    loop_turn = (time.perf_counter() - loop_started) / (tasks * (args.turns + 1))
+
+    # Alternating pairs, so a shared machine's drifts hit both alike; the overhead is the median of the pairs' differences.
+    overheads, hands, loops = [], [], []
+    for _ in range(max(args.calls // args.turns, 1)):
+        hand, looped = await timed(1, by_hand), await timed(1, loop)
+        hands.append(hand / (args.turns + 1))
+        loops.append(looped / (args.turns + 1))
+        overheads.append((looped - hand) / args.turns)
     three = await throughput(client, "three", "go", args.tasks)
     echo = await throughput(client, "echo", "go", args.tasks)
-    return {"direct": direct, "model": model_trip, "hand": hand_turn, "turn": loop_turn, "three": three, "echo": echo}
+    return {
+        "direct": direct,
+        "model": model_trip,
+        "hand": statistics.median(hands),
+        "turn": statistics.median(loops),
+        "overhead": statistics.median(overheads),
+        "three": three,
+        "echo": echo,
+    }
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -126,7 +137,7 @@ async def main(args: argparse.Namespace) -> None:
                         for n in range(args.rounds):
                             r = await one_round(looper, client, target.id, args)
                             rounds.append(r)
-                            overhead = r["turn"] - r["hand"]
+                            overhead = r["overhead"]
                             print(
                                 f"round {n + 1}: direct get_task {r['direct'] * 1e6:.0f} us, model round trip {r['model'] * 1e3:.2f} ms, "
                                 f"turn by hand {r['hand'] * 1e3:.2f} ms, loop turn {r['turn'] * 1e3:.2f} ms "
@@ -140,7 +151,7 @@ async def main(args: argparse.Namespace) -> None:
     def median(key: str) -> float:
         return statistics.median(r[key] for r in rounds)
 
-    overhead = statistics.median(r["turn"] - r["hand"] for r in rounds)
+    overhead = median("overhead")
     print(
         f"\nmedians over {args.rounds} rounds:\n"
         f"  direct tool call (get_task)      {median('direct') * 1e6:8.0f} us\n"
