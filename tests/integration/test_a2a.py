@@ -104,7 +104,7 @@ async def test_send_message_is_a_swarm_task(nats_server: NatsServer) -> None:
         assert fetched.id == task.id and fetched.status.state == a2a.TASK_STATE_COMPLETED
         (again,) = await responses(client, request)
         assert again.task.id == task.id
-        assert len(await agent.runtime.swarm.tasks.list(capability="echo")) == 1
+        assert len((await agent.runtime.swarm.tasks.list(capability="echo")).tasks) == 1
         # A skill chosen in the message's metadata; data parts in and out.
         data = a2a.SendMessageRequest(message=a2a.Message(message_id=uuid.uuid4().hex, role=a2a.ROLE_USER))
         data.message.parts.add().data.struct_value.update({"n": 3})

@@ -7,10 +7,12 @@ import signal
 from collections import Counter
 from pathlib import Path
 
+import nats
 import pytest
 from kubeswarm_runtime.client import SwarmClient
 from kubeswarm_runtime.config import RuntimeConfig
 from kubeswarm_runtime.tasks import DeadLetter, TaskRecord, TaskState
+from nats.aio.msg import Msg
 
 from tests.integration.runtime_helpers import (
     agent_config,
@@ -109,7 +111,7 @@ async def test_rolling_restart_under_load_loses_nothing_and_runs_nothing_twice(n
 
 
 async def _some_done(client: SwarmClient, count: int) -> bool:
-    return len(await client.tasks.list(state=TaskState.SUCCEEDED)) >= count
+    return len((await client.tasks.list(state=TaskState.SUCCEEDED, limit=1000)).tasks) >= count
 
 
 async def test_nats_node_killed_during_stream_of_tasks_loses_none(nats_cluster: NatsCluster) -> None:
@@ -129,13 +131,57 @@ async def test_nats_node_killed_during_stream_of_tasks_loses_none(nats_cluster: 
     assert [r.result["echo"]["i"] for r in records] == list(range(150))
 
 
-async def _create_retrying(client: SwarmClient, i: int) -> str:
+async def _create_retrying(client: SwarmClient, i: int, extra: dict[str, object] | None = None) -> str:
     # The producer side retries with the same task id: dedup makes that safe during a failover.
     task_id = f"task-{i}"
     for _ in range(40):
         try:
-            await client.tasks.create("ha", {"i": i}, task_id=task_id)
+            await client.tasks.create("ha", {"i": i, **(extra or {})}, task_id=task_id)
             return task_id
         except Exception:
             await asyncio.sleep(0.25)
     raise AssertionError(f"could not create {task_id} during failover")
+
+
+async def test_failover_with_lost_acks_loses_none_and_completes_none_twice(nats_cluster: NatsCluster, tmp_path: Path) -> None:
+    """Tasks flow while a NATS node and then a runtime replica are killed (kill -9): acks in flight are lost.
+
+    Every task succeeds, and each is recorded as completed exactly once: a redelivery of a task whose
+    ack was lost finds its state final and is acked, not run again. Streams are replicated as the cluster (3).
+    """
+    prefix = unique_prefix()
+    in_process = agent_config(nats_cluster.url, prefix, "w", ["ha"], concurrency=8)
+    doomed = agent_config(nats_cluster.url, prefix, "w", ["ha"], concurrency=8)
+    completions: Counter[str] = Counter()
+    # Watched through a node that stays up: every write of a task's state, in order.
+    observer = await nats.connect(nats_cluster.urls[2])
+    process = runtime_process(doomed, tmp_path)
+    try:
+        async with running(in_process), swarm_client(nats_cluster.url, prefix) as client:
+
+            async def on_state(msg: Msg) -> None:
+                if TaskRecord.model_validate_json(msg.data).state is TaskState.SUCCEEDED:
+                    completions[msg.subject.rsplit(".", 1)[-1]] += 1
+
+            await observer.subscribe(f"$KV.{client.names.tasks_bucket}.task.>", cb=on_state)
+            created: list[str] = []
+            for i in range(200):
+                if i == 50:
+                    nats_cluster.kill(0)
+                if i == 100:
+                    process.kill()
+                if i == 150:
+                    await asyncio.to_thread(nats_cluster.restart, 0)
+                created.append(await _create_retrying(client, i, {"sleep": 0.02}))
+            records = await asyncio.gather(*(client.tasks.wait(task_id, 120) for task_id in created))
+            await wait_for(lambda: _all_seen(completions, created), what="every completion seen by the observer")
+    finally:
+        process.stop()
+        await observer.close()
+    lost = [r.id for r in records if r.state is not TaskState.SUCCEEDED]
+    twice = {task_id: n for task_id, n in completions.items() if n > 1}
+    assert (lost, twice) == ([], {})
+
+
+async def _all_seen(completions: Counter[str], created: list[str]) -> bool:
+    return all(completions[task_id] for task_id in created)

@@ -29,13 +29,13 @@ READERS = 4
 
 async def test_tasks_listed_right_after_creation(nats_server: NatsServer) -> None:
     async with swarm_client(nats_server.url, unique_prefix()) as client:
-        assert await client.tasks.list() == []
+        assert (await client.tasks.list()).tasks == []
         created: list[str] = []
         for i in range(ROUNDS):
             created.append((await client.tasks.create("listing", i)).id)
             listings = await asyncio.gather(*(client.tasks.list(limit=ROUNDS) for _ in range(READERS)))
             for listed in listings:
-                assert [task.id for task in listed] == created[::-1], f"round {i}"
+                assert [task.id for task in listed.tasks] == created[::-1], f"round {i}"
 
 
 def agent_entry(replica: str) -> bytes:
@@ -114,3 +114,41 @@ async def test_read_bucket_reads_live_keys_only_page_by_page(nats_server: NatsSe
             return (await conn.js.stream_info(stream)).state.consumer_count == 0
 
         await wait_for(no_readers, what="the readers' consumers deleted")
+
+
+async def test_tasks_listed_page_by_page_newest_change_first(nats_server: NatsServer) -> None:
+    """Each call reads one page (a cursor, not the whole bucket); filters apply to the page; a change moves a task first."""
+    async with swarm_client(nats_server.url, unique_prefix()) as client:
+        created = [(await client.tasks.create("pages" if i % 2 else "other", i)).id for i in range(25)]
+        await client.tasks.cancel(created[3])  # its last change is now the newest
+        newest_first = [created[3], *(t for t in reversed(created) if t != created[3])]
+        await client.stores.tasks.put("cancel.x", b"1")  # other keys of the bucket are not tasks
+        pages, cursor = [], 0
+        while True:
+            page = await client.tasks.list(limit=10, cursor=cursor)
+            pages.append([t.id for t in page.tasks])
+            if page.next_cursor is None:
+                break
+            cursor = page.next_cursor
+        assert [len(p) for p in pages] == [10, 10, 5]
+        assert [t for p in pages for t in p] == newest_first
+        filtered = await client.tasks.list(limit=10, capability="pages")
+        assert [t.id for t in filtered.tasks] == [t for t in newest_first[:10] if int(t in created[1::2])]
+        assert filtered.next_cursor is not None
+
+
+async def test_discoveries_listed_page_by_page(nats_server: NatsServer) -> None:
+    async with swarm_client(nats_server.url, unique_prefix()) as client:
+        for i in range(7):
+            await client.discoveries.share("note", i)
+        await client.conn.js.publish(client.names.discovery("someone", "note"), b"not a discovery")
+        seen, since, pages = [], 0, 0
+        while True:
+            page = await client.discoveries.page(type="note", since_seq=since, limit=3)
+            seen += [d.content for d in page.discoveries]
+            pages += 1
+            since = page.last_seq
+            if not page.more:
+                break
+        # The unreadable record is skipped, and the page that held it still moves the cursor on.
+        assert (seen, pages) == (list(range(7)), 3)

@@ -127,7 +127,7 @@ async def test_results_published_on_result_subject(nats_server: NatsServer) -> N
         assert payload["state"] == "succeeded"
         assert payload["result"]["echo"] == "hello"
         listed = await client.tasks.list(capability="r")
-        assert [t.id for t in listed] == ["fixed-id"]
+        assert [t.id for t in listed.tasks] == ["fixed-id"]
 
 
 async def test_long_task_kept_alive_past_ack_wait(nats_server: NatsServer) -> None:

@@ -69,6 +69,7 @@ async def test_provisioning_limits_and_replicates_existing_unlimited_streams_in_
         assert (await js.stream_info(names.mcp_events_stream)).config.max_bytes == 32 * MIB
         sessions = (await js.stream_info(KV_STREAM.format(bucket=names.mcp_sessions_bucket))).config
         assert sessions.max_bytes == 8 * MIB and sessions.num_replicas == 3
+
         # Level-based: a run finds everything in place (once the replicas' answers agree: a scaled stream's info
         # can show the old replica count for a moment under load).
         async def in_place() -> bool:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 from collections.abc import AsyncGenerator
+from dataclasses import dataclass
 from typing import Any
 
 import nats
@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .connection import NatsConnection
 from .metrics import RuntimeMetrics
 from .names import SwarmNames
+from .stores import read_forward
 from .unreadable import UnreadableRecords
 
 
@@ -28,6 +29,13 @@ class Discovery(BaseModel):
     tags: list[str] = Field(default_factory=list)
     at: float = Field(default_factory=time.time)
     seq: int | None = Field(default=None, description="Stream sequence (set when read back).")
+
+
+@dataclass(frozen=True)
+class DiscoveryPage:
+    discoveries: list[Discovery]
+    last_seq: int  # the last sequence read (unreadable records included): the next page starts after it
+    more: bool
 
 
 class DiscoveryService:
@@ -67,13 +75,20 @@ class DiscoveryService:
 
     async def list(self, *, agent: str | None = None, type: str | None = None, since_seq: int = 0, limit: int = 100) -> list[Discovery]:
         """Discoveries in stream order, from after ``since_seq``."""
-        found: list[Discovery] = []
-        async with asyncio.timeout(10):
-            async for discovery in self.follow(agent=agent, type=type, since_seq=since_seq, stop_at_end=True):
-                found.append(discovery)
-                if len(found) >= limit:
-                    break
-        return found
+        return (await self.page(agent=agent, type=type, since_seq=since_seq, limit=limit)).discoveries
+
+    async def page(self, *, agent: str | None = None, type: str | None = None, since_seq: int = 0, limit: int = 100) -> DiscoveryPage:
+        """At most ``limit`` discoveries after ``since_seq`` in stream order, pulled (no more is read per call)."""
+        found = await read_forward(self.conn, self.names.discoveries_stream, self._filter(agent, type), after_seq=since_seq, limit=limit)
+        discoveries = []
+        for msg in found.messages:
+            seq = msg.metadata.sequence.stream
+            self.metrics.messages.labels("in", "discovery").inc()
+            discovery = self.unreadable.parse(Discovery, str(seq), msg.data)
+            if discovery is not None:
+                discoveries.append(discovery.model_copy(update={"seq": seq}))
+        last_seq = found.messages[-1].metadata.sequence.stream if found.messages else since_seq
+        return DiscoveryPage(discoveries, last_seq, found.next is not None)
 
     async def follow(
         self, *, agent: str | None = None, type: str | None = None, since_seq: int = 0, stop_at_end: bool = False

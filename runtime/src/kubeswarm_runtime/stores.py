@@ -196,11 +196,95 @@ async def read_bucket(conn: NatsConnection, bucket: str, keys: str) -> dict[str,
     values: dict[str, bytes] = {}
     for msg in await read_stream(conn, f"KV_{bucket}", prefix + keys, deliver=api.DeliverPolicy.LAST_PER_SUBJECT):
         key = msg.subject[len(prefix) :]
-        if msg.data and not any(h in (msg.headers or {}) for h in _REMOVAL_HEADERS):
+        if is_value(msg):
             values[key] = msg.data
         else:
             values.pop(key, None)
     return values
+
+
+def is_value(msg: Msg) -> bool:
+    """Whether a message of a bucket's stream holds a value (not a delete, purge or expiry marker)."""
+    return bool(msg.data) and not any(h in (msg.headers or {}) for h in _REMOVAL_HEADERS)
+
+
+@dataclass(frozen=True)
+class StreamPage:
+    """Messages of one page of a stream, and where the next page starts (None: no more)."""
+
+    messages: list[Msg]
+    next: int | None
+
+
+async def read_forward(conn: NatsConnection, stream: str, subjects: str, *, after_seq: int, limit: int) -> StreamPage:
+    """At most ``limit`` messages on ``subjects`` after sequence ``after_seq``, oldest first; ``next`` is the last one's."""
+    messages = await read_stream(conn, stream, subjects, start_seq=after_seq + 1 if after_seq else None, limit=limit)
+    more = len(messages) == limit and bool(messages[-1].metadata.num_pending)
+    return StreamPage(messages, messages[-1].metadata.sequence.stream if more else None)
+
+
+async def read_backward(conn: NatsConnection, stream: str, subjects: str, *, before_seq: int, limit: int) -> StreamPage:
+    """At most ``limit`` messages on ``subjects`` before sequence ``before_seq`` (0: the end), newest first.
+
+    ``next`` is the oldest one's sequence (pass it as ``before_seq`` for the page after). Bounded work per page:
+    the start of the page is found by a binary search over sequences, each step one consumer creation whose
+    answer counts the matching messages from that sequence on (no message read), then at most ``limit``
+    messages are pulled.
+    """
+    state = (await conn.js.stream_info(stream)).state
+    end = min(before_seq, state.last_seq + 1) if before_seq else state.last_seq + 1
+    if not state.messages or end <= state.first_seq:
+        return StreamPage([], None)
+    after = await _matching_from(conn, stream, subjects, end) if end <= state.last_seq else 0
+    if await _matching_from(conn, stream, subjects, state.first_seq) - after <= limit:
+        start, more = state.first_seq, False
+    else:
+        # The largest start with at least ``limit`` matches before ``end``: it has exactly ``limit``.
+        low, high, more = state.first_seq, end - 1, True
+        while low < high:
+            middle = (low + high + 1) // 2
+            if await _matching_from(conn, stream, subjects, middle) - after >= limit:
+                low = middle
+            else:
+                high = middle - 1
+        start = low
+    messages = [m for m in await read_stream(conn, stream, subjects, start_seq=start, limit=limit) if m.metadata.sequence.stream < end]
+    messages.reverse()
+    return StreamPage(messages, messages[-1].metadata.sequence.stream if more and messages else None)
+
+
+async def _matching_from(conn: NatsConnection, stream: str, subjects: str, seq: int) -> int:
+    """How many messages on ``subjects`` the stream holds from sequence ``seq`` on (counted by the server, none read)."""
+    name, info = await _reader(conn, stream, subjects, api.DeliverPolicy.BY_START_SEQUENCE, seq)
+    await _drop_reader(conn, stream, name)
+    return info.num_pending or 0
+
+
+async def _reader(
+    conn: NatsConnection, stream: str, subjects: str, deliver: api.DeliverPolicy, start_seq: int | None
+) -> tuple[str, api.ConsumerInfo]:
+    """A consumer to read with (no acks, pulled, in memory); its creation answer counts the messages it holds."""
+    name = f"read-{secrets.token_hex(8)}"
+    info = await conn.js.add_consumer(
+        stream,
+        api.ConsumerConfig(
+            name=name,
+            filter_subject=subjects,
+            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE if start_seq else deliver,
+            opt_start_seq=start_seq,
+            ack_policy=api.AckPolicy.NONE,
+            mem_storage=True,
+            num_replicas=1,
+            inactive_threshold=READER_INACTIVE_SECONDS,
+        ),
+    )
+    return name, info
+
+
+async def _drop_reader(conn: NatsConnection, stream: str, name: str) -> None:
+    with contextlib.suppress(nats.errors.Error):
+        # No need to wait for the answer: the inactivity threshold removes the consumer should this be lost.
+        await conn.nc.publish(f"{JS_API_PREFIX}.CONSUMER.DELETE.{stream}.{name}")
 
 
 async def read_stream(
@@ -214,24 +298,11 @@ async def read_stream(
 ) -> list[Msg]:
     """The messages of ``stream`` on ``subjects`` (oldest first, at most ``limit``), read to the end the server reports.
 
-    A consumer (no acks, pulled, in memory) is made for the read; its creation answer says how many messages it
-    holds, and they are pulled until the server reports none pending (or ``limit`` is reached).
+    A reader consumer is made for the read; its creation answer says how many messages it holds, and they are
+    pulled until the server reports none pending (or ``limit`` is reached).
     """
-    js, nc = conn.js, conn.nc
-    name = f"read-{secrets.token_hex(8)}"
-    info = await js.add_consumer(
-        stream,
-        api.ConsumerConfig(
-            name=name,
-            filter_subject=subjects,
-            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE if start_seq else deliver,
-            opt_start_seq=start_seq,
-            ack_policy=api.AckPolicy.NONE,
-            mem_storage=True,
-            num_replicas=1,
-            inactive_threshold=READER_INACTIVE_SECONDS,
-        ),
-    )
+    nc = conn.nc
+    name, info = await _reader(conn, stream, subjects, deliver, start_seq)
     found: list[Msg] = []
     pending = info.num_pending or 0
     if limit is not None:
@@ -262,7 +333,5 @@ async def read_stream(
         if sub is not None:
             with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()
-        with contextlib.suppress(nats.errors.Error):
-            # No need to wait for the answer: the inactivity threshold removes the consumer should this be lost.
-            await nc.publish(f"{JS_API_PREFIX}.CONSUMER.DELETE.{stream}.{name}")
+        await _drop_reader(conn, stream, name)
     return found

@@ -230,7 +230,7 @@ class A2AEndpoint:
         records = [
             r
             for capability in self.config.capabilities
-            for r in await self.runtime.swarm.tasks.list(capability=capability, limit=size)
+            for r in (await self.runtime.swarm.tasks.list(capability=capability, limit=size)).tasks
             if (states is None or r.state in states) and (not params.context_id or context_of(r) == params.context_id)
         ]
         records.sort(key=lambda r: r.created_at, reverse=True)

@@ -98,10 +98,10 @@ class DiscoveryStream:
         """Send the stored discoveries after ``since``; the last sequence read."""
         discoveries = self.runtime.swarm.discoveries
         while True:
-            page = await discoveries.list(agent=filter.agent, type=filter.type, since_seq=since, limit=REPLAY_PAGE)
-            for discovery in page:
+            page = await discoveries.page(agent=filter.agent, type=filter.type, since_seq=since, limit=REPLAY_PAGE)
+            for discovery in page.discoveries:
                 if filter.matches(discovery):
                     await stream.send(_frame(discovery_event(discovery)))
-                since = discovery.seq or since
-            if len(page) < REPLAY_PAGE:
+            since = page.last_seq  # past unreadable records too
+            if not page.more:
                 return since

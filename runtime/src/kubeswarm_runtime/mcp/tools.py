@@ -67,6 +67,7 @@ class ListDiscoveriesInput(ToolInput):
 class DiscoveriesOutput(ToolOutput):
     discoveries: list[Discovery]
     last_seq: int = Field(description="Pass as since_seq to continue where this page ended.")
+    more: bool = Field(default=False, description="Whether more discoveries follow last_seq.")
 
 
 class ListAgentsInput(ToolInput):
@@ -128,11 +129,13 @@ class TaskIdInput(ToolInput):
 class ListTasksInput(ToolInput):
     state: TaskState | None = Field(default=None, description="Only tasks in this state.")
     capability: Token | None = Field(default=None, description="Only tasks of this capability.")
-    limit: int = Field(default=50, ge=1, le=500, description="At most this many tasks, newest first.")
+    limit: int = Field(default=50, ge=1, le=500, description="Read at most this many tasks (fewer are returned when filtered).")
+    cursor: int = Field(default=0, ge=0, description="The next_cursor of the previous page; 0 starts from the newest.")
 
 
 class TasksOutput(ToolOutput):
     tasks: list[TaskRecord]
+    next_cursor: int | None = Field(default=None, description="Pass as cursor for the next (older) page; null: no more.")
 
 
 class ListDeadLettersInput(ToolInput):
@@ -198,9 +201,9 @@ async def share_discovery(runtime: AgentRuntime, args: ShareDiscoveryInput, orig
 
 
 async def list_discoveries(runtime: AgentRuntime, args: ListDiscoveriesInput, origin: CallOrigin) -> DiscoveriesOutput:
-    found = await runtime.swarm.discoveries.list(agent=args.agent_id, type=args.discovery_type, since_seq=args.since_seq, limit=args.limit)
-    last_seq = (found[-1].seq or args.since_seq) if found else args.since_seq
-    return DiscoveriesOutput(discoveries=[d for d in found if d.confidence >= args.min_confidence], last_seq=last_seq)
+    page = await runtime.swarm.discoveries.page(agent=args.agent_id, type=args.discovery_type, since_seq=args.since_seq, limit=args.limit)
+    found = [d for d in page.discoveries if d.confidence >= args.min_confidence]
+    return DiscoveriesOutput(discoveries=found, last_seq=page.last_seq, more=page.more)
 
 
 async def list_agents(runtime: AgentRuntime, args: ListAgentsInput, origin: CallOrigin) -> AgentsOutput:
@@ -254,7 +257,8 @@ async def get_task(runtime: AgentRuntime, args: TaskIdInput, origin: CallOrigin)
 
 
 async def list_tasks(runtime: AgentRuntime, args: ListTasksInput, origin: CallOrigin) -> TasksOutput:
-    return TasksOutput(tasks=await runtime.swarm.tasks.list(state=args.state, capability=args.capability, limit=args.limit))
+    page = await runtime.swarm.tasks.list(state=args.state, capability=args.capability, limit=args.limit, cursor=args.cursor)
+    return TasksOutput(tasks=page.tasks, next_cursor=page.next_cursor)
 
 
 async def cancel_task(runtime: AgentRuntime, args: TaskIdInput, origin: CallOrigin) -> TaskOutput:
@@ -359,7 +363,7 @@ SWARM_TOOLS: tuple[ToolSpec[Any, Any], ...] = (
         "list_discoveries",
         "List discoveries",
         "Read discoveries shared in the swarm, oldest first, filtered by author, type and minimum confidence. "
-        "Page through them by passing the returned last_seq as since_seq.",
+        "Page through them by passing the returned last_seq as since_seq while more is true.",
         ListDiscoveriesInput,
         DiscoveriesOutput,
         list_discoveries,
@@ -426,7 +430,8 @@ SWARM_TOOLS: tuple[ToolSpec[Any, Any], ...] = (
     ToolSpec(
         "list_tasks",
         "List tasks",
-        "List tasks, newest first, optionally only those in one state or of one capability.",
+        "List tasks by their last change, newest first, optionally only those in one state or of one capability. "
+        "One page per call: pass the returned next_cursor as cursor for older tasks (a filtered page may be short).",
         ListTasksInput,
         TasksOutput,
         list_tasks,

@@ -8,6 +8,7 @@ import logging
 import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import nats
@@ -18,7 +19,7 @@ from nats.js.kv import KeyValue
 from .. import tracing
 from ..connection import NatsConnection
 from ..names import Priority, SwarmNames, cancel_key, task_key
-from ..stores import read_bucket, task_backlog
+from ..stores import is_value, read_backward, task_backlog
 from ..unreadable import UnreadableRecords
 from .records import PastAttempts, TaskMessage, TaskNotFound, TaskRecord, TaskState
 
@@ -32,6 +33,12 @@ async def stored_record(bucket: KeyValue, task_id: str) -> TaskRecord | None:
     except KeyNotFoundError:
         return None
     return TaskRecord.model_validate_json(entry.value) if entry.value else None
+
+
+@dataclass(frozen=True)
+class TaskPage:
+    tasks: list[TaskRecord]
+    next_cursor: int | None  # pass as ``cursor`` for the next (older) page; None: no more
 
 
 class TaskService:
@@ -86,16 +93,22 @@ class TaskService:
     async def get(self, task_id: str) -> TaskRecord | None:
         return await stored_record(self.bucket, task_id)
 
-    async def list(self, *, state: TaskState | None = None, capability: str | None = None, limit: int = 100) -> list[TaskRecord]:
-        entries = await read_bucket(self.conn, self.names.tasks_bucket, task_key(">"))
-        parsed = (self.unreadable.parse(TaskRecord, key, value) for key, value in entries.items())
+    async def list(self, *, state: TaskState | None = None, capability: str | None = None, limit: int = 100, cursor: int = 0) -> TaskPage:
+        """Tasks by their last change, newest first, one page of at most ``limit`` read from the bucket per call.
+
+        ``cursor`` is the ``next_cursor`` of the page before (0: from the newest). Filters apply to the page read,
+        so a page may hold fewer than ``limit`` tasks: go on while ``next_cursor`` is set. A task that changes
+        while a client pages moves to the front (newest) of the listing.
+        """
+        bucket = self.names.tasks_bucket
+        page = await read_backward(self.conn, f"KV_{bucket}", f"$KV.{bucket}.{task_key('>')}", before_seq=cursor, limit=limit)
+        parsed = (self.unreadable.parse(TaskRecord, msg.subject, msg.data) for msg in page.messages if is_value(msg))
         records = [
             r
             for r in parsed
             if r is not None and (state is None or r.state is state) and (capability is None or r.capability == capability)
         ]
-        records.sort(key=lambda r: r.created_at, reverse=True)
-        return records[:limit]
+        return TaskPage(records, page.next)
 
     async def cancel(self, task_id: str) -> TaskRecord:
         """Cancel a pending or running task; a finished task is returned unchanged."""
