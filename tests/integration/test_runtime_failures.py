@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections import Counter
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import nats
@@ -152,7 +152,9 @@ async def test_failover_with_lost_acks_loses_none_and_completes_none_twice(nats_
     prefix = unique_prefix()
     in_process = agent_config(nats_cluster.url, prefix, "w", ["ha"], concurrency=8)
     doomed = agent_config(nats_cluster.url, prefix, "w", ["ha"], concurrency=8)
-    completions: Counter[str] = Counter()
+    # The runs that completed, per task: (replica, start) of each "succeeded" write. A write repeated after a lost
+    # answer (the same run's outcome written again) is the same run; a task run again has another start.
+    completions: dict[str, set[tuple[str | None, float | None]]] = defaultdict(set)
     # Watched through a node that stays up: every write of a task's state, in order.
     observer = await nats.connect(nats_cluster.urls[2])
     process = runtime_process(doomed, tmp_path)
@@ -160,8 +162,9 @@ async def test_failover_with_lost_acks_loses_none_and_completes_none_twice(nats_
         async with running(in_process), swarm_client(nats_cluster.url, prefix) as client:
 
             async def on_state(msg: Msg) -> None:
-                if TaskRecord.model_validate_json(msg.data).state is TaskState.SUCCEEDED:
-                    completions[msg.subject.rsplit(".", 1)[-1]] += 1
+                record = TaskRecord.model_validate_json(msg.data)
+                if record.state is TaskState.SUCCEEDED:
+                    completions[record.id].add((record.agent, record.started_at))
 
             await observer.subscribe(f"$KV.{client.names.tasks_bucket}.task.>", cb=on_state)
             created: list[str] = []
@@ -179,9 +182,9 @@ async def test_failover_with_lost_acks_loses_none_and_completes_none_twice(nats_
         process.stop()
         await observer.close()
     lost = [r.id for r in records if r.state is not TaskState.SUCCEEDED]
-    twice = {task_id: n for task_id, n in completions.items() if n > 1}
+    twice = {task_id: runs for task_id, runs in completions.items() if len(runs) > 1}
     assert (lost, twice) == ([], {})
 
 
-async def _all_seen(completions: Counter[str], created: list[str]) -> bool:
-    return all(completions[task_id] for task_id in created)
+async def _all_seen(completions: dict[str, set[tuple[str | None, float | None]]], created: list[str]) -> bool:
+    return all(completions.get(task_id) for task_id in created)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 
 import nats
 from nats.aio.client import Client
@@ -62,9 +63,11 @@ class SuccessCommitter:
     (``<inbox>.<batch>.<index>``) and fill one ``Confirmations``: no future nor parsed PubAck per task.
     """
 
-    def __init__(self, nc: Client, outcomes: TaskOutcomes) -> None:
+    def __init__(self, nc: Client, outcomes: TaskOutcomes, committed: Callable[[str], None]) -> None:
+        """``committed(task_id)`` is called once a task's commit has ended (acked, or handed back)."""
         self.nc = nc
         self.outcomes = outcomes
+        self.committed = committed
         self.pending: list[tuple[Msg, TaskMessage, bytes]] = []
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -140,15 +143,21 @@ class SuccessCommitter:
             del self._batches[number]  # late confirmations are ignored: those states are written again
         for (msg, task, data), stored in zip(batch, confirmations.stored, strict=True):
             if stored:
-                await self.outcomes.succeeded(msg, task, data)
+                try:
+                    await self.outcomes.succeeded(msg, task, data)
+                finally:
+                    self.committed(task.id)
             else:
                 retry = asyncio.create_task(self._commit_patiently(msg, task, data))
                 self._retrying.add(retry)
                 retry.add_done_callback(self._retrying.discard)
 
     async def _commit_patiently(self, msg: Msg, task: TaskMessage, data: bytes) -> None:
-        if await self.outcomes.write_state(task, data):
-            await self.outcomes.succeeded(msg, task, data)
-        else:
-            self.outcomes.count(task.capability, "failed")
-            await msg.nak()
+        try:
+            if await self.outcomes.write_state(task, data):
+                await self.outcomes.succeeded(msg, task, data)
+            else:
+                self.outcomes.count(task.capability, "failed")
+                await msg.nak()
+        finally:
+            self.committed(task.id)

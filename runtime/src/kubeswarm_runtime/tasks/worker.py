@@ -69,7 +69,9 @@ class TaskWorker:
         self.inflight: dict[str, asyncio.Task[None]] = {}
         self._deliveries: dict[str, Msg] = {}
         self.outcomes = TaskOutcomes(conn, names, config.replica_id, metrics)
-        self._committer = SuccessCommitter(conn.nc, self.outcomes)
+        # Succeeded tasks whose state is not yet confirmed: still this replica's (kept alive, redeliveries left alone).
+        self._committing: set[str] = set()
+        self._committer = SuccessCommitter(conn.nc, self.outcomes, self._committed)
         self.cancelled: set[str] = set()
         self.max_deliver: dict[str, int] = {}
         self._wake = asyncio.Event()
@@ -200,8 +202,9 @@ class TaskWorker:
         except ValidationError as exc:
             await self.outcomes.reject_malformed(msg, puller.capability, str(exc))
             return
-        if task.id in self.inflight:
-            # A redelivery of a task still running here: leave it to the running attempt.
+        if task.id in self.inflight or task.id in self._committing:
+            # A redelivery of a task still running here, or whose success is being committed (its state write
+            # retried through a NATS failover): leave it to that attempt, which acks it.
             await msg.in_progress()
             return
         runner = asyncio.create_task(self._run(msg, task, puller), name=f"task-{task.id}")
@@ -211,8 +214,14 @@ class TaskWorker:
 
     def _finished(self, task_id: str, _runner: asyncio.Task[None]) -> None:
         self.inflight.pop(task_id, None)
-        self._deliveries.pop(task_id, None)
+        if task_id not in self._committing:
+            self._deliveries.pop(task_id, None)
         self._wake.set()
+
+    def _committed(self, task_id: str) -> None:
+        self._committing.discard(task_id)
+        if task_id not in self.inflight:
+            self._deliveries.pop(task_id, None)
 
     async def _run(self, msg: Msg, task: TaskMessage, puller: Puller) -> None:
         attempt = deliveries(msg)
@@ -279,7 +288,8 @@ class TaskWorker:
                 await self.outcomes.write_state(task, state(TaskState.FAILED, error=reason))
                 await msg.nak(delay=self._retry_delay(attempt))
         else:
-            # Counted once committed.
+            # Counted once committed; kept alive until then.
+            self._committing.add(task.id)
             self._committer.add(msg, task, state(TaskState.SUCCEEDED, result=result, finished_at=time.time()))
         finally:
             if outcome != "succeeded":
