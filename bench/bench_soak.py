@@ -11,8 +11,8 @@ Two phases of ``--minutes / 2`` each on the same 3-node nats-server cluster, eac
   go on), and a NATS node killed and restarted half-way through.
 
 Printed per phase: the runtimes' RSS over time (MiB, both processes summed), tasks lost (not succeeded
-at the end), tasks completed twice (more than one "succeeded" write of a task's state, watched through a
-node that is never restarted), p50/p99 latency from creation to completion, dead letters; then the
+at the end), tasks completed twice (more than one run, by replica and start, among the "succeeded" writes of a
+task's state, watched through a node that is never restarted), p50/p99 latency from creation to completion, dead letters; then the
 hostile phase's figures as ratios to the baseline's. ``--quick`` is a 2-minute run (1 + 1).
 Not a test: nothing is asserted; the figures are for reading (docs/runtime.md records them).
 """
@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections import Counter
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,7 +64,8 @@ class Phase:
     name: str
     rss: list[tuple[float, float]] = field(default_factory=list)
     created: list[str] = field(default_factory=list)
-    completions: Counter[str] = field(default_factory=Counter)
+    # Per task, the runs that completed: (replica, start) of each "succeeded" write (a write repeated is the same run).
+    completions: defaultdict[str, set[tuple[str | None, float | None]]] = field(default_factory=lambda: defaultdict(set))
     latencies: list[float] = field(default_factory=list)
     lost: int = 0
     dead_letters: int = 0
@@ -72,7 +73,7 @@ class Phase:
 
     @property
     def twice(self) -> int:
-        return sum(1 for n in self.completions.values() if n > 1)
+        return sum(1 for runs in self.completions.values() if len(runs) > 1)
 
 
 async def create_retrying(client: SwarmClient, i: int) -> str | None:
@@ -96,8 +97,9 @@ async def run_phase(cluster: NatsCluster, workdir: Path, name: str, seconds: flo
     try:
 
         async def on_state(msg: Msg) -> None:
-            if TaskRecord.model_validate_json(msg.data).state is TaskState.SUCCEEDED:
-                phase.completions[msg.subject.rsplit(".", 1)[-1]] += 1
+            record = TaskRecord.model_validate_json(msg.data)
+            if record.state is TaskState.SUCCEEDED:
+                phase.completions[record.id].add((record.agent, record.started_at))
 
         await observer.subscribe(f"$KV.{client.names.tasks_bucket}.task.>", cb=on_state)
 
