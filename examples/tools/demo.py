@@ -65,7 +65,7 @@ async def run_planner(local: LocalSwarm, city: str) -> bool:
     try:
         task = await client.tasks.create("plan", city)
         done = await client.tasks.wait(task.id, 120)
-        written = await client.tasks.list(capability="write")
+        written = (await client.tasks.list(capability="write")).tasks
         briefs = await client.discoveries.list(type="brief")
     finally:
         await client.close()

@@ -70,7 +70,7 @@ async def test_agents_cooperate_through_swarm_tools_and_an_mcp_server(
             async with agents(planner, researcher, writer), swarm_client(nats_server.url, prefix) as client:
                 task = await client.tasks.create("plan", "Brest")
                 done = await client.tasks.wait(task.id, 60)
-                written = await client.tasks.list(capability="write")
+                written = (await client.tasks.list(capability="write")).tasks
                 plans = await client.discoveries.list(type="plan")
     assert done.state is TaskState.SUCCEEDED, done.error
     text = done.result["text"]
@@ -140,7 +140,7 @@ async def test_a_delegation_circle_stops_at_the_depth_limit(nats_server: NatsSer
         pong = config(nats_server, prefix, "pong", ["pong"], "openai", url, tools=limits)
         async with agents(ping, pong), swarm_client(nats_server.url, prefix) as client:
             done = await client.tasks.wait((await client.tasks.create("ping", "hello")).id, 60)
-            created = await client.tasks.list()
+            created = (await client.tasks.list()).tasks
     assert done.state is TaskState.SUCCEEDED, done.error
     assert "delegation depth limit reached: this task is 2 delegations deep and maxDelegationDepth is 2" in done.result["text"]
     assert sorted(t.depth for t in created) == [0, 1, 2]
@@ -231,14 +231,14 @@ async def test_a_task_killed_mid_loop_is_run_again_without_duplicates(nats_serve
 
                 async def in_second_turn() -> bool:
                     # The first turn's effects are done and the second turn's call is running.
-                    return bool(await client.discoveries.list(type="finding")) and bool(await client.tasks.list(capability="write"))
+                    return bool(await client.discoveries.list(type="finding")) and bool((await client.tasks.list(capability="write")).tasks)
 
                 await wait_for(in_second_turn, 30, "the loop's first turn")
                 first.kill()
                 second = agent_process(agent_config(nats_server.url, prefix, "crashy", ["crash"]), url, tmp_path)
                 done: TaskRecord = await client.tasks.wait(task.id, 60)
                 findings = await client.discoveries.list(type="finding")
-                written = await client.tasks.list(capability="write")
+                written = (await client.tasks.list(capability="write")).tasks
             finally:
                 first.stop()
                 if second is not None:
