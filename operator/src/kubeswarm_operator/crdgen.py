@@ -102,20 +102,21 @@ def _rule_with_defaults(rule: str, defaults: Schema) -> str:
     return _FIELD_READ.sub(read, rule)
 
 
-def partial(node: Schema) -> Schema:
-    """A schema for part of a spec, merged over other parts later: no defaults (they would override what
-    it is merged over), and rules that read an absent field as the default it would have had.
+def partial(node: Schema, *, rules: bool = True) -> Schema:
+    """A schema for part of a spec, merged with other parts later: no defaults (they would override what
+    it is merged over), and rules that read an absent field as the default it would have had (or, without
+    ``rules``, none: the fields and their types only).
     """
-    out = strip_defaults({key: value for key, value in node.items() if key not in ("properties", "items")})
+    out = strip_defaults({key: value for key, value in node.items() if key not in ("properties", "items", "x-kubernetes-validations")})
     if "properties" in node:
-        out["properties"] = {name: partial(prop) for name, prop in node["properties"].items()}
+        out["properties"] = {name: partial(prop, rules=rules) for name, prop in node["properties"].items()}
         defaults = {name: prop["default"] for name, prop in node["properties"].items() if "default" in prop}
-        if "x-kubernetes-validations" in node:
+        if rules and "x-kubernetes-validations" in node:
             out["x-kubernetes-validations"] = [
                 {**rule, "rule": _rule_with_defaults(rule["rule"], defaults)} for rule in node["x-kubernetes-validations"]
             ]
     if "items" in node:
-        out["items"] = partial(node["items"])
+        out["items"] = partial(node["items"], rules=rules)
     return out
 
 
@@ -204,8 +205,12 @@ def swarm_crd() -> Schema:
     )
     # A member's template is an Agent spec checked as the Agent CRD checks one, but merged over
     # spec.defaults: the API server must not fill in defaults that would override those.
-    member = schema["properties"]["spec"]["properties"]["agents"]["items"]["properties"]
+    spec = schema["properties"]["spec"]["properties"]
+    member = spec["agents"]["items"]["properties"]
     member["template"] = {**partial(member["template"]), "description": member["template"]["description"]}
+    # spec.defaults: an Agent spec's fields and types; its rules wait for the merge with each template
+    # (a provider there, its key in the templates), which the operator checks and reports.
+    spec["defaults"] = {**partial(member["template"], rules=False), "description": spec["defaults"]["description"]}
     columns = [
         column("Phase", ".status.phase", "Pending, Running, Degraded or Failed."),
         column("Ready", ".status.ready", "Member agents that are Ready, of all of them."),

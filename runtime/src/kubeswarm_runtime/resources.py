@@ -14,7 +14,7 @@ import re
 from enum import StrEnum
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 from pydantic.config import JsonDict
 
@@ -710,8 +710,24 @@ class SwarmSpec(Model):
     streams: StreamsSpec = Field(default_factory=StreamsSpec, description="JetStream settings of the swarm's streams.")
     gateway: GatewaySpec = Field(default_factory=GatewaySpec, description="One ingress for all member agents.")
     defaults: dict[str, Any] = Field(
-        default_factory=dict, json_schema_extra=PRESERVE, description="Agent spec fields merged into every member Agent."
+        default_factory=dict,
+        description=(
+            "Agent spec fields merged into every member Agent. Checked for their names and types at apply; "
+            "the rules between fields apply to each member's merged spec."
+        ),
     )
+
+    @field_validator("defaults")
+    @classmethod
+    def _check_defaults(cls, defaults: dict[str, Any]) -> dict[str, Any]:
+        """As the CRD checks spec.defaults: an Agent spec's fields and types, not its rules between fields (value errors)."""
+        try:
+            AgentSpec.model_validate(defaults)
+        except ValidationError as error:
+            shape = [e for e in error.errors(include_url=False) if e["type"] != "value_error"]
+            if shape:
+                raise ValueError("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in shape)) from None
+        return defaults
 
     @field_validator("agents")
     @classmethod
