@@ -192,3 +192,44 @@ def test_referenced_objects_cover_env_and_env_from() -> None:
 )
 def test_contains(live: Any, want: Any, held: bool) -> None:
     assert contains(live, want) is held
+
+
+def test_network_policy_egress_goes_only_where_the_agent_talks() -> None:
+    spec = {
+        "model": {"provider": "http", "name": "m", "endpoint": "http://10.2.0.7:9000/task"},
+        "tools": {"mcpServers": [{"name": "docs", "url": "https://docs.tools.svc.cluster.local/mcp"}]},
+    }
+    policy = build_network_policy(
+        agent(**spec), nats_url="nats://nats.kubeswarm-system.svc:4222,nats://nats-1:4223", ingress_namespace="edge"
+    )["spec"]
+
+    def namespace(name: str) -> list[dict[str, Any]]:
+        return [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": name}}}]
+
+    assert {
+        "ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}],
+        "to": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}],
+    } in policy["egress"]
+    expected = [
+        {"ports": [{"port": 4222, "protocol": "TCP"}], "to": namespace("kubeswarm-system")},
+        {"ports": [{"port": 4223, "protocol": "TCP"}], "to": namespace("lab")},  # a bare name: the Agent's namespace
+        {"ports": [{"port": 9000, "protocol": "TCP"}], "to": [{"ipBlock": {"cidr": "10.2.0.7/32"}}]},
+        {"ports": [{"port": 443, "protocol": "TCP"}], "to": namespace("tools")},
+    ]
+    for rule in expected:
+        assert rule in policy["egress"], rule
+    assert len(policy["egress"]) == 5  # DNS and the four above: nothing open to any destination
+
+
+def test_a_public_provider_api_is_open_by_port_only() -> None:
+    policy = build_network_policy(
+        agent(model={"provider": "anthropic", "name": "m", "apiKeySecretRef": {"name": "k", "key": "v"}}),
+        nats_url="nats://nats.example.com:4222",
+        ingress_namespace="edge",
+        dns_selector={},
+    )["spec"]
+    assert policy["egress"] == [
+        {"ports": [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}]},
+        {"ports": [{"port": 4222, "protocol": "TCP"}]},
+        {"ports": [{"port": 443, "protocol": "TCP"}]},
+    ]

@@ -32,6 +32,11 @@ class OperatorSettings(BaseSettings):
     ingress_namespace: str = Field(
         default="ingress-nginx", description="Namespace of the ingress controller allowed to reach MCP endpoints."
     )
+    dns_selector: str = Field(
+        default="k8s-app=kube-dns",
+        description="Labels (k=v,...) of the cluster DNS pods, the only DNS the agents' NetworkPolicy lets them ask; "
+        "empty: port 53 anywhere (e.g. NodeLocal DNSCache).",
+    )
     # -- Swarms, autoscaling, AWS (the operator's own NATS identity is used where a Swarm names no credentials)
     nats_creds_file: Path | None = Field(default=None, description="NATS .creds file of the operator's own connections.")
     nats_user: str | None = Field(default=None, description="NATS user of the operator's own connections.")
@@ -75,6 +80,11 @@ class OperatorSettings(BaseSettings):
         if taken := sorted(name for name in value if name.upper().startswith("KUBESWARM_")):
             raise ValueError(f"KUBESWARM_* names are the runtime's configuration, set from each Agent: {', '.join(taken)}")
         return value
+
+    @property
+    def dns_labels(self) -> dict[str, str]:
+        pairs = (part.split("=", 1) for part in self.dns_selector.split(",") if "=" in part)
+        return {key.strip(): value.strip() for key, value in pairs}
 
     @field_validator("namespaces", "nats_routes", mode="before")
     @classmethod

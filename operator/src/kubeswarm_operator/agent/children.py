@@ -7,8 +7,11 @@ in as plain arguments, so everything here is unit-testable.
 
 from __future__ import annotations
 
+import dataclasses
+import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from urllib.parse import urlsplit
 
 from kubeswarm_runtime.render import CREDENTIALS_SECRET_SUFFIX, JWT_SECRET_KEY, mcp_header_secrets
@@ -271,32 +274,82 @@ def build_pdb(agent: Agent) -> Manifest | None:
     return manifest(agent, PDB, {"spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector_labels(agent)}}})
 
 
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+DNS_SELECTOR = MappingProxyType({"k8s-app": "kube-dns"})  # the label CoreDNS and kube-dns pods carry in kubeadm, EKS, GKE, AKS and kind
+
+
 def url_ports(urls: Iterable[str], default: int) -> list[int]:
     return sorted({urlsplit(url.strip()).port or default for url in urls if url.strip()})
 
 
-def build_network_policy(agent: Agent, *, nats_url: str, ingress_namespace: str) -> Manifest:
-    """Default deny; allow DNS, NATS, the model API, remote MCP tool servers, the ingress controller and spec.mcp.allowFrom to MCP,
-    and metrics scrapes."""
+def url_peers(url: str, namespace: str) -> list[Manifest] | None:
+    """Where a URL's host is, as NetworkPolicy peers: an address as an ipBlock, an in-cluster Service name
+    (``svc``, ``[pod.]svc.ns.svc[.<domain>]``) as its namespace; None for a name outside the cluster, which a
+    NetworkPolicy cannot express (its port is then open to any destination)."""
+    host = (urlsplit(url.strip()).hostname or "").rstrip(".")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        return [{"ipBlock": {"cidr": f"{address}/{address.max_prefixlen}"}}]
+    labels = host.split(".")
+    if len(labels) == 1 and labels[0]:
+        in_namespace = namespace
+    elif "svc" in labels[2:]:  # <service>.<ns>.svc or <pod>.<service>.<ns>.svc, then the cluster domain
+        in_namespace = labels[labels.index("svc", 2) - 1]
+    else:
+        return None
+    return [{"namespaceSelector": {"matchLabels": {NAMESPACE_NAME_LABEL: in_namespace}}}]
+
+
+def _ports(numbers: Iterable[int | str], protocol: str = "TCP") -> list[Manifest]:
+    return [{"port": number, "protocol": protocol} for number in numbers]
+
+
+def egress_rules(urls: Iterable[tuple[str, int]], namespace: str) -> list[Manifest]:
+    """One rule per destination (URL, default port): to its peers where they can be named, else to its port anywhere."""
+    by_peers: dict[str, tuple[list[Manifest] | None, set[int]]] = {}
+    for url, default_port in urls:
+        if not url.strip():
+            continue
+        peers = url_peers(url, namespace)
+        key = digest(peers)
+        by_peers.setdefault(key, (peers, set()))[1].update(url_ports([url], default_port))
+    rules = []
+    for peers, numbers in by_peers.values():
+        rule: Manifest = {"ports": _ports(sorted(numbers))}
+        if peers is not None:
+            rule["to"] = peers
+        rules.append(rule)
+    return sorted(rules, key=digest)
+
+
+def build_network_policy(
+    agent: Agent, *, nats_url: str, ingress_namespace: str, dns_selector: Mapping[str, str] = DNS_SELECTOR
+) -> Manifest:
+    """Default deny; allow DNS (to the DNS pods), NATS (to its namespace or address), the model API and remote MCP
+    tool servers (to their address or in-cluster namespace; a name outside the cluster only by port), the ingress
+    controller and spec.mcp.allowFrom to MCP, and metrics scrapes."""
     spec = agent.spec
-
-    def ports(numbers: Iterable[int | str], protocol: str = "TCP") -> list[Manifest]:
-        return [{"port": number, "protocol": protocol} for number in numbers]
-
-    egress = [
-        {"ports": ports([53], "UDP") + ports([53])},
-        {"ports": ports(url_ports(nats_url.split(","), 4222))},
-    ]
-    https = spec.model.provider in (Provider.ANTHROPIC, Provider.BEDROCK, Provider.OPENAI) or spec.mcp.auth.mode is AuthMode.OIDC
-    outbound = {443} if https else set()
-    for url in [spec.model.endpoint or "", *(server.url for server in spec.tools.mcp_servers)]:
-        if url:
-            outbound.update(url_ports([url], 443 if url.startswith("https") else 80))
-    if outbound:
-        egress.append({"ports": ports(sorted(outbound))})
+    namespace = agent.metadata.namespace
+    ports = _ports
+    dns: Manifest = {"ports": ports([53], "UDP") + ports([53])}
+    if dns_selector:
+        dns["to"] = [{"namespaceSelector": {}, "podSelector": {"matchLabels": dict(dns_selector)}}]
+    egress = [dns, *egress_rules(((url, 4222) for url in nats_url.split(",")), namespace)]
+    endpoints = [spec.model.endpoint or "", *(server.url for server in spec.tools.mcp_servers)]
+    if spec.mcp.auth.mode is AuthMode.OIDC:
+        endpoints.append(spec.mcp.auth.issuer or "")
+    outside = egress_rules(((url, 443 if url.startswith("https") else 80) for url in endpoints), namespace)
+    public_api = spec.model.provider in (Provider.ANTHROPIC, Provider.BEDROCK, Provider.OPENAI) and not spec.model.endpoint
+    anywhere_443 = {"ports": ports([443])}
+    if public_api and anywhere_443 not in outside:
+        outside.append(anywhere_443)  # the provider's public API, by name: only its port can be expressed
+    egress += outside
     ingress = [{"ports": ports(["metrics"]), "from": [{"namespaceSelector": {}}]}]
     if spec.mcp.enabled:
-        controller = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ingress_namespace}}}
+        controller = {"namespaceSelector": {"matchLabels": {NAMESPACE_NAME_LABEL: ingress_namespace}}}
         peers = [peer.model_dump(mode="json", by_alias=True, exclude_defaults=True) for peer in spec.mcp.allow_from]
         ingress.insert(0, {"ports": ports(["mcp"]), "from": [controller, *peers]})
     return manifest(
@@ -368,6 +421,7 @@ class ChildInputs:
     scaled_externally: bool = False
     nats_creds_env: str | None = None  # the agent has a NATS identity (the operator's own NATS)
     secret_annotations: Mapping[str, str] | None = None
+    dns_selector: Mapping[str, str] = dataclasses.field(default_factory=lambda: DNS_SELECTOR)  # DNS pods' labels; empty: anywhere
 
 
 def build_children(agent: Agent, inputs: ChildInputs) -> dict[Kind, Manifest | None]:
@@ -376,7 +430,9 @@ def build_children(agent: Agent, inputs: ChildInputs) -> dict[Kind, Manifest | N
         CONFIG_MAP: build_config_map(agent, inputs.runtime_env),
         SECRET: build_secret(agent, inputs.secret_annotations),
         SERVICE: build_service(agent),
-        NETWORK_POLICY: build_network_policy(agent, nats_url=inputs.nats_url, ingress_namespace=inputs.ingress_namespace),
+        NETWORK_POLICY: build_network_policy(
+            agent, nats_url=inputs.nats_url, ingress_namespace=inputs.ingress_namespace, dns_selector=inputs.dns_selector
+        ),
         PDB: build_pdb(agent),
         DEPLOYMENT: build_deployment(
             agent,

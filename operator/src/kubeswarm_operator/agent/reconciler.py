@@ -228,6 +228,7 @@ class AgentReconciler:
             scaled_externally=bool(world.scaled.get((namespace, "Deployment", agent.metadata.name))),
             nats_creds_env=NATS_CREDS_FILE_ENV if identity is not None else None,
             secret_annotations=identity.annotations if identity is not None else None,
+            dns_selector=self.settings.dns_labels,
         )
         desired = build_children(agent, inputs)
 
