@@ -20,6 +20,7 @@ import yaml
 from kubeswarm_operator.agent.children import APP_NAME
 from kubeswarm_operator.kube.owned import MANAGED_BY, MANAGED_BY_LABEL
 from kubeswarm_operator.settings import OperatorSettings
+from kubeswarm_runtime.natsauth import NatsAuthority
 
 from tests.testbed import build
 from tests.testbed.procs import wheel_binary
@@ -258,10 +259,17 @@ def test_cluster_wide_rbac_is_one_cluster_role(rendered: dict[str, list[Manifest
 def test_namespaced_rbac_is_a_role_per_namespace(rendered: dict[str, list[Manifest]]) -> None:
     docs = rendered["namespaced"]
     cluster_wide = one(rendered["defaults"], "ClusterRole", "ks-kubeswarm-operator")["rules"]
-    roles = find(docs, "Role")
+    roles = find(docs, "Role", "ks-kubeswarm-operator")
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     assert all(r["rules"] == cluster_wide for r in roles)
-    assert sorted(b["metadata"]["namespace"] for b in find(docs, "RoleBinding")) == ["team-a", "team-b"]
+    assert sorted(b["metadata"]["namespace"] for b in find(docs, "RoleBinding", "ks-kubeswarm-operator")) == ["team-a", "team-b"]
+    # The release namespace is not watched: the NATS auth Secret, and nothing else there, by name.
+    auth = one(docs, "Role", "ks-kubeswarm-operator-nats-auth")
+    assert auth["metadata"]["namespace"] == NAMESPACE
+    assert auth["rules"] == [
+        {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["ks-kubeswarm-nats-auth"], "verbs": ["get", "patch"]}
+    ]
+    assert one(docs, "RoleBinding", "ks-kubeswarm-operator-nats-auth")["roleRef"]["name"] == "ks-kubeswarm-operator-nats-auth"
     # Cluster-scoped: only reading CRDs and namespaces.
     assert [r["metadata"]["name"] for r in find(docs, "ClusterRole")] == ["ks-kubeswarm-operator-discovery"]
     discovery = rules_by_kind(one(docs, "ClusterRole")["rules"])
@@ -276,9 +284,23 @@ def nats_config(docs: list[Manifest]) -> str:
     return config
 
 
+def write_nats_files(docs: list[Manifest], root: Path, resolver_dir: Path) -> Path:
+    """The chart's nats.conf and the auth files the operator writes (as its settings from the chart say), laid out as
+    the pods mount them (/etc/nats-config, /etc/nats-auth) under ``root``; returns the config's path."""
+    settings = OperatorSettings.model_validate({k.removeprefix("KUBESWARM_").lower(): v for k, v in operator_env(docs).items()})
+    assert settings.nats_auth_secret == one(docs, "Secret", "ks-kubeswarm-nats-auth")["metadata"]["name"]
+    files = NatsAuthority.generate().server_files(resolver_dir=str(resolver_dir), routes=settings.nats_routes)
+    (root / "nats-auth").mkdir(parents=True)
+    for key in ("auth.conf", "routes.conf"):
+        (root / "nats-auth" / key).write_text(files[key])
+    config = root / "nats-config" / "nats.conf"
+    config.parent.mkdir(parents=True)
+    config.write_text(nats_config(docs))
+    return config
+
+
 def test_nats_config_is_accepted_by_nats_server(rendered: dict[str, list[Manifest]], tmp_path: Path) -> None:
-    config = tmp_path / "nats.conf"
-    config.write_text(nats_config(rendered["defaults"]))
+    config = write_nats_files(rendered["defaults"], tmp_path, tmp_path / "jwt")
     proc = subprocess.run(
         [str(wheel_binary("nats-server")), "--config", str(config), "-t"],
         env={"SERVER_NAME": "ks-kubeswarm-nats-0"},
@@ -295,8 +317,13 @@ def test_nats_cluster_routes_reach_every_server(rendered: dict[str, list[Manifes
     headless = one(docs, "Service", statefulset["spec"]["serviceName"])
     assert headless["spec"]["clusterIP"] == "None" and headless["spec"]["publishNotReadyAddresses"] is True
     config = nats_config(docs)
-    for index in range(statefulset["spec"]["replicas"]):
-        assert f"nats://ks-kubeswarm-nats-{index}.ks-kubeswarm-nats-headless.{NAMESPACE}.svc:6222" in config
+    routes = operator_env(docs)["KUBESWARM_NATS_ROUTES"].split(",")
+    assert routes == [
+        f"ks-kubeswarm-nats-{i}.ks-kubeswarm-nats-headless.{NAMESPACE}.svc:6222" for i in range(statefulset["spec"]["replicas"])
+    ]
+    assert 'include "../nats-auth/routes.conf"' in config and 'include "../nats-auth/auth.conf"' in config
+    mounts = {m["name"]: m["mountPath"] for m in statefulset["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]}
+    assert (mounts["config"], mounts["auth"]) == ("/etc/nats-config", "/etc/nats-auth")
     assert statefulset["spec"]["replicas"] == 3
     assert statefulset["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] == "10Gi"
     assert "store_dir: /data" in config
@@ -370,7 +397,7 @@ def test_helm_test_hook_checks_the_operator_and_nats(rendered: dict[str, list[Ma
     urls = job["spec"]["template"]["spec"]["containers"][0]["args"][1:]
     assert urls == [
         f"http://ks-kubeswarm-operator.{NAMESPACE}.svc:9091/metrics",
-        f"http://ks-kubeswarm-nats.{NAMESPACE}.svc:8222/healthz?js-enabled-only=true",
+        f"http://ks-kubeswarm-nats-headless.{NAMESPACE}.svc:8222/healthz?js-enabled-only=true",
     ]
     assert one(rendered["external-nats"], "Job")["spec"]["template"]["spec"]["containers"][0]["args"][1:] == urls[:1]
 
