@@ -228,6 +228,10 @@ def test_install_test_operate_upgrade_uninstall(
     # The operator, as the chart's ServiceAccount, cluster-wide: an Agent, then a Swarm that autoscales its member.
     assert not release.can("list", "pods", agents_namespace) and not release.can("delete", "namespaces", agents_namespace)
     example_agent_becomes_ready(release, agents_namespace, "writer", tmp_path / "operator-cluster.log")
+    # The operator filled the auth Secret the chart made empty (the NATS pods wait for it) and gave the Agent its creds.
+    auth = release.get("secret", f"{RELEASE}-kubeswarm-nats-auth") or {}
+    assert {"master", "auth.conf", "routes.conf"} <= set(auth.get("data") or {})
+    assert "nats.creds" in ((release.get("secret", "writer-credentials", namespace=agents_namespace) or {}).get("data") or {})
     swarm_scales_and_goes(release, agents_namespace, nats_server.url, tmp_path / "operator-swarm.log")
 
     # A second release (docs/install.md, several releases): another name, its own namespaces, and the

@@ -13,8 +13,9 @@ import base64
 import contextlib
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Coroutine, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from kubeswarm_runtime.natsauth import USER_LIFETIME_SECONDS
 from kubeswarm_runtime.render import (
@@ -214,7 +215,8 @@ class AgentReconciler:
             identity = nats_identity(self.identities, agent, agent_subject_prefix(agent, swarm, namespace), live_secret, time.time())
             if identity.new_creds is not None:
                 new_data[NATS_CREDS_KEY] = base64.b64encode(identity.new_creds.encode()).decode()
-            await self._ensure_account(agent)
+            # In the background: the Agent's children do not wait for NATS (an unreachable one takes seconds to give up on).
+            self._background(self._ensure_account(agent))
         new_secret_data = new_data or None
         refs = self._refs(agent, world, runtime_env, new_secret_data)
         inputs = ChildInputs(
@@ -391,12 +393,14 @@ class AgentReconciler:
         regarding = reference(AGENT, *key, agent.metadata.uid)
         for event in events:
             # Posted in the background: an Event is not worth holding a reconcile slot for.
-            task = asyncio.get_running_loop().create_task(
-                self.kube.post_event(regarding, event.type, event.reason, event.message, action="Reconcile")
-            )
-            self._posting.add(task)
-            task.add_done_callback(self._posting.discard)
+            self._background(self.kube.post_event(regarding, event.type, event.reason, event.message, action="Reconcile"))
         return changed
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` beside the reconcile; flush_events and close wait for it."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._posting.add(task)
+        task.add_done_callback(self._posting.discard)
 
     @staticmethod
     def _action_events(agent: Agent, actions: list[str]) -> list[Event]:

@@ -73,12 +73,17 @@ class NatsIdentities:
             self._operator_creds[account.public_key] = creds
         return NatsTarget(url=self.url, creds=creds, inbox_prefix=OPERATOR_INBOX)
 
+    def _recently_pushed(self, account: SwarmAccount) -> bool:
+        pushed = self._pushed.get(account.public_key)
+        return pushed is not None and time.monotonic() - pushed < self.recheck_seconds
+
     async def ensure_account(self, account: SwarmAccount) -> None:
         """Push the account's JWT to the servers' resolver (idempotent: the JWT is the same every time)."""
-        pushed = self._pushed.get(account.public_key)
-        if pushed is not None and time.monotonic() - pushed < self.recheck_seconds:
+        if self._recently_pushed(account):
             return
         async with self._lock:
+            if self._recently_pushed(account):  # pushed while this waited
+                return
             conn = await self.pool.get(self._system_target())
             try:
                 reply = await conn.nc.request(CLAIMS_UPDATE, self.authority.account_jwt(account).encode(), timeout=PUSH_TIMEOUT_SECONDS)
