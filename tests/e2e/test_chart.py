@@ -98,7 +98,13 @@ class Release:
                 }
             )
         )
-        return Operator(kubeconfig, log, env=operator_env(self.manifest())).start()
+        env = operator_env(self.manifest())
+        if pods_run_here(self.cluster):
+            # The agents' NATS URL names a Service this machine does not resolve; a server's pod address it reaches
+            # (the operator pushes the agents' swarm accounts there: without them their pods never get in).
+            pod = self.get("pod", f"{RELEASE}-kubeswarm-nats-0") or {}
+            env["KUBESWARM_NATS_OPERATOR_URL"] = f"nats://{pod['status']['podIP']}:4222"
+        return Operator(kubeconfig, log, env=env).start()
 
 
 @pytest.fixture(scope="module")

@@ -47,6 +47,10 @@ class OperatorSettings(BaseSettings):
         description="Secret holding the NATS master key and the servers' auth files; empty: no NATS identities are issued.",
     )
     nats_auth_namespace: str = Field(default="", description="Namespace of the auth Secret (the operator's own).")
+    nats_operator_url: str = Field(
+        default="",
+        description="How the operator reaches its own NATS where that differs from nats_url (it runs outside the cluster).",
+    )
     nats_resolver_dir: str = Field(default="/data/jwt", description="Where the NATS servers keep the account JWTs pushed to them.")
     nats_routes: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="host:port of every NATS server's route port, comma-separated (routes.conf)."

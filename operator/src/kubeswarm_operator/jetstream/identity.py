@@ -37,7 +37,7 @@ PUSH_TIMEOUT_SECONDS = 5.0
 @dataclass
 class NatsIdentities:
     authority: NatsAuthority
-    url: str
+    url: str  # the NATS the agents are given: its agents get identities
     pool: NatsPool
     # An account pushed this recently is taken as present (servers keep it on disk and share it; the resync re-pushes).
     recheck_seconds: float = 60.0
@@ -45,6 +45,12 @@ class NatsIdentities:
     _operator_creds: dict[str, str] = field(default_factory=dict, repr=False)
     _system_creds: str = field(default="", repr=False)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # How the operator itself reaches that NATS, where it differs (an operator run outside the cluster).
+    connect_url: str = ""
+
+    @property
+    def _connect_url(self) -> str:
+        return self.connect_url or self.url
 
     def manages(self, url: str) -> bool:
         """Identities are issued only for the operator's own NATS: no credential of ours goes to another URL."""
@@ -61,7 +67,7 @@ class NatsIdentities:
     def _system_target(self) -> NatsTarget:
         if not creds_fresh(self._system_creds, self.authority.system_account.public_key, time.time()):
             self._system_creds = self.authority.system_user_creds("kubeswarm-operator")
-        return NatsTarget(url=self.url, creds=self._system_creds, inbox_prefix=OPERATOR_INBOX)
+        return NatsTarget(url=self._connect_url, creds=self._system_creds, inbox_prefix=OPERATOR_INBOX)
 
     async def operator_target(self, namespace: str, swarm: str) -> NatsTarget:
         """How the operator connects to one swarm: its own user in the swarm's account, after the account is pushed."""
@@ -71,7 +77,7 @@ class NatsIdentities:
         if not creds_fresh(creds, account.public_key, time.time()):
             creds = self.authority.user_creds(account, f"{account.name}/kubeswarm-operator", OPERATOR_PERMISSIONS)
             self._operator_creds[account.public_key] = creds
-        return NatsTarget(url=self.url, creds=creds, inbox_prefix=OPERATOR_INBOX)
+        return NatsTarget(url=self._connect_url, creds=creds, inbox_prefix=OPERATOR_INBOX)
 
     def _recently_pushed(self, account: SwarmAccount) -> bool:
         pushed = self._pushed.get(account.public_key)
@@ -88,9 +94,9 @@ class NatsIdentities:
             try:
                 reply = await conn.nc.request(CLAIMS_UPDATE, self.authority.account_jwt(account).encode(), timeout=PUSH_TIMEOUT_SECONDS)
             except (TimeoutError, nats.errors.Error) as exc:
-                raise NatsUnavailable(f"NATS at {self.url} did not take the account of swarm {account.name}: {exc}") from None
+                raise NatsUnavailable(f"NATS at {self._connect_url} did not take the account of swarm {account.name}: {exc}") from None
             answer = json.loads(reply.data or b"{}")
             if "error" in answer:
-                raise NatsUnavailable(f"NATS at {self.url} refused the account of swarm {account.name}: {answer['error']}")
+                raise NatsUnavailable(f"NATS at {self._connect_url} refused the account of swarm {account.name}: {answer['error']}")
             log.debug("account of swarm %s pushed to NATS", account.name)
             self._pushed[account.public_key] = time.monotonic()

@@ -72,7 +72,13 @@ class Operator:
         """List every child kind (before kopf starts the Agent handlers: a restarted operator recreates nothing), then run."""
         metrics.serve(self.settings.metrics_port)
         if self.settings.nats_auth_secret:
-            identities = NatsIdentities(await self._nats_authority(), self.settings.nats_url, self.nats, self.settings.swarm_resync_seconds)
+            identities = NatsIdentities(
+                await self._nats_authority(),
+                self.settings.nats_url,
+                self.nats,
+                self.settings.swarm_resync_seconds,
+                connect_url=self.settings.nats_operator_url,
+            )
             self.agents.identities = self.swarms.identities = identities
         await asyncio.gather(*(watch.list_until_done() for watch in self.watches))
         loops = [
