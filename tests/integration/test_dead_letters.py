@@ -139,7 +139,7 @@ async def test_dlq_cli_against_the_swarms_nats(nats_server: NatsServer) -> None:
         target = ("--nats-url", nats_server.url, "--prefix", prefix)
         listed = kubeswarm("dlq", "list", *target)
         assert listed.returncode == 0, listed.stderr
-        assert record.id in listed.stdout and "waiting: echo 1" in listed.stdout
+        assert record.id in listed.stdout and f"waiting under {prefix}: echo 1" in listed.stdout
         shown = kubeswarm("dlq", "show", record.id, *target)
         assert json.loads(shown.stdout)["task"]["input"] == {"fail": "permanent"}
         replayed = kubeswarm("dlq", "replay", record.id, *target)
@@ -147,7 +147,7 @@ async def test_dlq_cli_against_the_swarms_nats(nats_server: NatsServer) -> None:
         missing = kubeswarm("dlq", "show", record.id, *target)
         assert missing.returncode == 1 and "no dead letter" in missing.stderr
         unclear = kubeswarm("dlq", "purge", *target)
-        assert unclear.returncode == 1 and "exactly one" in unclear.stderr
+        assert unclear.returncode == 2 and "exactly one" in unclear.stderr
         await wait_for(lambda: _counts_are(client, {"echo": 1}), what="the replay to die again")
         purged = kubeswarm("dlq", "purge", "--all", *target)
         assert purged.stdout.strip() == "purged 1 dead letter"

@@ -59,11 +59,15 @@ class SwarmClient:
         )
 
     @classmethod
-    async def connect(cls, nats: NatsConfig, prefix: str, *, sender: str) -> SwarmClient:
-        """A client of its own (CLI, tools): connects, then opens the swarm."""
+    async def connect(cls, nats: NatsConfig, prefix: str, *, sender: str, give_up_after: float | None = None) -> SwarmClient:
+        """A client of its own (CLI, tools): connects (NatsUnreachable after ``give_up_after`` seconds), then opens the swarm."""
         conn = NatsConnection(nats, RuntimeMetrics(), name=f"kubeswarm-client/{sender}")
-        await conn.connect()
-        return await cls.open(conn, prefix, sender=sender)
+        await conn.connect(give_up_after=give_up_after)
+        try:
+            return await cls.open(conn, prefix, sender=sender)
+        except BaseException:
+            await conn.close()
+            raise
 
     async def close(self) -> None:
         await self.messages.stop()

@@ -86,6 +86,10 @@ def _digest(path: Path) -> bytes | None:
         return None  # between the kubelet's swaps, or not mounted yet: keep what we have
 
 
+class NatsUnreachable(ConnectionError):
+    """No NATS server answered within the caller's patience."""
+
+
 class NatsConnection:
     def __init__(self, config: NatsConfig, metrics: RuntimeMetrics, name: str, *, credentials: str | None = None) -> None:
         """``credentials``: the text of a .creds file held in memory (the operator reads it from a Secret), besides ``config``."""
@@ -101,6 +105,7 @@ class NatsConnection:
         self._slow_consumer_drops = metrics.buffer_dropped.labels("nats_subscription")
         self._slow_sids_logged: set[int] = set()
         self._creds_watch: asyncio.Task[None] | None = None
+        self._last_error: Exception | None = None  # what the client reported last (why a connect keeps failing)
 
     @property
     def js(self) -> JetStreamContext:
@@ -116,14 +121,23 @@ class NatsConnection:
     def connected(self) -> bool:
         return self.nc.is_connected
 
-    async def connect(self) -> None:
-        """Connect, retrying with backoff until a server answers (a pod may start before NATS)."""
+    async def connect(self, *, give_up_after: float | None = None) -> None:
+        """Connect, retrying with backoff until a server answers (a pod may start before NATS).
+
+        ``give_up_after`` seconds (a CLI's patience): then NatsUnreachable instead of retrying on.
+        """
         attempt = 0
+        deadline = None if give_up_after is None else time.monotonic() + give_up_after
         while True:
             try:
-                await self.nc.connect(**self._options())
+                # nats-py itself retries a first connect for ever (max_reconnect_attempts=-1): bound it from outside.
+                async with asyncio.timeout(None if deadline is None else max(0.0, deadline - time.monotonic())):
+                    await self.nc.connect(**self._options())
                 break
             except (TimeoutError, OSError, nats.errors.Error) as exc:
+                if deadline is not None and time.monotonic() >= deadline:
+                    reason = str(self._last_error or exc) or f"no answer within {give_up_after:g}s"
+                    raise NatsUnreachable(f"NATS at {self.config.url} is not reachable ({reason})") from None
                 delay = backoff_delay(attempt, self.config.reconnect_base_seconds, self.config.reconnect_max_seconds)
                 log.warning("NATS at %s not reachable (%s); retrying in %.1fs", self.config.url, exc, delay)
                 attempt += 1
@@ -209,6 +223,8 @@ class NatsConnection:
                 self._slow_sids_logged.add(exc.sid)
                 log.warning("dropping messages on %s: its subscription is full (a flood, or a stuck handler)", exc.subject)
             return
+        if not isinstance(self._last_error, nats.errors.AuthorizationError):  # the reason a reset that follows it hides
+            self._last_error = exc
         log.warning("NATS error: %s", exc or type(exc).__name__)
 
     async def subscribe_bounded(self, subject: str, cb: Callable[[Msg], Awaitable[None]], queue: str = "") -> Subscription:

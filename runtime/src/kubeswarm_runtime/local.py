@@ -239,6 +239,10 @@ class LocalSwarm:
         """The creds file of the swarm whose agents use ``prefix``."""
         return next(self.creds_file(r.swarm) for r in self.replicas if r.prefix == prefix)
 
+    @property
+    def holds_state_dir(self) -> bool:
+        return self._lock is not None
+
     def start(self, timeout: float = 30.0) -> None:
         """Take the state directory (AlreadyRunning if another instance has it), then start nats-server and the agents."""
         lock = InstanceLock(self.state_dir)
