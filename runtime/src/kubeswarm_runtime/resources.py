@@ -249,7 +249,10 @@ class McpSpec(Model):
 
     enabled: bool = Field(default=True, description="Serve the MCP endpoint (Streamable HTTP at /mcp).")
     port: int = Field(default=8080, ge=1024, le=65535, description="Container port of the MCP endpoint.")
-    auth: McpAuth = Field(default_factory=McpAuth, description="Who may call the endpoint.")
+    auth: McpAuth = Field(
+        default_factory=McpAuth,
+        description="Who may call the endpoint: an object, e.g. {mode: jwt} (not the bare string jwt).",
+    )
     ingress: IngressSpec = Field(default_factory=IngressSpec, description="External access to the endpoint.")
     timeout_seconds: int = Field(
         default=3600, ge=1, le=86400, description="Longest a request or stream may stay open (also the ingress read timeout)."
