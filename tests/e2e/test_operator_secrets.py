@@ -56,7 +56,7 @@ def pod_config_hash(namespace: Namespace, agent: str) -> str | None:
 
 
 def test_sync_rotation_failure_and_no_leaks(operator: Operator, namespace: Namespace, secretsmanager: Any) -> None:
-    secret_id = f"e2e/{uuid.uuid4().hex[:8]}/anthropic"
+    secret_id = f"kubeswarm/{namespace.name}/{uuid.uuid4().hex[:8]}-anthropic"
     first, second = f"sk-first-{secrets.token_hex(12)}", f"sk-second-{secrets.token_hex(12)}"
     secretsmanager.create_secret(Name=secret_id, SecretString=json.dumps({"apiKey": first}))
 
@@ -83,7 +83,7 @@ def test_sync_rotation_failure_and_no_leaks(operator: Operator, namespace: Names
     until(lambda: pod_config_hash(namespace, "writer") not in (None, before), 60, "the pods to roll on rotation")
 
     # A secret that does not exist: a condition with AWS's error code.
-    namespace.apply(aws_agent("orphan", f"e2e/{uuid.uuid4().hex[:8]}/missing"))
+    namespace.apply(aws_agent("orphan", f"kubeswarm/{namespace.name}/{uuid.uuid4().hex[:8]}-missing"))
 
     def failed() -> dict[str, Any] | None:
         # Until the first sync has run the synced Secret is merely absent (SecretNotFound);
@@ -105,3 +105,26 @@ def test_sync_rotation_failure_and_no_leaks(operator: Operator, namespace: Names
     for value in (first, second):
         for place, text in places.items():
             assert value not in text, f"a secret value leaked into the {place}"
+
+
+def test_a_namespace_reads_only_its_own_aws_secrets(
+    operator: Operator, namespace: Namespace, other_namespace: Namespace, secretsmanager: Any
+) -> None:
+    theirs = f"kubeswarm/{other_namespace.name}/anthropic"
+    value = f"sk-theirs-{secrets.token_hex(12)}"
+    arn = secretsmanager.create_secret(Name=theirs, SecretString=json.dumps({"apiKey": value}))["ARN"]
+    namespace.apply(aws_agent("thief", theirs))
+    namespace.apply(aws_agent("arn-thief", arn))
+
+    for agent in ("thief", "arn-thief"):
+
+        def refused(agent: str = agent) -> dict[str, Any] | None:
+            cond = condition(namespace.get("agent", agent), "SecretsReady")
+            return cond if cond and cond["reason"] == "SecretNotAllowed" else None
+
+        cond = until(refused, 60, f"SecretsReady=False SecretNotAllowed on {agent}")
+        assert cond["status"] == "False" and f"kubeswarm/{namespace.name}/" in cond["message"]
+        assert synced_value(namespace, agent) is None
+    # The owner's own Agent reads it.
+    other_namespace.apply(aws_agent("owner", theirs))
+    until(lambda: synced_value(other_namespace, "owner") == value, 60, "the owner's Agent synced its own secret")

@@ -68,6 +68,11 @@ class OperatorSettings(BaseSettings):
         default_factory=dict,
         description="Environment of every agent pod, as JSON (chart value runtime.env), e.g. OTEL_* for traces; an Agent's spec.env wins.",
     )
+    aws_secret_prefix: str = Field(
+        default="kubeswarm/{namespace}/",
+        description="An Agent's awsSecretsManager.secretId must name a secret beginning with this ({namespace}: the "
+        "Agent's), so no namespace reads another's through the operator's AWS identity; empty: any secret.",
+    )
     aws_refresh_seconds: float = Field(default=300.0, gt=0, description="How often AWS secrets are re-read to pick up rotation.")
 
     @field_validator("nats_url")

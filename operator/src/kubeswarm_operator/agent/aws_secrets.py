@@ -56,6 +56,25 @@ def _read(ref: AwsSecretsManagerRef, endpoint_url: str | None) -> str:
     return str(document[ref.key])
 
 
+def secret_name(secret_id: str) -> str:
+    """The name in a secret id: itself, or the part of an ARN after ``:secret:`` (with AWS's 6-character suffix)."""
+    _, marker, name = secret_id.partition(":secret:")
+    return name if marker else secret_id
+
+
+def allowed_prefix(template: str, namespace: str) -> str:
+    return template.replace("{namespace}", namespace)
+
+
+def check_allowed(ref: AwsSecretsManagerRef, template: str, namespace: str) -> None:
+    """AwsSecretError unless the secret's name begins with the namespace's prefix: the operator's AWS identity
+    reads for every namespace, so each may name only its own secrets (an empty template allows any)."""
+    prefix = allowed_prefix(template, namespace)
+    if not secret_name(ref.secret_id).startswith(prefix):
+        detail = f"this namespace may read only secrets whose name begins with {prefix!r} (operator setting aws_secret_prefix)"
+        raise AwsSecretError("SecretNotAllowed", ref, detail)
+
+
 async def read_secret(ref: AwsSecretsManagerRef, endpoint_url: str | None) -> str:
     """The API key held in AWS Secrets Manager, or AwsSecretError."""
     return await asyncio.to_thread(_read, ref, endpoint_url)

@@ -25,6 +25,7 @@ from ..agent.autoscaling import decide, external_autoscaler
 from ..agent.aws_secrets import (
     AwsSecretError,
     build_synced_secret,
+    check_allowed,
     failure_condition,
     read_secret,
     synced_condition,
@@ -227,6 +228,7 @@ class AgentLoops:
             self._signal(agent, self.findings.set_condition(key, condition("SecretsReady", False, "NameConflict", message)))
             return
         try:
+            check_allowed(ref, self.settings.aws_secret_prefix, agent.metadata.namespace)
             value = await read_secret(ref, self.settings.aws_endpoint_url)
         except AwsSecretError as error:
             self._signal(agent, self.findings.set_condition(key, failure_condition(error)))
