@@ -247,3 +247,17 @@ async def test_a_task_killed_mid_loop_is_run_again_without_duplicates(nats_serve
     assert done.attempts == 2 and done.result["text"] == "finished"
     assert len(findings) == 1 and findings[0].content == "found gold"
     assert [t.id for t in written] == [f"{task.id}-t1c1"]
+
+
+async def test_another_agent_by_name_answers_a_direct_query(nats_server: NatsServer) -> None:
+    """spec.tools.agents without a capability: the tool asks the agent by its name (one of its replicas answers)."""
+    script: Script = {"asker": [{"tool_calls": [{"name": "agent__helper", "arguments": {"input": "hi"}}]}, {"text": "{{results}}"}]}
+    prefix = unique_prefix()
+    async with scripted_model(script) as (url, requests):
+        asker = config(nats_server, prefix, "asker", ["ask"], "openai", url, tools={"swarm": False, "agents": [{"name": "helper"}]})
+        helper = agent_config(nats_server.url, prefix, "helper", [])
+        async with agents(asker, helper), swarm_client(nats_server.url, prefix) as client:
+            done = await client.tasks.wait((await client.tasks.create("ask", "go")).id, 30)
+    assert done.state is TaskState.SUCCEEDED, done.error
+    assert json.loads(done.result["text"]) == {"echo": "hi", "agent": "helper", "capability": "query"}
+    assert [t["function"]["name"] for t in requests[0]["body"]["tools"]] == ["agent__helper"]  # swarm: false leaves only it

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx2
@@ -60,11 +61,18 @@ class McpServerTools(ToolSource):
     def secrets(self) -> list[str]:
         return [self.headers[name] for name in self.config.header_env]
 
-    def _transport(self) -> Any:
+    @contextlib.asynccontextmanager
+    async def _transport(self) -> AsyncIterator[Any]:
         if self.config.transport == "sse":
-            return sse_client(self.config.url, headers=self.headers, timeout=self.timeout)
-        http = create_mcp_http_client(headers=self.headers, timeout=httpx2.Timeout(self.timeout, read=None))
-        return streamable_http_client(self.config.url, http_client=http)
+            async with sse_client(self.config.url, headers=self.headers, timeout=self.timeout) as streams:
+                yield streams
+            return
+        # Our own HTTP client (for the headers), closed with the connection.
+        async with (
+            create_mcp_http_client(headers=self.headers, timeout=httpx2.Timeout(self.timeout, read=None)) as http,
+            streamable_http_client(self.config.url, http_client=http) as streams,
+        ):
+            yield streams
 
     async def tools(self) -> list[Tool]:
         async with self._lock:
