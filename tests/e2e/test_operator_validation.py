@@ -74,6 +74,23 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("delegation-depth-out-of-range", {"tools": {"maxDelegationDepth": 100}}, "spec.tools.maxDelegationDepth"),
     ("tool-allowed-and-denied", {"tools": {"allow": ["broadcast"], "deny": ["broadcast"]}}, "a tool cannot be both allowed and denied"),
     ("agent-tool-not-a-dns-label", {"tools": {"agents": [{"name": "Bad_Name"}]}}, "spec.tools.agents[0].name"),
+    (
+        "cron-not-five-fields",
+        {"triggers": {"cron": [{"name": "n", "schedule": "hourly", "capability": "c"}]}},
+        "spec.triggers.cron[0].schedule",
+    ),
+    ("cron-without-capability", {"triggers": {"cron": [{"name": "n", "schedule": "0 * * * *"}]}}, "spec.triggers.cron[0].capability"),
+    ("webhook-without-key", {"triggers": {"webhooks": [{"name": "n", "capability": "c"}]}}, "spec.triggers.webhooks[0].secretKeyRef"),
+    (
+        "trigger-names-shared",
+        {
+            "triggers": {
+                "cron": [{"name": "n", "schedule": "0 * * * *", "capability": "c"}],
+                "webhooks": [{"name": "n", "capability": "c", "secretKeyRef": {"name": "k", "key": "k"}}],
+            }
+        },
+        "a cron trigger and a webhook cannot share a name",
+    ),
 ]
 
 

@@ -14,6 +14,7 @@ import jwt
 import pytest
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import rsa
+from kubeswarm_runtime.mcp.tools import SWARM_TOOLS
 from mcp.client.client import Client
 from mcp.client.streamable_http import streamable_http_client
 
@@ -51,7 +52,7 @@ async def test_jwt_auth(nats_server: NatsServer) -> None:
             assert 'error="insufficient_scope"' in response.headers["WWW-Authenticate"]
             assert 'scope="swarm:use"' in response.headers["WWW-Authenticate"]
         async with http.post(agent.mcp, json=body, headers={**headers, **bearer(hs256())}) as response:
-            assert response.status == 200 and len((await response.json())["result"]["tools"]) == 11
+            assert response.status == 200 and len((await response.json())["result"]["tools"]) == len(SWARM_TOOLS)
         async with http.post(agent.url + "/rpc", json=rpc("list_tools")) as response:
             assert response.status == 401
         for probe in ("/healthz", "/readyz", "/.well-known/oauth-protected-resource"):

@@ -12,6 +12,7 @@ from aiohttp import web
 from kubeswarm_runtime.app import build_app
 from kubeswarm_runtime.config import RuntimeConfig
 from kubeswarm_runtime.mcp import serve_mcp
+from kubeswarm_runtime.mcp.tools import SWARM_TOOLS
 from kubeswarm_runtime.runtime import AgentRuntime
 
 from tests.integration.runtime_helpers import wait_for
@@ -107,7 +108,7 @@ async def test_mcp_sessions_lifecycle(nats_server: NatsServer) -> None:
     async with mcp_agent(nats_server.url) as agent, aiohttp.ClientSession() as http:
         session_id = await initialize(http, agent.mcp)
         status, reply = await post(http, agent.mcp, rpc("tools/list"), session_headers(session_id))
-        assert status == 200 and len(reply["result"]["tools"]) == 11 and "resultType" not in reply["result"]
+        assert status == 200 and len(reply["result"]["tools"]) == len(SWARM_TOOLS) and "resultType" not in reply["result"]
         status, reply = await post(http, agent.mcp, rpc("ping", request_id=7), session_headers(session_id))
         assert status == 200 and reply == {"jsonrpc": "2.0", "id": 7, "result": {}}
         status, _ = await post(http, agent.mcp, rpc("tools/list"), session_headers(session_id, version="1900-01-01"))
@@ -172,7 +173,7 @@ async def test_rpc_methods_and_errors(nats_server: NatsServer) -> None:
     async with mcp_agent(nats_server.url) as agent, aiohttp.ClientSession() as http:
         url = agent.url + "/rpc"
         status, reply = await post(http, url, rpc("list_tools"))
-        assert status == 200 and len(reply["result"]["tools"]) == 11
+        assert status == 200 and len(reply["result"]["tools"]) == len(SWARM_TOOLS)
         params = {"agent_id": "test-agent", "discovery_type": "pattern", "content": "Test discovery", "confidence": 0.95}
         status, reply = await post(http, url, rpc("share_discovery", params, request_id=2))
         assert reply["id"] == 2 and reply["result"]["discovery"]["agent"] == "test-agent"
@@ -247,7 +248,7 @@ async def test_websocket_rpc_pings_and_in_flight_limit(nats_server: NatsServer) 
     ):
         await ws.send_json(rpc("list_tools"))
         reply = await ws.receive_json(timeout=10)
-        assert len(reply["result"]["tools"]) == 11
+        assert len(reply["result"]["tools"]) == len(SWARM_TOOLS)
         await ws.send_str("{broken")
         assert (await ws.receive_json(timeout=10))["error"]["code"] == -32700
         await ws.send_json(rpc("request_capability", {"capability": "gated", "input": "ws"}, request_id=2))
@@ -310,7 +311,7 @@ async def test_before_the_swarm_connects_stateless_calls_work_and_sessions_wait(
             url = f"http://127.0.0.1:{port}/mcp"
             body, headers = modern_call("tools/list")
             status, reply = await post(http, url, body, headers)
-            assert status == 200 and len(reply["result"]["tools"]) == 11
+            assert status == 200 and len(reply["result"]["tools"]) == len(SWARM_TOOLS)
             body, headers = modern_call("tools/call", {"name": "list_agents", "arguments": {}})
             status, reply = await post(http, url, body, headers)
             assert status == 200 and reply["result"]["isError"]

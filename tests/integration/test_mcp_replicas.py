@@ -10,6 +10,7 @@ from pathlib import Path
 import aiohttp
 import httpx2
 import pytest
+from kubeswarm_runtime.mcp.tools import SWARM_TOOLS
 from mcp.client.client import Client
 from mcp.client.session import ClientSession
 from mcp.client.sse import sse_client
@@ -74,7 +75,7 @@ async def test_sdk_client_alternating_between_replicas(nats_server: NatsServer, 
                 httpx2.AsyncClient(transport=transport) as http,
                 Client(streamable_http_client(f"http://127.0.0.1:{ports[0]}/mcp", http_client=http), mode=mode) as client,
             ):
-                assert len((await client.list_tools()).tools) == 11
+                assert len((await client.list_tools()).tools) == len(SWARM_TOOLS)
                 for i in range(4):
                     result = await client.call_tool("request_capability", {"capability": "echo", "input": i})
                     assert not result.is_error and result.structured_content is not None

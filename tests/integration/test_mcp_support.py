@@ -50,14 +50,17 @@ class Agent:
 
 
 @asynccontextmanager
-async def mcp_agent(nats_url: str, *, prefix: str | None = None, **mcp: Any) -> AsyncIterator[Agent]:
-    """One agent (capabilities echo, gated) serving the MCP surface on a free port; rate limit off unless given."""
+async def mcp_agent(nats_url: str, *, prefix: str | None = None, fields: dict[str, Any] | None = None, **mcp: Any) -> AsyncIterator[Agent]:
+    """One agent (capabilities echo, gated) serving the MCP surface on a free port; rate limit off unless given.
+
+    ``fields``: other settings of the runtime's configuration (e.g. triggers)."""
     config = agent_config(
         nats_url,
         prefix or unique_prefix(),
         "agent",
         ["echo", "gated"],
         mcp={"rate_limit_per_second": 0, "keepalive_seconds": 0.2, **mcp},
+        **(fields or {}),
     )
     handler = GatedHandler()
     runtime = AgentRuntime(config, handler=handler)

@@ -12,7 +12,7 @@ import json
 import os
 import socket
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
@@ -24,7 +24,7 @@ from pydantic_settings import (
 )
 
 from . import __version__
-from .resources import AuthMode, Provider, default_subject_prefix
+from .resources import AuthMode, Provider, check_schedule, default_subject_prefix
 
 ENV_PREFIX = "KUBESWARM_"
 ENV_NESTED_DELIMITER = "__"
@@ -156,6 +156,30 @@ class StreamsConfig(Section):
     duplicate_window_seconds: float = Field(default=120.0, gt=0)
 
 
+class CronTriggerConfig(Section):
+    name: str = Field(pattern=NAME_PATTERN)
+    schedule: str
+    time_zone: str = "UTC"
+    capability: str = Field(pattern=NAME_PATTERN)
+    input: Any = None
+
+    @model_validator(mode="after")
+    def _check(self) -> CronTriggerConfig:
+        check_schedule(self.schedule, self.time_zone)
+        return self
+
+
+class WebhookConfig(Section):
+    name: str = Field(pattern=NAME_PATTERN)
+    capability: str = Field(pattern=NAME_PATTERN)
+    key_env: str = Field(description="The environment variable holding the HMAC key (set from the Secret).")
+
+
+class TriggersConfig(Section):
+    cron: list[CronTriggerConfig] = Field(default_factory=list)
+    webhooks: list[WebhookConfig] = Field(default_factory=list)
+
+
 class RuntimeConfig(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -181,6 +205,7 @@ class RuntimeConfig(BaseSettings):
     model: ModelConfig = Field(default_factory=ModelConfig)
     mcp: McpConfig = Field(default_factory=McpConfig)
     tools: ToolsConfig = Field(default_factory=ToolsConfig)
+    triggers: TriggersConfig = Field(default_factory=TriggersConfig)
     metrics_port: int = Field(default=9090, ge=1, le=65535)
     listen_host: str = Field(
         default="0.0.0.0",  # noqa: S104 - a pod serves its probes and endpoint on all its interfaces

@@ -42,6 +42,7 @@ from .render import (
     mcp_header_secrets,
     new_jwt_key,
     render_runtime_env,
+    webhook_key_secrets,
 )
 from .resources import Agent, AuthMode, SecretKeyRef
 from .tokens import local_key_file
@@ -423,10 +424,9 @@ def secret_env_name(ref: SecretKeyRef) -> str:
 
 
 def local_secrets(agent: Agent) -> dict[str, str]:
-    """The values a pod would get from Secrets (MCP servers' headers), taken from this environment."""
-    return {
-        env: os.environ[secret_env_name(ref)] for env, ref in mcp_header_secrets(agent.spec.tools) if secret_env_name(ref) in os.environ
-    }
+    """The values a pod would get from Secrets (MCP servers' headers, webhook keys), taken from this environment."""
+    refs = [*mcp_header_secrets(agent.spec.tools), *webhook_key_secrets(agent)]
+    return {env: os.environ[secret_env_name(ref)] for env, ref in refs if secret_env_name(ref) in os.environ}
 
 
 def _reap(process: subprocess.Popen[bytes], grace: float) -> None:

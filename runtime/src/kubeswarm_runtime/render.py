@@ -20,6 +20,7 @@ NATS_USER_ENV = "KUBESWARM_NATS__USER"
 NATS_PASSWORD_ENV = "KUBESWARM_NATS__PASSWORD"  # noqa: S105 - an env var name, not a value
 NATS_TOKEN_ENV = "KUBESWARM_NATS__TOKEN"  # noqa: S105 - an env var name, not a value
 MCP_HEADER_ENV_PREFIX = "KUBESWARM_TOOL_HEADER_"  # + <server index>_<header index>: a header value from a Secret
+WEBHOOK_KEY_ENV_PREFIX = "KUBESWARM_WEBHOOK_KEY_"  # + <webhook index>: a webhook's HMAC key from a Secret
 REPLICA_ID_ENV = "KUBESWARM_REPLICA_ID"  # defaults to the hostname (the pod name)
 SECRET_ENV_NAMES = (MODEL_API_KEY_ENV, MCP_JWT_KEY_ENV, NATS_PASSWORD_ENV, NATS_TOKEN_ENV)
 # The Secret the operator makes per Agent (``<agent>-credentials``) and its key holding the JWT signing key.
@@ -75,6 +76,7 @@ def render_runtime_env(agent: Agent, swarm: Swarm | None, *, namespace: str, nat
         ("mcp", "allowed_hosts"): json.dumps(allowed_hosts(agent, swarm, namespace)),
         ("mcp", "timeout_seconds"): spec.mcp.timeout_seconds,
         **tools_values(spec.tools),
+        **triggers_values(agent),
     }
     if swarm is not None:
         streams = swarm.spec.streams
@@ -98,6 +100,27 @@ def mcp_header_secrets(tools: ToolsSpec) -> list[tuple[str, SecretKeyRef]]:
         for j, header in enumerate(server.headers)
         if header.value_from is not None
     ]
+
+
+def webhook_key_env(index: int) -> str:
+    return f"{WEBHOOK_KEY_ENV_PREFIX}{index}"
+
+
+def webhook_key_secrets(agent: Agent) -> list[tuple[str, SecretKeyRef]]:
+    """(env var, Secret key) of each webhook's HMAC key: the operator sets them with secretKeyRef."""
+    return [(webhook_key_env(i), hook.secret_key_ref) for i, hook in enumerate(agent.spec.triggers.webhooks)]
+
+
+def triggers_values(agent: Agent) -> dict[tuple[str, ...], object]:
+    """``spec.triggers`` as the runtime reads it (lists as JSON); nothing for an agent without triggers."""
+    triggers = agent.spec.triggers
+    values: dict[tuple[str, ...], object] = {}
+    if triggers.cron:
+        values["triggers", "cron"] = json.dumps([t.model_dump(exclude_none=True) for t in triggers.cron])
+    if triggers.webhooks:
+        hooks = [{"name": h.name, "capability": h.capability, "key_env": webhook_key_env(i)} for i, h in enumerate(triggers.webhooks)]
+        values["triggers", "webhooks"] = json.dumps(hooks)
+    return values
 
 
 def _mcp_server(index: int, server: McpServerSpec) -> dict[str, object]:

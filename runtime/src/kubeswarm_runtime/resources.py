@@ -311,6 +311,16 @@ TOOL_NAMESPACE = r"^[a-z0-9]([a-z0-9_-]{0,22}[a-z0-9])?$"
 HTTP_HEADER_NAME = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"
 
 
+def keyed_list(description: str, max_length: int) -> Any:
+    """A list field of objects keyed by name: the API server refuses two of one name, server-side apply merges them by name."""
+    return Field(
+        default_factory=list,
+        max_length=max_length,
+        description=description,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+
+
 class HeaderSource(Model):
     secret_key_ref: SecretKeyRef = Field(description="Secret key holding the header's value (e.g. a bearer token).")
 
@@ -347,12 +357,7 @@ class McpServerSpec(Model):
     timeout_seconds: int = Field(
         default=30, ge=1, le=3600, description="Longest wait for one tool call (or the connection) of this server."
     )
-    headers: list[McpServerHeader] = Field(
-        default_factory=list,
-        max_length=16,
-        description="Headers sent with every request, e.g. Authorization from a Secret.",
-        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
-    )
+    headers: list[McpServerHeader] = keyed_list("Headers sent with every request, e.g. Authorization from a Secret.", 16)
 
     @model_validator(mode="after")
     def _check(self) -> McpServerSpec:
@@ -407,18 +412,8 @@ class ToolsSpec(Model):
     deny: list[Annotated[str, Field(max_length=128)]] = Field(
         default_factory=list, max_length=128, description="Never these tool names (as the model sees them)."
     )
-    mcp_servers: list[McpServerSpec] = Field(
-        default_factory=list,
-        max_length=32,
-        description="Remote MCP servers whose tools the model may call.",
-        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
-    )
-    agents: list[AgentToolSpec] = Field(
-        default_factory=list,
-        max_length=64,
-        description="Other Agents the model may ask, each as one tool.",
-        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
-    )
+    mcp_servers: list[McpServerSpec] = keyed_list("Remote MCP servers whose tools the model may call.", 32)
+    agents: list[AgentToolSpec] = keyed_list("Other Agents the model may ask, each as one tool.", 64)
     max_turns: int = Field(default=10, ge=1, le=200, description="Model calls per task; the task fails when the limit is hit.")
     max_tool_calls: int = Field(default=50, ge=0, le=2000, description="Tool calls per task; the task fails past it.")
     max_tokens_per_task: int = Field(
@@ -441,6 +436,81 @@ class ToolsSpec(Model):
             raise ValueError("a tool cannot be both allowed and denied")
         unique([s.name for s in self.mcp_servers], "mcpServers")
         unique([a.name for a in self.agents], "agents")
+        return self
+
+
+# Five cron fields (minute hour day-of-month month day-of-week): numbers, ranges, steps, lists, names (JAN, MON), L and #.
+CRON_SCHEDULE = r"^\s*\S+(\s+\S+){4}\s*$"
+TRIGGER_NAME = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+
+
+def check_schedule(schedule: str, time_zone: str) -> None:
+    """Local mode's (and the runtime's) check of a cron trigger: the API server checks only the shape."""
+    import zoneinfo
+    from datetime import datetime
+
+    from cronsim import CronSim, CronSimError
+
+    try:
+        zone = zoneinfo.ZoneInfo(time_zone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"timeZone {time_zone!r} is not an IANA time zone (e.g. Europe/Paris, UTC)") from None
+    try:
+        CronSim(schedule, datetime.now(zone))
+    except CronSimError as exc:
+        raise ValueError(f"schedule {schedule!r} is not a cron schedule: {exc}") from None
+
+
+class CronTrigger(Model):
+    name: str = Field(pattern=TRIGGER_NAME, max_length=63, description="Name of the trigger (a DNS label); part of its tasks' ids.")
+    schedule: str = Field(
+        pattern=CRON_SCHEDULE,
+        max_length=256,
+        description="Cron schedule, five fields: minute hour day-of-month month day-of-week, e.g. '*/15 * * * *'.",
+    )
+    time_zone: str = Field(
+        default="UTC", pattern=r"^[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+)*$", max_length=64, description="IANA time zone of the schedule."
+    )
+    capability: str = Field(pattern=r"^[A-Za-z0-9_-]+$", max_length=128, description="Capability whose queue each tick's task goes to.")
+    input: Any = Field(default=None, json_schema_extra=PRESERVE, description="The task input of every tick (any JSON value).")
+
+    @model_validator(mode="after")
+    def _check(self) -> CronTrigger:
+        check_schedule(self.schedule, self.time_zone)
+        return self
+
+
+class WebhookTrigger(Model):
+    name: str = Field(pattern=TRIGGER_NAME, max_length=63, description="Name of the trigger: it is served on POST /hooks/<name>.")
+    capability: str = Field(pattern=r"^[A-Za-z0-9_-]+$", max_length=128, description="Capability whose queue each call's task goes to.")
+    secret_key_ref: SecretKeyRef = Field(
+        description="Secret key holding the HMAC-SHA256 key: a call must carry X-Signature-256: sha256=<hex HMAC of the body>."
+    )
+
+
+class TriggersSpec(Model):
+    """Sources that create tasks without a caller: schedules and signed webhooks."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "!has(self.cron) || !has(self.webhooks) || self.cron.all(c, !self.webhooks.exists(w, w.name == c.name))",
+                    "a cron trigger and a webhook cannot share a name",
+                ),
+            ]
+        }
+    )
+
+    cron: list[CronTrigger] = keyed_list("Tasks on a schedule: one task per tick whatever the replica count.", 32)
+    webhooks: list[WebhookTrigger] = keyed_list("Tasks from signed HTTP calls: the body becomes the task input; 202 with the task id.", 32)
+
+    @model_validator(mode="after")
+    def _check(self) -> TriggersSpec:
+        unique([t.name for t in self.cron], "cron trigger")
+        unique([t.name for t in self.webhooks], "webhook")
+        if shared := {t.name for t in self.cron} & {t.name for t in self.webhooks}:
+            raise ValueError(f"a cron trigger and a webhook cannot share a name: {', '.join(sorted(shared))}")
         return self
 
 
@@ -489,6 +559,7 @@ class AgentSpec(Model):
     mcp: McpSpec = Field(default_factory=McpSpec, description="The agent's MCP endpoint.")
     tools: ToolsSpec = Field(default_factory=ToolsSpec, description="What the agent's model may call (docs/tools.md).")
     autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec, description="Backlog-driven scaling.")
+    triggers: TriggersSpec = Field(default_factory=TriggersSpec, description="Cron and webhook sources of tasks (docs/triggers.md).")
 
 
 class Condition(Model):

@@ -17,6 +17,7 @@ from .metrics import RuntimeMetrics
 from .presence import AgentInfo, Presence
 from .providers import CHAT_PROVIDERS, TaskContext, TaskHandler, build_handler
 from .tasks import TaskWorker
+from .triggers import CronTriggers
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ class AgentRuntime:
         self._presence: Presence | None = None
         self._worker: TaskWorker | None = None
         self._heartbeats: asyncio.Task[None] | None = None
+        self._cron: CronTriggers | None = None
 
     def _build_handler(self) -> TaskHandler:
         if config_uses_tools(self.config):
@@ -77,6 +79,9 @@ class AgentRuntime:
         await swarm.capabilities.serve(cfg.capabilities, self.handler, cfg.concurrency)
         await swarm.messages.start(agent=cfg.agent, handler=self._on_message)
         await self._presence.announce()
+        if cfg.triggers.cron:
+            self._cron = CronTriggers(swarm.tasks, cfg)
+            self._cron.start()
         self._heartbeats = asyncio.create_task(self._heartbeat_loop(), name="heartbeats")
         self.started = True
         log.info(
@@ -123,6 +128,8 @@ class AgentRuntime:
         self.draining = True
         if self._heartbeats is not None:
             self._heartbeats.cancel()
+        if self._cron is not None:
+            await self._cron.stop()
         if self._swarm is not None:
             await self._swarm.capabilities.stop(self.config.shutdown_grace_seconds)
         if self._worker is not None:

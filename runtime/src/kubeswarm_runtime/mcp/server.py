@@ -10,6 +10,8 @@ from .. import tracing
 from ..agent2agent import A2AEndpoint
 from ..agent2agent.endpoint import PATH as A2A_PATH
 from ..app import RUNTIME
+from ..webhooks import PATH as WEBHOOK_PATH
+from ..webhooks import Webhooks
 from .discovery_stream import DiscoveryStream
 from .fanout import DiscoveryFanout
 from .http import json_response
@@ -51,6 +53,8 @@ def serve_mcp(app: web.Application) -> None:
     DiscoveryStream(runtime, fanout, guard, slots, config).add_routes(app)
     # A2A beside MCP: the same port, guard (auth, rate limit, origin, size) and stream slots.
     A2AEndpoint(runtime, guard, slots).add_routes(app)
+    hooks = runtime.config.triggers.webhooks
+    Webhooks(lambda: runtime.swarm.tasks, hooks, guard).add_routes(app)
 
     async def resource_metadata(request: web.Request) -> web.Response:
         return json_response(guard.resource.document(request))
@@ -70,7 +74,8 @@ def serve_mcp(app: web.Application) -> None:
     app.middlewares.append(swarm_unavailable)
     if tracing.enabled():
         # Innermost: the span covers the answer, and its status code is the one sent.
-        app.middlewares.append(tracing.http_middleware(JSONRPC_POSTS | {"/ws/mcp", A2A_PATH}))
+        traced = JSONRPC_POSTS | {"/ws/mcp", A2A_PATH} | {WEBHOOK_PATH.format(name=hook.name) for hook in hooks}
+        app.middlewares.append(tracing.http_middleware(traced))
 
 
 @web.middleware
