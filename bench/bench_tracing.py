@@ -4,9 +4,9 @@
 
 Each round measures ``bench_runtime``'s task throughput (echo handler, one replica, steady state) twice, in
 alternating order: tracing off (no provider: what an agent without ``OTEL_EXPORTER_OTLP_ENDPOINT`` runs), and
-tracing on as an agent with an endpoint runs it — the SDK's ``TracerProvider``, a ``BatchSpanProcessor`` and the
-OTLP/HTTP exporter, sending every span (a producer span and the task's header per created task, a consumer span
-per run) to a sink in another process that answers each export as a collector does. The ratio printed is the
+tracing on as an agent with an endpoint runs it: the SDK's ``TracerProvider``, a ``BatchSpanProcessor`` and the
+OTLP/HTTP exporter, sending every span (one per run: the tasks are created outside any span) to a sink in
+another process that answers each export as a collector does. The ratio printed is the
 median of the per-round ratios on / off.
 """
 

@@ -76,16 +76,15 @@ async def test_an_mcp_and_an_a2a_request_trace_into_the_task(nats_server: NatsSe
             assert response.status == 200
             await response.read()
 
-        async def three_spans() -> bool:
-            return {"POST /mcp", "send echo", "process echo"} <= set(by_name(spans))
+        async def both_spans() -> bool:
+            return {"POST /mcp", "process echo"} <= set(by_name(spans))
 
-        await wait_for(three_spans, what="the spans of the MCP request, the task's queueing and its run")
+        await wait_for(both_spans, what="the spans of the MCP request and of the task's run")
         found = by_name(spans)
-        server, send, run = found["POST /mcp"], found["send echo"], found["process echo"]
-        assert {trace_of(s) for s in (server, send, run)} == {CALLER_TRACE}
+        server, run = found["POST /mcp"], found["process echo"]
+        assert {trace_of(s) for s in (server, run)} == {CALLER_TRACE}
         assert parent_of(server) == int(CALLER_SPAN, 16) and server.kind is SpanKind.SERVER
-        assert parent_of(send) == span_id(server) and send.kind is SpanKind.PRODUCER
-        assert parent_of(run) == span_id(send) and run.kind is SpanKind.CONSUMER
+        assert parent_of(run) == span_id(server) and run.kind is SpanKind.CONSUMER
         assert run.attributes is not None
         assert run.attributes["messaging.system"] == "nats" and run.attributes["kubeswarm.task.outcome"] == "succeeded"
         assert run.attributes["gen_ai.agent.name"] == "agent" and server.attributes == {
@@ -103,7 +102,7 @@ async def test_an_mcp_and_an_a2a_request_trace_into_the_task(nats_server: NatsSe
             assert (await response.json())["result"]["task"]["status"]["state"] == "TASK_STATE_COMPLETED"
 
         async def a2a_spans() -> bool:
-            return {"POST /a2a", "send echo", "process echo"} <= set(by_name(spans))
+            return {"POST /a2a", "process echo"} <= set(by_name(spans))
 
         await wait_for(a2a_spans, what="the spans of the A2A request")
         assert {trace_of(s) for s in by_name(spans).values()} == {a2a_trace}
@@ -134,16 +133,13 @@ async def test_model_and_tool_calls_and_the_delegated_task_are_spans_of_the_task
             assert done.state is TaskState.SUCCEEDED, done.error
 
             async def all_spans() -> bool:
-                return {"process lead", "chat lead", "execute_tool create_task", "send write", "process write", "chat writer"} <= set(
-                    by_name(spans)
-                )
+                return {"process lead", "chat lead", "execute_tool create_task", "process write", "chat writer"} <= set(by_name(spans))
 
             await wait_for(all_spans, what="the spans of both tasks")
     found = by_name(spans)
     caller_id = caller.get_span_context().span_id
-    assert parent_of(found["send lead"]) == caller_id
     run = found["process lead"]
-    assert parent_of(run) == span_id(found["send lead"])
+    assert parent_of(run) == caller_id
     chat = found["chat lead"]
     assert parent_of(chat) == span_id(run) and chat.kind is SpanKind.CLIENT
     assert chat.attributes is not None
@@ -153,9 +149,8 @@ async def test_model_and_tool_calls_and_the_delegated_task_are_spans_of_the_task
     assert all(isinstance(count, int) and count > 0 for count in usage), usage
     tool = found["execute_tool create_task"]
     assert parent_of(tool) == span_id(run) and tool.attributes is not None and tool.attributes["gen_ai.tool.name"] == "create_task"
-    # The delegated task: queued inside the tool call, so its run is a grandchild of the call.
-    assert parent_of(found["send write"]) == span_id(tool)
-    assert parent_of(found["process write"]) == span_id(found["send write"])
+    # The delegated task: queued inside the tool call, so its run is a child of the call.
+    assert parent_of(found["process write"]) == span_id(tool)
     assert parent_of(found["chat writer"]) == span_id(found["process write"])
     assert len({trace_of(s) for s in found.values()}) == 1
 

@@ -85,7 +85,10 @@ def setup_from_env(service_name: str, attributes: Mapping[str, str]) -> TracerPr
 
 
 def inject(headers: MutableMapping[str, str]) -> None:
-    """Put the current trace context (``traceparent``, ``tracestate``) into outgoing headers."""
+    """Put the current trace context (``traceparent``, ``tracestate``) into outgoing headers; nothing outside a span.
+
+    A task carries its creator's span this way, and its run is that span's child: no span of its own for the
+    queueing (one span fewer per task; the run's span says where it came from)."""
     if _tracer is not None:
         PROPAGATOR.inject(headers)
 
@@ -118,35 +121,20 @@ def failed(current: trace.Span | None, description: str) -> None:
         current.set_status(Status(StatusCode.ERROR, description))
 
 
-def task_attributes(subject: str, task_id: str, capability: str, attempt: int | None = None) -> dict[str, Any]:
-    attributes: dict[str, Any] = {
-        messaging.MESSAGING_SYSTEM: "nats",
-        messaging.MESSAGING_DESTINATION_NAME: subject,
-        messaging.MESSAGING_MESSAGE_ID: task_id,
-        "kubeswarm.task.capability": capability,
-    }
-    if attempt is not None:
-        attributes["kubeswarm.task.attempt"] = attempt
-    return attributes
-
-
-def send_task(subject: str, task_id: str, capability: str) -> contextlib.AbstractContextManager[trace.Span | None]:
-    """Around queueing a task: a producer span whose context goes into the task's headers (``inject`` inside it)."""
-    if _tracer is None:
-        return contextlib.nullcontext()
-    attributes = task_attributes(subject, task_id, capability) | {messaging.MESSAGING_OPERATION_TYPE: "send"}
-    return _span(f"send {capability}", SpanKind.PRODUCER, attributes, None)
-
-
 def run_task(
     headers: Mapping[str, str] | None, subject: str, task_id: str, capability: str, attempt: int, agent: str
 ) -> contextlib.AbstractContextManager[trace.Span | None]:
     """Around one run of a task: a consumer span, child of the context its creator put into the message's headers."""
     if _tracer is None:
         return contextlib.nullcontext()
-    attributes = task_attributes(subject, task_id, capability, attempt) | {
+    attributes = {
+        messaging.MESSAGING_SYSTEM: "nats",
         messaging.MESSAGING_OPERATION_TYPE: "process",
+        messaging.MESSAGING_DESTINATION_NAME: subject,
+        messaging.MESSAGING_MESSAGE_ID: task_id,
         gen_ai.GEN_AI_AGENT_NAME: agent,
+        "kubeswarm.task.capability": capability,
+        "kubeswarm.task.attempt": attempt,
     }
     return _span(f"process {capability}", SpanKind.CONSUMER, attributes, headers or {})
 

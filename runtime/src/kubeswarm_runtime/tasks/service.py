@@ -85,9 +85,8 @@ class TaskService:
         # the stream drops the copy if the first one made it.
         subject = self.names.task(capability, priority)
         headers = {"Nats-Msg-Id": task.id}
-        with tracing.send_task(subject, task.id, capability):
-            tracing.inject(headers)  # the run becomes a child of this span: the creator's trace goes on in the task
-            await self.conn.js.publish(subject, task.model_dump_json().encode(), headers=headers)
+        tracing.inject(headers)  # the run becomes a child of the creator's span: its trace goes on in the task
+        await self.conn.js.publish(subject, task.model_dump_json().encode(), headers=headers)
         return record
 
     async def get(self, task_id: str) -> TaskRecord | None:
