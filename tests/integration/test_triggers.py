@@ -59,7 +59,7 @@ async def test_one_task_per_tick_whatever_the_replicas(nats_server: NatsServer) 
         done = await client.tasks.wait(records[0].id, 20)
         assert done.state is TaskState.SUCCEEDED and done.result["echo"] == {"report": "daily"}
         await asyncio.gather(*(s.fire(trigger, tick) for s in schedulers))  # late copies of the same tick
-        assert [t.id for t in await client.tasks.list()] == [records[0].id]
+        assert [t.id for t in (await client.tasks.list()).tasks] == [records[0].id]
         assert succeeded([a, b, c]) == 1
 
 
@@ -84,7 +84,7 @@ async def test_the_schedule_fires_on_the_tick(nats_server: NatsServer) -> None:
                 return record is not None and record.state is TaskState.SUCCEEDED
 
             await wait_for(ran, what="the tick's task to run")
-            assert [t.id for t in await one.swarm.tasks.list()] == [expected]  # no catch-up task: the last tick is minutes back
+            assert [t.id for t in (await one.swarm.tasks.list()).tasks] == [expected]  # no catch-up task: the last tick is minutes back
         finally:
             for loop in loops:
                 await loop.stop()
@@ -129,7 +129,7 @@ async def test_a_signed_webhook_call_is_a_task_and_a_bad_signature_creates_nothi
         for headers in ({}, signed(body, "another-key"), {"X-Signature-256": "sha256=00"}, signed(b"other body")):
             async with http.post(url, data=body, headers=headers) as response:
                 assert response.status == 401 and (await response.json())["error"] == "invalid_signature"
-        assert await agent.runtime.swarm.tasks.list() == []
+        assert (await agent.runtime.swarm.tasks.list()).tasks == []
 
         async with http.post(url, data=body, headers=signed(body) | {"Idempotency-Key": "delivery-1"}) as response:
             assert response.status == 202
@@ -146,7 +146,7 @@ async def test_a_signed_webhook_call_is_a_task_and_a_bad_signature_creates_nothi
         assert (await agent.runtime.swarm.tasks.wait(text_task, 20)).input == "plain text"
         async with http.post(agent.url + "/hooks/nope", data=body, headers=signed(body)) as response:
             assert response.status == 404
-        assert len(await agent.runtime.swarm.tasks.list()) == 2
+        assert len((await agent.runtime.swarm.tasks.list()).tasks) == 2
 
 
 async def test_a_webhook_without_its_key_refuses_every_call(nats_server: NatsServer, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -155,4 +155,4 @@ async def test_a_webhook_without_its_key_refuses_every_call(nats_server: NatsSer
     async with mcp_agent(nats_server.url, fields={"triggers": hooks}) as agent, aiohttp.ClientSession() as http:
         async with http.post(agent.url + "/hooks/deploys", data=b"{}", headers=signed(b"{}", "")) as response:
             assert response.status == 503
-        assert await agent.runtime.swarm.tasks.list() == []
+        assert (await agent.runtime.swarm.tasks.list()).tasks == []
