@@ -198,6 +198,8 @@ def test_task_verbs_output_formats_and_stable_ports(up: Up) -> None:
     assert "No agents under subject prefix ks.default.default (swarm default in namespace default)" in on_cluster_nats.stderr
     named = kubeswarm("agents", *creds, "--swarm", "research", "-o", "json", state=up.state)
     assert len(json.loads(named.stdout)) == len(REPLICAS)
+    outside = kubeswarm("task", "review", "x", *creds, state=up.state)  # the creds do not cover ks.default.default
+    assert outside.returncode == 1 and "NATS refused or did not answer under subject prefix ks.default.default" in outside.stderr
     anonymous = kubeswarm("agents", "--nats-url", state["nats_url"], "--connect-timeout", "2", state=up.state)
     assert anonymous.returncode == 3 and "Authorization Violation" in anonymous.stderr and "pass --creds" in anonymous.stderr
     assert kubeswarm("discoveries", "--swarm", "research", state=up.state).stderr.startswith("No discoveries under subject prefix ks.")

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import nats
+
 from . import __version__
 from .client import SwarmClient
 from .config import NatsConfig
@@ -289,7 +291,14 @@ def _client(action: Action) -> Callable[[argparse.Namespace], int]:
             finally:
                 await client.close()
 
-        return asyncio.run(connected())
+        try:
+            return asyncio.run(connected())
+        except (nats.errors.Error, TimeoutError) as exc:
+            # Connected, then refused or unanswered: most often a prefix the credentials do not cover.
+            raise CliError(
+                f"NATS refused or did not answer under subject prefix {target.prefix} ({target.how}): {exc or type(exc).__name__}; "
+                "check --swarm/--namespace (or --prefix) and that your credentials cover that swarm"
+            ) from None
 
     return call
 
