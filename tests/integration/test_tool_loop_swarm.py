@@ -17,6 +17,8 @@ from nats.aio.msg import Msg
 
 from examples.tools.scripted_model import Script
 from tests.integration.runtime_helpers import agent_config, config_env, running, swarm_client, unique_prefix, wait_for
+from tests.integration.test_mcp_auth import SWARM_KEY, hs256
+from tests.integration.test_mcp_support import mcp_agent
 from tests.integration.tool_helpers import model_config, model_env, scripted_model, weather_server
 from tests.testbed.nats import NatsServer
 from tests.testbed.procs import ManagedProcess
@@ -261,3 +263,23 @@ async def test_another_agent_by_name_answers_a_direct_query(nats_server: NatsSer
     assert done.state is TaskState.SUCCEEDED, done.error
     assert json.loads(done.result["text"]) == {"echo": "hi", "agent": "helper", "capability": "query"}
     assert [t["function"]["name"] for t in requests[0]["body"]["tools"]] == ["agent__helper"]  # swarm: false leaves only it
+
+
+async def test_an_agent_of_another_swarm_as_an_mcp_server_with_a_bearer_from_a_secret(
+    nats_server: NatsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An Agent's MCP endpoint (JWT auth) as a tool server: the header's value comes from the environment (a Secret in a pod)
+    and never shows in the task's record."""
+    token = hs256()
+    monkeypatch.setenv("KUBESWARM_TOOL_HEADER_0_0", f"Bearer {token}")
+    script: Script = {"caller": [{"tool_calls": [{"name": "lab__list_agents", "arguments": {}}]}, {"text": "{{results}}"}]}
+    auth: dict[str, Any] = {"auth": "jwt", "jwt_key": SWARM_KEY, "audience": "kubeswarm", "required_scopes": ["swarm:use"]}
+    async with mcp_agent(nats_server.url, **auth) as lab, scripted_model(script) as (url, _requests):
+        server = {"name": "lab", "url": lab.mcp, "header_env": {"Authorization": "KUBESWARM_TOOL_HEADER_0_0"}}
+        prefix = unique_prefix()
+        caller = config(nats_server, prefix, "caller", ["call"], "openai", url, tools={"swarm": False, "mcp_servers": [server]})
+        async with agents(caller), swarm_client(nats_server.url, prefix) as client:
+            done = await client.tasks.wait((await client.tasks.create("call", "go")).id, 30)
+    assert done.state is TaskState.SUCCEEDED, done.error
+    assert lab.runtime.config.replica_id in done.result["text"]  # the other swarm's agents, listed by its endpoint
+    assert token not in done.model_dump_json()
