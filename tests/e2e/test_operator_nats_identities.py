@@ -27,6 +27,8 @@ from tests.e2e.conftest import OPERATOR_ENV, Namespace, Operator, install_crds, 
 from tests.testbed.cluster import KubeAccess
 from tests.testbed.nats import NatsNode
 
+from .test_operator_agent import condition
+
 pytestmark = pytest.mark.e2e
 
 AUTH_SECRET = "kubeswarm-nats-auth"
@@ -170,3 +172,27 @@ def test_the_operator_keeps_the_auth_secret_it_made(secured: Secured, cluster: K
     secured.operator.stop()
     secured.operator.start()
     assert system.must("secret", AUTH_SECRET)["data"] == before
+
+
+def test_a_swarm_on_another_nats_gives_its_agents_its_own_credentials(secured: Secured, namespace: Namespace) -> None:
+    """spec.nats.credentialsSecretRef reaches the member pods as the creds file; no identity of ours goes there."""
+    external = swarm("outside")
+    external["spec"]["nats"] = {
+        "url": "nats://nats.elsewhere.svc:4222",
+        "credentialsSecretRef": {"name": "outside-nats", "key": "user.creds"},
+    }
+    namespace.apply(external)
+
+    # The Secret the Swarm names is missing: the member says so (its pods would wait for the volume).
+    until(
+        lambda: condition(namespace, "worker", "SecretsReady").get("message") == 'secret "outside-nats" not found',
+        60,
+        "SecretsReady=False naming the missing creds Secret",
+    )
+    namespace.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "outside-nats"}, "stringData": {"user.creds": "theirs"}})
+    until(lambda: condition(namespace, "worker", "SecretsReady").get("status") == "True", 60, "SecretsReady=True once it exists")
+    pod = namespace.must("deployment", "worker")["spec"]["template"]["spec"]
+    volume = next(v for v in pod["volumes"] if v["name"] == "nats-creds")
+    assert volume["secret"]["secretName"] == "outside-nats" and volume["secret"]["items"] == [{"key": "user.creds", "path": "nats.creds"}]
+    assert {"name": "KUBESWARM_NATS__CREDS_FILE", "value": "/var/run/kubeswarm/nats/nats.creds"} in pod["containers"][0]["env"]
+    assert "nats.creds" not in (namespace.must("secret", "worker-credentials").get("data") or {})

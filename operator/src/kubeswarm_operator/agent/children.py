@@ -183,11 +183,13 @@ def build_deployment(
     api_key_env: str,
     jwt_key_env: str,
     nats_creds_env: str | None = None,
+    nats_creds_ref: SecretKeyRef | None = None,
     with_replicas: bool = True,
 ) -> Manifest:
     """The runtime pods: restricted pod security, probes on the runtime's endpoints, a config hash to roll them.
 
-    ``nats_creds_env``: the variable naming the creds file, mounted from the credentials Secret (None: no NATS identity).
+    ``nats_creds_env``: the variable naming the creds file (None: no NATS creds), mounted from ``nats_creds_ref``:
+    the Swarm's credentialsSecretRef, or (default) the agent's identity in its credentials Secret.
     ``with_replicas=False`` leaves replicas to whoever else scales the Deployment (an HPA).
     """
     spec = agent.spec
@@ -225,8 +227,9 @@ def build_deployment(
         container["env"].insert(0, {"name": nats_creds_env, "value": f"{NATS_CREDS_DIR}/{NATS_CREDS_KEY}"})
         container["volumeMounts"].append({"name": "nats-creds", "mountPath": NATS_CREDS_DIR, "readOnly": True})
         # Not a subPath mount: the kubelet then swaps in a rotated file, which the runtime reconnects with.
-        items = [{"key": NATS_CREDS_KEY, "path": NATS_CREDS_KEY}]
-        volumes.append({"name": "nats-creds", "secret": {"secretName": secret_name(agent), "items": items, "defaultMode": 0o440}})
+        ref = nats_creds_ref or SecretKeyRef(name=secret_name(agent), key=NATS_CREDS_KEY)
+        items = [{"key": ref.key, "path": NATS_CREDS_KEY}]
+        volumes.append({"name": "nats-creds", "secret": {"secretName": ref.name, "items": items, "defaultMode": 0o440}})
     if spec.image_pull_policy:
         container["imagePullPolicy"] = spec.image_pull_policy
     pod_spec: Manifest = {
@@ -421,7 +424,8 @@ class ChildInputs:
     api_key_env: str
     jwt_key_env: str
     scaled_externally: bool = False
-    nats_creds_env: str | None = None  # the agent has a NATS identity (the operator's own NATS)
+    nats_creds_env: str | None = None  # the agent has NATS creds: its identity (the operator's own NATS) or its Swarm's
+    nats_creds_ref: SecretKeyRef | None = None  # the Swarm's credentialsSecretRef; None: the agent's identity
     secret_annotations: Mapping[str, str] | None = None
     dns_selector: Mapping[str, str] = dataclasses.field(default_factory=lambda: DNS_SELECTOR)  # DNS pods' labels; empty: anywhere
 
@@ -443,6 +447,7 @@ def build_children(agent: Agent, inputs: ChildInputs) -> dict[Kind, Manifest | N
             api_key_env=inputs.api_key_env,
             jwt_key_env=inputs.jwt_key_env,
             nats_creds_env=inputs.nats_creds_env,
+            nats_creds_ref=inputs.nats_creds_ref,
             with_replicas=not inputs.scaled_externally,
         ),
         INGRESS: build_ingress(agent),

@@ -27,7 +27,7 @@ from kubeswarm_runtime.render import (
     new_jwt_key,
     render_runtime_env,
 )
-from kubeswarm_runtime.resources import Agent, AgentStatus, Swarm
+from kubeswarm_runtime.resources import Agent, AgentStatus, SecretKeyRef, Swarm
 
 from .. import metrics
 from ..jetstream.connections import NatsUnavailable, swarm_nats_url
@@ -211,14 +211,16 @@ class AgentReconciler:
         if not (live_secret and JWT_SECRET_KEY in live_secret.get("digests", {})):
             new_data[JWT_SECRET_KEY] = base64.b64encode(new_jwt_key().encode()).decode()
         identity = None
-        if self.identities is not None and self.identities.manages(nats_url):
+        # The Swarm's own credentials where it names them (their NATS, their users); else an identity on ours.
+        swarm_creds = swarm.spec.nats.credentials_secret_ref if swarm is not None else None
+        if swarm_creds is None and self.identities is not None and self.identities.manages(nats_url):
             identity = nats_identity(self.identities, agent, agent_subject_prefix(agent, swarm, namespace), live_secret, time.time())
             if identity.new_creds is not None:
                 new_data[NATS_CREDS_KEY] = base64.b64encode(identity.new_creds.encode()).decode()
             # In the background: the Agent's children do not wait for NATS (an unreachable one takes seconds to give up on).
             self._background(self._ensure_account(agent))
         new_secret_data = new_data or None
-        refs = self._refs(agent, world, runtime_env, new_secret_data)
+        refs = self._refs(agent, world, runtime_env, new_secret_data, swarm_creds)
         inputs = ChildInputs(
             image=self.settings.runtime_image,
             runtime_env=runtime_env,
@@ -228,7 +230,8 @@ class AgentReconciler:
             api_key_env=MODEL_API_KEY_ENV,
             jwt_key_env=MCP_JWT_KEY_ENV,
             scaled_externally=bool(world.scaled.get((namespace, "Deployment", agent.metadata.name))),
-            nats_creds_env=NATS_CREDS_FILE_ENV if identity is not None else None,
+            nats_creds_env=NATS_CREDS_FILE_ENV if identity is not None or swarm_creds is not None else None,
+            nats_creds_ref=swarm_creds,
             secret_annotations=identity.annotations if identity is not None else None,
             dns_selector=self.settings.dns_labels,
         )
@@ -275,10 +278,19 @@ class AgentReconciler:
             log.warning("Agent %s/%s: %s; retrying", namespace, agent.metadata.name, error)
             self.enqueue(namespace, agent.metadata.name, delay=ACCOUNT_RETRY_SECONDS)
 
-    def _refs(self, agent: Agent, world: World, runtime_env: Mapping[str, str], new_secret: Mapping[str, str] | None) -> Refs:
-        """Digests of everything the pods read: ours from what we are about to write, others' from the watch.
+    def _refs(
+        self,
+        agent: Agent,
+        world: World,
+        runtime_env: Mapping[str, str],
+        new_secret: Mapping[str, str] | None,
+        swarm_creds: SecretKeyRef | None = None,
+    ) -> Refs:
+        """Digests of everything the pods read (with the Swarm's NATS creds): ours from what we are about to write,
+        others' from the watch.
 
-        The NATS creds are left out: a rotation reaches the pods as a file the kubelet swaps in, not as a rollout.
+        The NATS creds the operator issues are left out: a rotation reaches the pods as a file the kubelet swaps
+        in, not as a rollout.
         """
         live_secret = world.children[SECRET].get((agent.metadata.namespace, secret_name(agent)))
         secret = {**((live_secret or {}).get("digests") or {}), **data_digests(new_secret or {})}
@@ -289,7 +301,7 @@ class AgentReconciler:
         }
         digests: dict[tuple[str, str], object] = {}
         missing = []
-        for ref in sorted(referenced_objects(agent)):
+        for ref in sorted(referenced_objects(agent) | ({("Secret", swarm_creds.name)} if swarm_creds else set())):
             kind, name = ref
             if own.get(ref) is not None:
                 digests[ref] = own[ref]
@@ -298,11 +310,11 @@ class AgentReconciler:
             digests[ref] = live.get("digests") if live else None
             if live is None:
                 missing.append(f'{kind.lower()} "{name}" not found')
-        api_ref = api_key_ref(agent)
-        if api_ref is not None:
-            keys = digests.get(("Secret", api_ref.name))
-            if isinstance(keys, dict) and api_ref.key not in keys:
-                missing.append(f'secret "{api_ref.name}" has no key "{api_ref.key}"')
+        for key_ref in (api_key_ref(agent), swarm_creds):
+            if key_ref is not None:
+                keys = digests.get(("Secret", key_ref.name))
+                if isinstance(keys, dict) and key_ref.key not in keys:
+                    missing.append(f'secret "{key_ref.name}" has no key "{key_ref.key}"')
         return Refs(digests, missing)
 
     async def _converge_child(
