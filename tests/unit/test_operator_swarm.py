@@ -74,6 +74,7 @@ def test_invalid_member_specs_are_reported_not_built() -> None:
     team = swarm(defaults=defaults, agents=[{"name": "ok", "template": {"model": key}}, {"name": "bad"}])
     members = build_members(team)
     assert list(members.manifests) == ["ok"]
+    assert members.invalid["bad"].startswith("spec.defaults.model: ")  # where the Swarm says it, as local mode does
     assert "anthropic" in members.invalid["bad"]
 
 

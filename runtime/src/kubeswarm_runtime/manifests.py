@@ -114,12 +114,15 @@ def _members(swarm: Swarm) -> tuple[list[Agent], list[str]]:
         try:
             agents.append(member_agent(swarm, member))
         except ValidationError as exc:
-            problems += describe_errors(exc, AgentSpec, under=_member_source(swarm, index))
+            problems += describe_errors(exc, AgentSpec, under=member_source(swarm, index))
     return agents, problems
 
 
-def _member_source(swarm: Swarm, index: int) -> Callable[[Loc], str]:
-    """Where in the Swarm a field of member ``index``'s merged spec was written: its template, spec.defaults, or the member."""
+def member_source(swarm: Swarm, index: int) -> Callable[[Loc], str]:
+    """Where in the Swarm a field of member ``index``'s merged spec was written: its template, spec.defaults, or the member.
+
+    For ``describe_errors(error, AgentSpec, under=...)`` of a member that fails as an Agent (local mode and the operator).
+    """
     member = swarm.spec.agents[index]
 
     def source(loc: Loc) -> str:

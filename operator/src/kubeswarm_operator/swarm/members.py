@@ -11,7 +11,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from kubeswarm_runtime.resources import Agent, Swarm, SwarmMember
+from kubeswarm_runtime.manifests import describe_errors, member_source
+from kubeswarm_runtime.resources import Agent, AgentSpec, Swarm, SwarmMember
 from pydantic import ValidationError
 
 from ..kube.kinds import AGENT, Kind, Manifest
@@ -80,13 +81,11 @@ class Members:
 
 def build_members(swarm: Swarm) -> Members:
     manifests, invalid = {}, {}
-    for member in swarm.spec.agents:
+    for index, member in enumerate(swarm.spec.agents):
         try:
             manifests[member.name] = build_member(swarm, member)
-        except ValidationError as error:
-            invalid[member.name] = "; ".join(
-                f"{'.'.join(map(str, e['loc'])) or 'spec'}: {e['msg']}" for e in error.errors(include_url=False)
-            )
+        except ValidationError as error:  # in the Swarm's own words, as local mode says it
+            invalid[member.name] = "; ".join(describe_errors(error, AgentSpec, under=member_source(swarm, index)))
     return Members(manifests, invalid)
 
 
