@@ -50,7 +50,8 @@ def clip(text: str, limit: int) -> str:
 
 
 def tokens_of(usage: dict[str, int]) -> int:
-    return sum(usage.values())
+    """Input plus output tokens: what maxTokensPerTask bounds (cache reads are part of the input in some APIs, apart in others)."""
+    return usage.get("input", 0) + usage.get("output", 0)
 
 
 class ToolLoop:
