@@ -8,6 +8,7 @@ rotation (the file replaced, the old JWT expiring) does not lose a task.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -19,6 +20,8 @@ from typing import Any
 import nats
 import pytest
 import pytest_asyncio
+from kubeswarm_operator.jetstream.connections import NatsPool
+from kubeswarm_operator.jetstream.identity import NatsIdentities
 from kubeswarm_runtime.client import SwarmClient
 from kubeswarm_runtime.config import NatsConfig, StreamsConfig
 from kubeswarm_runtime.names import Priority, SwarmNames
@@ -250,3 +253,26 @@ async def test_a_creds_rotation_loses_no_task(secured: SecuredNats, tmp_path: Pa
             assert agent.metrics.nats_reconnects._value.get() >= 1
         finally:
             await client.close()
+
+
+async def test_the_operator_replaces_its_connection_when_its_creds_are_renewed(tmp_path: Path) -> None:
+    """Its user in a swarm's account is renewed at half life; the connection made with the old one is closed, not kept."""
+    authority = NatsAuthority.generate()
+    server = NatsServer(tmp_path / "nats", config=authority.server_config(resolver_dir=str(tmp_path / "jwt"))).start()
+    pool = NatsPool(connect_timeout=3)
+    try:
+        identities = NatsIdentities(authority, server.url, pool)
+        first = await identities.operator_target("lab", "research")  # pushes the account first
+        conn = await pool.get(first)
+        assert (await conn.js.account_info()).streams == 0  # the account exists, with JetStream
+        account = authority.account("lab", "research")
+        stale = authority.user_creds(account, "lab/research/kubeswarm-operator", OPERATOR_PERMISSIONS, now=time.time() - 60, lifetime=100)
+        identities._operator_creds[account.public_key] = stale
+        await pool.get(dataclasses.replace(first, creds=stale))
+        renewed = await identities.operator_target("lab", "research")
+        assert renewed.creds not in (first.creds, stale)
+        assert (await pool.get(renewed)).connected
+        assert dataclasses.replace(first, creds=stale) not in pool._connections
+    finally:
+        await pool.close()
+        server.stop()

@@ -102,6 +102,14 @@ class NatsPool:
             self._connections[target] = conn
             return conn
 
+    async def discard(self, target: NatsTarget) -> None:
+        """Close and forget the connection to ``target`` (its credentials were replaced)."""
+        conn = self._connections.pop(target, None)
+        self._failed.pop(target, None)
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.close()
+
     async def close(self) -> None:
         for conn in self._connections.values():
             with contextlib.suppress(Exception):

@@ -64,10 +64,19 @@ class NatsIdentities:
         account = self.account(namespace, swarm)
         return self.authority.user_creds(account, f"{account.name}/{agent}", agent_permissions(SwarmNames(prefix)))
 
-    def _system_target(self) -> NatsTarget:
+    def _target(self, creds: str) -> NatsTarget:
+        return NatsTarget(url=self._connect_url, creds=creds, inbox_prefix=OPERATOR_INBOX)
+
+    async def _rotated(self, old: str, new: str) -> str:
+        """``new`` creds in place of ``old``: the connection made with the old ones goes (its identity expires)."""
+        if old:
+            await self.pool.discard(self._target(old))
+        return new
+
+    async def _system_target(self) -> NatsTarget:
         if not creds_fresh(self._system_creds, self.authority.system_account.public_key, time.time()):
-            self._system_creds = self.authority.system_user_creds("kubeswarm-operator")
-        return NatsTarget(url=self._connect_url, creds=self._system_creds, inbox_prefix=OPERATOR_INBOX)
+            self._system_creds = await self._rotated(self._system_creds, self.authority.system_user_creds("kubeswarm-operator"))
+        return self._target(self._system_creds)
 
     async def operator_target(self, namespace: str, swarm: str) -> NatsTarget:
         """How the operator connects to one swarm: its own user in the swarm's account, after the account is pushed."""
@@ -75,9 +84,9 @@ class NatsIdentities:
         await self.ensure_account(account)
         creds = self._operator_creds.get(account.public_key, "")
         if not creds_fresh(creds, account.public_key, time.time()):
-            creds = self.authority.user_creds(account, f"{account.name}/kubeswarm-operator", OPERATOR_PERMISSIONS)
-            self._operator_creds[account.public_key] = creds
-        return NatsTarget(url=self._connect_url, creds=creds, inbox_prefix=OPERATOR_INBOX)
+            new = self.authority.user_creds(account, f"{account.name}/kubeswarm-operator", OPERATOR_PERMISSIONS)
+            creds = self._operator_creds[account.public_key] = await self._rotated(creds, new)
+        return self._target(creds)
 
     def _recently_pushed(self, account: SwarmAccount) -> bool:
         pushed = self._pushed.get(account.public_key)
@@ -90,7 +99,7 @@ class NatsIdentities:
         async with self._lock:
             if self._recently_pushed(account):  # pushed while this waited
                 return
-            conn = await self.pool.get(self._system_target())
+            conn = await self.pool.get(await self._system_target())
             try:
                 reply = await conn.nc.request(CLAIMS_UPDATE, self.authority.account_jwt(account).encode(), timeout=PUSH_TIMEOUT_SECONDS)
             except (TimeoutError, nats.errors.Error) as exc:
