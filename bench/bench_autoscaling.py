@@ -8,6 +8,14 @@ until the Agent's ``spec.replicas`` shows the count it calls for, then drains
 the queue and waits for the scale-down (delay 0 here, so trials are quick).
 Goal: under 10 s; KEDA's NATS JetStream scaler polls every 30 s by default,
 so it reacts after 15 s on average, 30 s at worst (plus its HPA's sync).
+
+``--from-zero``: scale from zero instead. The Agent has ``minReplicas: 0``, the
+operator's loop ticks only every 15 s (its polling alone would take 7.5 s on average),
+and each trial publishes one task to the idle Agent and times until its
+``spec.replicas`` is 1 (the decision) and until its status shows the replica
+Ready (kwok marks pods Ready; they run nothing, so "task done" needs the real
+node), then purges the queue and waits for the Agent to be back at zero.
+Goal: replica wanted within 5 s of the task's publication.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ from tests.testbed.nats import NatsServer
 KEDA_DEFAULT_POLLING_SECONDS = 30.0
 GOAL_SECONDS = 10.0
 TARGET_PER_REPLICA = 5
+FROM_ZERO_LOOP_SECONDS = 15.0
 
 
 async def publish(url: str, subject: str, count: int) -> None:
@@ -70,15 +79,45 @@ def wait_streams(cluster: Cluster, namespace: str, timeout: float = 60.0) -> Non
     raise TimeoutError("the swarm's streams never appeared")
 
 
+def wait_ready(cluster: Cluster, namespace: str, timeout: float = 60.0) -> float:
+    """Seconds until the Agent's status shows a ready replica (polled every 50 ms)."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        out = cluster.kubectl("-n", namespace, "get", "agent", "worker", "-o", "jsonpath={.status.readyReplicas}").stdout
+        if out.strip() not in ("", "0"):
+            return time.monotonic() - started
+        time.sleep(0.05)
+    raise TimeoutError("no replica became ready")
+
+
+def from_zero_trials(cluster: Cluster, server: NatsServer, namespace: str, prefix: str, trials: int) -> int:
+    wanted, ready = [], []
+    for _ in range(trials):
+        wait_replicas(cluster, namespace, 0)
+        asyncio.run(publish(server.url, f"{prefix}.tasks.crunch", 1))
+        started = time.monotonic()
+        wait_replicas(cluster, namespace, 1)
+        wanted.append(time.monotonic() - started)
+        wait_ready(cluster, namespace)
+        ready.append(time.monotonic() - started)
+        asyncio.run(purge(server.url, f"{prefix.replace('.', '_')}_TASKS"))
+    print(f"scale from zero, {trials} trials (operator loop every {FROM_ZERO_LOOP_SECONDS:.0f}s: the wake-up comes from NATS)")
+    print(f"  task published -> replica wanted: median {statistics.median(wanted):.2f}s, max {max(wanted):.2f}s (goal < 5s)")
+    print(f"  task published -> replica Ready (kwok): median {statistics.median(ready):.2f}s, max {max(ready):.2f}s")
+    return 0 if max(wanted) < 5 else 1
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=8)
+    parser.add_argument("--from-zero", action="store_true", help="time the wake-up of an Agent at zero replicas")
     args = parser.parse_args()
+    env = {**OPERATOR_ENV, "KUBESWARM_AUTOSCALE_INTERVAL_SECONDS": str(FROM_ZERO_LOOP_SECONDS)} if args.from_zero else OPERATOR_ENV
     with tempfile.TemporaryDirectory(prefix="bench-autoscaling-") as tmp:
         work = Path(tmp)
         cluster = Cluster(work / "cluster").start()
         server = NatsServer(work / "nats").start()
-        operator = Operator(cluster.kubeconfig, work / "operator.log", env=OPERATOR_ENV)
+        operator = Operator(cluster.kubeconfig, work / "operator.log", env=env)
         try:
             install_crds(cluster)
             operator.start()
@@ -100,7 +139,7 @@ def main() -> int:
                     "capabilities": ["crunch"],
                     "autoscaling": {
                         "enabled": True,
-                        "minReplicas": 1,
+                        "minReplicas": 0 if args.from_zero else 1,
                         "maxReplicas": 20,
                         "targetBacklogPerReplica": TARGET_PER_REPLICA,
                         "scaleDownDelaySeconds": 0,
@@ -110,6 +149,8 @@ def main() -> int:
             for manifest in (swarm, agent):
                 cluster.kubectl("-n", namespace, "apply", "-f", "-", input=json.dumps(manifest))
             wait_streams(cluster, namespace)
+            if args.from_zero:
+                return from_zero_trials(cluster, server, namespace, prefix, args.trials)
             wait_replicas(cluster, namespace, 1)
             latencies = []
             for trial in range(args.trials):

@@ -128,3 +128,27 @@ def test_hpa_on_the_agent_takes_over(operator: Operator, namespace: Namespace, n
     assert body is not None
     assert body["spec"]["replicas"] == 1
     assert body["metadata"]["generation"] == 1
+
+
+def test_scale_to_zero_then_the_first_task_wakes_it(operator: Operator, namespace: Namespace, nats_server: NatsServer, prefix: str) -> None:
+    namespace.apply(swarm_manifest("queue", nats_server.url, prefix))
+    sleeper = autoscaled("sleeper", "queue", "dream")
+    sleeper["spec"]["autoscaling"] |= {"minReplicas": 0, "scaleDownDelaySeconds": 1}
+    namespace.apply(sleeper)
+    streams_ready(namespace, "queue")
+    until(lambda: replicas(namespace, "sleeper") == 0, 60, "the idle Agent to go to zero")
+
+    def idle() -> dict[str, Any] | None:
+        body = namespace.get("agent", "sleeper")
+        return body if body and body.get("status", {}).get("phase") == "Idle" else None
+
+    body = until(idle, 30, "phase Idle")
+    assert condition(body, "Ready")["reason"] == "ScaledToZero"  # type: ignore[index]
+    assert "Idle" in namespace.kubectl("get", "agent", "sleeper").stdout  # the printer column, not a failure
+
+    published = time.monotonic()
+    publish_tasks(nats_server.url, f"{prefix}.tasks.dream", 1)
+    until(lambda: replicas(namespace, "sleeper") == 1, 10, "the first task to bring one replica")
+    assert time.monotonic() - published < 5
+    # The task waits in the queue for that replica (kwok's pods run nothing): not lost.
+    until(lambda: (namespace.get("agent", "sleeper") or {}).get("status", {}).get("backlog") == 1, 30, "backlog 1 in status")

@@ -279,7 +279,7 @@ def deployment_status(ready: int, wanted: int = 2, failure: bool = False) -> Man
         (deployment_status(1), "Degraded", "ReplicasNotReady"),
         (deployment_status(2), "Running", "AllReplicasReady"),
         (deployment_status(0, failure=True), "Failed", "ProgressDeadlineExceeded"),
-        (deployment_status(0, wanted=0), "Running", "ScaledToZero"),
+        (deployment_status(0, wanted=0), "Idle", "ScaledToZero"),
     ],
 )
 def test_phase_and_ready_follow_the_deployment(deployment: Manifest | None, phase: str, ready_reason: str) -> None:

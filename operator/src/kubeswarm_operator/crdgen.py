@@ -186,7 +186,7 @@ def agent_crd() -> Schema:
     )
     columns = [
         column("Swarm", ".spec.swarm", "Swarm the agent belongs to."),
-        column("Phase", ".status.phase", "Pending, Running, Degraded or Failed."),
+        column("Phase", ".status.phase", "Pending, Running, Degraded, Failed or Idle (scaled to zero)."),
         column("Ready", ".status.ready", "Ready pods of those wanted."),
         column("Endpoint", ".status.endpoint", "URL of the MCP endpoint."),
         AGE,

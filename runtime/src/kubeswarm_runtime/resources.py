@@ -582,12 +582,15 @@ class Phase(StrEnum):
     RUNNING = "Running"
     DEGRADED = "Degraded"
     FAILED = "Failed"
+    IDLE = "Idle"  # an Agent at zero replicas on purpose (scaled to zero by its autoscaler, or spec.replicas 0)
 
 
 class AgentStatus(Model):
     model_config = ConfigDict(extra="ignore")
 
-    phase: Phase | None = Field(default=None, description="Pending, Running, Degraded or Failed.")
+    phase: Phase | None = Field(
+        default=None, description="Pending, Running, Degraded, Failed, or Idle (no pod on purpose: scaled to zero)."
+    )
     replicas: int | None = Field(default=None, description="Pods that exist.")
     ready_replicas: int | None = Field(default=None, description="Pods that are ready.")
     ready: str | None = Field(default=None, description="Ready pods of those wanted, as kubectl prints a Deployment's: 2/3.")

@@ -69,7 +69,12 @@ def ready_condition(agent: Agent, observed: Observed, pods: Readiness | None) ->
         # Not ready while a Secret or key the pods read is missing, even if pods run: a new pod could not start.
         return condition("Ready", False, "SecretsNotReady", "; ".join(observed.missing_refs))
     if pods.wanted == 0:
-        return condition("Ready", True, "ScaledToZero", "spec.replicas is 0")
+        woken = (
+            " (the first task published brings one up)"
+            if agent.spec.autoscaling.enabled and agent.spec.autoscaling.min_replicas == 0
+            else ""
+        )
+        return condition("Ready", True, "ScaledToZero", f"spec.replicas is 0: idle{woken}")
     if pods.ready < pods.wanted:
         return condition("Ready", False, "ReplicasNotReady", f"{pods.ready} of {pods.wanted} pods ready")
     if not pods.rolled_out:
@@ -104,6 +109,8 @@ def secrets_gate(conditions: Sequence[Condition]) -> list[Condition]:
 def phase(pods: Readiness | None) -> Phase:
     if pods is not None and pods.failure:
         return Phase.FAILED
+    if pods is not None and pods.wanted == 0 and pods.current == 0:
+        return Phase.IDLE  # no pod, on purpose: not a failure (the first task brings one when it autoscales from zero)
     if pods is None or (pods.ready == 0 and pods.wanted > 0):
         return Phase.PENDING
     if pods.ready < pods.wanted:

@@ -10,15 +10,20 @@ Secret, the HTTPRoute), each made only when it differs from what exists.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import nats.errors
-from kubeswarm_runtime.names import SwarmNames
+from kubeswarm_runtime.connection import NatsConnection
+from kubeswarm_runtime.names import PRIORITIES, SwarmNames
 from kubeswarm_runtime.resources import Agent, Swarm, default_subject_prefix, prefix_owned
 from kubeswarm_runtime.stores import task_backlog
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js.errors import Error as JetStreamError
 
 from ..agent.autoscaling import decide, external_autoscaler
@@ -58,6 +63,20 @@ def routed(spec: Mapping[str, Any]) -> bool:
     return ((spec.get("mcp") or {}).get("ingress") or {}).get("kind") == "HTTPRoute"
 
 
+@dataclass
+class WorkWatch:
+    """The subscriptions that wake one Agent at zero."""
+
+    conn: NatsConnection
+    subjects: tuple[str, ...]
+    subscriptions: list[Subscription]
+
+    async def stop(self) -> None:
+        for subscription in self.subscriptions:
+            with contextlib.suppress(nats.errors.Error):
+                await subscription.unsubscribe()
+
+
 def regarding(agent: Agent) -> dict[str, Any]:
     return reference(AGENT, agent.metadata.namespace, agent.metadata.name, agent.metadata.uid)
 
@@ -83,6 +102,10 @@ class AgentLoops:
         self._routed: set[Key] = set()  # Agents that have (or had) an HTTPRoute
         self._autoscaled: set[Key] = set()  # Agents that autoscale (or did, until their condition is cleared)
         self._locks: dict[tuple[str, str, str], asyncio.Lock] = {}
+        # Agents that may sit at zero replicas: their task subjects, followed so a published task wakes them at once.
+        self._wakers: dict[Key, WorkWatch] = {}
+        self._waking: set[Key] = set()
+        self._background: set[asyncio.Future[None]] = set()
 
     def _signal(self, agent: Agent, changed: bool) -> None:
         if changed:
@@ -135,6 +158,8 @@ class AgentLoops:
         key = (namespace, name)
         for state in (self._low_since, self._scaled_to, self._synced):
             state.pop(key, None)
+        if (watch := self._wakers.pop(key, None)) is not None:
+            self._in_background(watch.stop())
         self._routed.discard(key)
         self._autoscaled.discard(key)
         self.findings.forget(key)
@@ -149,9 +174,12 @@ class AgentLoops:
 
     # -- autoscaling
 
-    async def autoscale(self, agent: Agent) -> None:
+    async def autoscale(self, agent: Agent, at_least: int = 0) -> None:
+        """Set the Agent's replicas from its backlog (``at_least``: a task just seen published, maybe not yet counted)."""
         key = self._key(agent)
         spec = agent.spec.autoscaling
+        if not spec.enabled or spec.min_replicas > 0:
+            await self._stop_watching(key)
         if not spec.enabled:
             self._autoscaled.discard(key)
             self._low_since.pop(key, None)
@@ -172,7 +200,9 @@ class AgentLoops:
             return
         try:
             conn = await self.swarms.pool.get(await self.swarms.target(swarm, agent.metadata.namespace, agent.spec.swarm))
-            backlog = await task_backlog(conn, SwarmNames(prefix), agent.spec.capabilities)
+            if spec.min_replicas == 0:
+                await self._watch_for_work(agent, conn, SwarmNames(prefix))
+            backlog = max(at_least, await task_backlog(conn, SwarmNames(prefix), agent.spec.capabilities))
         except (NatsUnavailable, TimeoutError, nats.errors.Error, JetStreamError) as error:
             unknown = condition("Scaling", False, "BacklogUnknown", f"cannot read the backlog, replicas left as they are: {error}")
             self._signal(agent, self.findings.set_condition(key, unknown))
@@ -191,6 +221,45 @@ class AgentLoops:
             await self.kube.post_event(regarding(agent), "Normal", reason, message, action="Scale")
         changed = self.findings.set_condition(key, decision.as_condition()) | self.findings.set_backlog(key, backlog)
         self._signal(agent, changed)
+
+    async def _watch_for_work(self, agent: Agent, conn: NatsConnection, names: SwarmNames) -> None:
+        """Follow the task subjects of an Agent that may sit at zero: its first task wakes it as it is published, not at
+        the next tick of the loop (core subscriptions see each JetStream publish; nothing is consumed)."""
+        key = self._key(agent)
+        subjects = tuple(names.task(capability, priority) for capability in agent.spec.capabilities for priority in PRIORITIES)
+        watch = self._wakers.get(key)
+        if watch is not None and watch.subjects == subjects and watch.conn is conn:
+            return
+        await self._stop_watching(key)
+
+        async def published(_msg: Msg) -> None:
+            if key not in self._waking:
+                self._waking.add(key)
+                self._in_background(self._wake(key)).add_done_callback(lambda _done: self._waking.discard(key))
+
+        self._wakers[key] = WorkWatch(conn, subjects, [await conn.nc.subscribe(subject, cb=published) for subject in subjects])
+
+    async def _wake(self, key: Key) -> None:
+        """A task was published for an Agent that may be at zero: decide now (with that task counted)."""
+        agents = valid_agents({key: self.world.agents.get(key, [])})
+        if not agents or self._current_replicas(agents[0]) > 0:
+            return
+        agent = agents[0]
+        async with self._locks.setdefault((*key, self.autoscale.__name__), asyncio.Lock()):
+            try:
+                await self.autoscale(agent, at_least=1)
+            except Exception as error:  # the loop's next tick tries again
+                log.warning("waking Agent %s/%s failed: %s", *key, error)
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> asyncio.Future[None]:
+        future = asyncio.ensure_future(work)
+        self._background.add(future)
+        future.add_done_callback(self._background.discard)
+        return future
+
+    async def _stop_watching(self, key: Key) -> None:
+        if (watch := self._wakers.pop(key, None)) is not None:
+            await watch.stop()
 
     def _hpa(self, agent: Agent) -> str | None:
         """The HPA scaling this Agent (through its scale subresource, or its Deployment directly), if any."""
