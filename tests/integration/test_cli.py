@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
@@ -261,6 +262,26 @@ def test_logs_and_mcp_config(up: Up) -> None:
     assert cursor == {"mcpServers": {"scout": {"url": endpoint, "headers": {"Authorization": "Bearer t0k"}}}}
     every = kubeswarm("mcp-config", "scout", state=up.state).stdout
     assert all(label in every for label in ("# Claude Code", "# Claude Desktop", "# Cursor", "# VS Code"))
+
+    # A discovery shared through scout-0's plain JSON-RPC door, then listed and followed in each format.
+    call = {"name": "share_discovery", "arguments": {"discovery_type": "finding", "content": {"a": 1}}}
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": call}).encode()
+    request = urllib.request.Request(endpoint.removesuffix("/mcp") + "/rpc", body, {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        assert "error" not in json.loads(answer.read())
+    listed = kubeswarm("discoveries", state=up.state).stdout.splitlines()
+    assert listed[0].split() == ["SEQ", "TIME", "AGENT", "TYPE", "CONTENT"] and ISO.search(listed[1]) and '{"a":1}' in listed[1]
+    (shared,) = yaml.safe_load(kubeswarm("discoveries", "-o", "yaml", state=up.state).stdout)
+    assert (shared["agent"], shared["content"], bool(ISO.fullmatch(shared["at"]))) == ("scout", {"a": 1}, True)
+    tail = subprocess.Popen(
+        [*KUBESWARM, "discoveries", "-f", "-o", "json", "--state-dir", str(up.state)], stdout=subprocess.PIPE, env=_env()
+    )
+    try:
+        assert tail.stdout is not None
+        assert json.loads(tail.stdout.readline())["seq"] == shared["seq"]
+    finally:
+        tail.send_signal(signal.SIGINT)
+        assert tail.wait(30) == 130
 
     follow = subprocess.Popen([*KUBESWARM, "logs", "critic-0", "-f", "--state-dir", str(up.state)], stdout=subprocess.PIPE, env=_env())
     try:
