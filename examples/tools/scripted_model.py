@@ -65,7 +65,7 @@ def usage_numbers(body: Any) -> tuple[int, int]:
 async def scripted(request: web.Request, api: str, parse: Any) -> tuple[Conversation, dict[str, Any], tuple[int, int]]:
     """Read and record a request of one API shape: its conversation, the script's next turn, the token usage to report."""
     body = await request.json()
-    request.app[REQUESTS].append({"api": api, "body": body})
+    request.app[REQUESTS].append({"api": api, "headers": dict(request.headers), "body": body})
     conversation: Conversation = parse(request, body)
     return conversation, next_turn(request.app[SCRIPT], conversation), usage_numbers(body)
 

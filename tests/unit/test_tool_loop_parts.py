@@ -6,6 +6,8 @@ import pytest
 from kubeswarm_runtime.agentloop.loop import idempotency_key
 from kubeswarm_runtime.agentloop.toolbox import MODEL_TOOL_NAME, allowed, model_tool_name
 from kubeswarm_runtime.local import local_secrets
+from kubeswarm_runtime.providers.base import ToolCall
+from kubeswarm_runtime.providers.openai import tool_call_of
 from kubeswarm_runtime.render import render_runtime_env
 from kubeswarm_runtime.resources import Agent, ToolsSpec
 from pydantic import ValidationError
@@ -21,6 +23,12 @@ def test_idempotency_keys_are_stable_and_fit_a_task_id() -> None:
     assert idempotency_key(inbox, 1, 0) == idempotency_key(inbox, 1, 0)
     assert len(idempotency_key(inbox, 1, 0)) == 40 and "." not in idempotency_key(inbox, 1, 0)
     assert len(idempotency_key("x" * 128, 1, 0)) == 40
+
+
+def test_openai_arguments_that_are_not_a_json_object_become_the_calls_error() -> None:
+    assert tool_call_of({"id": "c1", "function": {"name": "add", "arguments": '{"a": 1}'}}) == ToolCall("c1", "add", {"a": 1})
+    assert "not valid JSON" in (tool_call_of({"id": "c1", "function": {"name": "add", "arguments": "{bad"}}).invalid or "")
+    assert tool_call_of({"id": "c1", "function": {"name": "add", "arguments": "[1]"}}).invalid == "arguments must be a JSON object"
 
 
 def test_tool_names_fit_what_model_apis_accept() -> None:
