@@ -21,7 +21,7 @@ from kubeswarm_operator.swarm.members import build_member, build_members, capabi
 from kubeswarm_operator.swarm.status import SwarmObserved, compute_swarm_status
 from kubeswarm_runtime.names import SwarmNames
 from kubeswarm_runtime.resources import Agent, StreamsSpec, Swarm
-from kubeswarm_runtime.stores import stream_configs
+from kubeswarm_runtime.stores import cluster_replicas, stream_configs
 from nats.js import api
 
 NOW = "2026-01-01T00:00:00Z"
@@ -176,6 +176,19 @@ def test_every_stream_and_bucket_is_limited_and_replicated_as_the_cluster_by_def
     assert buckets[names.tasks_bucket].ttl and buckets[names.tasks_bucket].history == 1
     unbounded = {s.name: s.max_bytes for s in desired_streams(names, StreamsSpec(max_bytes=-1), CLUSTER)}
     assert set(unbounded.values()) == {None}
+
+
+@pytest.mark.parametrize(
+    ("info", "replicas"),
+    [
+        ({"server_name": "n0"}, 1),  # no cluster
+        ({"cluster": "c", "connect_urls": ["a:4222", "b:4222", "c:4222", "d:4222"]}, 3),
+        ({"cluster": "c", "connect_urls": ["a:4222", "b:4222"]}, 1),  # too few servers for three replicas
+        ({"cluster": "c"}, 3),  # no_advertise (the chart's NATS): a named cluster counts as three
+    ],
+)
+def test_default_replicas_follow_the_cluster_size(info: dict[str, Any], replicas: int) -> None:
+    assert cluster_replicas(info) == replicas
 
 
 def test_only_what_the_swarm_controls_makes_an_update() -> None:
