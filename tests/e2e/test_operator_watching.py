@@ -185,3 +185,39 @@ async def test_a_compacted_version_answered_410_leads_to_a_new_listing(
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_a_watch_of_one_name_sees_only_it_and_a_relisting_keeps_what_other_watches_hold(
+    kube: CountingKube, namespace: Namespace
+) -> None:
+    """How the operator watches a Secret an Agent references: by name, beside the watch of its own objects."""
+    ns = namespace.name
+    for name, labels in (("ours", OURS), ("referenced", {}), ("unrelated", {})):
+        namespace.kubectl("apply", "-f", "-", input=config_map(ns, name, labels, v="1"))
+    items: dict[Key, Manifest] = {}
+    reports = Reports()
+    managed = ChildWatch(
+        kube, CONFIG_MAP, ns, MANAGED_SELECTOR, view=prune, items=items, notify=reports, server_timeout=30, client_timeout=60
+    )
+    by_name = ChildWatch(
+        kube,
+        CONFIG_MAP,
+        ns,
+        None,
+        field_selector="metadata.name=referenced",
+        report_first_listing=True,
+        view=prune,
+        items=items,
+        notify=reports,
+        server_timeout=30,
+        client_timeout=60,
+    )
+    await managed.list()
+    await by_name.list()
+    assert set(items) == {(ns, "ours"), (ns, "referenced")}, "the unrelated object is never held"
+    assert [key for key, _ in reports.seen] == [(ns, "referenced")], "a watch started late reports what it found"
+    await managed.list()  # a relisting of the managed objects
+    assert (ns, "referenced") in items, "one watch's relisting does not drop what another holds"
+    namespace.kubectl("delete", "configmap", "referenced")
+    await by_name.list()
+    assert set(items) == {(ns, "ours")}

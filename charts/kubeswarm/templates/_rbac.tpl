@@ -5,8 +5,10 @@ What the operator does, verb by verb (kubeswarm_operator.wiring, .kube and .loop
   deletes its member Agents and writes its own status.
 - The children of an Agent: listed and watched (the operator's view of the cluster), applied
   server-side (patch), created (generated Secrets, never overwritten) and deleted (an
-  Ingress or PodDisruptionBudget no longer wanted). Secrets and ConfigMaps are watched whole:
-  a change to one an Agent references rolls its pods.
+  Ingress or PodDisruptionBudget no longer wanted). ConfigMaps are watched whole; Secrets only
+  the operator's own (label selector) and each one an Agent references (by name): a change to
+  one an Agent references rolls its pods. RBAC cannot narrow list/watch to those, hence secrets
+  in the rules; set operator.watchNamespaces to confine them to some namespaces (Roles).
 - Agents' scale subresource: the backlog autoscaler sets replicas through it, as an HPA does.
 - HorizontalPodAutoscalers: read only, so the operator never fights a user's HPA.
 - Events (core, so they carry lastTimestamp and sort with the rest): created on Agents and Swarms for every notable transition.

@@ -13,7 +13,7 @@ import base64
 import contextlib
 import logging
 import time
-from collections.abc import Coroutine, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,6 +63,10 @@ SETTLE_SECONDS = 15.0
 PODS_READ = (CONFIG_MAP, SECRET)
 # A failed push of a swarm's account is retried this soon (the pods keep retrying their connection meanwhile).
 ACCOUNT_RETRY_SECONDS = 10.0
+
+
+async def no_secret_watches(namespace: str, names: Iterable[str]) -> None:
+    """Without the operator's wiring (tests), the World is given whole."""
 
 
 class NameConflict(Exception):
@@ -116,6 +120,8 @@ class AgentReconciler:
         self._posting: set[asyncio.Task[None]] = set()
         # What the operator's loops (autoscaler, AWS secret sync, HTTPRoutes) found; merged into the status.
         self.findings = AgentFindings()
+        # Makes sure the Secrets an Agent references are watched (the operator watches no others); see wiring.
+        self.watch_secrets: Callable[[str, Iterable[str]], Awaitable[None]] = no_secret_watches
         # Set at startup where the operator issues NATS identities (its own NATS).
         self.identities: NatsIdentities | None = None
 
@@ -220,6 +226,8 @@ class AgentReconciler:
             # In the background: the Agent's children do not wait for NATS (an unreachable one takes seconds to give up on).
             self._background(self._ensure_account(agent))
         new_secret_data = new_data or None
+        secret_refs = [name for kind, name in referenced_objects(agent) if kind == "Secret"]
+        await self.watch_secrets(namespace, [*secret_refs, *([swarm_creds.name] if swarm_creds else [])])
         refs = self._refs(agent, world, runtime_env, new_secret_data, swarm_creds)
         inputs = ChildInputs(
             image=self.settings.runtime_image,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Mapping, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -79,11 +79,16 @@ class ChildWatch:
     notify: Notify
     server_timeout: int
     client_timeout: float
+    field_selector: str | None = None  # e.g. metadata.name=x: one object (a Secret an Agent references)
+    report_first_listing: bool = False  # a watch started late: what its first listing finds is news
     version: str = ""  # empty: list (again) before watching
     listed: bool = False
+    # The keys this watch put into ``items`` (several watches share them): only these can vanish from its listing.
+    seen: set[Key] = field(default_factory=set)
 
     def _selector(self) -> list[tuple[str, str]]:
-        return [("labelSelector", self.label_selector)] if self.label_selector else []
+        selectors = [("labelSelector", self.label_selector), ("fieldSelector", self.field_selector)]
+        return [(name, value) for name, value in selectors if value]
 
     async def list(self) -> None:
         """Fill the view from a full listing; after the first, report what changed or vanished meanwhile."""
@@ -100,13 +105,14 @@ class ChildWatch:
             if not page.get("metadata", {}).get("continue"):
                 break
         self.version = page["metadata"]["resourceVersion"]
-        gone = [key for key in self.items if key not in listed and self.namespace in (None, key[0])]
-        for key in gone:
-            self.notify(key, self.items.pop(key))
+        for key in self.seen - listed.keys():
+            if key in self.items:
+                self.notify(key, self.items.pop(key))
+        self.seen = set(listed)
         for key, view in listed.items():
             changed = self.items.get(key) != view
             self.items[key] = view
-            if changed and self.listed:
+            if changed and (self.listed or self.report_first_listing):
                 self.notify(key, view)
         self.listed = True
 
@@ -159,8 +165,10 @@ class ChildWatch:
                 view = self.view(obj)
                 if event["type"] == "DELETED":
                     self.items.pop(key, None)
+                    self.seen.discard(key)
                 else:
                     self.items[key] = view
+                    self.seen.add(key)
                 self.notify(key, view)
         except ApiError as error:
             if error.status == 410:

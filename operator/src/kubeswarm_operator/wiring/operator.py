@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from kubeswarm_runtime.natsauth import NatsAuthority
+from kubeswarm_runtime.render import CREDENTIALS_SECRET_SUFFIX
 from kubeswarm_runtime.resources import Agent, Swarm
 
 from .. import metrics
+from ..agent.children import AWS_SYNCED_SUFFIX
 from ..agent.reconciler import AgentReconciler
 from ..jetstream.connections import NatsPool
 from ..jetstream.identity import NatsIdentities
@@ -34,8 +37,13 @@ from ..swarm.controller import SwarmController
 
 log = logging.getLogger(__name__)
 
-# Secrets and ConfigMaps are watched whole (the pods read user-owned ones too); the rest only where we are the manager.
+# Kinds the pods read user-owned objects of too: kept as content digests, and their readers told of a change.
 SHARED_KINDS = (SECRET, CONFIG_MAP)
+# ConfigMaps are watched whole; Secrets only where we are the manager, plus each one an Agent references
+# (a watch of that one name), so the operator holds no view of any other Secret.
+WHOLE_KINDS = (CONFIG_MAP,)
+MANAGED_SECRET_SUFFIXES = (CREDENTIALS_SECRET_SUFFIX, AWS_SYNCED_SUFFIX)
+SECRET_LISTING_WAIT_SECONDS = 10.0
 
 
 class Operator:
@@ -56,7 +64,7 @@ class Operator:
                 self.watch_kube,
                 kind,
                 namespace,
-                label_selector=None if kind in SHARED_KINDS else MANAGED_SELECTOR,
+                label_selector=None if kind in WHOLE_KINDS else MANAGED_SELECTOR,
                 view=digests_view if kind in SHARED_KINDS else prune,
                 items=self.children[kind],
                 notify=self._child_changed(kind),
@@ -67,6 +75,9 @@ class Operator:
             for namespace in namespaces
         ]
         self._background: list[asyncio.Task[None]] = []
+        # Referenced Secrets, each watched by name: its watch and whether its first listing is done.
+        self._secret_watches: dict[Key, tuple[asyncio.Task[None], asyncio.Event]] = {}
+        self.agents.watch_secrets = self.watch_secrets
 
     async def start(self) -> None:
         """List every child kind (before kopf starts the Agent handlers: a restarted operator recreates nothing), then run."""
@@ -88,6 +99,7 @@ class Operator:
             self.loops.autoscale_forever(),
             self.loops.refresh_secrets_forever(),
             self.loops.routes_forever(self.settings.swarm_resync_seconds),
+            self.drop_secret_watches_forever(),
         ]
         self._background = [asyncio.create_task(loop) for loop in loops]
 
@@ -119,8 +131,10 @@ class Operator:
             return authority
 
     async def close(self) -> None:
-        for task in self._background:
+        secret_watches = [task for task, _ in self._secret_watches.values()]
+        for task in [*self._background, *secret_watches]:
             task.cancel()
+        await asyncio.gather(*secret_watches, return_exceptions=True)
         await asyncio.gather(*self._background, return_exceptions=True)
         await self.agents.close()
         await self.swarms.queue.close()
@@ -187,6 +201,68 @@ class Operator:
         return retry_in
 
     # -- the children's watches
+
+    def _managed_secret(self, namespace: str, name: str) -> bool:
+        """One of an Agent's own Secrets (its credentials, its AWS-synced key): the managed watch has it."""
+        return any(
+            name.endswith(suffix) and bool(self.world.agents.get((namespace, name.removesuffix(suffix))))
+            for suffix in MANAGED_SECRET_SUFFIXES
+        )
+
+    async def watch_secrets(self, namespace: str, names: Iterable[str]) -> None:
+        """Watch these referenced Secrets (those not ours) and wait, boundedly, for their first listing: a reconcile
+        must not take a Secret the operator has not looked at yet for a missing one (its pods would roll twice)."""
+        listings = []
+        for name in names:
+            if self._managed_secret(namespace, name):
+                continue
+            key = (namespace, name)
+            if key not in self._secret_watches:
+                self._secret_watches[key] = self._start_secret_watch(key)
+            listings.append(self._secret_watches[key][1].wait())
+        if listings:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*listings), SECRET_LISTING_WAIT_SECONDS)
+
+    def _start_secret_watch(self, key: Key) -> tuple[asyncio.Task[None], asyncio.Event]:
+        namespace, name = key
+        watch = ChildWatch(
+            self.watch_kube,
+            SECRET,
+            namespace,
+            label_selector=None,
+            field_selector=f"metadata.name={name}",
+            report_first_listing=True,  # a reader that did not wait for it hears that it is there
+            view=digests_view,
+            items=self.children[SECRET],
+            notify=self._child_changed(SECRET),
+            server_timeout=self.settings.watch_server_timeout,
+            client_timeout=self.settings.watch_client_timeout,
+        )
+        listed = asyncio.Event()
+
+        async def run() -> None:
+            await watch.list_until_done()
+            listed.set()
+            await watch.watch_forever()
+
+        return asyncio.get_running_loop().create_task(run()), listed
+
+    async def drop_secret_watches_forever(self) -> None:
+        """Stop watching Secrets no Agent (nor Swarm, for its NATS credentials) references any more; forget their digests."""
+        while True:
+            await asyncio.sleep(self.settings.resync_seconds)
+            referenced = {(ns, name) for (kind, ns, name), readers in self.world.refs.items() if kind == "Secret" and readers}
+            for (ns, _), bodies in self.world.swarms.items():
+                for body in bodies:
+                    creds = ((body.get("spec") or {}).get("nats") or {}).get("credentialsSecretRef") or {}
+                    if creds.get("name"):
+                        referenced.add((ns, creds["name"]))
+            for key in self._secret_watches.keys() - referenced:
+                task, _ = self._secret_watches.pop(key)
+                task.cancel()
+                if not self._managed_secret(*key):
+                    self.children[SECRET].pop(key, None)
 
     def _child_changed(self, kind: Kind) -> Notify:
         """Who is told when a child changes or vanishes: its Agent (the reconcile writes only if it drifted).
