@@ -48,14 +48,21 @@ def model_env(provider: str, url: str, name: str) -> dict[str, str]:
 
 
 @contextmanager
-def weather_server(log_dir: Path, transport: str = "streamable-http") -> Iterator[str]:
-    """The example MCP server (official SDK) as a process; yields its endpoint URL."""
+def example_server(module: str, log_dir: Path, *args: str) -> Iterator[int]:
+    """An example server of examples/tools as a process, on a free port (given as --port); yields the port."""
     port = free_port()
-    command = [sys.executable, "-m", "examples.tools.weather_mcp", "--port", str(port), "--transport", transport]
-    process = ManagedProcess(f"weather-{port}", command, log_dir / f"weather-{port}.log")
+    name = f"{module.rsplit('.', 1)[-1]}-{port}"
+    process = ManagedProcess(name, [sys.executable, "-m", module, "--port", str(port), *args], log_dir / f"{name}.log")
     process.start()
     try:
         process.wait_until(lambda: port_accepts(port), 30, "accepting connections")
-        yield f"http://127.0.0.1:{port}/{'sse' if transport == 'sse' else 'mcp'}"
+        yield port
     finally:
         process.stop()
+
+
+@contextmanager
+def weather_server(log_dir: Path, transport: str = "streamable-http") -> Iterator[str]:
+    """The example MCP server (official SDK) as a process; yields its endpoint URL."""
+    with example_server("examples.tools.weather_mcp", log_dir, "--transport", transport) as port:
+        yield f"http://127.0.0.1:{port}/{'sse' if transport == 'sse' else 'mcp'}"

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
+from kubeswarm_operator.agent.children import build_deployment
 from kubeswarm_runtime.agentloop.loop import idempotency_key
 from kubeswarm_runtime.agentloop.toolbox import MODEL_TOOL_NAME, allowed, model_tool_name
 from kubeswarm_runtime.local import local_secrets
 from kubeswarm_runtime.providers.base import ToolCall
 from kubeswarm_runtime.providers.openai import tool_call_of
-from kubeswarm_runtime.render import render_runtime_env
+from kubeswarm_runtime.render import MCP_JWT_KEY_ENV, MODEL_API_KEY_ENV, render_runtime_env
 from kubeswarm_runtime.resources import Agent, ToolsSpec
 from pydantic import ValidationError
 
@@ -56,29 +59,28 @@ def test_an_agent_without_tools_renders_as_before() -> None:
     assert not [key for key in env if key.startswith("KUBESWARM_TOOLS")]
 
 
-def test_header_secrets_reach_the_pod_by_name_never_by_value(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    ("field", "url", "env_var", "rendered"),
+    [
+        ("mcpServers", "http://search:8000/mcp", "KUBESWARM_TOOL_HEADER_0_0", "KUBESWARM_TOOLS__MCP_SERVERS"),
+        ("a2a", "https://search.example/", "KUBESWARM_A2A_HEADER_0_0", "KUBESWARM_TOOLS__A2A"),
+    ],
+)
+def test_header_secrets_reach_the_pod_by_name_never_by_value(
+    monkeypatch: pytest.MonkeyPatch, field: str, url: str, env_var: str, rendered: str
+) -> None:
+    header = {"name": "Authorization", "valueFrom": {"secretKeyRef": {"name": "search-token", "key": "bearer"}}}
     agent = Agent.model_validate(
-        {
-            "metadata": {"name": "a"},
-            "spec": {
-                "tools": {
-                    "mcpServers": [
-                        {
-                            "name": "search",
-                            "url": "http://search:8000/mcp",
-                            "headers": [
-                                {"name": "Authorization", "valueFrom": {"secretKeyRef": {"name": "search-token", "key": "bearer"}}}
-                            ],
-                        }
-                    ]
-                }
-            },
-        }
+        {"metadata": {"name": "a"}, "spec": {"tools": {field: [{"name": "search", "url": url, "headers": [header]}]}}}
     )
     env = render_runtime_env(agent, None, namespace="d", nats_url="nats://n:4222")
-    assert '"header_env": {"Authorization": "KUBESWARM_TOOL_HEADER_0_0"}' in env["KUBESWARM_TOOLS__MCP_SERVERS"]
+    (server,) = json.loads(env[rendered])
+    assert (server["url"], server["headers"], server["header_env"]) == (url, {}, {"Authorization": env_var})
+    deployment = build_deployment(agent, image="runtime:1", config_hash="h", api_key_env=MODEL_API_KEY_ENV, jwt_key_env=MCP_JWT_KEY_ENV)
+    container_env = deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {"name": env_var, "valueFrom": {"secretKeyRef": {"name": "search-token", "key": "bearer"}}} in container_env
     monkeypatch.setenv("SEARCH_TOKEN_BEARER", "Bearer s3cret")
-    assert local_secrets(agent) == {"KUBESWARM_TOOL_HEADER_0_0": "Bearer s3cret"}
+    assert local_secrets(agent) == {env_var: "Bearer s3cret"}
 
 
 @pytest.mark.parametrize(

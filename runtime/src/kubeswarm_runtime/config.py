@@ -83,6 +83,17 @@ class McpServerConfig(Section):
     )
 
 
+class A2aAgentConfig(Section):
+    name: str = Field(pattern=NAME_PATTERN)
+    url: str
+    description: str = ""
+    timeout_seconds: float = Field(default=120, gt=0)
+    headers: dict[str, str] = Field(default_factory=dict, description="Literal header values.")
+    header_env: dict[str, str] = Field(
+        default_factory=dict, description="Header name → environment variable holding its value (a Secret's, in a pod)."
+    )
+
+
 class AgentToolConfig(Section):
     name: str = Field(pattern=NAME_PATTERN)
     capability: str | None = Field(default=None, pattern=NAME_PATTERN)
@@ -97,6 +108,7 @@ class ToolsConfig(Section):
     deny: list[str] = Field(default_factory=list)
     mcp_servers: list[McpServerConfig] = Field(default_factory=list)
     agents: list[AgentToolConfig] = Field(default_factory=list)
+    a2a: list[A2aAgentConfig] = Field(default_factory=list)
     max_turns: int = Field(default=10, ge=1)
     max_tool_calls: int = Field(default=50, ge=0)
     max_tokens_per_task: int = Field(default=200000, ge=1)

@@ -39,9 +39,9 @@ from .render import (
     NATS_CREDS_FILE_ENV,
     REPLICA_ID_ENV,
     agent_subject_prefix,
-    mcp_header_secrets,
     new_jwt_key,
     render_runtime_env,
+    tool_header_secrets,
     webhook_key_secrets,
 )
 from .resources import Agent, AuthMode, SecretKeyRef
@@ -425,7 +425,7 @@ def secret_env_name(ref: SecretKeyRef) -> str:
 
 def local_secrets(agent: Agent) -> dict[str, str]:
     """The values a pod would get from Secrets (MCP servers' headers, webhook keys), taken from this environment."""
-    refs = [*mcp_header_secrets(agent.spec.tools), *webhook_key_secrets(agent)]
+    refs = [*tool_header_secrets(agent.spec.tools), *webhook_key_secrets(agent)]
     return {env: os.environ[secret_env_name(ref)] for env, ref in refs if secret_env_name(ref) in os.environ}
 
 

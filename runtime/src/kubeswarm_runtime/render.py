@@ -11,7 +11,7 @@ import json
 import secrets
 
 from .config import ENV_NESTED_DELIMITER, ENV_PREFIX
-from .resources import Agent, McpServerSpec, ObjectMeta, SecretKeyRef, Swarm, SwarmMember, ToolsSpec, default_subject_prefix
+from .resources import A2aAgentSpec, Agent, McpServerSpec, ObjectMeta, SecretKeyRef, Swarm, SwarmMember, ToolsSpec, default_subject_prefix
 
 MODEL_API_KEY_ENV = "KUBESWARM_MODEL__API_KEY"
 MCP_JWT_KEY_ENV = "KUBESWARM_MCP__JWT_KEY"
@@ -20,6 +20,7 @@ NATS_USER_ENV = "KUBESWARM_NATS__USER"
 NATS_PASSWORD_ENV = "KUBESWARM_NATS__PASSWORD"  # noqa: S105 - an env var name, not a value
 NATS_TOKEN_ENV = "KUBESWARM_NATS__TOKEN"  # noqa: S105 - an env var name, not a value
 MCP_HEADER_ENV_PREFIX = "KUBESWARM_TOOL_HEADER_"  # + <server index>_<header index>: a header value from a Secret
+A2A_HEADER_ENV_PREFIX = "KUBESWARM_A2A_HEADER_"  # + <A2A agent index>_<header index>: the same for spec.tools.a2a
 WEBHOOK_KEY_ENV_PREFIX = "KUBESWARM_WEBHOOK_KEY_"  # + <webhook index>: a webhook's HMAC key from a Secret
 REPLICA_ID_ENV = "KUBESWARM_REPLICA_ID"  # defaults to the hostname (the pod name)
 SECRET_ENV_NAMES = (MODEL_API_KEY_ENV, MCP_JWT_KEY_ENV, NATS_PASSWORD_ENV, NATS_TOKEN_ENV)
@@ -88,16 +89,19 @@ def render_runtime_env(agent: Agent, swarm: Swarm | None, *, namespace: str, nat
     return {_env(*path): _text(value) for path, value in values.items() if value is not None and value != ""}
 
 
-def mcp_header_env(server: int, header: int) -> str:
-    return f"{MCP_HEADER_ENV_PREFIX}{server}_{header}"
+def header_env(prefix: str, server: int, header: int) -> str:
+    return f"{prefix}{server}_{header}"
 
 
-def mcp_header_secrets(tools: ToolsSpec) -> list[tuple[str, SecretKeyRef]]:
-    """(env var, Secret key) of each MCP server header read from a Secret: the operator sets them with secretKeyRef."""
+def tool_header_secrets(tools: ToolsSpec) -> list[tuple[str, SecretKeyRef]]:
+    """(env var, Secret key) of each header of a remote tool server (MCP servers, A2A agents) read from a Secret: the
+    operator sets them with secretKeyRef."""
+    remotes = [(MCP_HEADER_ENV_PREFIX, i, server.headers) for i, server in enumerate(tools.mcp_servers)]
+    remotes += [(A2A_HEADER_ENV_PREFIX, i, agent.headers) for i, agent in enumerate(tools.a2a)]
     return [
-        (mcp_header_env(i, j), header.value_from.secret_key_ref)
-        for i, server in enumerate(tools.mcp_servers)
-        for j, header in enumerate(server.headers)
+        (header_env(prefix, i, j), header.value_from.secret_key_ref)
+        for prefix, i, headers in remotes
+        for j, header in enumerate(headers)
         if header.value_from is not None
     ]
 
@@ -123,14 +127,11 @@ def triggers_values(agent: Agent) -> dict[tuple[str, ...], object]:
     return values
 
 
-def _mcp_server(index: int, server: McpServerSpec) -> dict[str, object]:
-    return {
-        "name": server.name,
-        "url": server.url,
-        "transport": server.transport,
-        "timeout_seconds": server.timeout_seconds,
+def _remote(prefix: str, index: int, server: McpServerSpec | A2aAgentSpec) -> dict[str, object]:
+    """A remote tool server's settings: its fields, literal headers, and the env vars of its Secret headers."""
+    return server.model_dump(exclude={"headers"}) | {
         "headers": {h.name: h.value for h in server.headers if h.value is not None},
-        "header_env": {h.name: mcp_header_env(index, j) for j, h in enumerate(server.headers) if h.value_from is not None},
+        "header_env": {h.name: header_env(prefix, index, j) for j, h in enumerate(server.headers) if h.value_from is not None},
     }
 
 
@@ -141,7 +142,9 @@ def tools_values(tools: ToolsSpec) -> dict[tuple[str, ...], object]:
     for field in tools.model_dump(exclude_defaults=True):
         value = getattr(tools, field)
         if field == "mcp_servers":
-            value = [_mcp_server(i, s) for i, s in enumerate(tools.mcp_servers)]
+            value = [_remote(MCP_HEADER_ENV_PREFIX, i, s) for i, s in enumerate(tools.mcp_servers)]
+        elif field == "a2a":
+            value = [_remote(A2A_HEADER_ENV_PREFIX, i, a) for i, a in enumerate(tools.a2a)]
         elif field == "agents":
             value = [a.model_dump(exclude_none=True) for a in tools.agents]
         # Lists travel as JSON (pydantic-settings decodes them).

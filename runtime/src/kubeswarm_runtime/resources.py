@@ -365,6 +365,25 @@ class McpServerSpec(Model):
         return self
 
 
+class A2aAgentSpec(Model):
+    name: str = Field(pattern=TOOL_NAMESPACE, description="Short name; the agent is offered to the model as the tool a2a__<name>.")
+    url: str = Field(
+        pattern=r"^https?://",
+        max_length=2048,
+        description="Base URL of the external A2A agent: its card is read from <url>/.well-known/agent-card.json.",
+    )
+    description: str = Field(
+        default="", max_length=1024, description="What the agent is good at, shown to the model (default: its card's)."
+    )
+    timeout_seconds: int = Field(default=120, ge=1, le=3600, description="Longest wait for one call's task to end.")
+    headers: list[McpServerHeader] = keyed_list("Headers sent with every request, e.g. Authorization from a Secret.", 16)
+
+    @model_validator(mode="after")
+    def _check(self) -> A2aAgentSpec:
+        unique([h.name for h in self.headers], "header")
+        return self
+
+
 class AgentToolSpec(Model):
     name: str = Field(
         pattern=DNS_LABEL, max_length=63, description="Name of another Agent of the swarm; offered as the tool agent__<name>."
@@ -414,6 +433,10 @@ class ToolsSpec(Model):
     )
     mcp_servers: list[McpServerSpec] = keyed_list("Remote MCP servers whose tools the model may call.", 32)
     agents: list[AgentToolSpec] = keyed_list("Other Agents the model may ask, each as one tool.", 64)
+    # "a2a" as written (the camelCase generator would make it "a2A")
+    a2a: Annotated[list[A2aAgentSpec], Field(alias="a2a")] = keyed_list(
+        "External A2A agents the model may ask, each as one tool (docs/a2a.md).", 32
+    )
     max_turns: int = Field(default=10, ge=1, le=200, description="Model calls per task; the task fails when the limit is hit.")
     max_tool_calls: int = Field(default=50, ge=0, le=2000, description="Tool calls per task; the task fails past it.")
     max_tokens_per_task: int = Field(

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from urllib.parse import urlsplit
 
-from kubeswarm_runtime.render import CREDENTIALS_SECRET_SUFFIX, JWT_SECRET_KEY, mcp_header_secrets, webhook_key_secrets
+from kubeswarm_runtime.render import CREDENTIALS_SECRET_SUFFIX, JWT_SECRET_KEY, tool_header_secrets, webhook_key_secrets
 from kubeswarm_runtime.resources import Agent, AuthMode, Provider, SecretKeyRef
 
 from ..kube.kinds import CONFIG_MAP, DEPLOYMENT, INGRESS, NETWORK_POLICY, PDB, SECRET, SERVICE, Kind, Manifest
@@ -141,7 +141,7 @@ def secret_env(agent: Agent, *, api_key_env: str, jwt_key_env: str) -> list[Secr
         out.append(SecretEnv(api_key_env, ref.name, ref.key))
     if agent.spec.mcp.auth.mode is AuthMode.JWT:
         out.append(SecretEnv(jwt_key_env, secret_name(agent), JWT_SECRET_KEY))
-    out += [SecretEnv(env, header.name, header.key) for env, header in mcp_header_secrets(agent.spec.tools)]
+    out += [SecretEnv(env, header.name, header.key) for env, header in tool_header_secrets(agent.spec.tools)]
     out += [SecretEnv(env, key.name, key.key) for env, key in webhook_key_secrets(agent)]
     return out
 
@@ -152,7 +152,7 @@ def referenced_objects(agent: Agent) -> set[tuple[str, str]]:
     api_key = api_key_ref(agent)
     if api_key is not None:
         refs.add(("Secret", api_key.name))
-    refs |= {("Secret", header.name) for _env, header in mcp_header_secrets(agent.spec.tools)}
+    refs |= {("Secret", header.name) for _env, header in tool_header_secrets(agent.spec.tools)}
     refs |= {("Secret", key.name) for _env, key in webhook_key_secrets(agent)}
     for var in agent.spec.env:
         source = var.get("valueFrom") or {}

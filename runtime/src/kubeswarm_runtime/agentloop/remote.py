@@ -20,7 +20,7 @@ from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
-from ..config import McpServerConfig
+from ..config import A2aAgentConfig, McpServerConfig
 from ..delegation import CallOrigin
 from ..providers.base import ToolDefinition
 from .swarm import dumps
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 RECONNECT_AFTER_SECONDS = 10.0
 
 
-def header_values(config: McpServerConfig) -> dict[str, str]:
+def header_values(config: McpServerConfig | A2aAgentConfig) -> dict[str, str]:
     """Literal headers and those read from the environment (where the operator put the Secrets' values)."""
     return config.headers | {name: os.environ.get(env, "") for name, env in config.header_env.items()}
 
