@@ -139,3 +139,20 @@ def test_jwt_mode_works_with_the_operators_key_and_kubeswarm_token(
         assert tools_list(url, "not-a-token") == 401
     finally:
         runtime.stop()
+
+
+def test_a_swarm_never_takes_over_an_agent_it_does_not_own(operator: Operator, namespace: Namespace, nats_server: NatsServer) -> None:
+    namespace.apply(agent("alpha", role="mine"))
+    until(lambda: namespace.get("configmap", "alpha-runtime"), SETTLE, "the user's Agent reconciled")
+    namespace.apply(swarm("team", nats_server.url, agents=[{"name": "alpha", "template": {"role": "theirs"}}]))
+
+    def refused() -> dict[str, Any] | None:
+        ready = swarm_condition(namespace.get("swarm", "team"), "Ready")
+        return ready if ready and "NameConflict" in ready["message"] else None
+
+    ready = until(refused, SETTLE, "the Swarm's Ready naming the conflict")
+    assert ready["status"] == "False" and 'Agent "alpha" exists and is not owned by this Swarm' in ready["message"]
+    mine = namespace.must("agent", "alpha")
+    assert mine["spec"]["role"] == "mine" and not mine["metadata"].get("ownerReferences")
+    namespace.kubectl("delete", "swarm", "team", "--wait=true", "--timeout=60s")
+    assert namespace.must("agent", "alpha")["spec"]["role"] == "mine"

@@ -240,9 +240,14 @@ class SwarmController:
         """
         namespace = swarm.metadata.namespace
         wanted = build_members(swarm)
+        invalid = dict(wanted.invalid)
         actions = []
         for name, manifest in wanted.manifests.items():
             live = one(world.agents, (namespace, name))
+            if live is not None and not controlled_by(live, swarm.metadata.uid):
+                # Someone's own Agent (or another Swarm's): never taken over.
+                invalid[name] = f'Agent "{name}" exists and is not owned by this Swarm (NameConflict): rename the member or remove it'
+                continue
             if live is not None and contains(live, manifest):
                 continue
             undone = replicas_undone(swarm, live, manifest) if live is not None else None
@@ -257,8 +262,9 @@ class SwarmController:
             actions.append(f"deleted Agent {name} (no longer in spec.agents)")
         members = {a.metadata.name: a for a in joined(swarm, valid_agents(world.agents))}
         for name, manifest in wanted.manifests.items():
-            members.setdefault(name, Agent.model_validate(manifest))
-        return actions, sorted(members.values(), key=lambda a: a.metadata.name), wanted.invalid
+            if name not in invalid:
+                members.setdefault(name, Agent.model_validate(manifest))
+        return actions, sorted(members.values(), key=lambda a: a.metadata.name), invalid
 
     async def _converge_streams(self, swarm: Swarm, members: Sequence[Agent]) -> NatsOutcome:
         names = SwarmNames(swarm.subject_prefix)
@@ -288,6 +294,10 @@ class SwarmController:
         for (kind, name), manifest in desired.items():
             current = live.pop((kind, name), None)
             try:
+                if current is None and await self.kube.get(kind, namespace, name) is not None:
+                    # Not this Swarm's (it lists only its own): never taken over.
+                    exposures.append(Exposure(kind, name, None, f'{kind.kind} "{name}" exists and is not owned by this Swarm'))
+                    continue
                 if current is None or not contains(current, manifest):
                     current = await self.kube.apply(manifest)
                     actions.append(f"applied {kind.kind} {name}")
