@@ -231,6 +231,14 @@ def swarm_overview() -> Any:
                 description="Requests answered with an error (401/403/429 included).",
             )
         )
+        .with_panel(
+            graph(
+                "A2A requests/s by method and outcome",
+                REQUESTS_PER_S,
+                (f"sum by (method, outcome) (rate(kubeswarm_a2a_requests_total{{{AGENT}}}[{WINDOW}]))", "{{method}} {{outcome}}"),
+                description="A2A JSON-RPC requests on /a2a; the tasks they create are counted with every other task.",
+            )
+        )
         .with_row(gd.Row("LLM"))
         .with_panel(
             graph(

@@ -169,6 +169,7 @@ RATE_UNITS = {
     "kubeswarm_llm_tokens_total": "suffix: tokens/s",
     "kubeswarm_operator_reconciles_total": ("suffix: reconciles/s", "suffix: errors/s"),
     "kubeswarm_mcp_requests_total": "reqps",
+    "kubeswarm_a2a_requests_total": "reqps",
     "kubeswarm_operator_api_requests_total": "reqps",
     "kubeswarm_operator_api_errors_total": ("reqps", "suffix: errors/s"),
 }
