@@ -132,7 +132,8 @@ def test_swarm_gateway_ingress_routes_each_agent(operator: Operator, namespace: 
             "spec": {
                 "nats": {"url": nats_server.url},
                 "gateway": {"enabled": True, "host": "crew.example.com", "className": "nginx", "tls": {"secretName": "crew-tls"}},
-                "agents": [{"name": "alpha"}, {"name": "beta", "template": {"mcp": {"timeoutSeconds": 7200}}}],
+                "defaults": {"mcp": {"auth": {"mode": "jwt"}}},  # the gateway routes only members with auth
+                "agents": [{"name": "alpha"}, {"name": "beta", "template": {"mcp": {"auth": {"mode": "jwt"}, "timeoutSeconds": 7200}}}],
             },
         }
     )
@@ -192,6 +193,7 @@ def test_swarm_gateway_httproutes_rewrite_to_the_runtime_paths(
             "spec": {
                 "nats": {"url": nats_server.url},
                 "gateway": {"enabled": True, "kind": "HTTPRoute", "className": "edge", "host": "mesh.example.com"},
+                "defaults": {"mcp": {"auth": {"mode": "jwt"}}},
                 "agents": [{"name": "alpha"}],
             },
         }

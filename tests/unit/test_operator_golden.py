@@ -116,7 +116,7 @@ def swarm(**gateway: Any) -> Swarm:
         {
             "metadata": {"name": "research", "namespace": "lab", "uid": "uid-research", "generation": 2},
             "spec": {
-                "defaults": {"model": {"provider": "echo"}, "capabilities": ["summarize"]},
+                "defaults": {"model": {"provider": "echo"}, "capabilities": ["summarize"], "mcp": {"auth": {"mode": "jwt"}}},
                 "agents": [
                     {"name": "reader", "replicas": 2, "template": {"role": "reader"}},
                     {"name": "writer", "template": {"role": "writer", "autoscaling": {"enabled": True, "maxReplicas": 4}}},

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+import pytest
 from kubeswarm_operator.agent.children import build_ingress
 from kubeswarm_operator.agent.ingress import Exposure, agent_route_body, ingress_ready
 from kubeswarm_operator.kube.kinds import HTTP_ROUTE, INGRESS
 from kubeswarm_operator.swarm.gateway import build_gateway, gateway_route_body
 from kubeswarm_runtime.resources import Agent, Swarm
+
+pytestmark = pytest.mark.unit
 
 OAUTH = "/.well-known/oauth-protected-resource"
 
@@ -90,3 +94,16 @@ def test_ingress_ready_follows_load_balancer_and_route_acceptance() -> None:
     ready = ingress_ready([served, accepted])
     assert (ready.status, ready.reason) == ("True", "AddressAssigned")
     assert "203.0.113.1" in ready.message
+
+
+@pytest.mark.parametrize("kind", ["Ingress", "HTTPRoute"])
+def test_the_gateway_routes_members_without_auth_only_when_allowed(kind: str) -> None:
+    open_door = Agent.model_validate({"metadata": {"name": "open", "namespace": "ns", "uid": "o"}, "spec": {}})
+    members = [agent("guarded"), open_door]
+
+    def routed(**extra: Any) -> str:
+        gateway = team(enabled=True, kind=kind, className="edge", host="crew.example.com", **extra)
+        return json.dumps(list(build_gateway(gateway, members).values()))
+
+    assert "guarded" in routed() and '"open"' not in routed() and "gateway-open" not in routed()
+    assert '"open"' in routed(allowAnonymous=True) or "gateway-open" in routed(allowAnonymous=True)

@@ -746,6 +746,11 @@ class GatewaySpec(Model):
     host: str | None = Field(default=None, description="External host name.")
     tls: IngressTls | None = Field(default=None, description="Terminate TLS with this Secret.")
     annotations: dict[str, str] = Field(default_factory=dict, description="Extra annotations.")
+    allow_anonymous: bool = Field(
+        default=False,
+        description="Route members whose spec.mcp.auth.mode is none too (anyone on the internet may call them); "
+        "otherwise the gateway routes only members with auth.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> GatewaySpec:

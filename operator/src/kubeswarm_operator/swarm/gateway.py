@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from kubeswarm_runtime.resources import Agent, GatewaySpec, Swarm
+from kubeswarm_runtime.resources import Agent, AuthMode, GatewaySpec, Swarm
 
 from ..agent.children import OAUTH_METADATA_PATH, sse_annotations
 from ..agent.ingress import prefix_rule, route_spec
@@ -35,8 +35,12 @@ def gateway_route_name(swarm: Swarm, agent: Agent) -> str:
     return f"{gateway_name(swarm)}-{agent.metadata.name}"
 
 
-def exposed(members: Sequence[Agent]) -> list[Agent]:
-    return sorted((a for a in members if a.spec.mcp.enabled), key=lambda a: a.metadata.name)
+def exposed(gateway: GatewaySpec, members: Sequence[Agent]) -> list[Agent]:
+    """The members the gateway routes to: those serving MCP, with auth unless the gateway allows anonymous callers."""
+    return sorted(
+        (a for a in members if a.spec.mcp.enabled and (gateway.allow_anonymous or a.spec.mcp.auth.mode is not AuthMode.NONE)),
+        key=lambda a: a.metadata.name,
+    )
 
 
 def gateway_ingress_body(gateway: GatewaySpec, members: Sequence[Agent]) -> tuple[Manifest, dict[str, str]]:
@@ -55,7 +59,7 @@ def gateway_ingress_body(gateway: GatewaySpec, members: Sequence[Agent]) -> tupl
             "pathType": "ImplementationSpecific",
             "backend": {"service": {"name": agent.metadata.name, "port": {"name": "mcp"}}},
         }
-        for agent in exposed(members)
+        for agent in exposed(gateway, members)
     ]
     spec: Manifest = {"rules": [{"host": gateway.host, "http": {"paths": paths}}]}
     if gateway.class_name:
@@ -63,7 +67,7 @@ def gateway_ingress_body(gateway: GatewaySpec, members: Sequence[Agent]) -> tupl
     if gateway.tls:
         spec["tls"] = [{"hosts": [gateway.host], "secretName": gateway.tls.secret_name}]
     # One read timeout for the whole Ingress: the longest any member allows.
-    timeout = max((a.spec.mcp.timeout_seconds for a in exposed(members)), default=3600)
+    timeout = max((a.spec.mcp.timeout_seconds for a in exposed(gateway, members)), default=3600)
     annotations = {
         **sse_annotations(timeout),
         f"{NGINX}/use-regex": "true",
@@ -100,6 +104,5 @@ def build_gateway(swarm: Swarm, members: Sequence[Agent]) -> dict[tuple[Kind, st
         (HTTP_ROUTE, gateway_route_name(swarm, agent)): owned(
             swarm, HTTP_ROUTE, gateway_route_name(swarm, agent), gateway_route_body(gateway, agent)
         )
-        for agent in members
-        if agent.spec.mcp.enabled
+        for agent in exposed(gateway, members)
     }
