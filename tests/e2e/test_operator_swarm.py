@@ -142,6 +142,15 @@ def test_swarm_members_streams_status_and_finalizer(operator: Operator, namespac
     assert body["status"]["ready"] == f"{body['status']['readyAgents']}/3"
     assert set(body["status"]["streams"]) == {f"{base}_TASKS", f"{base}_DISCOVERIES", f"{base}_DLQ"}
     assert body["status"]["phase"] in ("Pending", "Degraded", "Running")
+    # Dead letters waiting: the DLQ stream's count, read with the others (kubectl's Dead-Letters column).
+    assert body["status"]["deadLetters"] == 0
+
+    async def dead_letter(js: Any) -> None:
+        await js.publish(f"{prefix}.dlq.research", b'{"reason": "a letter for the count"}')
+
+    jetstream(nats_server.url, dead_letter)
+    until(lambda: (namespace.must("swarm", "team").get("status") or {}).get("deadLetters") == 1, 30, "status.deadLetters 1")
+    assert "DEAD-LETTERS" in namespace.kubectl("get", "swarm", "team").stdout.splitlines()[0].split()
 
     discoveries = stream_config(nats_server.url, f"{base}_DISCOVERIES")
     assert discoveries.retention == "interest"
