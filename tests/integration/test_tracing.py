@@ -8,11 +8,14 @@ import json
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
 
 import aiohttp
 import pytest
 from kubeswarm_runtime import tracing
+from kubeswarm_runtime.client import SwarmClient
 from kubeswarm_runtime.tasks import TaskState
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -117,25 +120,32 @@ DELEGATION: Script = {
 }
 
 
+@asynccontextmanager
+async def lead_and_writer(nats_server: NatsServer, script: Script, lead_tools: dict[str, Any] | None = None) -> AsyncIterator[SwarmClient]:
+    """Two agents with chat models (the scripted stand-in): lead (capability lead) and writer (capability write)."""
+    prefix = unique_prefix()
+    async with scripted_model(script) as (url, _requests):
+        lead = agent_config(nats_server.url, prefix, "lead", ["lead"], model=model_config("anthropic", url, "lead"), tools=lead_tools or {})
+        writer = agent_config(nats_server.url, prefix, "writer", ["write"], model=model_config("anthropic", url, "writer"))
+        async with running(lead), running(writer), swarm_client(nats_server.url, prefix) as client:
+            yield client
+
+
 async def test_model_and_tool_calls_and_the_delegated_task_are_spans_of_the_task(
     nats_server: NatsServer, spans: InMemorySpanExporter
 ) -> None:
-    prefix = unique_prefix()
-    async with scripted_model(DELEGATION) as (url, _requests):
-        lead = agent_config(nats_server.url, prefix, "lead", ["lead"], model=model_config("anthropic", url, "lead"))
-        writer = agent_config(nats_server.url, prefix, "writer", ["write"], model=model_config("anthropic", url, "writer"))
-        async with running(lead), running(writer), swarm_client(nats_server.url, prefix) as client:
-            provider_tracer = tracing._tracer
-            assert provider_tracer is not None
-            with provider_tracer.start_as_current_span("caller") as caller:
-                record = await client.tasks.create("lead", "write something")
-            done = await client.tasks.wait(record.id, 60)
-            assert done.state is TaskState.SUCCEEDED, done.error
+    async with lead_and_writer(nats_server, DELEGATION) as client:
+        provider_tracer = tracing._tracer
+        assert provider_tracer is not None
+        with provider_tracer.start_as_current_span("caller") as caller:
+            record = await client.tasks.create("lead", "write something")
+        done = await client.tasks.wait(record.id, 60)
+        assert done.state is TaskState.SUCCEEDED, done.error
 
-            async def all_spans() -> bool:
-                return {"process lead", "chat lead", "execute_tool create_task", "process write", "chat writer"} <= set(by_name(spans))
+        async def all_spans() -> bool:
+            return {"process lead", "chat lead", "execute_tool create_task", "process write", "chat writer"} <= set(by_name(spans))
 
-            await wait_for(all_spans, what="the spans of both tasks")
+        await wait_for(all_spans, what="the spans of both tasks")
     found = by_name(spans)
     caller_id = caller.get_span_context().span_id
     run = found["process lead"]
@@ -152,6 +162,30 @@ async def test_model_and_tool_calls_and_the_delegated_task_are_spans_of_the_task
     # The delegated task: queued inside the tool call, so its run is a child of the call.
     assert parent_of(found["process write"]) == span_id(tool)
     assert parent_of(found["chat writer"]) == span_id(found["process write"])
+    assert len({trace_of(s) for s in found.values()}) == 1
+
+
+ASK_THE_WRITER: Script = {
+    "lead": [{"tool_calls": [{"name": "agent__writer", "arguments": {"input": "a line"}}]}, {"text": "done: {{results}}"}],
+    "writer": [{"text": "the line"}],
+}
+
+
+async def test_asking_another_agent_through_its_capability_is_a_child_of_the_tool_call(
+    nats_server: NatsServer, spans: InMemorySpanExporter
+) -> None:
+    async with lead_and_writer(nats_server, ASK_THE_WRITER, {"agents": [{"name": "writer", "capability": "write"}]}) as client:
+        done = await client.tasks.wait((await client.tasks.create("lead", "go")).id, 60)
+        assert done.state is TaskState.SUCCEEDED, done.error
+
+        async def answered() -> bool:
+            return {"execute_tool agent__writer", "answer write", "chat writer"} <= set(by_name(spans))
+
+        await wait_for(answered, what="the spans of the request to the writer")
+    found = by_name(spans)
+    answer = found["answer write"]
+    assert parent_of(answer) == span_id(found["execute_tool agent__writer"]) and answer.kind is SpanKind.SERVER
+    assert parent_of(found["chat writer"]) == span_id(answer)
     assert len({trace_of(s) for s in found.values()}) == 1
 
 

@@ -12,6 +12,7 @@ import nats
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from . import tracing
 from .codec import decode_json, encode_json
 from .connection import NatsConnection
 from .metrics import RuntimeMetrics
@@ -119,12 +120,11 @@ class CapabilityService:
         if not breaker.allow():
             raise CapabilityUnavailable(f"capability {capability!r} is failing; circuit open for up to {breaker.cooldown:.0f}s")
         self._requests_out.inc()
+        headers = {DEPTH_HEADER: str(depth)} if depth else {}
+        tracing.inject(headers)  # the answer is a child of the caller's span (a tool call of its model)
         try:
             reply = await self.conn.nc.request(
-                self.names.capability(capability),
-                encode_json(payload),
-                timeout=timeout_seconds,
-                headers={DEPTH_HEADER: str(depth)} if depth else None,
+                self.names.capability(capability), encode_json(payload), timeout=timeout_seconds, headers=headers or None
             )
         except nats.errors.NoRespondersError:
             breaker.failed()
@@ -171,12 +171,14 @@ class CapabilityService:
 
     async def _answer(self, msg: Msg, capability: str, handler: TaskHandler) -> None:
         self._requests_in.inc()
-        try:
-            payload = decode_json(msg.data) if msg.data else None
-            result = await handler.handle(TaskContext(msg.reply or "request", capability, payload, 1, self.agent, depth=depth_of(msg)))
-            answer: dict[str, Any] = {"ok": True, "result": result}
-        except Exception as exc:
-            answer = {"ok": False, "error": str(exc) or type(exc).__name__}
+        with tracing.answer_request(msg.headers, msg.subject, capability, self.agent) as span:
+            try:
+                payload = decode_json(msg.data) if msg.data else None
+                result = await handler.handle(TaskContext(msg.reply or "request", capability, payload, 1, self.agent, depth=depth_of(msg)))
+                answer: dict[str, Any] = {"ok": True, "result": result}
+            except Exception as exc:
+                answer = {"ok": False, "error": str(exc) or type(exc).__name__}
+                tracing.failed(span, answer["error"])
         with contextlib.suppress(nats.errors.Error):  # the connection closed meanwhile: the caller times out
             await msg.respond(encode_json(answer))
 

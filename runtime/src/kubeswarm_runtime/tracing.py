@@ -127,16 +127,31 @@ def run_task(
     """Around one run of a task: a consumer span, child of the context its creator put into the message's headers."""
     if _tracer is None:
         return contextlib.nullcontext()
-    attributes = {
-        messaging.MESSAGING_SYSTEM: "nats",
-        messaging.MESSAGING_OPERATION_TYPE: "process",
-        messaging.MESSAGING_DESTINATION_NAME: subject,
-        messaging.MESSAGING_MESSAGE_ID: task_id,
+    attributes = _processing(subject, capability) | {
         gen_ai.GEN_AI_AGENT_NAME: agent,
-        "kubeswarm.task.capability": capability,
+        messaging.MESSAGING_MESSAGE_ID: task_id,
         "kubeswarm.task.attempt": attempt,
     }
     return _span(f"process {capability}", SpanKind.CONSUMER, attributes, headers or {})
+
+
+def answer_request(
+    headers: Mapping[str, str] | None, subject: str, capability: str, replica: str
+) -> contextlib.AbstractContextManager[trace.Span | None]:
+    """Around answering one capability request (request/reply): a server span, child of the requester's context."""
+    if _tracer is None:
+        return contextlib.nullcontext()
+    attributes = _processing(subject, capability) | {gen_ai.GEN_AI_AGENT_ID: replica}
+    return _span(f"answer {capability}", SpanKind.SERVER, attributes, headers or {})
+
+
+def _processing(subject: str, capability: str) -> dict[str, Any]:
+    return {
+        messaging.MESSAGING_SYSTEM: "nats",
+        messaging.MESSAGING_OPERATION_TYPE: "process",
+        messaging.MESSAGING_DESTINATION_NAME: subject,
+        "kubeswarm.task.capability": capability,
+    }
 
 
 def model_call(provider: str, model: str, max_tokens: int) -> contextlib.AbstractContextManager[trace.Span | None]:
