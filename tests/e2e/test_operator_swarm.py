@@ -85,6 +85,15 @@ def condition(body: dict[str, Any] | None, type_: str) -> dict[str, Any] | None:
     return None
 
 
+def pods_settled(namespace: Namespace) -> bool:
+    pods = namespace.must("pods")["items"]
+    return all(
+        not pod["metadata"].get("deletionTimestamp")
+        and any(c["type"] == "Ready" and c["status"] == "True" for c in pod.get("status", {}).get("conditions", []))
+        for pod in pods
+    )
+
+
 @pytest.fixture
 def prefix(namespace: Namespace) -> str:
     return f"ks.{namespace.name}.{uuid.uuid4().hex[:8]}"
@@ -170,6 +179,8 @@ def test_swarm_members_streams_status_and_finalizer(operator: Operator, namespac
     until(lambda: "code" not in consumer_names(nats_server.url, f"{base}_TASKS"), 30, "the consumer nobody needs to go")
     assert namespace.get("agent", "gamma") is not None  # joined, not owned: stays
 
+    # On the real node a runtime still starting makes its swarm's stores: delete once none is.
+    until(lambda: pods_settled(namespace), 120, "every member pod Ready, none starting or stopping")
     namespace.kubectl("delete", "swarm", "team", "--wait=true", "--timeout=60s")
     until(lambda: stream_config(nats_server.url, f"{base}_TASKS") is None, 30, "the swarm's streams removed by the finalizer")
     assert stream_config(nats_server.url, f"KV_{base}_tasks") is None
