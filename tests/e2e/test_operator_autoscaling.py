@@ -146,9 +146,8 @@ def test_scale_to_zero_then_the_first_task_wakes_it(operator: Operator, namespac
     assert condition(body, "Ready")["reason"] == "ScaledToZero"  # type: ignore[index]
     assert "Idle" in namespace.kubectl("get", "agent", "sleeper").stdout  # the printer column, not a failure
 
-    published = time.monotonic()
+    # How fast the wake-up is belongs to bench/bench_autoscaling.py --from-zero, not to a timed assertion.
     publish_tasks(nats_server.url, f"{prefix}.tasks.dream", 1)
     until(lambda: replicas(namespace, "sleeper") == 1, 10, "the first task to bring one replica")
-    assert time.monotonic() - published < 5
     # The task waits in the queue for that replica (kwok's pods run nothing): not lost.
     until(lambda: (namespace.get("agent", "sleeper") or {}).get("status", {}).get("backlog") == 1, 30, "backlog 1 in status")
