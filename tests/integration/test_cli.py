@@ -202,7 +202,9 @@ def test_task_verbs_output_formats_and_stable_ports(up: Up) -> None:
     outside = kubeswarm("task", "review", "x", *creds, state=up.state)  # the creds do not cover ks.default.default
     assert outside.returncode == 1 and "NATS refused or did not answer under subject prefix ks.default.default" in outside.stderr
     anonymous = kubeswarm("agents", "--nats-url", state["nats_url"], "--connect-timeout", "2", state=up.state)
-    assert anonymous.returncode == 3 and "Authorization Violation" in anonymous.stderr and "pass --creds" in anonymous.stderr
+    # The server's -ERR can be lost to the reset that follows it (TCP discards what was unread), so either reason is fine.
+    assert anonymous.returncode == 3 and "pass --creds" in anonymous.stderr
+    assert "Authorization Violation" in anonymous.stderr or "Connection reset" in anonymous.stderr
     assert kubeswarm("discoveries", "--swarm", "research", state=up.state).stderr.startswith("No discoveries under subject prefix ks.")
 
 

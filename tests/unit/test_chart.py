@@ -39,6 +39,7 @@ EVERYTHING: Manifest = {
     "dashboards": {"enabled": True, "namespace": "monitoring", "annotations": {"grafana_folder": "kubeswarm"}},
     "operator": {"verbose": True, "extraEnv": [{"name": "AWS_REGION", "value": "eu-west-1"}]},
     "runtime": {"env": {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel-collector.observability.svc:4318"}},
+    "nats": {"networkPolicy": {"monitorFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]}},
 }
 NAMESPACED: Manifest = {"operator": {"watchNamespaces": ["team-a", "team-b"]}}
 EXTERNAL_NATS: Manifest = {"nats": {"enabled": False, "url": "nats://nats.messaging.svc:4222"}, "crds": {"keep": False}}
@@ -340,6 +341,19 @@ def test_nats_probes_and_lame_duck_follow_the_official_chart(rendered: dict[str,
     assert "pid_file: /var/run/nats/nats.pid" in nats_config(rendered["defaults"])
     assert spec["terminationGracePeriodSeconds"] > 30  # lame duck (30s) finishes before the kill
     assert one(rendered["defaults"], "PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
+
+
+def test_nats_ports_are_fenced_by_a_network_policy(rendered: dict[str, list[Manifest]]) -> None:
+    """Clients authenticate, so 4222 is open; routes only between the servers; monitoring (no auth) only nearby."""
+    nats_pods = one(rendered["defaults"], "StatefulSet")["spec"]["selector"]["matchLabels"]
+    for value_set, monitor_peers in (
+        ("defaults", [{"podSelector": {}}]),
+        ("everything", [{"podSelector": {}}, *EVERYTHING["nats"]["networkPolicy"]["monitorFrom"]]),
+    ):
+        policy = one(rendered[value_set], "NetworkPolicy")
+        assert policy["spec"]["podSelector"]["matchLabels"] == nats_pods
+        rules = {rule["ports"][0]["port"]: rule.get("from") for rule in policy["spec"]["ingress"]}
+        assert rules == {"client": None, "cluster": [{"podSelector": {"matchLabels": nats_pods}}], "monitor": monitor_peers}
 
 
 def test_external_nats_renders_no_nats_objects(rendered: dict[str, list[Manifest]]) -> None:
