@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import nats.errors
 from kubeswarm_runtime.client import SwarmClient
 from kubeswarm_runtime.config import NatsConfig, RuntimeConfig
 from kubeswarm_runtime.providers import TaskHandler
@@ -67,7 +68,16 @@ async def running(config: RuntimeConfig, handler: TaskHandler | None = None) -> 
 
 @asynccontextmanager
 async def swarm_client(nats_url: str, prefix: str) -> AsyncIterator[SwarmClient]:
-    client = await SwarmClient.connect(NatsConfig(url=nats_url), prefix, sender=f"test-{uuid.uuid4().hex[:6]}")
+    # Streams just made R3 on a fresh 3-node cluster may still be electing a leader: their JetStream API times out
+    # (5 s a request) until one is elected, so the client is opened again until a deadline.
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            client = await SwarmClient.connect(NatsConfig(url=nats_url), prefix, sender=f"test-{uuid.uuid4().hex[:6]}")
+            break
+        except nats.errors.TimeoutError:
+            if time.monotonic() > deadline:
+                raise
     try:
         yield client
     finally:
