@@ -105,9 +105,9 @@ def config_env(config: RuntimeConfig) -> dict[str, str]:
     return env
 
 
-def runtime_process(config: RuntimeConfig, log_dir: Path) -> ManagedProcess:
-    """An agent as its own process (``python -m kubeswarm_runtime``), as a pod runs it."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBESWARM_")} | config_env(config)
+def runtime_process(config: RuntimeConfig, log_dir: Path, extra_env: dict[str, str] | None = None) -> ManagedProcess:
+    """An agent as its own process (``python -m kubeswarm_runtime``), as a pod runs it; ``extra_env``: more settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBESWARM_")} | config_env(config) | (extra_env or {})
     process = ManagedProcess(config.replica_id, [sys.executable, "-m", "kubeswarm_runtime"], log_dir / f"{config.replica_id}.log", env=env)
     process.start()
     return process

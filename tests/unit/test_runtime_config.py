@@ -65,6 +65,14 @@ def test_invalid_config_names_the_fields(monkeypatch: pytest.MonkeyPatch) -> Non
     assert "KUBESWARM_CONCURRENCY (concurrency)" in str(err.value)
 
 
+def test_admission_bytes_must_hold_one_largest_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KUBESWARM_AGENT", "a")
+    monkeypatch.setenv("KUBESWARM_MCP__MAX_REQUEST_BYTES", str(2 << 20))
+    monkeypatch.setenv("KUBESWARM_MCP__MAX_IN_FLIGHT_BYTES", str(1 << 20))
+    with pytest.raises(ConfigError, match=r"max_in_flight_bytes must be at least mcp\.max_request_bytes"):
+        load_config()
+
+
 def test_entrypoint_exits_with_message_not_traceback() -> None:
     env = {"PATH": "/usr/bin:/bin", "KUBESWARM_MODEL__PROVIDER": "gpt"}
     proc = subprocess.run([sys.executable, "-m", "kubeswarm_runtime"], env=env, capture_output=True, text=True, timeout=60)

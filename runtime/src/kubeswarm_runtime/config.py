@@ -144,11 +144,25 @@ class McpConfig(Section):
     request_read_timeout_seconds: float = Field(default=30, gt=0, description="Slow clients: longest wait for a request body.")
     write_timeout_seconds: float = Field(default=30, gt=0, description="Slow clients: longest wait for a stream write to drain.")
     max_streams: int = Field(default=2048, ge=1, description="Concurrent SSE and WebSocket connections; 503 past it.")
+    max_in_flight: int = Field(
+        default=256, ge=1, description="HTTP requests doing work (every method but GET/HEAD/OPTIONS) served at once; 429 past it."
+    )
+    max_in_flight_bytes: int = Field(
+        default=32 * MIB,
+        ge=1024,
+        description="Their bodies' bytes at once (Content-Length, else max_request_bytes); 429 past it.",
+    )
     keepalive_seconds: float = Field(default=15, gt=0, description="Comment/ping interval on idle streams.")
     ws_max_in_flight: int = Field(
         default=32, ge=1, description="Requests one WebSocket, or one session on one replica, may have running at once."
     )
     tools_page_size: int = Field(default=50, ge=1)
+
+    @model_validator(mode="after")
+    def _check_admission(self) -> McpConfig:
+        if self.max_in_flight_bytes < self.max_request_bytes:
+            raise ValueError("mcp.max_in_flight_bytes must be at least mcp.max_request_bytes (else a request that large is never admitted)")
+        return self
 
 
 class StreamsConfig(Section):

@@ -85,6 +85,12 @@ class RuntimeMetrics:
             ["method", "outcome", "code"],
             registry=r,
         )
+        self.admission_rejected = Counter(
+            "kubeswarm_admission_rejected",
+            "Requests the MCP port refused before any work (429/503 with Retry-After), by reason (in_flight, in_flight_bytes, draining).",
+            ["reason"],
+            registry=r,
+        )
 
         self.a2a_requests = Counter(
             "kubeswarm_a2a_requests",

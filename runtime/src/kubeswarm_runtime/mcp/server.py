@@ -12,6 +12,7 @@ from ..agent2agent.endpoint import PATH as A2A_PATH
 from ..app import RUNTIME
 from ..webhooks import PATH as WEBHOOK_PATH
 from ..webhooks import Webhooks
+from .admission import Admission
 from .discovery_stream import DiscoveryStream
 from .fanout import DiscoveryFanout
 from .http import json_response
@@ -71,6 +72,8 @@ def serve_mcp(app: web.Application) -> None:
     app.on_shutdown.append(stop)
     # Outermost: refusals are counted with their final status, the 503 of swarm_unavailable included.
     app.middlewares.append(server.meter.refusals(carries_jsonrpc))
+    # Before any work (auth, body, NATS): a refusal here costs nothing that grows with the callers.
+    app.middlewares.append(Admission(config, lambda: runtime.draining, runtime.metrics.admission_rejected).middleware())
     app.middlewares.append(swarm_unavailable)
     if tracing.enabled():
         # Innermost: the span covers the answer, and its status code is the one sent.

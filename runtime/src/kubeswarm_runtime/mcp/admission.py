@@ -1,0 +1,68 @@
+"""Admission: a per-process bound on the HTTP requests doing work at once, decided before any of their work.
+
+A request that reads or streams (GET, HEAD, OPTIONS: probes, metadata, SSE and WebSocket streams, which
+``max_streams`` bounds) passes; any other (a POST's JSON-RPC, A2A, webhook; a DELETE) takes a place among
+``max_in_flight`` and reserves its body's bytes (its Content-Length, else ``max_request_bytes``) among
+``max_in_flight_bytes``. Past either: 429 with ``Retry-After`` and a JSON reason; while the replica drains
+(SIGTERM): 503, so callers go to another replica. What grows with concurrent callers (handlers, bodies,
+replies held) is so bounded per process, whatever the number of callers: they wait, the process does not grow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
+from prometheus_client import Counter
+
+from ..config import McpConfig
+from .security import problem
+
+PASSING_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+RETRY_AFTER_SECONDS = 1  # work is short: a place frees within a second at the rates a replica serves
+REASONS = ("in_flight", "in_flight_bytes", "draining")
+
+
+class Admission:
+    def __init__(self, config: McpConfig, draining: Callable[[], bool], rejected: Counter) -> None:
+        self.max_in_flight = config.max_in_flight
+        self.max_bytes = config.max_in_flight_bytes
+        self.body_limit = config.max_request_bytes
+        self.draining = draining
+        self.in_flight = 0
+        self.bytes = 0
+        self._rejected = {reason: rejected.labels(reason) for reason in REASONS}
+
+    def _refuse(self, status: type[web.HTTPException], reason: str, error: str, description: str) -> web.HTTPException:
+        self._rejected[reason].inc()
+        return problem(status, error, description, {"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+    def _reserve(self, request: web.Request) -> int:
+        """The bytes the request's body may take (413 comes later, when it is read, for one past the limit)."""
+        length = request.content_length
+        return self.body_limit if length is None else min(length, self.body_limit)
+
+    def middleware(self) -> Middleware:
+        @web.middleware
+        async def admit(request: web.Request, handler: Handler) -> web.StreamResponse:
+            if request.method in PASSING_METHODS:
+                return await handler(request)
+            if self.draining():
+                raise self._refuse(web.HTTPServiceUnavailable, "draining", "draining", "this replica is shutting down; retry")
+            if self.in_flight >= self.max_in_flight:
+                description = f"this replica serves at most {self.max_in_flight} requests at once; retry"
+                raise self._refuse(web.HTTPTooManyRequests, "in_flight", "overloaded", description)
+            size = self._reserve(request)
+            if self.bytes + size > self.max_bytes:
+                description = f"this replica holds at most {self.max_bytes} bytes of requests at once; retry"
+                raise self._refuse(web.HTTPTooManyRequests, "in_flight_bytes", "overloaded", description)
+            self.in_flight += 1
+            self.bytes += size
+            try:
+                return await handler(request)
+            finally:
+                self.in_flight -= 1
+                self.bytes -= size
+
+        return admit

@@ -1,0 +1,178 @@
+"""Admission on the MCP port of a runtime process (real nats-server): past ``max_in_flight``, 429 + Retry-After before
+any work; while the replica drains, 503; under the bound every request is served, and nothing is lost either way."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from kubeswarm_runtime.client import SwarmClient
+from kubeswarm_runtime.tasks import TaskState
+
+from tests.integration.runtime_helpers import agent_config, running, runtime_process, swarm_client, unique_prefix, wait_for
+from tests.integration.test_mcp_support import modern_call
+from tests.testbed.nats import NatsServer
+from tests.testbed.procs import ManagedProcess
+
+pytestmark = pytest.mark.integration
+
+MAX_IN_FLIGHT = 4
+LIMITS = {"KUBESWARM_MCP__MAX_IN_FLIGHT": str(MAX_IN_FLIGHT), "KUBESWARM_MCP__RATE_LIMIT_PER_SECOND": "0"}
+
+
+@dataclass
+class Replica:
+    process: ManagedProcess
+    prefix: str  # its swarm's subject prefix
+    url: str  # http://127.0.0.1:<mcp port>
+    metrics: str  # its /metrics URL
+
+    async def create_task(self, http: aiohttp.ClientSession, arguments: dict[str, Any]) -> tuple[int, dict[str, str], Any]:
+        """create_task over MCP (2026-07-28, a JSON answer): status, headers, body."""
+        body, headers = modern_call("tools/call", {"name": "create_task", "arguments": arguments})
+        async with http.post(self.url + "/mcp", json=body, headers={**headers, "Accept": "application/json"}) as response:
+            return response.status, dict(response.headers), await response.json(content_type=None)
+
+    async def sample(self, http: aiohttp.ClientSession, line: str) -> float | None:
+        async with http.get(self.metrics) as response:
+            for text in (await response.text()).splitlines():
+                if text.startswith(line + " "):
+                    return float(text.split()[-1])
+        return None
+
+
+@asynccontextmanager
+async def replica(nats_url: str, prefix: str, log_dir: Path, capabilities: list[str]) -> AsyncIterator[Replica]:
+    process = runtime_process(agent_config(nats_url, prefix, "front", capabilities), log_dir, LIMITS)
+    assert process.env is not None
+    found = Replica(
+        process,
+        prefix,
+        f"http://127.0.0.1:{process.env['KUBESWARM_MCP__PORT']}",
+        f"http://127.0.0.1:{process.env['KUBESWARM_METRICS_PORT']}/metrics",
+    )
+    try:
+        async with aiohttp.ClientSession() as http:
+
+            async def ready() -> bool:
+                try:
+                    async with http.get(found.url + "/readyz") as response:
+                        return response.status == 200
+                except aiohttp.ClientError:
+                    return False
+
+            await wait_for(ready, timeout=60, what="the replica ready")
+        yield found
+    finally:
+        process.stop()
+
+
+@asynccontextmanager
+async def served(nats_url: str, log_dir: Path) -> AsyncIterator[tuple[Replica, SwarmClient, aiohttp.ClientSession]]:
+    """A replica serving echo, a swarm client of its swarm, and an HTTP client without a connection cap."""
+    prefix = unique_prefix()
+    async with (
+        replica(nats_url, prefix, log_dir, ["echo"]) as front,
+        swarm_client(nats_url, prefix) as client,
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http,
+    ):
+        yield front, client, http
+
+
+async def test_past_the_bound_429_with_retry_after_before_any_work(nats_server: NatsServer, tmp_path: Path) -> None:
+    async with served(nats_server.url, tmp_path) as (front, client, http):
+        # MAX_IN_FLIGHT callers wait on tasks of a capability nobody serves yet: the replica's places are all taken.
+        held_ids = [f"held-{i}" for i in range(MAX_IN_FLIGHT)]
+        held = [
+            asyncio.create_task(front.create_task(http, {"capability": "held", "task_id": task_id, "wait_seconds": 60}))
+            for task_id in held_ids
+        ]
+
+        async def all_created() -> bool:
+            return all([await client.tasks.get(task_id) is not None for task_id in held_ids])
+
+        await wait_for(all_created, what="the held tasks created")
+        status, headers, body = await front.create_task(http, {"capability": "echo", "task_id": "over"})
+        assert status == 429
+        assert headers["Retry-After"] == "1"
+        assert body["error"] == "overloaded"
+        assert f"at most {MAX_IN_FLIGHT} requests" in body["error_description"]
+        assert await client.tasks.get("over") is None  # refused before any work
+        async with http.get(front.url + "/readyz") as response:
+            assert response.status == 200  # probes (and streams) are not requests doing work
+        assert await front.sample(http, 'kubeswarm_admission_rejected_total{reason="in_flight"}') == 1.0
+        assert await front.sample(http, 'kubeswarm_mcp_requests_total{code="429",method="none",outcome="error"}') == 1.0
+
+        # A worker for "held" comes: the admitted callers get their results, and the refused one, retrying, is admitted.
+        async with running(agent_config(nats_server.url, front.prefix, "worker", ["held"])):
+            for answer in await asyncio.gather(*held):
+                assert answer[0] == 200
+                assert answer[2]["result"]["structuredContent"]["task"]["state"] == TaskState.SUCCEEDED
+
+        async def retried() -> bool:
+            return (await front.create_task(http, {"capability": "echo", "task_id": "over"}))[0] == 200
+
+        await wait_for(retried, what="the refused call admitted on retry")
+        assert (await client.tasks.wait("over", 30)).state is TaskState.SUCCEEDED
+
+
+async def test_a_flood_past_the_bound_loses_nothing_and_runs_nothing_twice(nats_server: NatsServer, tmp_path: Path) -> None:
+    callers = 12 * MAX_IN_FLIGHT
+    task_ids = [uuid.uuid4().hex for _ in range(callers)]
+    refused: list[int] = []
+    async with served(nats_server.url, tmp_path) as (front, client, http):
+
+        async def caller(task_id: str) -> dict[str, Any]:
+            # Each waits for its result in the call, so places stay taken while the replica runs the tasks.
+            while True:
+                status, headers, body = await front.create_task(http, {"capability": "echo", "task_id": task_id, "wait_seconds": 30})
+                if status not in (429, 503):
+                    assert status == 200, body
+                    task: dict[str, Any] = body["result"]["structuredContent"]["task"]
+                    return task
+                refused.append(status)
+                await asyncio.sleep(float(headers["Retry-After"]))  # as a well-behaved client does
+
+        tasks = await asyncio.gather(*(caller(task_id) for task_id in task_ids))
+        assert sorted(task["id"] for task in tasks) == sorted(task_ids)
+        assert all(task["state"] == TaskState.SUCCEEDED for task in tasks)
+        assert refused and set(refused) == {429}  # the flood went past the bound
+        for task_id in task_ids:
+            record = await client.tasks.get(task_id)
+            assert record is not None and record.state is TaskState.SUCCEEDED
+        succeeded = 'kubeswarm_tasks_total{capability="echo",outcome="succeeded"}'
+        assert await front.sample(http, succeeded) == callers  # each ran once
+        assert await front.sample(http, 'kubeswarm_admission_rejected_total{reason="in_flight"}') == len(refused)
+
+
+async def test_a_draining_replica_answers_503_with_retry_after(nats_server: NatsServer, tmp_path: Path) -> None:
+    async with served(nats_server.url, tmp_path) as (front, client, http):
+        # A long task keeps the replica draining (its shutdown grace) after SIGTERM.
+        assert (await front.create_task(http, {"capability": "echo", "task_id": "long", "input": {"sleep": 60}}))[0] == 200
+
+        async def long_running() -> bool:
+            record = await client.tasks.get("long")
+            return record is not None and record.state is TaskState.RUNNING
+
+        await wait_for(long_running, what="the long task running")
+        os.kill(front.process.pid, signal.SIGTERM)
+        answers: list[tuple[int, dict[str, str], Any]] = []
+
+        async def refused() -> bool:
+            answers.append(await front.create_task(http, {"capability": "echo"}))
+            return answers[-1][0] == 503
+
+        await wait_for(refused, what="a 503 from the draining replica")
+        _, headers, body = answers[-1]
+        assert headers["Retry-After"] == "1"
+        assert body["error"] == "draining"
+        assert await front.sample(http, 'kubeswarm_admission_rejected_total{reason="draining"}') == 1.0
