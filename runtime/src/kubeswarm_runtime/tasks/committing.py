@@ -141,16 +141,22 @@ class SuccessCommitter:
             log.info("state publish failed: %s", exc)
         finally:
             del self._batches[number]  # late confirmations are ignored: those states are written again
-        for (msg, task, data), stored in zip(batch, confirmations.stored, strict=True):
-            if stored:
-                try:
-                    await self.outcomes.succeeded(msg, task, data)
-                finally:
-                    self.committed(task.id)
-            else:
-                retry = asyncio.create_task(self._commit_patiently(msg, task, data))
-                self._retrying.add(retry)
-                retry.add_done_callback(self._retrying.discard)
+        delivered: dict[str, int] = {}  # successes by capability, counted once per batch
+        try:
+            for (msg, task, data), stored in zip(batch, confirmations.stored, strict=True):
+                if stored:
+                    try:
+                        await self.outcomes.deliver_success(msg, task, data)
+                        delivered[task.capability] = delivered.get(task.capability, 0) + 1
+                    finally:
+                        self.committed(task.id)
+                else:
+                    retry = asyncio.create_task(self._commit_patiently(msg, task, data))
+                    self._retrying.add(retry)
+                    retry.add_done_callback(self._retrying.discard)
+        finally:
+            for capability, tasks in delivered.items():
+                self.outcomes.count_succeeded(capability, tasks)
 
     async def _commit_patiently(self, msg: Msg, task: TaskMessage, data: bytes) -> None:
         try:

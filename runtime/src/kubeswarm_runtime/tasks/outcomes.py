@@ -43,11 +43,11 @@ class TaskOutcomes:
         self._durations: dict[str, Any] = {}
         self._background: set[asyncio.Future[None]] = set()
 
-    def count(self, capability: str, outcome: str) -> None:
+    def count(self, capability: str, outcome: str, tasks: int = 1) -> None:
         counter = self._outcomes.get((capability, outcome))
         if counter is None:
             counter = self._outcomes[capability, outcome] = self.metrics.tasks.labels(capability, outcome)
-        counter.inc()
+        counter.inc(tasks)
 
     def observe_duration(self, capability: str, seconds: float) -> None:
         histogram = self._durations.get(capability)
@@ -79,10 +79,18 @@ class TaskOutcomes:
 
     async def succeeded(self, msg: Msg, task: TaskMessage, record: bytes) -> None:
         """Its state is stored: publish the result, ack the delivery, count it."""
+        await self.deliver_success(msg, task, record)
+        self.count_succeeded(task.capability, 1)
+
+    async def deliver_success(self, msg: Msg, task: TaskMessage, record: bytes) -> None:
+        """Its state is stored: publish the result and ack the delivery (counted apart, see ``count_succeeded``)."""
         await self.conn.nc.publish(self._result_prefix + task.id, record)
         await msg.ack()
-        self._results_out.inc()
-        self.count(task.capability, "succeeded")
+
+    def count_succeeded(self, capability: str, tasks: int) -> None:
+        """``tasks`` successes of ``capability`` delivered: counted at once (an inc costs a lock)."""
+        self._results_out.inc(tasks)
+        self.count(capability, "succeeded", tasks)
 
     async def dead_letter(self, msg: Msg, task: TaskMessage, attempts: int, reason: str, steps: list[dict[str, Any]] | None = None) -> None:
         if await self.send_dead_letter(task, attempts, reason, steps):

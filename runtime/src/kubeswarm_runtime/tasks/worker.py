@@ -1,7 +1,7 @@
 """A replica's worker: consumes the task queues of its capabilities, ``concurrency`` tasks at a time.
 
 Its parts talk through small interfaces: :class:`Puller` takes tasks off one
-consumer, :class:`RunWatch` times one run, :class:`TaskOutcomes` writes
+consumer, :class:`RunWatches` time the runs, :class:`TaskOutcomes` writes
 states, results and dead letters, :class:`SuccessCommitter` confirms
 successes in batches.
 """
@@ -38,7 +38,7 @@ from .outcomes import TaskOutcomes
 from .pulling import Puller, deliveries
 from .records import TaskMessage, TaskState, encode_record
 from .service import TaskService, stored_record
-from .watch import RunWatch
+from .watch import RunWatches
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,7 @@ class TaskWorker:
         self.inflight: dict[str, asyncio.Task[None]] = {}
         self._deliveries: dict[str, Msg] = {}
         self.outcomes = TaskOutcomes(conn, names, config.replica_id, metrics)
+        self._watches = RunWatches(config.task_timeout_seconds, self.outcomes.publish_running)
         # Succeeded tasks whose state is not yet confirmed: still this replica's (kept alive, redeliveries left alone).
         self._committing: set[str] = set()
         self._committer = SuccessCommitter(conn.nc, self.outcomes, self._committed)
@@ -172,6 +173,8 @@ class TaskWorker:
                     if not (sweep or puller.maybe_more):
                         continue
                     msgs = await self._fetch(puller, free)
+                    if msgs:
+                        self._tasks_in.inc(len(msgs))  # once per batch: an inc costs a lock
                     for msg in msgs:
                         try:
                             await self._start(msg, puller)
@@ -225,7 +228,6 @@ class TaskWorker:
 
     async def _run(self, msg: Msg, task: TaskMessage, puller: Puller) -> None:
         attempt = deliveries(msg)
-        self._tasks_in.inc()
         if task.id in self.cancelled:
             await msg.ack()
             self.outcomes.count(task.capability, "cancelled")
@@ -263,7 +265,7 @@ class TaskWorker:
                 steps=steps,
                 on_step=lambda: self.outcomes.publish_step(task, state(TaskState.RUNNING), steps[-1]),
             )
-            watch = RunWatch(task, state, self.config.task_timeout_seconds, self.outcomes.publish_running)
+            watch = self._watches.start(task, state, self.inflight[task.id])  # its runner: the current task
             try:
                 result = await self.handler.handle(ctx)
             except asyncio.CancelledError:
@@ -369,6 +371,7 @@ class TaskWorker:
             for task in late:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
+        self._watches.close()
         await self._committer.flush()
         for background in (self._committer_task, self._keepalive_task, self._watch_task):
             if background is not None:
