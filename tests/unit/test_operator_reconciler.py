@@ -34,7 +34,15 @@ class RecordingKube:
         self.objects[obj["kind"], obj["metadata"]["name"]] = obj
         return obj
 
-    async def create(self, obj: Manifest) -> Manifest:
+    async def apply_new(self, obj: Manifest) -> bool:
+        if (obj["kind"], obj["metadata"]["name"]) in self.objects:
+            return False  # the API server's 409: the name is taken
+        await self.apply(obj)
+        return True
+
+    async def create(self, obj: Manifest) -> Manifest | None:
+        if (obj["kind"], obj["metadata"]["name"]) in self.objects:
+            return None  # the API server's 409: the name is taken
         self.writes.append(("create", obj["kind"], obj["metadata"]["name"]))
         self.objects[obj["kind"], obj["metadata"]["name"]] = obj
         return obj

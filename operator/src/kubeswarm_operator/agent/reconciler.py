@@ -116,6 +116,7 @@ class AgentReconciler:
         self._recent: dict[tuple[str, str, str], tuple[str, float]] = {}
         self._recent_status: dict[Key, tuple[AgentStatus, float]] = {}
         self._phases: dict[Key, str] = {}
+        self._phase_counts: dict[str, int] = {}  # Agents by phase, kept as phases change (not recounted: O(1) per change)
         self._replica_labels: dict[Key, tuple[str, str, str]] = {}  # (namespace, agent, swarm) of its replica series
         self._posting: set[asyncio.Task[None]] = set()
         # What the operator's loops (autoscaler, AWS secret sync, HTTPRoutes) found; merged into the status.
@@ -174,8 +175,7 @@ class AgentReconciler:
         self.queue.forget(key)
         self._locks.pop(key, None)
         self._recent_status.pop(key, None)
-        self._phases.pop(key, None)
-        self._count_phases()
+        self._count_phase(key, None)
         self._drop_replica_series(key)
 
     async def resync_forever(self) -> None:
@@ -342,23 +342,26 @@ class AgentReconciler:
                 return None
             await self.kube.delete(kind, namespace, name)
             return f"deleted {kind.kind} {name}"
-        if live is None:
-            # Our watches see only our own objects (and other Secrets and ConfigMaps as digests): an apply would
-            # take over one of someone else's, so look before creating.
-            existing = await self.kube.get(kind, namespace, name)
-            if existing is not None and not controlled_by(existing, agent.metadata.uid):
-                raise NameConflict(kind, name)
         if live is not None and contains(live, want) and not (kind is SECRET and new_secret):
             return None
         wanted_hash = want["metadata"]["annotations"][SPEC_HASH_ANNOTATION]
         recent_key = (kind.kind, namespace, name)
         last = self._recent.get(recent_key)
-        if last is not None and last[0] == wanted_hash and time.monotonic() < last[1]:
-            # We wrote exactly this moments ago: the watch may lag behind it (no reason to write it again), or
-            # someone edited it since (a reason to, now). One fresh read tells which.
+        # Written exactly so moments ago: the watch may lag behind it (no reason to write it again), or someone
+        # edited it since (a reason to, now). One fresh read tells which.
+        settling = last is not None and last[0] == wanted_hash and time.monotonic() < last[1]
+        # Our watches see only our own objects (and other Secrets and ConfigMaps as digests): a plain apply would
+        # take over one of someone else's, so create only; where the name is taken, the fresh read tells whose.
+        if live is None and not settling and await self._create(kind, want, new_secret):
+            self._recent[recent_key] = (wanted_hash, time.monotonic() + SETTLE_SECONDS)
+            return f"created {kind.kind} {name}"
+        if live is None or settling:
             fresh = await self.kube.get(kind, namespace, name)
+            if fresh is not None and not controlled_by(fresh, agent.metadata.uid):
+                raise NameConflict(kind, name)
             if fresh is not None and contains(fresh, want):
-                return None
+                return None  # a Secret's keys included: never overwritten from a view that lags
+            live = fresh
         if kind is SECRET and new_secret is not None:
             with_data = {**want, "data": dict(new_secret)}
             if live is None:
@@ -374,6 +377,12 @@ class AgentReconciler:
         if live.get("metadata", {}).get("annotations", {}).get(SPEC_HASH_ANNOTATION) == wanted_hash:
             return f"reverted a change made outside the Agent to {kind.kind} {name}"
         return f"updated {kind.kind} {name}"
+
+    async def _create(self, kind: Kind, want: Manifest, new_secret: Mapping[str, str] | None) -> bool:
+        """Create the child; False, writing nothing, where an object of its name exists."""
+        if kind is SECRET and new_secret is not None:
+            return await self.kube.create({**want, "data": dict(new_secret)}) is not None
+        return await self.kube.apply_new(want)
 
     async def _apply(self, kind: Kind, want: Manifest, live: Manifest | None) -> None:
         try:
@@ -397,9 +406,7 @@ class AgentReconciler:
         old = recent[0] if recent is not None and time.monotonic() < recent[1] else agent.status
         seen = agent.model_copy(update={"status": old})
         new = self.findings.merge(key, compute_status(seen, observed, stamped_at), old, stamped_at)
-        if self._phases.get(key) != new.phase:
-            self._phases[key] = str(new.phase)
-            self._count_phases()
+        self._count_phase(key, str(new.phase))
         self._count_replicas(agent, observed, new)
         events = self._action_events(agent, actions)
         changed = old is None or status_patch(old) != status_patch(new)
@@ -456,9 +463,17 @@ class AgentReconciler:
                 with contextlib.suppress(KeyError):
                     metrics.AGENT_REPLICAS.remove(*labels, state)
 
-    def _count_phases(self) -> None:
-        counts: dict[str, int] = {}
-        for phase in self._phases.values():
+    def _count_phase(self, key: Key, phase: str | None) -> None:
+        """The Agent ``key`` is in ``phase`` now (None: gone): the Agents-by-phase gauges follow."""
+        old = self._phases.pop(key, None)
+        if phase is not None:
+            self._phases[key] = phase
+        if old == phase:
+            return
+        counts = self._phase_counts
+        if old is not None:
+            counts[old] -= 1
+        if phase is not None:
             counts[phase] = counts.get(phase, 0) + 1
-        for phase in ("Pending", "Running", "Degraded", "Failed"):
-            metrics.AGENTS.labels(phase).set(counts.get(phase, 0))
+        for shown in ("Pending", "Running", "Degraded", "Failed"):
+            metrics.AGENTS.labels(shown).set(counts.get(shown, 0))

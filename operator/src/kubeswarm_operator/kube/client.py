@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 # --sort-by=.lastTimestamp` and the LAST SEEN column read.
 EVENTS_PATH = "/api/v1/namespaces/{namespace}/events"
 TIMEOUT = aiohttp.ClientTimeout(total=60, connect=10)
+# A resourceVersion no stored object has: etcd starts at revision 1 and its first write makes revision 2.
+NO_STORED_VERSION = "1"
 
 
 class ApiError(Exception):
@@ -108,12 +110,16 @@ class Kube:
         body: object = None,
         query: list[tuple[str, str]] | None = None,
         content_type: str = "application/json",
+        parse: bool = True,
     ) -> Manifest:
+        """The answer parsed; ``parse=False``: read (the connection is reused) but not parsed, an empty dict returned."""
         data = None if body is None else json.dumps(body, separators=(",", ":"))
         async with self._response(
             verb, what, verb, path, params=query or None, data=data, headers={"Content-Type": content_type}
         ) as response:
-            result: Manifest = json.loads(await response.read())
+            answer = await response.read()
+        # Most writes' answers are never read: a whole object, managedFields included, not worth parsing.
+        result: Manifest = json.loads(answer) if parse else {}
         return result
 
     @contextlib.asynccontextmanager
@@ -159,19 +165,35 @@ class Kube:
                     start = end + 1
                 del buffer[:start]
 
-    async def apply(self, obj: Manifest, field_manager: str | None = None) -> Manifest:
+    async def apply(self, obj: Manifest, field_manager: str | None = None, *, parse: bool = True) -> Manifest:
         """Server-side apply under ``field_manager`` (default: ours); force takes fields back from hand edits."""
         kind = KINDS_BY_NAME[obj["kind"]]
         path = kind_path(kind, obj["metadata"]["namespace"], obj["metadata"]["name"])
         query = [("fieldManager", field_manager or self.field_manager), ("force", "true")]
         try:
-            return await self._call("PATCH", kind.kind, path, body=obj, query=query, content_type="application/apply-patch+yaml")
+            content_type = "application/apply-patch+yaml"
+            return await self._call("PATCH", kind.kind, path, body=obj, query=query, content_type=content_type, parse=parse)
         except ApiError as error:
             # An apply creates what is missing, so a 404 means the kind itself is unknown.
             if error.status == 404 and kind.optional:
                 message = f"the cluster does not serve {kind.kind} ({kind.api_version}); install its CRDs"
                 raise KindNotInstalled(error.status, message) from None
             raise
+
+    async def apply_new(self, obj: Manifest) -> bool:
+        """Server-side apply that only creates: False, writing nothing, if an object of that name exists (ours or not).
+
+        One request where a look (GET) and an apply were two: the apply carries a resourceVersion no stored
+        object has, so on an existing one it fails its precondition (409), and a create ignores it.
+        """
+        meta = {**obj["metadata"], "resourceVersion": NO_STORED_VERSION}
+        try:
+            await self.apply({**obj, "metadata": meta}, parse=False)
+        except ApiError as error:
+            if error.status == 409:
+                return False
+            raise
+        return True
 
     async def create(self, obj: Manifest) -> Manifest | None:
         """Create, or None if it already exists (then nothing is overwritten)."""
@@ -209,15 +231,16 @@ class Kube:
         encoded = (secret or {}).get("data", {}).get(key)
         return base64.b64decode(encoded).decode() if encoded is not None else None
 
-    async def merge_patch(self, kind: Kind, namespace: str, name: str, patch: Manifest, subresource: str = "") -> Manifest:
+    async def merge_patch(
+        self, kind: Kind, namespace: str, name: str, patch: Manifest, subresource: str = "", *, parse: bool = True
+    ) -> Manifest:
         """A JSON merge patch of the object or of one of its subresources (``status``, ``scale``)."""
         path = kind_path(kind, namespace, name) + (f"/{subresource}" if subresource else "")
-        return await self._call(
-            "PATCH", kind.kind, path, body=patch, content_type="application/merge-patch+json", query=[("fieldManager", self.field_manager)]
-        )
+        content_type, query = "application/merge-patch+json", [("fieldManager", self.field_manager)]
+        return await self._call("PATCH", kind.kind, path, body=patch, content_type=content_type, query=query, parse=parse)
 
     async def patch_status(self, kind: Kind, namespace: str, name: str, status: Manifest) -> None:
-        await self.merge_patch(kind, namespace, name, {"status": status}, subresource="status")
+        await self.merge_patch(kind, namespace, name, {"status": status}, subresource="status", parse=False)
 
     async def scale(self, kind: Kind, namespace: str, name: str, replicas: int) -> None:
         """Set replicas through the scale subresource, as an HPA does."""
@@ -253,7 +276,7 @@ class Kube:
             "reportingInstance": self.instance[:128],
         }
         try:
-            await self._call("POST", "Event", EVENTS_PATH.format(namespace=regarding["namespace"]), body=event)
+            await self._call("POST", "Event", EVENTS_PATH.format(namespace=regarding["namespace"]), body=event, parse=False)
         except ApiError as error:
             # An event is not worth failing a reconcile for.
             if not namespace_terminating(error):
