@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -9,9 +10,10 @@ from pathlib import Path
 
 import pytest
 from kubeswarm_runtime.capabilities import CircuitBreaker
-from kubeswarm_runtime.config import ConfigError, load_config
+from kubeswarm_runtime.config import ConfigError, RuntimeConfig, load_config
 from kubeswarm_runtime.manifests import ManifestError, load_manifests
 from kubeswarm_runtime.names import PRIORITIES, SwarmNames
+from kubeswarm_runtime.processes import config_line
 from kubeswarm_runtime.providers.retry import retry_after
 from kubeswarm_runtime.render import MCP_JWT_KEY_ENV, MODEL_API_KEY_ENV, SECRET_ENV_NAMES, render_runtime_env
 from kubeswarm_runtime.resources import Agent, Swarm
@@ -175,3 +177,26 @@ def test_retry_after_forms() -> None:
     assert retry_after({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}) == 0.0
     assert retry_after({"retry-after": "100000"}) == 60.0
     assert retry_after({}) is None
+
+
+def test_mcp_processes_rendered_only_past_one_and_read_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    def env(processes: int) -> dict[str, str]:
+        spec = {"swarm": "lab", "mcp": {"processes": processes}}
+        return render_runtime_env(
+            Agent.model_validate({"kind": "Agent", "metadata": {"name": "a"}, "spec": spec}), None, namespace="n", nats_url="nats://n:4222"
+        )
+
+    assert "KUBESWARM_MCP__PROCESSES" not in env(1)  # the runtime's default: the pods of existing Agents stay as they are
+    rendered = env(3)
+    assert rendered["KUBESWARM_MCP__PROCESSES"] == "3"
+    for name, value in rendered.items():
+        monkeypatch.setenv(name, value)
+    assert load_config().mcp.processes == 3
+    with pytest.raises(ValueError, match="processes"):
+        Agent.model_validate({"kind": "Agent", "metadata": {"name": "a"}, "spec": {"mcp": {"processes": 0}}})
+
+
+def test_a_serving_process_reads_back_the_whole_config_secrets_included() -> None:
+    config = load_config(agent="a", mcp={"jwt_key": "k" * 32, "processes": 2}, nats={"creds_file": "/creds/user.creds", "password": "pw"})
+    again = RuntimeConfig.model_validate(json.loads(config_line(config)))
+    assert again == config and again.mcp.jwt_key is not None and again.mcp.jwt_key.get_secret_value() == "k" * 32

@@ -9,7 +9,10 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import signal
+import socket
+import sys
 from collections.abc import Callable
 
 from aiohttp import web
@@ -18,6 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from . import tracing
 from .config import RuntimeConfig
 from .metrics import RuntimeMetrics
+from .processes import ServingProcesses, exposition
 from .runtime import AgentRuntime
 
 log = logging.getLogger(__name__)
@@ -39,12 +43,24 @@ def settle_heap() -> None:
     gc.freeze()
 
 
+def leave_with_first_process(stop: asyncio.Event) -> None:
+    """A serving process stops when its stdin (a pipe from the replica's first process) closes: that process is gone."""
+    loop = asyncio.get_running_loop()
+
+    def readable() -> None:
+        if not os.read(sys.stdin.fileno(), 4096):
+            loop.remove_reader(sys.stdin.fileno())
+            stop.set()
+
+    loop.add_reader(sys.stdin.fileno(), readable)
+
+
 def build_app(runtime: AgentRuntime) -> web.Application:
     app = web.Application(client_max_size=1024 * 1024)
     app[RUNTIME] = runtime
 
     async def healthz(_request: web.Request) -> web.Response:
-        if runtime.started and not runtime.worker.alive:
+        if runtime.worker_died:
             return web.json_response({"status": "the task worker stopped"}, status=503)
         if runtime.conn.closed_unexpectedly:
             return web.json_response({"status": "the NATS connection closed (e.g. its credentials expired)"}, status=503)
@@ -60,24 +76,31 @@ def build_app(runtime: AgentRuntime) -> web.Application:
     return app
 
 
-def build_metrics_app(metrics: RuntimeMetrics) -> web.Application:
+def build_metrics_app(metrics: RuntimeMetrics, serving: ServingProcesses | None = None) -> web.Application:
+    """``/metrics``: this process's metrics, and those of its serving processes when it has some."""
+
     async def scrape(_request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+        body = generate_latest(metrics.registry) if serving is None else exposition(metrics.registry, await serving.scrape())
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     app = web.Application()
     app.router.add_get("/metrics", scrape)
     return app
 
 
-async def _serve(app: web.Application, port: int, host: str) -> web.AppRunner:
+async def _serve(app: web.Application, site: Callable[[web.AppRunner], web.BaseSite]) -> web.AppRunner:
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, host, port).start()
+    await site(runner).start()
     return runner
 
 
-async def run_agent(config: RuntimeConfig, *, extensions: tuple[AppExtension, ...] = ()) -> None:
-    """Run one agent until SIGTERM/SIGINT, then shut down gracefully."""
+async def run_agent(config: RuntimeConfig, *, extensions: tuple[AppExtension, ...] = (), serving: tuple[int, int] | None = None) -> None:
+    """Run one agent until SIGTERM/SIGINT, then shut down gracefully.
+
+    With ``mcp.processes`` > 1 its MCP port is shared (SO_REUSEPORT) with serving processes it starts; ``serving``
+    (their number, and the socket of their metrics) makes this process one of those (kubeswarm_runtime.serving).
+    """
     endpoint = f"http://{config.replica_id}:{config.mcp.port}/mcp" if config.mcp.enabled else None
     traces = tracing.setup_from_env(
         f"kubeswarm-{config.agent}",
@@ -88,22 +111,45 @@ async def run_agent(config: RuntimeConfig, *, extensions: tuple[AppExtension, ..
     for extend in extensions:
         extend(app)
     # Probes answer from the first moment (liveness), readiness once NATS is usable.
-    host = config.listen_host
-    runners = [await _serve(app, config.mcp.port, host), await _serve(build_metrics_app(runtime.metrics), config.metrics_port, host)]
+    host, port = config.listen_host, config.mcp.port
+    shared = config.mcp.enabled and config.mcp.processes > 1
+    others = ServingProcesses(config) if shared and serving is None else None
+    runners: list[web.AppRunner] = []
+
+    async def serve_port() -> None:
+        runners.append(await _serve(app, lambda runner: web.TCPSite(runner, host, port, reuse_port=shared)))
+
+    if serving is None:
+        await serve_port()
+    metrics_app = build_metrics_app(runtime.metrics, others)
+    if serving is None:
+        runners.append(await _serve(metrics_app, lambda runner: web.TCPSite(runner, host, config.metrics_port)))
+    else:
+        metrics_socket = socket.socket(fileno=serving[1])
+        runners.append(await _serve(metrics_app, lambda runner: web.SockSite(runner, metrics_socket)))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    starting = asyncio.create_task(runtime.start())
+    if serving is not None:
+        leave_with_first_process(stop)
+    if others is not None:
+        others.start()
+    starting = asyncio.create_task(runtime.start() if serving is None else runtime.start_serving())
     await asyncio.wait([starting, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
     if not starting.done():
         starting.cancel()
     elif starting.exception() is None:
+        if serving is not None:
+            await serve_port()  # only once it can answer: a probe never meets a serving process not yet ready
         settle_heap()
         await stop.wait()
     log.info("stopping: finishing in-flight tasks for up to %.0fs", config.shutdown_grace_seconds)
     try:
-        await runtime.stop()
+        if others is not None:
+            await asyncio.gather(runtime.stop(), others.stop(config.shutdown_grace_seconds))
+        else:
+            await runtime.stop()
     finally:
         for runner in runners:
             await runner.cleanup()

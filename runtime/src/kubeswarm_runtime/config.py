@@ -157,6 +157,15 @@ class McpConfig(Section):
         default=32, ge=1, description="Requests one WebSocket, or one session on one replica, may have running at once."
     )
     tools_page_size: int = Field(default=50, ge=1)
+    processes: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description=(
+            "Processes serving this port (SO_REUSEPORT): the first also runs the replica's tasks, presence and metrics "
+            "port; the others only answer HTTP requests, each over its own NATS connection."
+        ),
+    )
 
     @model_validator(mode="after")
     def _check_admission(self) -> McpConfig:

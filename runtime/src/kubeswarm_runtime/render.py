@@ -76,6 +76,7 @@ def render_runtime_env(agent: Agent, swarm: Swarm | None, *, namespace: str, nat
         ("mcp", "required_scopes"): json.dumps(spec.mcp.auth.required_scopes) if spec.mcp.auth.required_scopes else None,
         ("mcp", "allowed_hosts"): json.dumps(allowed_hosts(agent, swarm, namespace)),
         ("mcp", "timeout_seconds"): spec.mcp.timeout_seconds,
+        ("mcp", "processes"): spec.mcp.processes if spec.mcp.processes > 1 else None,  # 1 is the runtime's default
         **tools_values(spec.tools),
         **triggers_values(agent),
     }

@@ -257,6 +257,15 @@ class McpSpec(Model):
     timeout_seconds: int = Field(
         default=3600, ge=1, le=86400, description="Longest a request or stream may stay open (also the ingress read timeout)."
     )
+    processes: int = Field(
+        default=1,
+        ge=1,
+        le=16,
+        description=(
+            "Processes serving the MCP port in each replica (they share it; give the container a CPU for each). "
+            "Only the first runs tasks; the others answer HTTP requests."
+        ),
+    )
     allow_from: list[McpPeer] = Field(
         default_factory=lambda: [McpPeer(pod_selector=LabelSelector())],
         max_length=32,

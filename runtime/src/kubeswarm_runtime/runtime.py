@@ -11,7 +11,7 @@ import nats
 
 from .client import SwarmClient
 from .config import RuntimeConfig
-from .connection import NatsConnection
+from .connection import JS_API_TIMEOUT, NatsConnection
 from .messages import AgentMessage
 from .metrics import RuntimeMetrics
 from .presence import AgentInfo, Presence
@@ -41,6 +41,8 @@ class AgentRuntime:
         self._worker: TaskWorker | None = None
         self._heartbeats: asyncio.Task[None] | None = None
         self._cron: CronTriggers | None = None
+        self._mirror: asyncio.Task[None] | None = None  # a serving process's view of its first process's presence
+        self._first_load = 0
 
     def _build_handler(self) -> TaskHandler:
         if config_uses_tools(self.config):
@@ -60,6 +62,11 @@ class AgentRuntime:
         """This replica as the registry shows it, computed locally (no NATS round trip)."""
         assert self._presence is not None, "start() first"
         return self._presence.info()
+
+    @property
+    def worker_died(self) -> bool:
+        """Whether this process's task worker stopped taking tasks (liveness fails); a serving process has none."""
+        return self.started and self._worker is not None and not self._worker.alive
 
     @property
     def worker(self) -> TaskWorker:
@@ -91,6 +98,41 @@ class AgentRuntime:
             cfg.subject_prefix,
             ",".join(cfg.capabilities) or "-",
         )
+
+    async def start_serving(self) -> None:
+        """A replica's extra serving process (``mcp.processes`` > 1): NATS and the swarm's services for the requests
+        it answers. The replica's tasks, presence, capabilities, messages and triggers stay with its first process,
+        whose load this one shows (as of its last heartbeat)."""
+        cfg = self.config
+        await self.conn.connect()
+        swarm = await SwarmClient.open(self.conn, cfg.subject_prefix, sender=cfg.replica_id, agent=cfg.agent, streams=cfg.streams)
+        self._swarm = swarm
+        self._presence = Presence(
+            self.conn, swarm.names, swarm.stores.agents, cfg, self.metrics, load=lambda: self._first_load, endpoint=self.endpoint
+        )
+        mirrored = asyncio.Event()
+        self._mirror = asyncio.create_task(self._mirror_first_process(mirrored), name="first-process-presence")
+        with contextlib.suppress(TimeoutError):  # the first process may not have announced yet
+            async with asyncio.timeout(JS_API_TIMEOUT):
+                await mirrored.wait()
+        self.started = True
+        log.info("agent %s (replica %s): a serving process up on %s", cfg.agent, cfg.replica_id, cfg.subject_prefix)
+
+    async def _mirror_first_process(self, mirrored: asyncio.Event) -> None:
+        """Follow the registry entry the replica's first process heartbeats: its load and start time (``mirrored``
+        once the entry as it is now is known)."""
+        assert self._presence is not None
+        watcher: Any = await self.swarm.stores.agents.watch(self.config.replica_id)  # its stop() is untyped
+        try:
+            async for entry in watcher:
+                if entry is not None and entry.value:
+                    with contextlib.suppress(ValueError):
+                        first = AgentInfo.model_validate_json(entry.value)
+                        self._first_load, self._presence.started_at = first.load, first.started_at
+                mirrored.set()  # None: the watch's "existing entries done" marker
+        finally:
+            with contextlib.suppress(nats.errors.Error):
+                await watcher.stop()
 
     async def ready(self) -> bool:
         return self.started and not self.draining and await self.conn.jetstream_usable()
@@ -126,15 +168,16 @@ class AgentRuntime:
         if self.draining:
             return
         self.draining = True
-        if self._heartbeats is not None:
-            self._heartbeats.cancel()
+        for background in (self._heartbeats, self._mirror):
+            if background is not None:
+                background.cancel()
         if self._cron is not None:
             await self._cron.stop()
         if self._swarm is not None:
             await self._swarm.capabilities.stop(self.config.shutdown_grace_seconds)
         if self._worker is not None:
             await self._worker.stop(self.config.shutdown_grace_seconds)
-        if self._presence is not None:
+        if self._presence is not None and self._mirror is None:
             await self._presence.leave()
         if self._swarm is not None:
             await self._swarm.messages.stop()
