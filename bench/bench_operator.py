@@ -1,46 +1,86 @@
-"""1,000 Agents applied at once: time to all Ready, operator peak RSS, API requests per Agent, idle resync writes.
+"""Agents applied at once through the operator, against two baselines in the same run; a scaling curve.
 
-    python bench/bench_operator.py [--agents N] [--resync SECONDS]
+    python bench/bench_operator.py [--agents N | --curve N,N,...] [--resync SECONDS] [--no-baseline] [--profile FILE]
 
-Runs against KUBECONFIG when set (or KUBESWARM_E2E_KUBECONFIG), else starts
-its own test bed (tests.testbed.cluster).  API requests are counted on the
-API server (``apiserver_request_total`` from ``kubectl get --raw /metrics``,
-every client: operator, controllers, scheduler, kwok) and by the operator
-itself (``kubeswarm_operator_api_requests_total``: its writes; its watches
-are a handful of long requests).  Goals on a 2-core machine: all Ready
-within 90 s, operator RSS at most 250 MiB, zero writes in an idle resync.
+Each size is measured in three phases, each on a fresh test bed of its own, so that all three meet the
+same empty API server (deleting thousands of objects takes longer than a new test bed); the phases'
+order rotates from one size to the next, so that drift in the machine's load favours none:
+
+- agents: N Agents created at once (64 requests in flight) with the operator running, until every
+  Agent is Ready (seen through one watch);
+- children: the operator's own children, ``build_children`` of each Agent (ConfigMap, Secret with its
+  key, Service, NetworkPolicy, Deployment; whatever it returns but None), created directly without an
+  operator, until every Deployment has a ready pod; without an owner reference, as no Agent exists (the
+  garbage collector would delete them);
+- bare: a Deployment (one pod) and a Service per Agent, created directly, until every Deployment has
+  a ready pod.
+
+Every phase creates with the same client, 64 requests in flight. API requests are counted on the API
+server (``apiserver_request_total`` from ``kubectl get --raw /metrics``: every client, i.e. operator,
+controllers, scheduler, kwok) and by the operator itself (``kubeswarm_operator_api_requests_total``:
+its writes). After all are Ready, one full idle resync of every Agent is waited for and the
+operator's writes meanwhile counted.
+
+Goals (issue 18, 2-core machine): at 1,000 Agents all Ready within 1.1x the own-children baseline and
+1.4x the bare one; at 5,000 within 1.3x the bare one and operator peak RSS at most 350 MiB; zero
+writes in an idle resync; along the curve (``--curve 250,1000,2500,5000``) time and API requests
+per Agent not rising with size (no worse than linear).
+
+Runs against KUBECONFIG when set (or KUBESWARM_E2E_KUBECONFIG), every phase in its own namespace
+there; else on test beds of its own (tests.testbed.cluster).  ``--profile FILE`` records the operator
+with py-spy from its start until all Agents are Ready (FILE.svg: a flame graph, .json: speedscope,
+else py-spy's raw collapsed stacks, summarised here); with a curve, one file per size.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import contextlib
 import datetime as dt
 import json
+import math
 import os
 import re
+import shlex
+import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kubernetes_asyncio import client, config, watch
-from kubeswarm_runtime.resources import GROUP, VERSION
+from kubeswarm_operator.agent.children import ChildInputs, build_children, child_name, config_hash, referenced_objects
+from kubeswarm_operator.kube.client import collection_path
+from kubeswarm_operator.kube.kinds import CONFIG_MAP, KINDS_BY_NAME, SECRET, Manifest
+from kubeswarm_operator.kube.owned import data_digests, digest
+from kubeswarm_operator.settings import OperatorSettings
+from kubeswarm_runtime.render import JWT_SECRET_KEY, MCP_JWT_KEY_ENV, MODEL_API_KEY_ENV, new_jwt_key, render_runtime_env
+from kubeswarm_runtime.resources import API_VERSION, GROUP, VERSION, Agent
 
 from tests.e2e.conftest import Operator, install_crds, until
-from tests.testbed.cluster import KubeAccess, benchmark_cluster
+from tests.testbed.cluster import Cluster, KubeAccess, benchmark_cluster
 
-NAMESPACE = "bench-operator"
-# Small requests: the test bed's two fake nodes have 32 CPUs each, 64 default-sized (100m) pods too few for 1,000.
+REPO = Path(__file__).resolve().parents[1]
+# Small requests: the test bed's two fake nodes have 1,000 CPUs and room for 5,000 pods each.
 BENCH_SPEC = {"capabilities": ["bench"], "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}}}
+RUNTIME_IMAGE = "kubeswarm/runtime:bench"
+IN_FLIGHT = 64
 WRITE_VERBS = {"POST", "PUT", "PATCH", "DELETE", "CREATE", "UPDATE", "APPLY"}
 BY_RESOURCE = ("verb", "resource", "subresource")
 SAMPLE = re.compile(r"^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<value>\S+)$")
+PHASES = ("agents", "children", "bare")
+# Per-Agent figures along the curve may vary this much from run to run and still count as flat.
+NOISE = 1.15
 
 
 def apiserver_requests(cluster: KubeAccess, by: tuple[str, ...] = ("verb",)) -> Counter[str]:
@@ -64,6 +104,16 @@ def operator_writes(op: Operator) -> float:
     )
 
 
+def api_errors(op: Operator) -> dict[str, int]:
+    """The operator's failed requests so far; a GET's 404 is its look before creating a child (expected)."""
+    found: dict[str, int] = {}
+    for series, value in op.metrics().items():
+        if series.startswith("kubeswarm_operator_api_errors_total{") and value:
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', series))
+            found[" ".join(labels.get(name, "?") for name in ("verb", "kind", "code"))] = int(value)
+    return found
+
+
 def peak_rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -72,9 +122,10 @@ def peak_rss_mib(pid: int) -> float:
 
 
 CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+BENCH_CPU = "bench (its client, watch, kubectl)"
 
 
-def cpu_seconds(operator_pid: int) -> dict[str, float]:
+def cpu_seconds(operator_pid: int | None) -> dict[str, float]:
     """CPU time (user + system) so far of the operator, each control-plane process on this machine, and this bench."""
     tick = os.sysconf("SC_CLK_TCK")
     found: dict[str, float] = {}
@@ -90,12 +141,16 @@ def cpu_seconds(operator_pid: int) -> dict[str, float]:
         if name == "operator" or name in CONTROL_PLANE:
             found[name] = found.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
     times = os.times()
-    found["bench (its watch, kubectl)"] = times.user + times.system + times.children_user + times.children_system
+    found[BENCH_CPU] = times.user + times.system + times.children_user + times.children_system
     return found
 
 
-def cpu_line(after: dict[str, float], before: dict[str, float], seconds: float) -> str:
-    used = {name: after[name] - before.get(name, 0.0) for name in sorted(after, key=lambda n: -(after[n] - before.get(n, 0.0)))}
+def cpu_used(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
+    used = {name: after[name] - before.get(name, 0.0) for name in after}
+    return dict(sorted(used.items(), key=lambda item: -item[1]))
+
+
+def cpu_line(used: dict[str, float], seconds: float) -> str:
     return f"CPU seconds over {seconds:.0f} s ({os.cpu_count()} CPUs): " + ", ".join(f"{n} {v:.0f}" for n, v in used.items())
 
 
@@ -108,62 +163,74 @@ def deployment_ready(item: dict[str, Any]) -> bool:
     return ((item.get("status") or {}).get("readyReplicas") or 0) >= 1
 
 
+def ready_timeout(count: int) -> float:
+    """How long the bench waits for all to be Ready: generous, a bench measures rather than fails."""
+    return 600 + 0.4 * count
+
+
+@contextlib.contextmanager
+def suppress_gone() -> Iterator[None]:
+    """A watch that ended with 410 Gone: the caller starts another."""
+    try:
+        yield
+    except client.ApiException as error:
+        if error.status != 410:
+            raise
+
+
 async def watch_until_ready(
     kubeconfig: Path,
     resource: tuple[str, str, str],
     namespace: str,
     count: int,
     ready: Callable[[dict[str, Any]], bool],
-    timeout: float = 900,
 ) -> None:
-    """Return once ``count`` objects are ready, seen through one watch (a poll of 1,000 objects would load the machine)."""
+    """Return once ``count`` objects are ready, seen through one watch (a poll of thousands of objects would load the machine)."""
     api_client = await config.new_client_from_config(config_file=str(kubeconfig))
     api = client.CustomObjectsApi(api_client)  # plain dicts for any kind, no model classes to build
     group, version, plural = resource
     done: set[str] = set()
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(ready_timeout(count)):
             while len(done) < count:
-                async with watch.Watch().stream(
-                    api.list_namespaced_custom_object, group, version, namespace, plural, timeout_seconds=300
-                ) as events:
-                    async for event in events:
-                        item = event["object"]
-                        name = item.get("metadata", {}).get("name")
-                        if event["type"] != "DELETED" and ready(item):
-                            done.add(name)
-                        else:
-                            done.discard(name)
-                        if len(done) >= count:
-                            break
+                # A watch ends after timeout_seconds (or when the server drops a watcher that lags behind, or its
+                # place in history is gone: 410); the next one lists everything again, so ``done`` stays right.
+                with suppress_gone():
+                    async with watch.Watch().stream(
+                        api.list_namespaced_custom_object, group, version, namespace, plural, timeout_seconds=300
+                    ) as events:
+                        async for event in events:
+                            item = event["object"]
+                            name = item.get("metadata", {}).get("name")
+                            if event["type"] != "DELETED" and ready(item):
+                                done.add(name)
+                            else:
+                                done.discard(name)
+                            if len(done) >= count:
+                                break
     finally:
         await api_client.close()
 
 
-def agent_manifests(count: int) -> list[dict[str, object]]:
-    return [
-        {"apiVersion": "kubeswarm.io/v1alpha1", "kind": "Agent", "metadata": {"name": f"a{i:04d}"}, "spec": BENCH_SPEC}
-        for i in range(count)
-    ]
+async def create_objects(kubeconfig: Path, namespace: str, manifests: Sequence[Manifest], in_flight: int = IN_FLIGHT) -> None:
+    """POST every manifest, ``in_flight`` at a time, as a burst of users or a GitOps sync would (kubectl sends one at a time).
 
-
-async def create_agents(kubeconfig: Path, manifests: list[dict[str, object]], in_flight: int = 64) -> None:
-    """Create the Agents concurrently, as a burst of users or a GitOps sync would (kubectl sends one at a time)."""
+    One client for every phase; answers are read but not parsed into model classes (that would cost the bench
+    CPU the API server needs).
+    """
     api_client = await config.new_client_from_config(config_file=str(kubeconfig))
-    api = client.CustomObjectsApi(api_client)
     slots = asyncio.Semaphore(in_flight)
+    headers = {"Content-Type": "application/json", "Accept": "application/json"}
 
-    async def create(body: dict[str, object]) -> None:
+    async def create(body: Manifest) -> None:
+        path = collection_path(KINDS_BY_NAME[body["kind"]], namespace)
         async with slots:
-            await api.create_namespaced_custom_object("kubeswarm.io", "v1alpha1", NAMESPACE, "agents", body)
+            await api_client.call_api(path, "POST", header_params=dict(headers), body=body, auth_settings=["BearerToken"])
 
     try:
         await asyncio.gather(*(create(body) for body in manifests))
     finally:
         await api_client.close()
-
-
-BASELINE_NAMESPACE = "bench-baseline"
 
 
 async def create_and_wait(creating: Awaitable[None], readiness: Awaitable[None]) -> float:
@@ -178,80 +245,84 @@ async def create_and_wait(creating: Awaitable[None], readiness: Awaitable[None])
     return created
 
 
-def bare_objects(count: int) -> list[tuple[str, dict[str, object]]]:
+def agent_manifests(count: int, namespace: str) -> list[Manifest]:
+    return [
+        {"apiVersion": API_VERSION, "kind": "Agent", "metadata": {"name": f"a{i:04d}", "namespace": namespace}, "spec": BENCH_SPEC}
+        for i in range(count)
+    ]
+
+
+def children_manifests(count: int, namespace: str) -> list[Manifest]:
+    """What the operator writes for each bench Agent, as it computes it (settings from the environment, as the
+    operator's are), without owner references; the Secret with the key the operator puts in it."""
+    settings = OperatorSettings(runtime_image=RUNTIME_IMAGE)
+    out: list[Manifest] = []
+    for body in agent_manifests(count, namespace):
+        agent = Agent.model_validate({**body, "metadata": {**body["metadata"], "uid": "none"}})
+        runtime_env = {**settings.agent_env, **render_runtime_env(agent, None, namespace=namespace, nats_url=settings.nats_url)}
+        secret_data = {JWT_SECRET_KEY: base64.b64encode(new_jwt_key().encode()).decode()}
+        own: dict[tuple[str, str], object] = {
+            (CONFIG_MAP.kind, child_name(agent, CONFIG_MAP)): digest(dict(runtime_env)),
+            (SECRET.kind, child_name(agent, SECRET)): data_digests(secret_data),
+        }
+        digests = {ref: own.get(ref) for ref in referenced_objects(agent)}
+        inputs = ChildInputs(
+            image=settings.runtime_image,
+            runtime_env=runtime_env,
+            nats_url=settings.nats_url,
+            ingress_namespace=settings.ingress_namespace,
+            config_hash=config_hash(digests),
+            api_key_env=MODEL_API_KEY_ENV,
+            jwt_key_env=MCP_JWT_KEY_ENV,
+            dns_selector=settings.dns_labels,
+        )
+        for kind, child in build_children(agent, inputs).items():
+            if child is None:
+                continue
+            metadata = {key: value for key, value in child["metadata"].items() if key != "ownerReferences"}
+            out.append({**child, "metadata": metadata, **({"data": secret_data} if kind is SECRET else {})})
+    return out
+
+
+def bare_manifests(count: int, namespace: str) -> list[Manifest]:
     """A Deployment (one pod, as an Agent's) and a Service per name: what the control plane must do for the Agents."""
-    out: list[tuple[str, dict[str, object]]] = []
+    out: list[Manifest] = []
     for i in range(count):
-        labels = {"app": f"b{i:04d}"}
+        name = f"b{i:04d}"
+        labels = {"app": name}
         container = {
             "name": "runtime",
-            "image": "kubeswarm/runtime:bench",
+            "image": RUNTIME_IMAGE,
             "resources": BENCH_SPEC["resources"],
             "ports": [{"name": "mcp", "containerPort": 8080}],
         }
+        metadata = {"name": name, "namespace": namespace}
         out.append(
-            (
-                "services",
-                {
-                    "apiVersion": "v1",
-                    "kind": "Service",
-                    "metadata": {"name": f"b{i:04d}"},
-                    "spec": {"selector": labels, "ports": [{"name": "mcp", "port": 8080, "targetPort": "mcp"}]},
-                },
-            )
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": metadata,
+                "spec": {"selector": labels, "ports": [{"name": "mcp", "port": 8080, "targetPort": "mcp"}]},
+            }
         )
         out.append(
-            (
-                "deployments",
-                {
-                    "apiVersion": "apps/v1",
-                    "kind": "Deployment",
-                    "metadata": {"name": f"b{i:04d}"},
-                    "spec": {
-                        "replicas": 1,
-                        "selector": {"matchLabels": labels},
-                        "template": {"metadata": {"labels": labels}, "spec": {"containers": [container]}},
-                    },
+            {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": metadata,
+                "spec": {
+                    "replicas": 1,
+                    "selector": {"matchLabels": labels},
+                    "template": {"metadata": {"labels": labels}, "spec": {"containers": [container]}},
                 },
-            )
+            }
         )
     return out
 
 
-async def create_bare(kubeconfig: Path, objects: list[tuple[str, dict[str, object]]], in_flight: int = 64) -> None:
-    api_client = await config.new_client_from_config(config_file=str(kubeconfig))
-    core, apps = client.CoreV1Api(api_client), client.AppsV1Api(api_client)
-    slots = asyncio.Semaphore(in_flight)
-
-    async def create(kind: str, body: dict[str, object]) -> None:
-        async with slots:
-            if kind == "services":
-                await core.create_namespaced_service(BASELINE_NAMESPACE, body)  # type: ignore[arg-type]  # sent as is
-            else:
-                await apps.create_namespaced_deployment(BASELINE_NAMESPACE, body)  # type: ignore[arg-type]  # sent as is
-
-    try:
-        await asyncio.gather(*(create(kind, body) for kind, body in objects))
-    finally:
-        await api_client.close()
-
-
-def control_plane_baseline(cluster: KubeAccess, count: int) -> float:
-    """Seconds until ``count`` bare Deployments + Services, created directly (no operator), all have a ready pod."""
-    cluster.kubectl("create", "namespace", BASELINE_NAMESPACE)
-    started = time.monotonic()
-    asyncio.run(
-        create_and_wait(
-            create_bare(cluster.kubeconfig, bare_objects(count)),
-            watch_until_ready(cluster.kubeconfig, ("apps", "v1", "deployments"), BASELINE_NAMESPACE, count, deployment_ready),
-        )
-    )
-    return time.monotonic() - started
-
-
-def last_created_after(cluster: KubeAccess, kind: str, start: str) -> float:
+def last_created_after(cluster: KubeAccess, namespace: str, kind: str, start: str) -> float:
     """Seconds from the first Agent's creation to the newest object of ``kind`` (where the time went)."""
-    data = json.loads(cluster.kubectl("get", kind, "-n", NAMESPACE, "-o", "json", timeout=120).stdout)
+    data = json.loads(cluster.kubectl("get", kind, "-n", namespace, "-o", "json", timeout=300).stdout)
     stamps = [item["metadata"]["creationTimestamp"] for item in data["items"]]
     return (parse_time(max(stamps)) - parse_time(start)) if stamps else float("nan")
 
@@ -264,51 +335,153 @@ def diff(after: Counter[str], before: Counter[str]) -> dict[str, int]:
     return {verb: after[verb] - before[verb] for verb in sorted(after) if after[verb] - before[verb]}
 
 
-def run(cluster: KubeAccess, count: int, resync: float, workdir: Path, baseline: bool) -> None:
+@dataclass
+class Phase:
+    """One phase of one size: seconds from the first create until all Ready, and what it cost."""
+
+    name: str
+    seconds: float
+    requests: int  # API requests of every client
+    cpu: dict[str, float]
+
+
+@dataclass
+class Operated:
+    """What only the Agents phase has: the operator's own figures."""
+
+    writes: float
+    peak_rss: float
+    idle_writes: float
+    failed: float  # failed reconciles (each retried)
+
+
+@dataclass
+class Size:
+    count: int
+    phases: dict[str, Phase] = field(default_factory=dict)
+    operated: Operated | None = None
+
+    def ratio(self, baseline: str) -> float:
+        if baseline not in self.phases:
+            return float("nan")
+        return self.phases["agents"].seconds / self.phases[baseline].seconds
+
+
+def namespace_of(phase: str, count: int) -> str:
+    return f"bench-{phase}-{count}"
+
+
+def measure(
+    cluster: KubeAccess, name: str, count: int, manifests: list[Manifest], watched: tuple[str, str, str], operator_pid: int | None
+) -> Phase:
+    """Create ``manifests`` at once in this phase's namespace and wait until ``count`` of ``watched`` are ready."""
+    namespace = namespace_of(name, count)
+    ready = agent_ready if watched[2] == "agents" else deployment_ready
+    before = apiserver_requests(cluster, BY_RESOURCE)
+    cpu_before = cpu_seconds(operator_pid)
+    started = time.monotonic()
+    created = asyncio.run(
+        create_and_wait(
+            create_objects(cluster.kubeconfig, namespace, manifests),
+            watch_until_ready(cluster.kubeconfig, watched, namespace, count, ready),
+        )
+    )
+    seconds = time.monotonic() - started
+    cpu = cpu_used(cpu_seconds(operator_pid), cpu_before)
+    by_resource = diff(apiserver_requests(cluster, BY_RESOURCE), before)
+    by_verb = dict(sum((Counter({key.split()[0]: n}) for key, n in by_resource.items()), Counter()))
+    total = sum(by_verb.values())
+    print(
+        f"[{name}] {len(manifests)} objects created in {created - started:.1f} s ({IN_FLIGHT} in flight); all Ready after {seconds:.1f} s"
+    )
+    print(f"[{name}] API requests, all clients: {total} = {total / count:.1f} per Agent; by verb: {by_verb}")
+    print(
+        f"[{name}] API requests per Agent by verb and resource, all clients: "
+        + ", ".join(f"{key} {n / count:.2f}" for key, n in sorted(by_resource.items(), key=lambda item: -item[1]) if n >= count / 10)
+    )
+    print(f"[{name}] " + cpu_line(cpu, seconds))
+    return Phase(name, seconds, total, cpu)
+
+
+def py_spy() -> str:
+    found = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
+    if found is None:
+        raise SystemExit("--profile needs py-spy (make venv installs it)")
+    return found
+
+
+@contextlib.contextmanager
+def profiled(pid: int, out: Path | None) -> Iterator[None]:
+    """py-spy attached to the running operator while the block runs (not a child of it: the operator's own RSS and CPU
+    stay its own); a summary of the raw format's stacks after."""
+    if out is None:
+        yield
+        return
+    form = {".svg": "flamegraph", ".json": "speedscope"}.get(out.suffix, "raw")
+    # --gil: samples of the thread holding the GIL, i.e. the operator's Python work, not its threads waiting.
+    options = ["--gil", "--rate", "100", "--format", form]
+    with out.with_name(out.name + ".log").open("wb") as log:
+        spy = subprocess.Popen(
+            [py_spy(), "record", "--pid", str(pid), "--output", str(out), *options], stdout=log, stderr=subprocess.STDOUT
+        )
+    try:
+        yield
+    finally:
+        spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+        try:
+            spy.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            spy.kill()
+            spy.wait()
+    print(f"profile of the operator until all Ready: {out} (py-spy record {shlex.join(options)})")
+    if form == "raw" and out.exists():
+        print(profile_summary(out.read_text()))
+
+
+def profile_summary(collapsed: str, top: int = 15) -> str:
+    """The hottest functions of py-spy's collapsed stacks (``frame;frame;... count``): own samples, and with callees
+    for the operator's own code."""
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    total = 0
+    for line in collapsed.splitlines():
+        stack, _, samples = line.rpartition(" ")
+        if not stack or not samples.isdigit():
+            continue
+        frames = [re.sub(r":\d+\)$", ")", frame) for frame in stack.split(";")]
+        total += int(samples)
+        own[frames[-1]] += int(samples)
+        for frame in set(frames):
+            if "kubeswarm_operator" in frame and "__main__.py" not in frame:  # its main holds every sample
+                inclusive[frame] += int(samples)
+    if not total:
+        return "profile: no samples"
+
+    def rows(counts: Counter[str]) -> str:
+        return "\n".join(f"  {n / total:6.1%}  {frame}" for frame, n in counts.most_common(top))
+
+    return f"profile: {total} samples; by own time:\n{rows(own)}\nthe operator's functions, with what they call:\n{rows(inclusive)}"
+
+
+def run_agents(cluster: KubeAccess, size: Size, resync: float, workdir: Path, profile: Path | None) -> None:
+    count, namespace = size.count, namespace_of("agents", size.count)
     install_crds(cluster)
-    for namespace in (NAMESPACE, BASELINE_NAMESPACE):
-        cluster.kubectl("delete", "namespace", namespace, "--ignore-not-found", "--wait=true", timeout=300)
-    cluster.kubectl("create", "namespace", NAMESPACE)
-    env = {"KUBESWARM_RESYNC_SECONDS": str(resync), "KUBESWARM_RUNTIME_IMAGE": "kubeswarm/runtime:bench"}
-    op = Operator(cluster.kubeconfig, workdir / "operator.log", env=env).start()
+    reset_namespace(cluster, namespace)
+    env = {"KUBESWARM_RESYNC_SECONDS": str(resync), "KUBESWARM_RUNTIME_IMAGE": RUNTIME_IMAGE}
+    op = Operator(cluster.kubeconfig, workdir / f"operator-{count}.log", env=env).start()
     assert op.process is not None
     try:
-        before = apiserver_requests(cluster, BY_RESOURCE)
         op_before = operator_writes(op)
-        cpu_before = cpu_seconds(op.process.pid)
-        started = time.monotonic()
-        applied = (
-            asyncio.run(
-                create_and_wait(
-                    create_agents(cluster.kubeconfig, agent_manifests(count)),
-                    watch_until_ready(cluster.kubeconfig, (GROUP, VERSION, "agents"), NAMESPACE, count, agent_ready),
-                )
-            )
-            - started
-        )
-        ready_after = time.monotonic() - started
-        cpu_after = cpu_seconds(op.process.pid)
-        first = min(
-            a["metadata"]["creationTimestamp"]
-            for a in json.loads(cluster.kubectl("get", "agents", "-n", NAMESPACE, "-o", "json").stdout)["items"]
-        )
-        timeline = {kind: last_created_after(cluster, kind, first) for kind in ("agents", "deployments", "replicasets", "pods")}
-        after = apiserver_requests(cluster, BY_RESOURCE)
-        op_after = operator_writes(op)
-        by_resource = diff(after, before)
-        created = dict(sum((Counter({key.split()[0]: n}) for key, n in by_resource.items()), Counter()))
-        total = sum(created.values())
-        print(f"agents: {count}")
-        print(f"creating all Agents (64 requests in flight): {applied:.1f} s")
-        print(f"all Ready after: {ready_after:.1f} s   (goal: <= 90 s)")
-        print("last one created, seconds after the first Agent: " + ", ".join(f"{k} {v:.0f}" for k, v in timeline.items()))
-        print(f"API requests, all clients: {total} = {total / count:.1f} per Agent; by verb: {created}")
-        print(
-            "API requests per Agent by verb and resource, all clients: "
-            + ", ".join(f"{key} {n / count:.2f}" for key, n in sorted(by_resource.items(), key=lambda item: -item[1]) if n >= count / 10)
-        )
-        print(cpu_line(cpu_after, cpu_before, ready_after))
-        print(f"API writes by the operator: {op_after - op_before:.0f} = {(op_after - op_before) / count:.1f} per Agent")
+        with profiled(op.process.pid, profile):
+            phase = measure(cluster, "agents", count, agent_manifests(count, namespace), (GROUP, VERSION, "agents"), op.process.pid)
+        size.phases["agents"] = phase
+        writes = operator_writes(op) - op_before
+        agents = json.loads(cluster.kubectl("get", "agents", "-n", namespace, "-o", "json", timeout=300).stdout)["items"]
+        first = min(a["metadata"]["creationTimestamp"] for a in agents)
+        timeline = {kind: last_created_after(cluster, namespace, kind, first) for kind in ("agents", "deployments", "replicasets", "pods")}
+        print("[agents] last one created, seconds after the first Agent: " + ", ".join(f"{k} {v:.0f}" for k, v in timeline.items()))
+        print(f"[agents] API writes by the operator: {writes:.0f} = {writes / count:.1f} per Agent")
+        print(f"[agents] operator CPU per Agent: {1000 * phase.cpu.get('operator', 0.0) / count:.1f} ms")
 
         # Idle: wait until one full resync of every Agent has happened, counting writes meanwhile.
         unchanged = 'kubeswarm_operator_reconciles_total{kind="Agent",outcome="unchanged"}'
@@ -316,43 +489,163 @@ def run(cluster: KubeAccess, count: int, resync: float, workdir: Path, baseline:
         idle_before, idle_op = apiserver_requests(cluster), operator_writes(op)
         start_count = op.metrics().get(unchanged, 0)
         until(lambda: op.metrics().get(unchanged, 0) >= start_count + count, resync * 4 + 60, "a full idle resync", interval=1)
-        idle_after, idle_op_after = apiserver_requests(cluster), operator_writes(op)
-        server_writes = {v: n for v, n in diff(idle_after, idle_before).items() if v in WRITE_VERBS}
+        idle_writes = operator_writes(op) - idle_op
+        server_writes = {v: n for v, n in diff(apiserver_requests(cluster), idle_before).items() if v in WRITE_VERBS}
         print(
-            f"idle resync of {count} Agents: operator writes {idle_op_after - idle_op:.0f} (goal: 0); "
+            f"[agents] idle resync of {count} Agents: operator writes {idle_writes:.0f} (goal: 0); "
             f"API server writes meanwhile (all clients: leases, kwok, events): {server_writes}"
         )
-        print(f"operator peak RSS: {peak_rss_mib(op.process.pid):.0f} MiB   (goal: <= 250 MiB)")
-        op.stop()
-        if baseline:
-            # The same test bed, the Agents' objects still there: the control plane alone, for comparison.
-            cpu_before = cpu_seconds(op.process.pid)
-            bare = control_plane_baseline(cluster, count)
-            print(cpu_line(cpu_seconds(op.process.pid), cpu_before, bare) + " (baseline)")
-            print(
-                f"control-plane baseline: {count} bare Deployments + Services created directly (64 in flight), "
-                f"all with a ready pod after {bare:.1f} s   vs {count} Agents through the operator: {ready_after:.1f} s"
-            )
+        failed = op.metrics().get('kubeswarm_operator_reconciles_total{kind="Agent",outcome="error"}', 0)
+        rss = peak_rss_mib(op.process.pid)
+        print(f"[agents] operator peak RSS: {rss:.0f} MiB   (goal at 5,000: <= 350 MiB); failed reconciles (retried): {failed:.0f}")
+        print(f"[agents] the operator's API errors by verb, kind and code: {api_errors(op)}")
+        size.operated = Operated(writes, rss, idle_writes, failed)
     finally:
         op.stop()
-        for namespace in (NAMESPACE, BASELINE_NAMESPACE):
-            cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+def reset_namespace(cluster: KubeAccess, namespace: str) -> None:
+    """An empty namespace (a leftover of an earlier run on an existing cluster goes first)."""
+    cluster.kubectl("delete", "namespace", namespace, "--ignore-not-found", "--wait=true", timeout=600)
+    cluster.kubectl("create", "namespace", namespace)
+
+
+def run_baseline(cluster: KubeAccess, size: Size, name: str) -> None:
+    count, namespace = size.count, namespace_of(name, size.count)
+    reset_namespace(cluster, namespace)
+    manifests = children_manifests(count, namespace) if name == "children" else bare_manifests(count, namespace)
+    size.phases[name] = measure(cluster, name, count, manifests, ("apps", "v1", "deployments"), None)
+
+
+def run_size(size: Size, phases: Sequence[str], resync: float, workdir: Path, profile: Path | None) -> None:
+    for name in phases:
+        bed = workdir / f"{size.count}-{name}"
+        with benchmark_cluster(bed) as cluster:
+            try:
+                if name == "agents":
+                    run_agents(cluster, size, resync, workdir, profile)
+                else:
+                    run_baseline(cluster, size, name)
+            finally:
+                if not isinstance(cluster, Cluster):  # an existing cluster: its objects go (not waited for)
+                    cluster.kubectl("delete", "namespace", namespace_of(name, size.count), "--wait=false", check=False)
+        shutil.rmtree(bed / "cluster" / "etcd", ignore_errors=True)  # a test bed's data: hundreds of MiB at 5,000
+
+
+def print_size(size: Size, reproduce: str) -> None:
+    agents = size.phases["agents"].seconds
+    lines = [f"== {size.count} Agents: all Ready after {agents:.1f} s"]
+    if "children" in size.phases:
+        lines.append(
+            f"   own children created directly: {size.phases['children'].seconds:.1f} s; "
+            f"ratio {size.ratio('children'):.2f}   (goal at 1,000: <= 1.1)"
+        )
+    if "bare" in size.phases:
+        lines.append(
+            f"   bare Deployments + Services: {size.phases['bare'].seconds:.1f} s; "
+            f"ratio {size.ratio('bare'):.2f}   (goal at 1,000: <= 1.4; at 5,000: <= 1.3)"
+        )
+    lines.append(f"   reproduce: {reproduce}")
+    print("\n".join(lines), flush=True)
+
+
+def exponent(sizes: Sequence[Size], value: Callable[[Size], float]) -> float:
+    """k in value ~ count^k, least squares over the curve (1: linear)."""
+    xs = [math.log(s.count) for s in sizes]
+    ys = [math.log(max(value(s), 1e-9)) for s in sizes]
+    mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
+    spread = sum((x - mean_x) ** 2 for x in xs)
+    return sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / spread if spread else float("nan")
+
+
+def rises(per_agent: Sequence[float]) -> bool:
+    """A per-Agent figure rises with size: one is more than NOISE times the lowest at any smaller size."""
+    return any(value > NOISE * min(per_agent[:i]) for i, value in enumerate(per_agent) if i)
+
+
+def print_curve(sizes: Sequence[Size], reproduce: str) -> None:
+    def fmt(value: float, spec: str = ".2f") -> str:
+        return "-" if math.isnan(value) else format(value, spec)
+
+    def phase_seconds(size: Size, name: str) -> float:
+        return size.phases[name].seconds if name in size.phases else float("nan")
+
+    header = (
+        "| Agents | all Ready s | own children s | bare s | / children | / bare | ms per Agent | peak RSS MiB "
+        "| requests per Agent (all) | operator writes per Agent | idle resync writes | operator CPU ms per Agent |"
+    )
+    print("\n" + header)
+    print("|" + " --- |" * (header.count("|") - 1))
+    for s in sizes:
+        op = s.operated
+        agents = s.phases["agents"]
+        print(
+            f"| {s.count} | {agents.seconds:.1f} | {fmt(phase_seconds(s, 'children'), '.1f')} | {fmt(phase_seconds(s, 'bare'), '.1f')} "
+            f"| {fmt(s.ratio('children'))} | {fmt(s.ratio('bare'))} | {1000 * agents.seconds / s.count:.1f} "
+            f"| {fmt(op.peak_rss if op else math.nan, '.0f')} | {agents.requests / s.count:.1f} "
+            f"| {fmt(op.writes / s.count if op else math.nan, '.1f')} | {fmt(op.idle_writes if op else math.nan, '.0f')} "
+            f"| {1000 * agents.cpu.get('operator', 0.0) / s.count:.1f} |"
+        )
+    if len(sizes) < 2:
+        print(f"reproduce: {reproduce}")
+        return
+    time_per_agent = [s.phases["agents"].seconds / s.count for s in sizes]
+    requests_per_agent = [s.phases["agents"].requests / s.count for s in sizes]
+    k_time = exponent(sizes, lambda s: s.phases["agents"].seconds)
+    k_requests = exponent(sizes, lambda s: s.phases["agents"].requests)
+    k_rss = exponent(sizes, lambda s: s.operated.peak_rss if s.operated else math.nan)
+    linear = not rises(time_per_agent) and not rises(requests_per_agent)
+    print(
+        f"growth (value ~ Agents^k, least squares): time k={k_time:.2f}, API requests k={k_requests:.2f}, operator peak RSS k={k_rss:.2f}"
+    )
+    for name in ("children", "bare"):
+        if all(name in s.phases for s in sizes):
+            print(f"ratio to {name} along the curve: " + ", ".join(f"{s.count}: {s.ratio(name):.2f}" for s in sizes))
+    print(
+        f"verdict: {'no worse than linear' if linear else 'WORSE than linear'} "
+        f"(time and API requests per Agent {'never' if linear else 'do'} exceed {NOISE}x their lowest at a smaller size)"
+    )
+    print(f"reproduce: {reproduce}")
+
+
+def reproduce_command(argv: Sequence[str]) -> str:
+    python = Path(sys.executable)
+    shown = str(python.relative_to(REPO)) if python.is_relative_to(REPO) else str(python)
+    return shlex.join([shown, "bench/bench_operator.py", *argv])
+
+
+def parse_sizes(text: str) -> list[int]:
+    sizes = [int(part) for part in text.split(",") if part.strip()]
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError("sizes are positive integers, comma-separated")
+    return sorted(sizes)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--agents", type=int, default=1000)
+    sizes = parser.add_mutually_exclusive_group()
+    sizes.add_argument("--agents", type=int, default=1000, help="Agents applied at once (default 1000)")
+    sizes.add_argument("--curve", type=parse_sizes, help="a scaling curve: each of these sizes, e.g. 250,1000,2500,5000")
     parser.add_argument("--resync", type=float, default=30.0, help="operator resync period for the idle check")
-    parser.add_argument(
-        "--no-baseline",
-        dest="baseline",
-        action="store_false",
-        help="skip the control-plane baseline (bare Deployments + Services without the operator)",
-    )
+    parser.add_argument("--no-baseline", dest="baseline", action="store_false", help="only the Agents through the operator, no baselines")
+    parser.add_argument("--profile", type=Path, help="record the operator with py-spy into this file (.svg, .json, else raw)")
     args = parser.parse_args()
+    counts: list[int] = args.curve or [args.agents]
     workdir = Path(tempfile.mkdtemp(prefix="bench-operator-"))
-    with benchmark_cluster(workdir) as cluster:
-        run(cluster, args.agents, args.resync, workdir, args.baseline)
+    print(f"work directory (operator logs, profiles, test beds' logs): {workdir}")
+    done: list[Size] = []
+    for index, count in enumerate(counts):
+        phases = list(PHASES if args.baseline else PHASES[:1])
+        order = phases[index % len(phases) :] + phases[: index % len(phases)]  # rotated: each phase goes first in turn
+        profile = None
+        if args.profile is not None:
+            profile = args.profile if len(counts) == 1 else args.profile.with_stem(f"{args.profile.stem}-{count}")
+        size = Size(count)
+        run_size(size, order, args.resync, workdir, profile)
+        extra = [*([f"--resync={args.resync:g}"] if args.resync != 30.0 else []), *([] if args.baseline else ["--no-baseline"])]
+        print_size(size, reproduce_command([f"--agents={count}", *extra]))
+        done.append(size)
+    print_curve(done, reproduce_command(sys.argv[1:]))
     return 0
 
 

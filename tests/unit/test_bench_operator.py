@@ -1,0 +1,48 @@
+"""The operator benchmark's own arithmetic: its children baseline, its linearity verdict, its profile summary."""
+
+from __future__ import annotations
+
+import pytest
+from kubeswarm_operator.kube.kinds import CHILD_KINDS
+from kubeswarm_runtime.render import JWT_SECRET_KEY
+
+from bench.bench_operator import Size, children_manifests, exponent, profile_summary, rises
+
+pytestmark = pytest.mark.unit
+
+
+def test_children_baseline_is_what_the_operator_builds_without_owners() -> None:
+    manifests = children_manifests(2, "bench")
+    kinds = [m["kind"] for m in manifests]
+    # Every Agent's children, in the operator's order; no owner reference (no Agent exists: the garbage collector would delete them).
+    built = [kind.kind for kind in CHILD_KINDS if kind.kind in kinds]
+    assert kinds == built * 2
+    assert all("ownerReferences" not in m["metadata"] and m["metadata"]["namespace"] == "bench" for m in manifests)
+    secrets = [m for m in manifests if m["kind"] == "Secret"]
+    assert all(JWT_SECRET_KEY in s["data"] for s in secrets)
+    assert secrets[0]["data"] != secrets[1]["data"]  # a key of its own per Agent, as the operator makes
+
+
+def test_a_per_agent_figure_rising_past_noise_is_worse_than_linear() -> None:
+    assert not rises([0.20, 0.08, 0.075, 0.085])  # fixed costs at small sizes, then flat within noise
+    assert rises([0.08, 0.075, 0.09])  # 20 % above the lowest before it
+
+
+def test_growth_exponent_of_a_linear_curve_is_one() -> None:
+    sizes = [Size(n) for n in (250, 1000, 5000)]
+    assert exponent(sizes, lambda s: 0.07 * s.count) == pytest.approx(1.0)
+    assert exponent(sizes, lambda s: 0.07 * s.count**2) == pytest.approx(2.0)
+
+
+def test_profile_summary_counts_own_and_inclusive_samples_without_line_numbers() -> None:
+    collapsed = "\n".join(
+        [
+            "<module> (kubeswarm_operator/__main__.py:5);_converge (kubeswarm_operator/agent/reconciler.py:10);dumps (json/x.py:1) 3",
+            "<module> (kubeswarm_operator/__main__.py:5);_converge (kubeswarm_operator/agent/reconciler.py:12) 1",
+        ]
+    )
+    summary = profile_summary(collapsed)
+    assert "4 samples" in summary
+    assert " 75.0%  dumps (json/x.py)" in summary
+    assert "100.0%  _converge (kubeswarm_operator/agent/reconciler.py)" in summary
+    assert "__main__" not in summary
