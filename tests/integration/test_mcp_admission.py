@@ -19,7 +19,7 @@ from kubeswarm_runtime.client import SwarmClient
 from kubeswarm_runtime.tasks import TaskState
 
 from tests.integration.runtime_helpers import agent_config, running, runtime_process, swarm_client, unique_prefix, wait_for
-from tests.integration.test_mcp_support import modern_call
+from tests.integration.test_mcp_support import data_of, modern_call, post, rpc, sse_events
 from tests.testbed.nats import NatsServer
 from tests.testbed.procs import ManagedProcess
 
@@ -123,6 +123,61 @@ async def test_past_the_bound_429_with_retry_after_before_any_work(nats_server: 
 
         await wait_for(retried, what="the refused call admitted on retry")
         assert (await client.tasks.wait("over", 30)).state is TaskState.SUCCEEDED
+
+
+async def test_websocket_messages_take_places_of_the_same_bound(nats_server: NatsServer, tmp_path: Path) -> None:
+    async with served(nats_server.url, tmp_path) as (front, client, http), http.ws_connect(front.url + "/ws/mcp") as ws:
+        # One connection's messages (fewer than its own limit, 32) take all the replica's places.
+        for i in range(MAX_IN_FLIGHT):
+            await ws.send_json(rpc("create_task", {"capability": "held", "task_id": f"ws-{i}", "wait_seconds": 60}, request_id=i))
+
+        async def all_created() -> bool:
+            return all([await client.tasks.get(f"ws-{i}") is not None for i in range(MAX_IN_FLIGHT)])
+
+        await wait_for(all_created, what="the held tasks created")
+        await ws.send_json(rpc("create_task", {"capability": "echo", "task_id": "ws-over"}, request_id=99))
+        busy = await ws.receive_json(timeout=10)
+        assert busy["id"] == 99 and busy["error"]["code"] == -31000
+        assert f"on this replica (limit {MAX_IN_FLIGHT})" in busy["error"]["message"]
+        assert (await front.create_task(http, {"capability": "echo", "task_id": "http-over"}))[0] == 429  # the same places
+        assert await client.tasks.get("ws-over") is None and await client.tasks.get("http-over") is None
+        async with running(agent_config(nats_server.url, front.prefix, "worker", ["held"])):
+            replies = [await ws.receive_json(timeout=30) for _ in range(MAX_IN_FLIGHT)]
+        assert sorted(reply["id"] for reply in replies) == list(range(MAX_IN_FLIGHT))
+        assert all(reply["result"]["task"]["state"] == TaskState.SUCCEEDED for reply in replies)
+        # The places are free again: an HTTP call is admitted.
+        assert (await front.create_task(http, {"capability": "echo", "task_id": "http-after"}))[0] == 200
+
+
+async def test_legacy_answers_keep_their_request_place_until_sent(nats_server: NatsServer, tmp_path: Path) -> None:
+    async with (
+        served(nats_server.url, tmp_path) as (front, client, http),
+        http.get(front.url + "/sse", headers={"Accept": "text/event-stream"}) as stream,
+    ):
+        events = sse_events(stream)
+        endpoint = front.url + (await anext(events))["data"]
+        hello = {"protocolVersion": "2024-11-05", "capabilities": {}, "clientInfo": {"name": "test", "version": "1"}}
+        assert (await post(http, endpoint, rpc("initialize", hello, request_id=100)))[0] == 202
+        assert data_of(await anext(events))["id"] == 100
+        # Each call is accepted (202) at once; its answer, still running, keeps the request's place.
+        for i in range(MAX_IN_FLIGHT):
+            arguments = {"capability": "held", "task_id": f"legacy-{i}", "wait_seconds": 60}
+            assert (await post(http, endpoint, rpc("tools/call", {"name": "create_task", "arguments": arguments}, request_id=i)))[0] == 202
+
+        async def all_created() -> bool:
+            return all([await client.tasks.get(f"legacy-{i}") is not None for i in range(MAX_IN_FLIGHT)])
+
+        await wait_for(all_created, what="the held tasks created")
+        status, body = await post(http, endpoint, rpc("tools/list", request_id=99))
+        assert status == 429 and body["error"] == "overloaded"
+        async with running(agent_config(nats_server.url, front.prefix, "worker", ["held"])):
+            answered = [data_of(await anext(events))["id"] for _ in range(MAX_IN_FLIGHT)]
+        assert sorted(answered) == list(range(MAX_IN_FLIGHT))
+
+        async def admitted() -> bool:  # a place frees once each answer is sent
+            return (await post(http, endpoint, rpc("tools/list", request_id=101)))[0] == 202
+
+        await wait_for(admitted, what="a place free again")
 
 
 async def test_a_flood_past_the_bound_loses_nothing_and_runs_nothing_twice(nats_server: NatsServer, tmp_path: Path) -> None:

@@ -4,8 +4,11 @@ A request that reads or streams (GET, HEAD, OPTIONS: probes, metadata, SSE and W
 ``max_streams`` bounds) passes; any other (a POST's JSON-RPC, A2A, webhook; a DELETE) takes a place among
 ``max_in_flight`` and reserves its body's bytes (its Content-Length, else ``max_request_bytes``) among
 ``max_in_flight_bytes``. Past either: 429 with ``Retry-After`` and a JSON reason; while the replica drains
-(SIGTERM): 503, so callers go to another replica. What grows with concurrent callers (handlers, bodies,
-replies held) is so bounded per process, whatever the number of callers: they wait, the process does not grow.
+(SIGTERM): 503, so callers go to another replica. Work that outlives its HTTP request keeps a place until it ends:
+a legacy ``/messages`` request answered on its SSE stream keeps its request's (:meth:`Admission.keep`), each
+``/ws/mcp`` message takes one of its own (:meth:`Admission.enter`).
+What grows with concurrent callers (handlers, bodies, replies held) is so bounded per process, whatever the
+number of callers: they wait, the process does not grow.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from .security import problem
 PASSING_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 RETRY_AFTER_SECONDS = 1  # work is short: a place frees within a second at the rates a replica serves
 REASONS = ("in_flight", "in_flight_bytes", "draining")
+KEPT = web.RequestKey("kubeswarm_admission_kept", bool)  # set on a request whose place its background work keeps
 
 
 class Admission:
@@ -37,6 +41,22 @@ class Admission:
     def _refuse(self, status: type[web.HTTPException], reason: str, error: str, description: str) -> web.HTTPException:
         self._rejected[reason].inc()
         return problem(status, error, description, {"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+    def enter(self) -> bool:
+        """Take a place for one message of a connection admitted already (a WebSocket's); False (counted) when none is free."""
+        if self.in_flight >= self.max_in_flight:
+            self._rejected["in_flight"].inc()
+            return False
+        self.in_flight += 1
+        return True
+
+    @staticmethod
+    def keep(request: web.Request) -> None:
+        """The request's place stays taken after its answer, by work it leaves running: :meth:`leave` when that ends."""
+        request[KEPT] = True
+
+    def leave(self) -> None:
+        self.in_flight -= 1
 
     def _reserve(self, request: web.Request) -> int:
         """The bytes the request's body may take (413 comes later, when it is read, for one past the limit)."""
@@ -62,7 +82,8 @@ class Admission:
             try:
                 return await handler(request)
             finally:
-                self.in_flight -= 1
+                if not request.get(KEPT):
+                    self.in_flight -= 1
                 self.bytes -= size
 
         return admit

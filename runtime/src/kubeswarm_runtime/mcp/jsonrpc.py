@@ -92,7 +92,7 @@ def check(obj: Any) -> RpcMessage:
 
 
 def too_many_in_flight(where: str, limit: int) -> RpcError:
-    """-31000 for a request past the ``limit`` of requests running at once on one connection or session."""
+    """-31000 for a request past the ``limit`` of requests running at once on one connection, session or replica."""
     return RpcError(SERVER_BUSY, f"Too many requests in flight on this {where} (limit {limit})")
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from ..config import McpConfig
+from .admission import Admission
 from .http import CLIENT_GONE, KEEPALIVE, SseStream, json_response, sse_event
 from .jsonrpc import RpcError, RpcMessage, check, decode, encode, error_reply, id_of, result_reply, too_many_in_flight
 from .metering import OK, method_of
@@ -30,6 +31,7 @@ class LegacySse:
     guard: Guard
     slots: StreamSlots
     config: McpConfig
+    admission: Admission
     _background: set[asyncio.Task[None]] = field(default_factory=set)
     _work: SessionWork = field(init=False)
 
@@ -94,6 +96,7 @@ class LegacySse:
             await self.router.send(record.holder, session_id, encode(error_reply(message.id, busy)))
             return web.Response(status=202, text="Accepted")
         task = asyncio.create_task(self._answer(session_id, record, message))
+        self.admission.keep(request)  # the answer, sent on the session's stream, is still work of this request
         self._background.add(task)
         task.add_done_callback(lambda done: self._answered(session_id, done))
         return web.Response(status=202, text="Accepted")
@@ -101,6 +104,7 @@ class LegacySse:
     def _answered(self, session_id: str, task: asyncio.Task[None]) -> None:
         self._background.discard(task)
         self._work.finished(session_id)
+        self.admission.leave()
 
     async def _answer(self, session_id: str, record: SessionRecord, message: RpcMessage) -> None:
         assert record.holder is not None

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import WSMsgType, web
 
 from ..config import McpConfig
+from .admission import Admission
 from .http import json_response
 from .jsonrpc import (
     INVALID_REQUEST,
@@ -38,6 +40,7 @@ class JsonRpc:
     guard: Guard
     slots: StreamSlots
     config: McpConfig
+    admission: Admission
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/rpc", self.post)
@@ -85,6 +88,13 @@ class JsonRpc:
         self.guard.admit_messages(caller, messages - 1)
         reply = await self.answer(payload)
         return web.Response(status=204) if reply is None else json_response(reply)
+
+    def _finished(self, running: set[asyncio.Task[None]]) -> Callable[[asyncio.Task[None]], None]:
+        def finished(task: asyncio.Task[None]) -> None:
+            running.discard(task)
+            self.admission.leave()
+
+        return finished
 
     def _rate_limited(self, caller: Caller, payload: Any) -> RpcError | None:
         """Why a WebSocket message may not run now (each one counts against the caller's rate limit), or None."""
@@ -134,9 +144,13 @@ class JsonRpc:
                             busy = too_many_in_flight("connection", cfg.ws_max_in_flight)
                             await send(self._error(method_of(payload), id_of(payload), busy))
                             continue
+                        if not self.admission.enter():
+                            busy = too_many_in_flight("replica", self.admission.max_in_flight)
+                            await send(self._error(method_of(payload), id_of(payload), busy))
+                            continue
                         task = asyncio.create_task(serve(payload))
                         running.add(task)
-                        task.add_done_callback(running.discard)
+                        task.add_done_callback(self._finished(running))
             except (TimeoutError, ConnectionError):
                 pass
             finally:

@@ -43,14 +43,15 @@ def serve_mcp(app: web.Application) -> None:
     if not config.enabled:
         return
     guard = Guard(config, runtime.config.endpoint)
+    admission = Admission(config, lambda: runtime.draining, runtime.metrics.admission_rejected)
     slots = StreamSlots(config.max_streams)
     server = McpServer(runtime, ToolRegistry(page_size=config.tools_page_size))
     state = McpState(runtime, config.session_ttl_seconds)
     router = LegacyRouter(runtime)
     fanout = DiscoveryFanout(runtime)
-    StreamableHttp(server, state, guard, slots, config).add_routes(app)
-    LegacySse(server, state, router, guard, slots, config).add_routes(app)
-    JsonRpc(server, guard, slots, config).add_routes(app)
+    StreamableHttp(server, state, guard, slots, config, admission).add_routes(app)
+    LegacySse(server, state, router, guard, slots, config, admission).add_routes(app)
+    JsonRpc(server, guard, slots, config, admission).add_routes(app)
     DiscoveryStream(runtime, fanout, guard, slots, config).add_routes(app)
     # A2A beside MCP: the same port, guard (auth, rate limit, origin, size) and stream slots.
     A2AEndpoint(runtime, guard, slots).add_routes(app)
@@ -73,7 +74,7 @@ def serve_mcp(app: web.Application) -> None:
     # Outermost: refusals are counted with their final status, the 503 of swarm_unavailable included.
     app.middlewares.append(server.meter.refusals(carries_jsonrpc))
     # Before any work (auth, body, NATS): a refusal here costs nothing that grows with the callers.
-    app.middlewares.append(Admission(config, lambda: runtime.draining, runtime.metrics.admission_rejected).middleware())
+    app.middlewares.append(admission.middleware())
     app.middlewares.append(swarm_unavailable)
     if tracing.enabled():
         # Innermost: the span covers the answer, and its status code is the one sent.

@@ -18,6 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from ..config import McpConfig
+from .admission import Admission
 from .http import CLIENT_GONE, KEEPALIVE, RECONNECT_MS, SseStream, accepts, json_response, sse_event, status_of
 from .jsonrpc import (
     INVALID_REQUEST,
@@ -57,6 +58,7 @@ class StreamableHttp:
     guard: Guard
     slots: StreamSlots
     config: McpConfig
+    admission: Admission
     _background: set[asyncio.Task[Any]] = field(default_factory=set)
     _work: SessionWork = field(init=False)
 
@@ -183,8 +185,9 @@ class StreamableHttp:
             except BaseException:
                 self._work.finished(session_id)  # no work was started
                 raise
-            # The work records its reply whether or not this client is still listening.
+            # The work records its reply whether or not this client is still listening, in the request's place.
             work = asyncio.create_task(self._answer_and_record(session_id, stream_id, message, version))
+            self.admission.keep(request)
             self._background.add(work)
             work.add_done_callback(lambda done: self._recorded(session_id, done))
             stream = await SseStream.open(request, self.config.write_timeout_seconds)
@@ -199,6 +202,7 @@ class StreamableHttp:
     def _recorded(self, session_id: str, work: asyncio.Task[Any]) -> None:
         self._background.discard(work)
         self._work.finished(session_id)
+        self.admission.leave()
 
     async def _answer_and_record(self, session_id: str, stream_id: str, message: RpcMessage, version: str) -> dict[str, Any]:
         reply = await self.server.reply(message, version)
