@@ -102,7 +102,8 @@ class Presence:
 
     def info(self, state: str = "up") -> AgentInfo:
         cfg = self.config
-        return AgentInfo(
+        # Built from the validated config on every heartbeat and get_agent_info call: not validated again.
+        return AgentInfo.model_construct(
             id=cfg.replica_id,
             agent=cfg.agent,
             role=cfg.role,

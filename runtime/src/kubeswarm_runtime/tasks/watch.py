@@ -51,6 +51,8 @@ class RunWatch:
         self.stopped = True
         if self.handle is not None:
             self.handle.cancel()
+        # It waits in the FIFO until its due time: not holding the task, its runner and its state meanwhile.
+        del self.task, self.state, self.runner
 
 
 class RunWatches:
