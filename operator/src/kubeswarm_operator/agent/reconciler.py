@@ -263,8 +263,13 @@ class AgentReconciler:
         done += await converge(kind for kind in CHILD_KINDS if kind not in PODS_READ)
         actions = [action for action in done if action]
 
+        deployment = world.children[DEPLOYMENT].get((namespace, agent.metadata.name))
+        if deployment is None and f"created {DEPLOYMENT.kind} {agent.metadata.name}" in actions:
+            # Created just now, not in the watch yet: it has no pod yet (not "missing"), so the status written now
+            # still holds when its watch event comes, and need not be written again for it.
+            deployment = desired[DEPLOYMENT]
         observed = Observed(
-            deployment=world.children[DEPLOYMENT].get((namespace, agent.metadata.name)),
+            deployment=deployment,
             nats_url=nats_url,
             missing_refs=refs.missing,
             # An HTTPRoute's readiness comes from the route loop (findings).
