@@ -345,3 +345,11 @@ async def test_an_object_the_agent_does_not_own_is_left_alone_and_reported(kind:
     assert any(w[0] == "event" and w[1] == "NameConflict" and name in w[2] for w in kube.writes)
     # The other children are made as usual.
     assert ("apply", "NetworkPolicy", "scout") in kube.writes
+
+
+def test_what_the_reconciler_remembers_of_its_writes_is_forgotten_past_its_window() -> None:
+    now = reconciler.time.monotonic()
+    recent = {"written": ("hash", now + 60), "long ago": ("hash", now - 1)}
+    assert reconciler.unexpired(recent, "written") == "hash"
+    assert reconciler.unexpired(recent, "long ago") is None
+    assert recent == {"written": ("hash", now + 60)}  # memory stays bounded by the writes of the last moments

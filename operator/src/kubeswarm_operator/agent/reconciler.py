@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from kubeswarm_runtime.natsauth import USER_LIFETIME_SECONDS
 from kubeswarm_runtime.render import (
@@ -56,6 +56,8 @@ from .findings import AgentFindings
 from .status import Observed, compute_status, transitions
 
 log = logging.getLogger(__name__)
+Remembered = TypeVar("Remembered")
+Value = TypeVar("Value")
 
 # After a write, the watch needs a moment to show it; within this window a view
 # that differs is read again from the API server before it is taken for drift.
@@ -67,6 +69,18 @@ ACCOUNT_RETRY_SECONDS = 10.0
 
 async def no_secret_watches(namespace: str, names: Iterable[str]) -> None:
     """Without the operator's wiring (tests), the World is given whole."""
+
+
+def unexpired(recent: dict[Remembered, tuple[Value, float]], key: Remembered) -> Value | None:
+    """What ``recent`` remembers of ``key`` until its deadline (monotonic); past it, forgotten: at thousands of Agents
+    the map holds only what was written in the last moments."""
+    entry = recent.get(key)
+    if entry is None:
+        return None
+    if time.monotonic() < entry[1]:
+        return entry[0]
+    del recent[key]
+    return None
 
 
 class NameConflict(Exception):
@@ -351,10 +365,9 @@ class AgentReconciler:
             return None
         wanted_hash = want["metadata"]["annotations"][SPEC_HASH_ANNOTATION]
         recent_key = (kind.kind, namespace, name)
-        last = self._recent.get(recent_key)
         # Written exactly so moments ago: the watch may lag behind it (no reason to write it again), or someone
         # edited it since (a reason to, now). One fresh read tells which.
-        settling = last is not None and last[0] == wanted_hash and time.monotonic() < last[1]
+        settling = unexpired(self._recent, recent_key) == wanted_hash
         # Our watches see only our own objects (and other Secrets and ConfigMaps as digests): a plain apply would
         # take over one of someone else's, so create only; where the name is taken, the fresh read tells whose.
         if live is None and not settling and await self._create(kind, want, new_secret):
@@ -407,8 +420,8 @@ class AgentReconciler:
         key = (agent.metadata.namespace, agent.metadata.name)
         # The status we wrote moments ago may not have reached the watched body yet: compare with
         # (and carry transition times over from) that one, so it is neither written nor announced twice.
-        recent = self._recent_status.get(key)
-        old = recent[0] if recent is not None and time.monotonic() < recent[1] else agent.status
+        recent = unexpired(self._recent_status, key)
+        old = recent if recent is not None else agent.status
         seen = agent.model_copy(update={"status": old})
         new = self.findings.merge(key, compute_status(seen, observed, stamped_at), old, stamped_at)
         self._count_phase(key, str(new.phase))
