@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import time
 from typing import Any
 
 import pytest
@@ -348,7 +349,7 @@ async def test_an_object_the_agent_does_not_own_is_left_alone_and_reported(kind:
 
 
 def test_what_the_reconciler_remembers_of_its_writes_is_forgotten_past_its_window() -> None:
-    now = reconciler.time.monotonic()
+    now = time.monotonic()
     recent = {"written": ("hash", now + 60), "long ago": ("hash", now - 1)}
     assert reconciler.unexpired(recent, "written") == "hash"
     assert reconciler.unexpired(recent, "long ago") is None
