@@ -222,6 +222,18 @@ def _cpu_seconds(pid: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def _cores_given(busy: int, seconds: float = 2.0) -> float:
+    """The CPU (in cores) the machine gives ``busy`` processes that spin for ``seconds``: what N server processes could get."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.monotonic()
+    spin = f"import time\nend = time.monotonic() + {seconds}\nwhile time.monotonic() < end: pass"
+    spinners = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(busy)]
+    for spinner in spinners:
+        spinner.wait()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / (time.monotonic() - started)
+
+
 def _load_wrk(port: int, seconds: float, clients: int, script: Path) -> dict[str, float]:
     out = subprocess.run(
         ["wrk", "-t1", f"-c{clients}", f"-d{seconds:.0f}s", "-s", str(script), f"http://127.0.0.1:{port}/mcp"],
@@ -265,29 +277,51 @@ def processes_run(nats_url: str, workdir: Path, seconds: float, clients: int) ->
             for name, (pid, port) in targets.items():
                 rounds[name].append(_measured(pid, port, seconds / ROUNDS, clients, script))
         results = {name: {key: statistics.median(r[key] for r in runs) for key in runs[0]} for name, runs in rounds.items()}
+        split = _calls_by_process(two)
+        given = (_cores_given(1), _cores_given(2))
     finally:
         one.stop()
         two.stop()
     client = "wrk (1 thread)" if script else "the Python client (wrk is not on the PATH)"
     print(
         f"tools/call through one runtime replica, 1 process vs mcp.processes 2; load: {client}, {clients} connections, "
-        f"{seconds:.0f}s each in {ROUNDS} interleaved rounds (medians); {os.cpu_count()} cores shared by the client, the servers "
-        "and NATS (none pinned)"
+        f"{seconds:.0f}s each in {ROUNDS} interleaved rounds (medians); {os.cpu_count()} cores shared by the client, the servers, "
+        f"NATS and whatever else runs here (none pinned; load average {os.getloadavg()[0]:.1f} at the end)"
     )
-    print(f"{'server':<14}{'rps':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}{'client CPU us/req':>19}{'server CPU us/req':>19}")
+    print(
+        f"{'server':<14}{'rps':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}{'client CPU us/req':>19}{'server CPU us/req':>19}"
+        f"{'server cores used':>19}"
+    )
     for name, r in results.items():
         print(
             f"{name:<14}{r['rps']:>10.0f}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}{r['errors']:>8.0f}"
-            f"{r['client_us']:>19.1f}{r['server_us']:>19.1f}"
+            f"{r['client_us']:>19.1f}{r['server_us']:>19.1f}{r['rps'] * r['server_us'] / 1e6:>19.2f}"
         )
+    print(f"calls answered by each of the 2 processes (all rounds): first {split[0]:.0f}, second {split[1]:.0f}")
+    print(
+        f"CPU the machine gave busy processes right after: 1 process {given[0]:.2f} cores, 2 processes {given[1]:.2f} cores "
+        f"({given[1] / given[0]:.2f}x: the most 2 server processes could get over 1 here)"
+    )
     single, double = results.values()
     # The ceiling of two processes here: the cores left once the client has had its share per request.
     cores = os.cpu_count() or 1
     ceiling = min(2.0, cores * 1e6 / (double["server_us"] + double["client_us"]) / single["rps"])
+    got = double["rps"] * double["server_us"] / (single["rps"] * single["server_us"])
     print(
-        f"2 processes / 1: {double['rps'] / single['rps']:.2f}x rps (goal >= 1.8); the most {cores} cores allow at these CPU "
-        f"costs per request (client + server): {ceiling:.2f}x"
+        f"2 processes / 1: {double['rps'] / single['rps']:.2f}x rps (goal >= 1.8); the CPU the servers got, 2 processes / 1: "
+        f"{got:.2f}x (more processes only help as far as the machine has idle cores); the most {cores} idle cores would allow "
+        f"at these CPU costs per request (client + server): {ceiling:.2f}x"
     )
+
+
+def _calls_by_process(process: ManagedProcess) -> tuple[float, float]:
+    """tools/call answered by the first process and by the second, from the replica's /metrics."""
+    assert process.env is not None
+    with urllib.request.urlopen(f"http://127.0.0.1:{process.env['KUBESWARM_METRICS_PORT']}/metrics", timeout=5) as response:
+        lines = response.read().decode().splitlines()
+    calls = [line for line in lines if line.startswith("kubeswarm_mcp_requests_total{") and 'method="tools/call"' in line]
+    second = sum(float(line.rsplit(" ", 1)[1]) for line in calls if 'process="1"' in line)
+    return sum(float(line.rsplit(" ", 1)[1]) for line in calls) - second, second
 
 
 def _wait_metric(process: ManagedProcess, text: str) -> None:
