@@ -7,6 +7,7 @@ from kubeswarm_operator.kube.kinds import CHILD_KINDS
 from kubeswarm_runtime.render import JWT_SECRET_KEY
 
 from bench.bench_operator import Size, children_manifests, exponent, profile_summary, rises
+from bench.profile_parts import parts
 
 pytestmark = pytest.mark.unit
 
@@ -46,3 +47,19 @@ def test_profile_summary_counts_own_and_inclusive_samples_without_line_numbers()
     assert " 75.0%  dumps (json/x.py)" in summary
     assert "100.0%  _converge (kubeswarm_operator/agent/reconciler.py)" in summary
     assert "__main__" not in summary
+
+
+def test_profile_parts_count_a_sample_in_its_first_part_and_leave_waiting_out() -> None:
+    collapsed = "\n".join(
+        [
+            "main;WorkQueue._run_queued (a.py:1);AgentReconciler._report (r.py:2);Kube._call (c.py:3) 3",  # a request
+            "main;WorkQueue._run_queued (a.py:1);AgentReconciler._report (r.py:2) 1",  # the status itself
+            "main;EpollSelector.select (selectors.py:468) 50",  # the event loop waiting
+            "main;run_once (base_events.py:1) 1",
+        ]
+    )
+    assert dict(parts(collapsed)) == {
+        "its API requests: JSON encoding, HTTP, answers (Kube._call)": 0.6,
+        "the Agent's status and Events (_report)": 0.2,
+        "other (event loop, SSL, garbage collection)": 0.2,
+    }
