@@ -170,11 +170,12 @@ def ready_timeout(count: int) -> float:
 
 @contextlib.contextmanager
 def suppress_gone() -> Iterator[None]:
-    """A watch that ended with 410 Gone: the caller starts another."""
+    """A watch that ended with 410 Gone, or 504 (resumed from a version the server's watch cache has not reached yet,
+    seen at 5,000 Agents): the caller starts another."""
     try:
         yield
     except client.ApiException as error:
-        if error.status != 410:
+        if error.status not in (410, 504):
             raise
 
 
