@@ -34,6 +34,7 @@ import contextlib
 import json
 import os
 import shlex
+import signal
 import statistics
 import sys
 import tempfile
@@ -62,6 +63,7 @@ CAPABILITY = "echo"
 MODERN = "2026-07-28"
 CONCURRENCY = 4  # tasks a replica runs at once (the runtime's default) and a raw consumer's fetch
 RESULT_DEADLINE_SECONDS = 600
+REJECTIONS = ("in_flight", "in_flight_bytes", "draining")
 HEADERS = {"Content-Type": "application/json", "Accept": "application/json", "MCP-Protocol-Version": MODERN}
 
 
@@ -198,7 +200,9 @@ async def runtime_flood(url: str, replicas: list[Replica], tasks: int) -> dict[s
         succeeded = sum(
             [await metric(http, r, f'kubeswarm_tasks_total{{capability="{CAPABILITY}",outcome="succeeded"}}') for r in replicas]
         )
-        rejected = sum([await metric(http, r, 'kubeswarm_admission_rejected_total{reason="in_flight"}') for r in replicas])
+        rejected = sum(
+            [await metric(http, r, f'kubeswarm_admission_rejected_total{{reason="{reason}"}}') for r in replicas for reason in REJECTIONS]
+        )
     client = await SwarmClient.connect(NatsConfig(url=url), PREFIX, sender="bench")
     stored = await asyncio.gather(*(client.tasks.get(task_id) for task_id in flood.started))
     await client.close()
@@ -303,7 +307,7 @@ async def main() -> int:
     print(f"  complete          {ours['complete']}/{args.tasks} ({100 * ours['complete'] / args.tasks:.1f}%)")
     print(f"  lost              {ours['lost']}")
     print(f"  completed twice   {ours['twice']}")
-    print(f"  refused (callers) {ours['refused'] or 0}  (admission metric, in_flight: {ours['rejected_metric']})")
+    print(f"  refused (callers) {ours['refused'] or 0}  (kubeswarm_admission_rejected_total: {ours['rejected_metric']})")
     print(f"  connection errors {ours['errors'] or 0} (retried)")
     print(f"  all submitted in  {ours['submitted_s']:.1f} s")
     print(f"  drain rate        {ours['drain_rate']:.0f} tasks/s;  time to result p50 {ours['p50']:.2f} s  p99 {ours['p99']:.2f} s")
@@ -321,4 +325,5 @@ async def main() -> int:
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stopped (timeout, kill): its processes stop too
     sys.exit(asyncio.run(main()))
