@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import orjson
 import pytest
 from kubeswarm_runtime.config import RuntimeConfig
 from kubeswarm_runtime.mcp.jsonrpc import RpcError, check, decode, invalid_params
@@ -56,6 +57,24 @@ def test_messages_requests_notifications_and_responses() -> None:
     with pytest.raises(RpcError) as caught:
         decode(b"{")
     assert caught.value.code == -32700
+
+
+@pytest.mark.parametrize("depth", [63, 64, 65, 200])
+def test_nesting_is_checked_the_same_with_or_without_the_body(depth: int) -> None:
+    # The body lets a message with few brackets skip the walk; the verdict must not change at the limit.
+    inner: Any = 1
+    for _ in range(depth):
+        inner = [inner]
+    obj = {"jsonrpc": "2.0", "id": 1, "method": "m", "params": {"v": inner}}
+    body = orjson.dumps(obj)
+    verdicts = []
+    for given in (None, body):
+        try:
+            check(decode(body), given)
+            verdicts.append("ok")
+        except RpcError as exc:
+            verdicts.append(str(exc.code))
+    assert verdicts[0] == verdicts[1] == ("ok" if depth < 64 else "-32602")
 
 
 def test_invalid_params_names_each_field() -> None:

@@ -106,7 +106,6 @@ class A2AEndpoint:
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get(AGENT_CARD_WELL_KNOWN_PATH, self.card)
         app.router.add_post(PATH, self.post)
-        app.middlewares.append(self.meter.refusals(lambda request: request.path == PATH))
 
     async def card(self, request: web.Request) -> web.Response:
         # Public, as the protocol wants: the card says how to authenticate, the methods need it.
@@ -123,7 +122,7 @@ class A2AEndpoint:
             method = method_of(payload)
             if isinstance(payload, list):
                 raise RpcError(INVALID_REQUEST, "Invalid request: A2A takes no batches")
-            message = check(payload)
+            message = check(payload, body)
             request_id, method = message.id, message.method
             self.meter.reading(method)
             if message.is_response or message.is_notification:

@@ -16,7 +16,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from aiohttp import web
-from aiohttp.typedefs import Handler, Middleware
 from prometheus_client import Counter
 
 from ..config import McpConfig
@@ -63,27 +62,28 @@ class Admission:
         length = request.content_length
         return self.body_limit if length is None else min(length, self.body_limit)
 
-    def middleware(self) -> Middleware:
-        @web.middleware
-        async def admit(request: web.Request, handler: Handler) -> web.StreamResponse:
-            if request.method in PASSING_METHODS:
-                return await handler(request)
-            if self.draining():
-                raise self._refuse(web.HTTPServiceUnavailable, "draining", "draining", "this replica is shutting down; retry")
-            if self.in_flight >= self.max_in_flight:
-                description = f"this replica serves at most {self.max_in_flight} requests at once; retry"
-                raise self._refuse(web.HTTPTooManyRequests, "in_flight", "overloaded", description)
-            size = self._reserve(request)
-            if self.bytes + size > self.max_bytes:
-                description = f"this replica holds at most {self.max_bytes} bytes of requests at once; retry"
-                raise self._refuse(web.HTTPTooManyRequests, "in_flight_bytes", "overloaded", description)
-            self.in_flight += 1
-            self.bytes += size
-            try:
-                return await handler(request)
-            finally:
-                if not request.get(KEPT):
-                    self.in_flight -= 1
-                self.bytes -= size
+    def take(self, request: web.Request) -> int:
+        """Admit a request before any of its work (the serving middleware): the bytes it reserved, -1 for one that
+        passes (GET, HEAD, OPTIONS), or the refusal raised (503 draining, 429 past a bound); :meth:`release` after it."""
+        if request.method in PASSING_METHODS:
+            return -1
+        if self.draining():
+            raise self._refuse(web.HTTPServiceUnavailable, "draining", "draining", "this replica is shutting down; retry")
+        if self.in_flight >= self.max_in_flight:
+            description = f"this replica serves at most {self.max_in_flight} requests at once; retry"
+            raise self._refuse(web.HTTPTooManyRequests, "in_flight", "overloaded", description)
+        size = self._reserve(request)
+        if self.bytes + size > self.max_bytes:
+            description = f"this replica holds at most {self.max_bytes} bytes of requests at once; retry"
+            raise self._refuse(web.HTTPTooManyRequests, "in_flight_bytes", "overloaded", description)
+        self.in_flight += 1
+        self.bytes += size
+        return size
 
-        return admit
+    def release(self, request: web.Request, size: int) -> None:
+        """The request admitted by :meth:`take` (``size``: what it returned) was answered."""
+        if size < 0:
+            return
+        if not request.get(KEPT):
+            self.in_flight -= 1
+        self.bytes -= size

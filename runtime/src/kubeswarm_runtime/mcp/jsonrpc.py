@@ -66,8 +66,8 @@ def decode(body: bytes | str) -> Any:
         raise RpcError(PARSE_ERROR, "Parse error: the body is not valid JSON") from None
 
 
-def check(obj: Any) -> RpcMessage:
-    """One decoded JSON-RPC message, or RpcError(INVALID_REQUEST/INVALID_PARAMS)."""
+def check(obj: Any, body: bytes | None = None) -> RpcMessage:
+    """One decoded JSON-RPC message, or RpcError(INVALID_REQUEST/INVALID_PARAMS); ``body``: the bytes it was decoded from."""
     if not isinstance(obj, dict):
         raise RpcError(INVALID_REQUEST, "Invalid request: a JSON-RPC message is a JSON object")
     if obj.get("jsonrpc") != "2.0":
@@ -86,7 +86,9 @@ def check(obj: Any) -> RpcMessage:
         params = {}
     if not isinstance(params, dict):
         raise RpcError(INVALID_PARAMS, 'Invalid params: "params" must be an object (named parameters)')
-    if nested_deeper_than(params, MAX_PARAMS_DEPTH):
+    # Each level of nesting opens with a bracket: a body with few of them (the usual call) needs no walk.
+    shallow = body is not None and body.count(b"{") + body.count(b"[") <= MAX_PARAMS_DEPTH
+    if not shallow and nested_deeper_than(params, MAX_PARAMS_DEPTH):
         raise RpcError(INVALID_PARAMS, f"Invalid params: arrays and objects nest deeper than {MAX_PARAMS_DEPTH} levels")
     return RpcMessage(method=method, params=params, id=request_id, is_notification=not has_id)
 

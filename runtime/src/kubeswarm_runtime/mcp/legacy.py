@@ -81,7 +81,7 @@ class LegacySse:
         obj = None
         try:
             obj = decode(body)
-            message = check(obj)
+            message = check(obj, body)
         except RpcError as exc:
             self.server.meter.count(method_of(obj), exc.code)
             return json_response(error_reply(id_of(obj), exc), status=400)

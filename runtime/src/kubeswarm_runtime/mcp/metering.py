@@ -8,20 +8,18 @@ with ``isError``), the HTTP status of a refusal that carries no JSON-RPC answer 
 costs a set and a dict look-up and the increment.
 
 The transports count their JSON-RPC answers; refusals they raise as HTTP errors are counted by
-the :meth:`RequestMeter.refusals` middleware, which learns through a context variable whether
-the request was counted already and, once read, its method.
+the serving middleware (``server.serving_middleware``) through :meth:`RequestMeter.serving` and
+:meth:`RequestMeter.served`, which learn through a context variable whether the request was
+counted already and, once read, its method.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import web
-from aiohttp.typedefs import Handler, Middleware
 from prometheus_client import Counter
 
 NO_METHOD = "none"
@@ -70,31 +68,14 @@ class RequestMeter:
         if (current := _CURRENT.get()) is not None:
             current.method = method
 
-    def refusals(self, metered: Callable[[web.Request], bool]) -> Middleware:
-        """A middleware counting a ``metered`` HTTP request that ends in a status >= 400 nothing counted yet."""
+    @staticmethod
+    def serving() -> tuple[HttpRequestState, contextvars.Token[HttpRequestState | None]]:
+        """Start watching an HTTP request for a refusal nothing counts (:meth:`served` with its final status)."""
+        state = HttpRequestState()
+        return state, _CURRENT.set(state)
 
-        @web.middleware
-        async def count_refusals(request: web.Request, handler: Handler) -> web.StreamResponse:
-            if not metered(request):
-                return await handler(request)
-            state = HttpRequestState()
-            token = _CURRENT.set(state)
-            status = 0
-            try:
-                response = await handler(request)
-                status = response.status
-                return response
-            except web.HTTPException as exc:
-                status = exc.status
-                raise
-            except asyncio.CancelledError:
-                raise  # the client left: nothing was answered
-            except Exception:
-                status = 500  # what aiohttp answers
-                raise
-            finally:
-                _CURRENT.reset(token)
-                if status >= 400 and not state.counted:
-                    self.count(state.method, status)
-
-        return count_refusals
+    def served(self, state: HttpRequestState, token: contextvars.Token[HttpRequestState | None], status: int) -> None:
+        """The request ended with ``status`` (0: the client left): a status >= 400 nothing counted yet is counted."""
+        _CURRENT.reset(token)
+        if status >= 400 and not state.counted:
+            self.count(state.method, status)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import nats
 from aiohttp import web
-from aiohttp.typedefs import Handler
+from aiohttp.typedefs import Handler, Middleware
 
 from .. import tracing
 from ..agent2agent import A2AEndpoint
@@ -17,6 +19,7 @@ from .discovery_stream import DiscoveryStream
 from .fanout import DiscoveryFanout
 from .http import json_response
 from .legacy import LegacySse
+from .metering import RequestMeter
 from .protocol import McpServer
 from .rpc import JsonRpc
 from .security import WELL_KNOWN_RESOURCE, Guard, StreamSlots, problem
@@ -28,8 +31,50 @@ from .tools import ToolRegistry
 JSONRPC_POSTS = frozenset({"/mcp", "/messages", "/rpc"})
 
 
-def carries_jsonrpc(request: web.Request) -> bool:
-    return (request.method == "POST" and request.path in JSONRPC_POSTS) or request.path == "/ws/mcp"
+def serving_middleware(mcp: RequestMeter, a2a: RequestMeter, admission: Admission) -> Middleware:
+    """The one middleware of the MCP port (one per request, not one per concern: each costs a coroutine frame per call).
+
+    Outermost, the refusal meter: a request carrying JSON-RPC (MCP's, else A2A's) that ends in a status >= 400
+    nothing counted is counted with that final status, the 503 of swarm_unavailable included. Then admission,
+    before any work (auth, body, NATS): a refusal there costs nothing that grows with the callers. Innermost, no
+    NATS (not yet connected, or down): 503, so clients and load balancers retry elsewhere or later.
+    """
+
+    @web.middleware
+    async def serve(request: web.Request, handler: Handler) -> web.StreamResponse:
+        path = request.path
+        if (request.method == "POST" and path in JSONRPC_POSTS) or path == "/ws/mcp":
+            meter: RequestMeter | None = mcp
+        else:
+            meter = a2a if path == A2A_PATH else None
+        if meter is not None:
+            state, token = meter.serving()
+        status = 0
+        try:
+            size = admission.take(request)
+            try:
+                response = await handler(request)
+            except (SwarmUnavailable, nats.errors.Error) as exc:
+                raise problem(
+                    web.HTTPServiceUnavailable, "swarm_unavailable", str(exc) or type(exc).__name__, {"Retry-After": "1"}
+                ) from None
+            finally:
+                admission.release(request, size)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        except asyncio.CancelledError:
+            raise  # the client left: nothing was answered
+        except Exception:
+            status = 500  # what aiohttp answers
+            raise
+        finally:
+            if meter is not None:
+                meter.served(state, token, status)
+
+    return serve
 
 
 def serve_mcp(app: web.Application) -> None:
@@ -54,7 +99,8 @@ def serve_mcp(app: web.Application) -> None:
     JsonRpc(server, guard, slots, config, admission).add_routes(app)
     DiscoveryStream(runtime, fanout, guard, slots, config).add_routes(app)
     # A2A beside MCP: the same port, guard (auth, rate limit, origin, size) and stream slots.
-    A2AEndpoint(runtime, guard, slots).add_routes(app)
+    a2a = A2AEndpoint(runtime, guard, slots)
+    a2a.add_routes(app)
     hooks = runtime.config.triggers.webhooks
     Webhooks(lambda: runtime.swarm.tasks, hooks, guard).add_routes(app)
 
@@ -71,21 +117,8 @@ def serve_mcp(app: web.Application) -> None:
         await guard.auth.close()
 
     app.on_shutdown.append(stop)
-    # Outermost: refusals are counted with their final status, the 503 of swarm_unavailable included.
-    app.middlewares.append(server.meter.refusals(carries_jsonrpc))
-    # Before any work (auth, body, NATS): a refusal here costs nothing that grows with the callers.
-    app.middlewares.append(admission.middleware())
-    app.middlewares.append(swarm_unavailable)
+    app.middlewares.append(serving_middleware(server.meter, a2a.meter, admission))
     if tracing.enabled():
         # Innermost: the span covers the answer, and its status code is the one sent.
         traced = JSONRPC_POSTS | {"/ws/mcp", A2A_PATH} | {WEBHOOK_PATH.format(name=hook.name) for hook in hooks}
         app.middlewares.append(tracing.http_middleware(traced))
-
-
-@web.middleware
-async def swarm_unavailable(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """No NATS (not yet connected, or down): 503, so clients and load balancers retry elsewhere or later."""
-    try:
-        return await handler(request)
-    except (SwarmUnavailable, nats.errors.Error) as exc:
-        raise problem(web.HTTPServiceUnavailable, "swarm_unavailable", str(exc) or type(exc).__name__, {"Retry-After": "1"}) from None

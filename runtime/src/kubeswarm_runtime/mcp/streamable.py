@@ -93,7 +93,7 @@ class StreamableHttp:
             obj = decode(body)
             if isinstance(obj, list):
                 raise RpcError(INVALID_REQUEST, "Invalid request: batches are not part of this protocol")
-            message = check(obj)
+            message = check(obj, body)
         except RpcError as exc:
             return self._reject(400, exc, method_of(obj), id_of(obj))
         self.server.meter.reading(message.method)
