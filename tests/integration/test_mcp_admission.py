@@ -180,6 +180,30 @@ async def test_legacy_answers_keep_their_request_place_until_sent(nats_server: N
         await wait_for(admitted, what="a place free again")
 
 
+async def test_a2a_streams_that_follow_a_task_give_their_place_back(nats_server: NatsServer, tmp_path: Path) -> None:
+    async with served(nats_server.url, tmp_path) as (front, client, http):
+        # More followers than places: streams are capped by max_streams, not by the places of work.
+        followers = MAX_IN_FLIGHT + 1
+        for i in range(followers):
+            await client.tasks.create("held", i, task_id=f"followed-{i}")
+        streams = [
+            await http.post(
+                front.url + "/a2a",
+                json=rpc("SubscribeToTask", {"id": f"followed-{i}"}, request_id=i),
+                headers={"A2A-Version": "1.0", "Accept": "text/event-stream"},
+            )
+            for i in range(followers)
+        ]
+        try:
+            assert [response.status for response in streams] == [200] * followers
+            for response in streams:
+                assert data_of(await anext(sse_events(response)))["result"]["task"]["status"]["state"] == "TASK_STATE_SUBMITTED"
+            assert (await front.create_task(http, {"capability": "echo", "task_id": "beside-followers"}))[0] == 200
+        finally:
+            for response in streams:
+                response.close()
+
+
 async def test_a_flood_past_the_bound_loses_nothing_and_runs_nothing_twice(nats_server: NatsServer, tmp_path: Path) -> None:
     callers = 12 * MAX_IN_FLIGHT
     task_ids = [uuid.uuid4().hex for _ in range(callers)]

@@ -22,6 +22,7 @@ from aiohttp import web
 from google.protobuf import json_format
 from google.protobuf.message import Message as ProtoMessage
 
+from ..mcp.admission import Admission
 from ..mcp.http import CLIENT_GONE, KEEPALIVE, SseStream, json_response, sse_event
 from ..mcp.jsonrpc import INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, RequestId, RpcError, check, decode, encode, error_reply
 from ..mcp.metering import NO_METHOD, RequestMeter, method_of
@@ -96,10 +97,11 @@ def check_version(request: web.Request) -> None:
 
 
 class A2AEndpoint:
-    def __init__(self, runtime: AgentRuntime, guard: Guard, slots: StreamSlots) -> None:
+    def __init__(self, runtime: AgentRuntime, guard: Guard, slots: StreamSlots, admission: Admission) -> None:
         self.runtime = runtime
         self.guard = guard
         self.slots = slots
+        self.admission = admission
         self.config = runtime.config
         self.meter = RequestMeter(runtime.metrics.a2a_requests, REQUEST_TYPES)
 
@@ -255,6 +257,7 @@ class A2AEndpoint:
         self.meter.count(method)
         cfg = self.config.mcp
         with self.slots.hold():
+            self.admission.release_to_stream(request)  # following the task is a stream's, not work's
             stream = await SseStream.open(request, cfg.write_timeout_seconds)
 
             async def send(result: ProtoMessage) -> None:

@@ -6,7 +6,8 @@ A request that reads or streams (GET, HEAD, OPTIONS: probes, metadata, SSE and W
 ``max_in_flight_bytes``. Past either: 429 with ``Retry-After`` and a JSON reason; while the replica drains
 (SIGTERM): 503, so callers go to another replica. Work that outlives its HTTP request keeps a place until it ends:
 a legacy ``/messages`` request answered on its SSE stream keeps its request's (:meth:`Admission.keep`), each
-``/ws/mcp`` message takes one of its own (:meth:`Admission.enter`).
+``/ws/mcp`` message takes one of its own (:meth:`Admission.enter`). An A2A stream that only follows a task gives
+its place back (:meth:`Admission.release_to_stream`): streams are capped by ``max_streams``.
 What grows with concurrent callers (handlers, bodies, replies held) is so bounded per process, whatever the
 number of callers: they wait, the process does not grow.
 """
@@ -24,7 +25,8 @@ from .security import problem
 PASSING_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 RETRY_AFTER_SECONDS = 1  # work is short: a place frees within a second at the rates a replica serves
 REASONS = ("in_flight", "in_flight_bytes", "draining")
-KEPT = web.RequestKey("kubeswarm_admission_kept", bool)  # set on a request whose place its background work keeps
+# Where a request's place is: "held" by the request, "kept" by work it left running, "released" by its stream.
+PLACE = web.RequestKey("kubeswarm_admission_place", str)
 
 
 class Admission:
@@ -52,7 +54,15 @@ class Admission:
     @staticmethod
     def keep(request: web.Request) -> None:
         """The request's place stays taken after its answer, by work it leaves running: :meth:`leave` when that ends."""
-        request[KEPT] = True
+        if request.get(PLACE) == "held":
+            request[PLACE] = "kept"
+
+    def release_to_stream(self, request: web.Request) -> None:
+        """The request's work is done and its answer now only follows a state, for long (A2A streams): it gives back
+        its place, and ``max_streams`` caps it from now on, as it does the GET streams."""
+        if request.get(PLACE) == "held":
+            request[PLACE] = "released"
+            self.in_flight -= 1
 
     def leave(self) -> None:
         self.in_flight -= 1
@@ -78,12 +88,13 @@ class Admission:
             raise self._refuse(web.HTTPTooManyRequests, "in_flight_bytes", "overloaded", description)
         self.in_flight += 1
         self.bytes += size
+        request[PLACE] = "held"
         return size
 
     def release(self, request: web.Request, size: int) -> None:
         """The request admitted by :meth:`take` (``size``: what it returned) was answered."""
         if size < 0:
             return
-        if not request.get(KEPT):
+        if request[PLACE] == "held":
             self.in_flight -= 1
         self.bytes -= size

@@ -99,7 +99,7 @@ def serve_mcp(app: web.Application) -> None:
     JsonRpc(server, guard, slots, config, admission).add_routes(app)
     DiscoveryStream(runtime, fanout, guard, slots, config).add_routes(app)
     # A2A beside MCP: the same port, guard (auth, rate limit, origin, size) and stream slots.
-    a2a = A2AEndpoint(runtime, guard, slots)
+    a2a = A2AEndpoint(runtime, guard, slots, admission)
     a2a.add_routes(app)
     hooks = runtime.config.triggers.webhooks
     Webhooks(lambda: runtime.swarm.tasks, hooks, guard).add_routes(app)
