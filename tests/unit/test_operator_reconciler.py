@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import time
 from typing import Any
 
@@ -13,6 +14,7 @@ from kubeswarm_operator.agent.status import Observed, compute_status, transition
 from kubeswarm_operator.kube import kinds
 from kubeswarm_operator.kube.kinds import CHILD_KINDS, Kind
 from kubeswarm_operator.kube.owned import data_digests
+from kubeswarm_operator.kube.watch import prune
 from kubeswarm_operator.kube.world import World
 from kubeswarm_operator.settings import OperatorSettings
 from kubeswarm_runtime.resources import Agent, AgentStatus, Condition
@@ -354,3 +356,24 @@ def test_what_the_reconciler_remembers_of_its_writes_is_forgotten_past_its_windo
     assert reconciler.unexpired(recent, "written") == "hash"
     assert reconciler.unexpired(recent, "long ago") is None
     assert recent == {"written": ("hash", now + 60)}  # memory stays bounded by the writes of the last moments
+
+
+def test_views_of_objects_parsed_apart_share_their_field_names_and_short_values() -> None:
+    inputs = children.ChildInputs(
+        image="runtime:1",
+        runtime_env={},
+        nats_url="nats://n:4222",
+        ingress_namespace="i",
+        config_hash="h",
+        api_key_env="K",
+        jwt_key_env="J",
+    )
+    deployment = children.build_children(Agent.model_validate(agent_body()), inputs)[kinds.DEPLOYMENT]
+    assert deployment is not None
+    text = json.dumps({**deployment, "metadata": {**deployment["metadata"], "managedFields": [{"manager": "x"}]}})
+    first, second = prune(json.loads(text)), prune(json.loads(text))
+    assert first == deployment  # the same content, managedFields left out
+    containers = first["spec"]["template"]["spec"]["containers"], second["spec"]["template"]["spec"]["containers"]
+    image_keys = [next(key for key in c[0] if key == "image") for c in containers]
+    assert image_keys[0] is image_keys[1]  # one string for thousands of views, not one each
+    assert containers[0][0]["image"] is containers[1][0]["image"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,16 +38,30 @@ RETRY_MAX_SECONDS = 30.0  # a watch's own retries, sooner than a reconcile's: th
 UNCOMPARED_ANNOTATIONS = ("kubectl.kubernetes.io/last-applied-configuration", f"{GROUP}/last-handled-configuration")
 
 
-def prune(body: Mapping[str, Any]) -> dict[str, Any]:
-    """An object as the reconcilers read it: without managedFields and bulky annotations.
+# Strings up to this long are shared between the views (field names, images, label values, probe paths ...).
+SHARED_STRING_LENGTH = 64
 
-    Only the top level and metadata are copied: every watch event brings a
-    freshly parsed body that is never reused, so sharing spec and status is safe.
-    """
+
+def compact(value: Any) -> Any:
+    """``value`` with its keys and short strings interned: each watched object is parsed on its own, so without
+    this every view holds its own copy of every field name; shared, the views take half the memory."""
+    if isinstance(value, dict):
+        return {sys.intern(key): compact(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [compact(item) for item in value]
+    if isinstance(value, str) and len(value) <= SHARED_STRING_LENGTH:
+        return sys.intern(value)
+    return value
+
+
+def prune(body: Mapping[str, Any]) -> dict[str, Any]:
+    """An object as the reconcilers read it (and keep it, thousands of them): without managedFields and bulky
+    annotations, compacted."""
     meta = {key: value for key, value in body.get("metadata", {}).items() if key != "managedFields"}
     if "annotations" in meta:
         meta["annotations"] = {k: v for k, v in meta["annotations"].items() if k not in UNCOMPARED_ANNOTATIONS}
-    return {**body, "metadata": meta}
+    pruned: dict[str, Any] = compact({**body, "metadata": meta})
+    return pruned
 
 
 def digests_view(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -59,7 +74,8 @@ def digests_view(body: Mapping[str, Any]) -> dict[str, Any]:
             view["data"] = dict(body.get("data", {}))
         if "type" in body:
             view["type"] = body["type"]
-    return view
+    compacted: dict[str, Any] = compact(view)
+    return compacted
 
 
 class Expired(Exception):
