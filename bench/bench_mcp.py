@@ -13,6 +13,9 @@ answer arrived) from a separate load-generator process:
 - (b) a bare aiohttp handler that parses the request and returns the same JSON:
   the ceiling for a Python server here.
 
+Each row gives the server's CPU per request beside its rate: with wrk, the servers are CPU-bound, and
+the CPU ratio is the steadier figure on a machine other work shares.
+
 Then the same runtime with ``mcp.processes: 2`` (two processes sharing the port) against one process, in
 interleaved rounds under the same load. The load comes from ``wrk`` when it is on the PATH (a C load generator:
 ``apt-get install wrk``; far less CPU per request than a Python client, which matters on a small machine where
@@ -262,11 +265,21 @@ def _measured(pid: int, port: int, seconds: float, clients: int, script: Path | 
     return result | {"client_us": client / requests * 1e6, "server_us": server / requests * 1e6}
 
 
+def _wrk_script(workdir: Path) -> Path | None:
+    """wrk's script of the tools/call, or None when wrk is not on the PATH (the Python client then)."""
+    if not shutil.which("wrk"):
+        return None
+    script = workdir / "call.lua"
+    script.write_text(WRK_SCRIPT % {"body": call_body(1).decode(), "version": MODERN, "tool": TOOL})
+    return script
+
+
+def _load_name(script: Path | None) -> str:
+    return "wrk (1 thread)" if script else "the Python client (wrk is not on the PATH)"
+
+
 def processes_run(nats_url: str, workdir: Path, seconds: float, clients: int) -> None:
-    script: Path | None = None
-    if shutil.which("wrk"):
-        script = workdir / "call.lua"
-        script.write_text(WRK_SCRIPT % {"body": call_body(1).decode(), "version": MODERN, "tool": TOOL})
+    script = _wrk_script(workdir)
     one, one_port = _runtime(nats_url, workdir)
     two, two_port = _runtime(nats_url, workdir, KUBESWARM_MCP__PROCESSES="2")
     try:
@@ -282,9 +295,8 @@ def processes_run(nats_url: str, workdir: Path, seconds: float, clients: int) ->
     finally:
         one.stop()
         two.stop()
-    client = "wrk (1 thread)" if script else "the Python client (wrk is not on the PATH)"
     print(
-        f"tools/call through one runtime replica, 1 process vs mcp.processes 2; load: {client}, {clients} connections, "
+        f"tools/call through one runtime replica, 1 process vs mcp.processes 2; load: {_load_name(script)}, {clients} connections, "
         f"{seconds:.0f}s each in {ROUNDS} interleaved rounds (medians); {os.cpu_count()} cores shared by the client, the servers, "
         f"NATS and whatever else runs here (none pinned; load average {os.getloadavg()[0]:.1f} at the end)"
     )
@@ -421,26 +433,33 @@ def run(seconds: float, clients: int, subscribers: int, processes_only: bool) ->
             started.append(sdk)
             bare, bare_port = _server("serve-bare", workdir)
             started.append(bare)
-            targets = {"kubeswarm": runtime_port, "(a) SDK MCPServer": sdk_port, "(b) bare aiohttp": bare_port}
+            script = _wrk_script(workdir)
+            targets = {
+                "kubeswarm": (runtime.pid, runtime_port),
+                "(a) SDK MCPServer": (sdk.pid, sdk_port),
+                "(b) bare aiohttp": (bare.pid, bare_port),
+            }
             # Interleaved rounds, median per server: the machine is shared, so load varies over a run.
             rounds: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
             for _ in range(ROUNDS):
-                for name, port in targets.items():
-                    rounds[name].append(_measure(port, seconds / ROUNDS, clients))
+                for name, (pid, port) in targets.items():
+                    rounds[name].append(_measured(pid, port, seconds / ROUNDS, clients, script))
             results = {name: {key: statistics.median(r[key] for r in runs) for key in runs[0]} for name, runs in rounds.items()}
             for process in (sdk, bare):
                 process.stop()
             print(
-                f"tools/call, {clients} closed-loop clients, {seconds:.0f}s per server in {ROUNDS} interleaved rounds (medians), "
-                "2026-07-28 stateless JSON"
+                f"tools/call, {clients} closed-loop connections from {_load_name(script)}, {seconds:.0f}s per server in {ROUNDS} "
+                "interleaved rounds (medians), 2026-07-28 stateless JSON"
             )
-            print(f"{'server':<20}{'rps':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}")
+            print(f"{'server':<20}{'rps':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}{'server CPU us/req':>19}")
             for name, r in results.items():
-                print(f"{name:<20}{r['rps']:>10.0f}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}{r['errors']:>8.0f}")
+                print(f"{name:<20}{r['rps']:>10.0f}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}{r['errors']:>8.0f}{r['server_us']:>19.1f}")
             ours, sdk_r, bare_r = results.values()
             print(
                 f"kubeswarm / (a): {ours['rps'] / sdk_r['rps']:.2f}x rps (goal >= 4x);"
-                f" kubeswarm / (b): {ours['rps'] / bare_r['rps']:.2f} (goal >= 1.0); p99 {ours['p99_ms']:.2f} ms (goal < 5)"
+                f" kubeswarm / (b): {ours['rps'] / bare_r['rps']:.2f} rps (goal >= 1.0),"
+                f" {bare_r['server_us'] / ours['server_us']:.2f} by CPU per request (bare / ours: the same ratio measured by work,"
+                f" steadier on a shared machine); p99 {ours['p99_ms']:.2f} ms (goal < 5)"
             )
             runtime.stop()
             started.remove(runtime)
