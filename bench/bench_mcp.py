@@ -16,6 +16,12 @@ answer arrived) from a separate load-generator process:
 Each row gives the server's CPU per request beside its rate: with wrk, the servers are CPU-bound, and
 the CPU ratio is the steadier figure on a machine other work shares.
 
+``--baseline-src DIR`` adds a fourth server to the same rounds: the runtime run from another copy of
+``runtime/src`` (before and after a change, under the same load)::
+
+    mkdir /tmp/before && git archive <commit> runtime/src | tar -x -C /tmp/before
+    .venv/bin/python -m bench.bench_mcp --baseline-src /tmp/before/runtime/src
+
 Then the same runtime with ``mcp.processes: 2`` (two processes sharing the port) against one process, in
 interleaved rounds under the same load. The load comes from ``wrk`` when it is on the PATH (a C load generator:
 ``apt-get install wrk``; far less CPU per request than a Python client, which matters on a small machine where
@@ -50,6 +56,7 @@ from tests.testbed.nats import NatsServer
 from tests.testbed.procs import ManagedProcess, free_port
 
 MODERN = "2026-07-28"
+BASELINE = "baseline source"
 TOOL = "get_agent_info"
 ROUNDS = 3
 
@@ -418,7 +425,7 @@ def _rss_mib(pid: int) -> float:
     raise RuntimeError("no VmRSS")
 
 
-def run(seconds: float, clients: int, subscribers: int, processes_only: bool) -> None:
+def run(seconds: float, clients: int, subscribers: int, processes_only: bool, baseline_src: Path | None) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-mcp-") as tmp:
         workdir = Path(tmp)
         nats = NatsServer(workdir / "nats").start()
@@ -439,13 +446,19 @@ def run(seconds: float, clients: int, subscribers: int, processes_only: bool) ->
                 "(a) SDK MCPServer": (sdk.pid, sdk_port),
                 "(b) bare aiohttp": (bare.pid, bare_port),
             }
+            others = [sdk, bare]
+            if baseline_src is not None:
+                baseline, baseline_port = _runtime(nats.url, workdir, PYTHONPATH=str(baseline_src))
+                started.append(baseline)
+                others.append(baseline)
+                targets[BASELINE] = (baseline.pid, baseline_port)
             # Interleaved rounds, median per server: the machine is shared, so load varies over a run.
             rounds: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
             for _ in range(ROUNDS):
                 for name, (pid, port) in targets.items():
                     rounds[name].append(_measured(pid, port, seconds / ROUNDS, clients, script))
             results = {name: {key: statistics.median(r[key] for r in runs) for key in runs[0]} for name, runs in rounds.items()}
-            for process in (sdk, bare):
+            for process in others:
                 process.stop()
             print(
                 f"tools/call, {clients} closed-loop connections from {_load_name(script)}, {seconds:.0f}s per server in {ROUNDS} "
@@ -454,13 +467,20 @@ def run(seconds: float, clients: int, subscribers: int, processes_only: bool) ->
             print(f"{'server':<20}{'rps':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}{'server CPU us/req':>19}")
             for name, r in results.items():
                 print(f"{name:<20}{r['rps']:>10.0f}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}{r['errors']:>8.0f}{r['server_us']:>19.1f}")
-            ours, sdk_r, bare_r = results.values()
+            ours, sdk_r, bare_r = results["kubeswarm"], results["(a) SDK MCPServer"], results["(b) bare aiohttp"]
             print(
                 f"kubeswarm / (a): {ours['rps'] / sdk_r['rps']:.2f}x rps (goal >= 4x);"
                 f" kubeswarm / (b): {ours['rps'] / bare_r['rps']:.2f} rps (goal >= 1.0),"
                 f" {bare_r['server_us'] / ours['server_us']:.2f} by CPU per request (bare / ours: the same ratio measured by work,"
                 f" steadier on a shared machine); p99 {ours['p99_ms']:.2f} ms (goal < 5)"
             )
+            if BASELINE in results:
+                before = results[BASELINE]
+                print(
+                    f"kubeswarm / the runtime from {baseline_src}: {ours['rps'] / before['rps']:.2f}x rps, "
+                    f"{before['server_us'] / ours['server_us']:.2f}x by CPU per request; bare / that runtime by CPU: "
+                    f"{bare_r['server_us'] / before['server_us']:.2f}"
+                )
             runtime.stop()
             started.remove(runtime)
             processes_run(nats.url, workdir, seconds, clients)
@@ -523,8 +543,13 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--subscribers", type=int, default=1000)
     parser.add_argument("--processes-only", action="store_true", help="only 1 process against 2 (mcp.processes)")
+    parser.add_argument(
+        "--baseline-src",
+        type=Path,
+        help="also serve the runtime from this runtime/src (e.g. an earlier commit's, from git archive) in the same rounds",
+    )
     options = parser.parse_args()
-    run(options.seconds, options.clients, options.subscribers, options.processes_only)
+    run(options.seconds, options.clients, options.subscribers, options.processes_only, options.baseline_src)
 
 
 if __name__ == "__main__":
