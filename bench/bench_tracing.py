@@ -61,7 +61,7 @@ async def traced_throughput(url: str, endpoint: str, count: int, round_no: int) 
     provider.add_span_processor(BatchSpanProcessor(Counting(endpoint=endpoint)))
     tracing.configure(provider)
     try:
-        result = await runtime_throughput(url, count, round_no)
+        result, _cpu = await runtime_throughput(url, count, round_no)
     finally:
         tracing.configure(None)
         provider.shutdown()
@@ -82,9 +82,9 @@ async def main(count: int, rounds: int) -> None:
             for round_no in range(rounds):
                 if round_no % 2:
                     traced, exported = await traced_throughput(server.url, endpoint, count, 1000 + round_no)
-                    plain = await runtime_throughput(server.url, count, 2000 + round_no)
+                    plain, _cpu = await runtime_throughput(server.url, count, 2000 + round_no)
                 else:
-                    plain = await runtime_throughput(server.url, count, 2000 + round_no)
+                    plain, _cpu = await runtime_throughput(server.url, count, 2000 + round_no)
                     traced, exported = await traced_throughput(server.url, endpoint, count, 1000 + round_no)
                 ratios.append(traced / plain)
                 print(
