@@ -209,3 +209,29 @@ async def test_a_streamable_session_has_a_bounded_number_of_streamed_requests_in
         status, reply = await post(http, agent.mcp, rpc("tools/call", call, request_id=2), session_headers(session_id))
         assert status == 200 and reply["error"]["code"] == -31000, reply
         agent.handler.gate.set()
+
+
+async def test_an_rpc_batch_runs_at_most_ws_max_in_flight_of_its_messages_at_once(nats_server: NatsServer) -> None:
+    # Rate limit off (mcp_agent's default): the batch's size is bounded only by the body, its concurrency by this.
+    async with mcp_agent(nats_server.url, ws_max_in_flight=2) as agent, aiohttp.ClientSession() as http:
+        url = agent.url + "/rpc"
+        calls = [rpc("create_task", {"capability": "gated", "task_id": f"b{i}", "wait_seconds": 60}, request_id=i) for i in range(5)]
+        batch = asyncio.create_task(post(http, url, calls))
+
+        async def listed() -> list[str]:
+            _, reply = await post(http, url, rpc("list_tasks", {}))
+            return sorted(task["id"] for task in reply["result"]["tasks"])
+
+        async def two_started() -> bool:
+            return len(await listed()) >= 2
+
+        await wait_for(two_started, 20, "the batch's first two tasks")
+        first = await listed()
+        assert len(first) == 2, first
+        for _ in range(5):  # while the gate holds both, no third message starts
+            assert await listed() == first
+        agent.handler.gate.set()
+        status, replies = await asyncio.wait_for(batch, 30)
+        assert status == 200 and sorted(r["id"] for r in replies) == list(range(5))
+        assert {r["result"]["task"]["state"] for r in replies} == {TaskState.SUCCEEDED.value}, replies[0]
+        assert await listed() == [f"b{i}" for i in range(5)]

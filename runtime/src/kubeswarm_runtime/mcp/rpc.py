@@ -51,7 +51,15 @@ class JsonRpc:
         if isinstance(payload, list):
             if not payload:
                 return self._error(NO_METHOD, None, RpcError(INVALID_REQUEST, "Invalid request: an empty batch"))
-            replies = [r for r in await asyncio.gather(*(self._answer_one(item) for item in payload)) if r is not None]
+            # One admission place per request: its batch runs at most ws_max_in_flight messages at once, as one
+            # connection does, whatever the rate limit lets a batch hold.
+            slots = asyncio.Semaphore(self.config.ws_max_in_flight)
+
+            async def answer_in_turn(item: Any) -> dict[str, Any] | None:
+                async with slots:
+                    return await self._answer_one(item)
+
+            replies = [r for r in await asyncio.gather(*(answer_in_turn(item) for item in payload)) if r is not None]
             return replies or None
         return await self._answer_one(payload)
 
