@@ -17,7 +17,7 @@ import pytest
 from kubeswarm_operator.kube.client import Kube
 from kubeswarm_operator.kube.kinds import CONFIG_MAP, Key, Kind, Manifest
 from kubeswarm_operator.kube.owned import MANAGED_SELECTOR
-from kubeswarm_operator.kube.watch import ChildWatch, prune
+from kubeswarm_operator.kube.watch import ChildWatch, PackedViews, strip
 
 from tests.e2e.conftest import Namespace
 from tests.testbed.cluster import Cluster, KubeAccess
@@ -75,7 +75,7 @@ async def kube(cluster: KubeAccess, monkeypatch: pytest.MonkeyPatch) -> AsyncIte
 
 def make_watch(kube: Kube, namespace: str, reports: Reports) -> ChildWatch:
     return ChildWatch(
-        kube, CONFIG_MAP, namespace, MANAGED_SELECTOR, view=prune, items={}, notify=reports, server_timeout=30, client_timeout=60
+        kube, CONFIG_MAP, namespace, MANAGED_SELECTOR, view=strip, items=PackedViews(), notify=reports, server_timeout=30, client_timeout=60
     )
 
 
@@ -170,7 +170,7 @@ async def test_a_compacted_version_answered_410_leads_to_a_new_listing(
     ns = namespace.name
     namespace.kubectl("create", "-f", "-", input=event(ns, "first"))
     reports = Reports()
-    watch = ChildWatch(kube, EVENTS, ns, None, view=prune, items={}, notify=reports, server_timeout=30, client_timeout=60)
+    watch = ChildWatch(kube, EVENTS, ns, None, view=strip, items={}, notify=reports, server_timeout=30, client_timeout=60)
     await watch.list()
     # Two writes after the listing: compacting at the newest then removes the revision right after the listing's.
     for name in ("second", "third"):
@@ -194,10 +194,10 @@ async def test_a_watch_of_one_name_sees_only_it_and_a_relisting_keeps_what_other
     ns = namespace.name
     for name, labels in (("ours", OURS), ("referenced", {}), ("unrelated", {})):
         namespace.kubectl("apply", "-f", "-", input=config_map(ns, name, labels, v="1"))
-    items: dict[Key, Manifest] = {}
+    items = PackedViews()
     reports = Reports()
     managed = ChildWatch(
-        kube, CONFIG_MAP, ns, MANAGED_SELECTOR, view=prune, items=items, notify=reports, server_timeout=30, client_timeout=60
+        kube, CONFIG_MAP, ns, MANAGED_SELECTOR, view=strip, items=items, notify=reports, server_timeout=30, client_timeout=60
     )
     by_name = ChildWatch(
         kube,
@@ -206,7 +206,7 @@ async def test_a_watch_of_one_name_sees_only_it_and_a_relisting_keeps_what_other
         None,
         field_selector="metadata.name=referenced",
         report_first_listing=True,
-        view=prune,
+        view=strip,
         items=items,
         notify=reports,
         server_timeout=30,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+import tracemalloc
 from typing import Any
 
 import pytest
@@ -14,7 +15,7 @@ from kubeswarm_operator.agent.status import Observed, compute_status, transition
 from kubeswarm_operator.kube import kinds
 from kubeswarm_operator.kube.kinds import CHILD_KINDS, Kind
 from kubeswarm_operator.kube.owned import data_digests
-from kubeswarm_operator.kube.watch import prune
+from kubeswarm_operator.kube.watch import PackedViews, prune, strip
 from kubeswarm_operator.kube.world import World
 from kubeswarm_operator.settings import OperatorSettings
 from kubeswarm_runtime.resources import Agent, AgentStatus, Condition
@@ -377,3 +378,40 @@ def test_views_of_objects_parsed_apart_share_their_field_names_and_short_values(
     image_keys = [next(key for key in c[0] if key == "image") for c in containers]
     assert image_keys[0] is image_keys[1]  # one string for thousands of views, not one each
     assert containers[0][0]["image"] is containers[1][0]["image"]
+
+
+def test_packed_views_read_back_what_was_stored_as_copies_in_less_memory_than_the_compacted_dicts() -> None:
+    inputs = children.ChildInputs(
+        image="runtime:1",
+        runtime_env={},
+        nats_url="nats://n:4222",
+        ingress_namespace="i",
+        config_hash="h",
+        api_key_env="K",
+        jwt_key_env="J",
+    )
+    bodies = [agent_body() for _ in range(200)]
+    for i, body in enumerate(bodies):
+        body["metadata"] = {**body["metadata"], "name": f"a{i}", "uid": f"u-{i}"}
+    deployments = [json.dumps(children.build_children(Agent.model_validate(body), inputs)[kinds.DEPLOYMENT]) for body in bodies]
+    views = PackedViews()
+    key = ("lab", "a0")
+    views[key] = strip(json.loads(deployments[0]))
+    assert views[key] == json.loads(deployments[0]) and key in views and list(views) == [key] and len(views) == 1
+    views[key]["spec"]["replicas"] = 7
+    assert views[key]["spec"]["replicas"] == 1, "a read is a copy: no caller can change the view"
+    del views[key]
+    assert views.get(key) is None and len(views) == 0
+
+    def held(store: Any) -> int:
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            for i, text in enumerate(deployments):
+                store[("lab", f"a{i}")] = strip(json.loads(text)) if isinstance(store, PackedViews) else prune(json.loads(text))
+            return int(tracemalloc.get_traced_memory()[0] - before)
+        finally:
+            tracemalloc.stop()
+
+    packed, compacted = held(PackedViews()), held({})
+    assert packed < compacted / 2, (packed, compacted)

@@ -8,6 +8,7 @@ service account.  Settings come from ``KUBESWARM_*`` environment variables
 from __future__ import annotations
 
 import argparse
+import asyncio.sslproto
 import logging
 import sys
 
@@ -24,8 +25,19 @@ def without_unused_clients() -> None:
         sys.modules.setdefault(name, None)  # type: ignore[arg-type]
 
 
+# asyncio reads each TLS connection's bytes into a buffer of its own, 256 KiB, allocated and zeroed when it opens:
+# with its 100 pooled connections to the API server the operator held 25 MiB in them. API answers come in TLS
+# records of at most 16 KiB, so a quarter of that costs no extra reads of any account.
+TLS_READ_BUFFER = 64 * 1024
+
+
+def smaller_tls_buffers() -> None:
+    asyncio.sslproto.SSLProtocol.max_size = TLS_READ_BUFFER
+
+
 def main(argv: list[str] | None = None) -> int:
     without_unused_clients()
+    smaller_tls_buffers()
     import kopf
 
     from .wiring import handlers  # noqa: F401  (registers the handlers)

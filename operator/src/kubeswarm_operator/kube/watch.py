@@ -14,11 +14,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from collections.abc import Callable, Mapping, MutableMapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import orjson
 from kubeswarm_runtime.resources import GROUP
 
 from .client import ApiError, Kube
@@ -54,13 +55,17 @@ def compact(value: Any) -> Any:
     return value
 
 
-def prune(body: Mapping[str, Any]) -> dict[str, Any]:
-    """An object as the reconcilers read it (and keep it, thousands of them): without managedFields and bulky
-    annotations, compacted."""
+def strip(body: Mapping[str, Any]) -> dict[str, Any]:
+    """An object as the reconcilers read it: without managedFields and bulky annotations."""
     meta = {key: value for key, value in body.get("metadata", {}).items() if key != "managedFields"}
     if "annotations" in meta:
         meta["annotations"] = {k: v for k, v in meta["annotations"].items() if k not in UNCOMPARED_ANNOTATIONS}
-    pruned: dict[str, Any] = compact({**body, "metadata": meta})
+    return {**body, "metadata": meta}
+
+
+def prune(body: Mapping[str, Any]) -> dict[str, Any]:
+    """An object kept as dicts (kopf's indexes of Agents and Swarms: thousands of them), stripped and compacted."""
+    pruned: dict[str, Any] = compact(strip(body))
     return pruned
 
 
@@ -69,13 +74,44 @@ def digests_view(body: Mapping[str, Any]) -> dict[str, Any]:
     meta = body.get("metadata", {})
     view: dict[str, Any] = {"digests": data_digests({**body.get("data", {}), **body.get("binaryData", {})})}
     if meta.get("labels", {}).get(MANAGED_BY_LABEL) == MANAGED_BY:
-        view.update(apiVersion=body["apiVersion"], kind=body["kind"], metadata=prune({"metadata": meta})["metadata"])
+        view.update(apiVersion=body["apiVersion"], kind=body["kind"], metadata=strip({"metadata": meta})["metadata"])
         if body["kind"] == "ConfigMap":
             view["data"] = dict(body.get("data", {}))
         if "type" in body:
             view["type"] = body["type"]
-    compacted: dict[str, Any] = compact(view)
-    return compacted
+    return view
+
+
+class PackedViews(MutableMapping[Key, Manifest]):
+    """The watched views of one kind, each kept as its JSON and read back as a fresh copy.
+
+    As dicts a Deployment's view takes 9.4 KiB even with shared strings, as JSON 3.4 KiB (an Agent's five
+    children 23 KiB against 9): the children are the bulk of the operator's memory at thousands of Agents, and
+    a reconcile reads each of its children once (some 10 µs to decode one).
+    """
+
+    def __init__(self) -> None:
+        self._packed: dict[Key, bytes] = {}
+
+    def __getitem__(self, key: Key) -> Manifest:
+        view: Manifest = orjson.loads(self._packed[key])
+        return view
+
+    def __setitem__(self, key: Key, view: Manifest) -> None:
+        # Copied: orjson's own bytes keep the capacity it wrote into (8 KiB for a 3.4 KiB Deployment).
+        self._packed[key] = memoryview(orjson.dumps(view)).tobytes()
+
+    def __delitem__(self, key: Key) -> None:
+        del self._packed[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._packed
+
+    def __iter__(self) -> Iterator[Key]:
+        return iter(self._packed)
+
+    def __len__(self) -> int:
+        return len(self._packed)
 
 
 class Expired(Exception):
@@ -107,8 +143,10 @@ class ChildWatch:
         return [(name, value) for name, value in selectors if value]
 
     async def list(self) -> None:
-        """Fill the view from a full listing; after the first, report what changed or vanished meanwhile."""
-        listed: dict[Key, Manifest] = {}
+        """Fill the view from a full listing, a page at a time (never the whole listing's views at once); after the
+        first, report what changed or vanished meanwhile."""
+        listed: set[Key] = set()
+        report = self.listed or self.report_first_listing
         query = [*self._selector(), ("limit", str(PAGE_SIZE))]
         page: Manifest = {}
         while True:
@@ -117,19 +155,19 @@ class ChildWatch:
             for item in page.get("items", []):
                 # Items of a list carry no apiVersion and kind; the views are compared with manifests that do.
                 item.update(apiVersion=self.kind.api_version, kind=self.kind.kind)
-                listed[key_of(item)] = self.view(item)
+                key, view = key_of(item), self.view(item)
+                listed.add(key)
+                changed = self.items.get(key) != view
+                self.items[key] = view
+                if changed and report:
+                    self.notify(key, view)
             if not page.get("metadata", {}).get("continue"):
                 break
         self.version = page["metadata"]["resourceVersion"]
-        for key in self.seen - listed.keys():
+        for key in self.seen - listed:
             if key in self.items:
                 self.notify(key, self.items.pop(key))
-        self.seen = set(listed)
-        for key, view in listed.items():
-            changed = self.items.get(key) != view
-            self.items[key] = view
-            if changed and (self.listed or self.report_first_listing):
-                self.notify(key, view)
+        self.seen = listed
         self.listed = True
 
     async def list_until_done(self) -> None:

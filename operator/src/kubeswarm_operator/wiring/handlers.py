@@ -121,8 +121,12 @@ def configure(settings: kopf.OperatorSettings, ours: OperatorSettings) -> None:
     settings.watching.server_timeout = ours.watch_server_timeout
     settings.watching.client_timeout = ours.watch_client_timeout
     settings.watching.connect_timeout = 30
-    settings.queueing.worker_limit = ours.worker_limit
-    # A worker holds its slot until idle this long: kopf's 5 s default caps throughput near worker_limit / 5 objects per second.
+    # kopf's workers unbounded (its default): one only stores an event's body in the indexes and queues a key in
+    # ours (which ``worker_limit`` bounds). Bounded, a worker held its slot some 0.6 s (batch window, idling) and
+    # kopf took at most ~50 objects a second: 5,000 Agents applied at once waited in its backlog as whole watch
+    # events (some 20 KiB each, managedFields and all), the operator's peak memory.
+    settings.queueing.worker_limit = None
+    # A worker lingers this long after an object's last event (kopf's default 5 s), holding that event's body.
     settings.queueing.idle_timeout = 0.5
     settings.posting.enabled = False  # we post our own Events, not kopf's log lines
     settings.peering.standalone = True

@@ -29,7 +29,7 @@ from ..jetstream.identity import NatsIdentities
 from ..kube.client import Kube
 from ..kube.kinds import CHILD_KINDS, CONFIG_MAP, SECRET, Key, Kind, Manifest
 from ..kube.owned import AGENT_LABEL, MANAGED_BY, MANAGED_BY_LABEL, MANAGED_SELECTOR
-from ..kube.watch import ChildWatch, Notify, digests_view, prune
+from ..kube.watch import ChildWatch, Notify, PackedViews, digests_view, strip
 from ..kube.world import View, World
 from ..loops.agent_loops import AgentLoops
 from ..settings import OperatorSettings
@@ -52,7 +52,7 @@ class Operator:
         self.kube = Kube(settings.field_manager)
         # Watches hold their connections for minutes: a pool of their own, without a limit.
         self.watch_kube = Kube(settings.field_manager, connections=0)
-        self.children: dict[Kind, dict[Key, Manifest]] = {kind: {} for kind in CHILD_KINDS}
+        self.children: dict[Kind, PackedViews] = {kind: PackedViews() for kind in CHILD_KINDS}
         self.world = World(agents=agents, swarms=swarms, children=self.children, scaled=scaled, refs=refs)
         self.agents = AgentReconciler(self.kube, settings, self.world)
         self.nats = NatsPool(settings.nats_connect_timeout_seconds)
@@ -65,7 +65,7 @@ class Operator:
                 kind,
                 namespace,
                 label_selector=None if kind in WHOLE_KINDS else MANAGED_SELECTOR,
-                view=digests_view if kind in SHARED_KINDS else prune,
+                view=digests_view if kind in SHARED_KINDS else strip,
                 items=self.children[kind],
                 notify=self._child_changed(kind),
                 server_timeout=settings.watch_server_timeout,
