@@ -359,8 +359,8 @@ def test_what_the_reconciler_remembers_of_its_writes_is_forgotten_past_its_windo
     assert recent == {"written": ("hash", now + 60)}  # memory stays bounded by the writes of the last moments
 
 
-def test_views_of_objects_parsed_apart_share_their_field_names_and_short_values() -> None:
-    inputs = children.ChildInputs(
+def plain_inputs() -> children.ChildInputs:
+    return children.ChildInputs(
         image="runtime:1",
         runtime_env={},
         nats_url="nats://n:4222",
@@ -369,6 +369,10 @@ def test_views_of_objects_parsed_apart_share_their_field_names_and_short_values(
         api_key_env="K",
         jwt_key_env="J",
     )
+
+
+def test_views_of_objects_parsed_apart_share_their_field_names_and_short_values() -> None:
+    inputs = plain_inputs()
     deployment = children.build_children(Agent.model_validate(agent_body()), inputs)[kinds.DEPLOYMENT]
     assert deployment is not None
     text = json.dumps({**deployment, "metadata": {**deployment["metadata"], "managedFields": [{"manager": "x"}]}})
@@ -381,15 +385,7 @@ def test_views_of_objects_parsed_apart_share_their_field_names_and_short_values(
 
 
 def test_packed_views_read_back_what_was_stored_as_copies_in_less_memory_than_the_compacted_dicts() -> None:
-    inputs = children.ChildInputs(
-        image="runtime:1",
-        runtime_env={},
-        nats_url="nats://n:4222",
-        ingress_namespace="i",
-        config_hash="h",
-        api_key_env="K",
-        jwt_key_env="J",
-    )
+    inputs = plain_inputs()
     bodies = [agent_body() for _ in range(200)]
     for i, body in enumerate(bodies):
         body["metadata"] = {**body["metadata"], "name": f"a{i}", "uid": f"u-{i}"}
