@@ -6,7 +6,7 @@ import pytest
 from kubeswarm_operator.kube.kinds import CHILD_KINDS
 from kubeswarm_runtime.render import JWT_SECRET_KEY
 
-from bench.bench_operator import Size, children_manifests, exponent, profile_summary, rises
+from bench.bench_operator import children_manifests, exponent, profile_summary, rises
 from bench.profile_parts import parts
 
 pytestmark = pytest.mark.unit
@@ -30,9 +30,9 @@ def test_a_per_agent_figure_rising_past_noise_is_worse_than_linear() -> None:
 
 
 def test_growth_exponent_of_a_linear_curve_is_one() -> None:
-    sizes = [Size(n) for n in (250, 1000, 5000)]
-    assert exponent(sizes, lambda s: 0.07 * s.count) == pytest.approx(1.0)
-    assert exponent(sizes, lambda s: 0.07 * s.count**2) == pytest.approx(2.0)
+    counts = [250, 1000, 5000]
+    assert exponent(counts, [0.07 * n for n in counts]) == pytest.approx(1.0)
+    assert exponent(counts, [0.07 * n**2 for n in counts]) == pytest.approx(2.0)
 
 
 def test_profile_summary_counts_own_and_inclusive_samples_without_line_numbers() -> None:
