@@ -25,6 +25,7 @@ from kubeswarm_operator.settings import OperatorSettings
 from kubeswarm_runtime.names import SwarmNames
 from kubeswarm_runtime.natsauth import NatsAuthority, agent_permissions
 from nats.js import api
+from nats.js.errors import ServiceUnavailableError
 
 from tests.testbed.procs import ManagedProcess, free_port, wheel_binary
 from tests.unit.test_chart import nats_config, one, operator_env, render
@@ -141,7 +142,17 @@ async def _work_across_servers(nodes: ChartNats, tmp_path: Path) -> int:
     nc = await nats.connect(nodes.url(SIZE - 1), user_credentials=str(creds))
     try:
         js = nc.jetstream()
-        await js.add_stream(api.StreamConfig(name=names.tasks_stream, subjects=[names.all_tasks], num_replicas=SIZE))
+        config = api.StreamConfig(name=names.tasks_stream, subjects=[names.all_tasks], num_replicas=SIZE)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                await js.add_stream(config)
+                break
+            except ServiceUnavailableError:
+                # The pushed account reaches this server with JetStream a moment later ("not enabled for account").
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.2)
         await js.publish(names.task("work"), b"{}")
         return (await js.stream_info(names.tasks_stream)).state.messages
     finally:

@@ -121,6 +121,7 @@ async def test_nats_node_killed_during_stream_of_tasks_loses_none(nats_cluster: 
     second = agent_config(nats_cluster.url, prefix, "w", ["ha"], streams=streams)
     async with running(config), running(second), swarm_client(nats_cluster.url, prefix) as client:
         created: list[str] = []
+        await _replicated(client)
         for i in range(150):
             if i == 50:
                 nats_cluster.kill(0)
@@ -129,6 +130,21 @@ async def test_nats_node_killed_during_stream_of_tasks_loses_none(nats_cluster: 
         records = await asyncio.gather(*(client.tasks.wait(task_id, 90) for task_id in created))
     assert [r.state for r in records] == [TaskState.SUCCEEDED] * 150
     assert [r.result["echo"]["i"] for r in records] == list(range(150))
+
+
+async def _replicated(client: SwarmClient) -> None:
+    """Wait until the task stream and bucket have a leader and every follower current: a group whose leader is killed
+    before its followers joined it elects no one (seen when node 0 died 50 ms after creating them)."""
+
+    async def current() -> bool:
+        for stream in (client.names.tasks_stream, f"KV_{client.names.tasks_bucket}"):
+            cluster = (await client.conn.js.stream_info(stream)).cluster
+            replicas = (cluster.replicas or []) if cluster is not None else []
+            if cluster is None or not cluster.leader or len(replicas) < 2 or not all(r.current for r in replicas):
+                return False
+        return True
+
+    await wait_for(current, 60, "the task stream and bucket replicated on every node")
 
 
 async def _create_retrying(client: SwarmClient, i: int, extra: dict[str, object] | None = None) -> str:
@@ -168,6 +184,7 @@ async def test_failover_with_lost_acks_loses_none_and_completes_none_twice(nats_
 
             await observer.subscribe(f"$KV.{client.names.tasks_bucket}.task.>", cb=on_state)
             created: list[str] = []
+            await _replicated(client)
             for i in range(200):
                 if i == 50:
                     nats_cluster.kill(0)
