@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
@@ -33,23 +34,18 @@ class RecordingKube:
         self.status: Manifest | None = None
         self.objects: dict[tuple[str, str], Manifest] = {}
 
-    async def apply(self, obj: Manifest) -> Manifest:
+    async def apply(self, obj: Manifest, not_applied: frozenset[str] = frozenset()) -> Manifest:
         self.writes.append(("apply", obj["kind"], obj["metadata"]["name"]))
-        self.objects[obj["kind"], obj["metadata"]["name"]] = obj
+        kept = {key: value for key, value in self.objects.get((obj["kind"], obj["metadata"]["name"]), {}).items() if key in not_applied}
+        self.objects[obj["kind"], obj["metadata"]["name"]] = {**obj, **kept}
         return obj
 
-    async def apply_new(self, obj: Manifest) -> bool:
+    async def create(self, obj: Manifest) -> bool:
         if (obj["kind"], obj["metadata"]["name"]) in self.objects:
             return False  # the API server's 409: the name is taken
-        await self.apply(obj)
-        return True
-
-    async def create(self, obj: Manifest) -> Manifest | None:
-        if (obj["kind"], obj["metadata"]["name"]) in self.objects:
-            return None  # the API server's 409: the name is taken
         self.writes.append(("create", obj["kind"], obj["metadata"]["name"]))
         self.objects[obj["kind"], obj["metadata"]["name"]] = obj
-        return obj
+        return True
 
     async def get(self, kind: Kind, namespace: str, name: str) -> Manifest | None:
         return self.objects.get((kind.kind, name))
@@ -110,8 +106,8 @@ async def test_first_reconcile_creates_every_child_then_a_resync_writes_nothing(
     await rec.flush_events()
     kinds = [(verb, kind) for verb, kind, _ in kube.writes if verb in ("apply", "create")]
     # What the pods read first, then the rest.
-    assert sorted(kinds[:2]) == [("apply", "ConfigMap"), ("create", "Secret")]
-    assert sorted(kinds[2:]) == [("apply", "Deployment"), ("apply", "NetworkPolicy"), ("apply", "Service")]
+    assert sorted(kinds[:2]) == [("create", "ConfigMap"), ("create", "Secret")]
+    assert sorted(kinds[2:]) == [("create", "Deployment"), ("create", "NetworkPolicy"), ("create", "Service")]
     assert ("status", "Agent", "scout") in kube.writes
     assert any(w[0] == "event" and w[1] == "Created" for w in kube.writes)
     created_secret = kube.objects["Secret", "scout-credentials"]
@@ -261,7 +257,7 @@ async def test_children_the_agent_no_longer_wants_are_deleted(monkeypatch: pytes
     kube = RecordingKube()
     rec = make(kube)
     await rec.reconcile(Agent.model_validate(agent_body(replicas=3)))
-    assert ("apply", "PodDisruptionBudget", "scout") in kube.writes
+    assert ("create", "PodDisruptionBudget", "scout") in kube.writes
     rec.world = world_from(kube)
     monkeypatch.setattr(reconciler, "SETTLE_SECONDS", 0.0)
     await rec.reconcile(Agent.model_validate(agent_body(status=kube.status, replicas=1)))
@@ -348,7 +344,7 @@ async def test_an_object_the_agent_does_not_own_is_left_alone_and_reported(kind:
     assert f'{kind.kind} "{name}" exists and is not owned by this Agent' in ready["message"]
     assert any(w[0] == "event" and w[1] == "NameConflict" and name in w[2] for w in kube.writes)
     # The other children are made as usual.
-    assert ("apply", "NetworkPolicy", "scout") in kube.writes
+    assert ("create", "NetworkPolicy", "scout") in kube.writes
 
 
 def test_what_the_reconciler_remembers_of_its_writes_is_forgotten_past_its_window() -> None:
@@ -411,3 +407,33 @@ def test_packed_views_read_back_what_was_stored_as_copies_in_less_memory_than_th
 
     packed, compacted = held(PackedViews()), held({})
     assert packed < compacted / 2, (packed, compacted)
+
+
+async def test_events_are_posted_a_few_at_a_time_and_past_a_backlog_dropped_and_counted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(reconciler, "EVENT_POSTS_AT_ONCE", 2)
+    monkeypatch.setattr(reconciler, "EVENT_BACKLOG", 3)
+    gate = asyncio.Event()
+    posting = 0
+    most_at_once = 0
+    posted: list[str] = []
+
+    class SlowEvents(RecordingKube):
+        async def post_event(self, regarding: Manifest, type_: str, reason: str, message: str, action: str) -> None:
+            nonlocal posting, most_at_once
+            posting += 1
+            most_at_once = max(most_at_once, posting)
+            await gate.wait()
+            posting -= 1
+            posted.append(regarding["name"])
+
+    kube = SlowEvents()
+    rec = make(kube)
+    dropped = REGISTRY.get_sample_value("kubeswarm_operator_events_dropped_total") or 0.0
+    for name in ("a", "b", "c", "d", "e"):
+        body = agent_body()
+        await rec.reconcile(Agent.model_validate({**body, "metadata": {**body["metadata"], "name": name, "uid": name}}))
+    assert REGISTRY.get_sample_value("kubeswarm_operator_events_dropped_total") == dropped + 2
+    gate.set()
+    await rec.flush_events()
+    assert most_at_once == 2
+    assert sorted(posted) == ["a", "b", "c"]

@@ -21,6 +21,7 @@ AGENT_REPLICAS = Gauge(
 )
 API_REQUESTS = Counter("kubeswarm_operator_api_requests_total", "Requests the reconciler made, by verb and kind.", ["verb", "kind"])
 API_ERRORS = Counter("kubeswarm_operator_api_errors_total", "Failed API requests by verb, kind and HTTP status.", ["verb", "kind", "code"])
+EVENTS_DROPPED = Counter("kubeswarm_operator_events_dropped_total", "Kubernetes Events not posted: too many were waiting to be.")
 
 
 def serve(port: int) -> None:

@@ -63,6 +63,11 @@ Value = TypeVar("Value")
 # that differs is read again from the API server before it is taken for drift.
 SETTLE_SECONDS = 15.0
 PODS_READ = (CONFIG_MAP, SECRET)
+SECRET_DATA = frozenset({"data"})
+# Events are posted beside the reconciles, this many at once, and past this many waiting, dropped (and counted):
+# a burst of thousands of Agents must not take the API connections the reconciles need, nor memory without bound.
+EVENT_POSTS_AT_ONCE = 8
+EVENT_BACKLOG = 1000
 # A failed push of a swarm's account is retried this soon (the pods keep retrying their connection meanwhile).
 ACCOUNT_RETRY_SECONDS = 10.0
 
@@ -133,6 +138,8 @@ class AgentReconciler:
         self._phase_counts: dict[str, int] = {}  # Agents by phase, kept as phases change (not recounted: O(1) per change)
         self._replica_labels: dict[Key, tuple[str, str, str]] = {}  # (namespace, agent, swarm) of its replica series
         self._posting: set[asyncio.Task[None]] = set()
+        self._events: set[asyncio.Task[None]] = set()  # the Events among them
+        self._event_slots = asyncio.Semaphore(EVENT_POSTS_AT_ONCE)
         # What the operator's loops (autoscaler, AWS secret sync, HTTPRoutes) found; merged into the status.
         self.findings = AgentFindings()
         # Makes sure the Secrets an Agent references are watched (the operator watches no others); see wiring.
@@ -398,13 +405,13 @@ class AgentReconciler:
 
     async def _create(self, kind: Kind, want: Manifest, new_secret: Mapping[str, str] | None) -> bool:
         """Create the child; False, writing nothing, where an object of its name exists."""
-        if kind is SECRET and new_secret is not None:
-            return await self.kube.create({**want, "data": dict(new_secret)}) is not None
-        return await self.kube.apply_new(want)
+        return await self.kube.create({**want, "data": dict(new_secret)} if kind is SECRET and new_secret is not None else want)
 
     async def _apply(self, kind: Kind, want: Manifest, live: Manifest | None) -> None:
+        # A Secret's keys are written by create and merge patch, never applied: an apply must not take them over.
+        not_applied = SECRET_DATA if kind is SECRET else frozenset()
         try:
-            await self.kube.apply(want)
+            await self.kube.apply(want, not_applied=not_applied)
         except ApiError as error:
             if error.status != 422 or live is None:
                 raise
@@ -412,7 +419,7 @@ class AgentReconciler:
             # ports named mcp). A merge patch replaces lists whole: take the content back, then own it again.
             content = {key: value for key, value in want.items() if key not in ("apiVersion", "kind", "metadata")}
             await self.kube.merge_patch(kind, want["metadata"]["namespace"], want["metadata"]["name"], content)
-            await self.kube.apply(want)
+            await self.kube.apply(want, not_applied=not_applied)
 
     async def _report(self, agent: Agent, observed: Observed, actions: list[str]) -> bool:
         """Write the status if it changed, with Events for what was done and what changed."""
@@ -438,14 +445,24 @@ class AgentReconciler:
         regarding = reference(AGENT, *key, agent.metadata.uid)
         for event in events:
             # Posted in the background: an Event is not worth holding a reconcile slot for.
-            self._background(self.kube.post_event(regarding, event.type, event.reason, event.message, action="Reconcile"))
+            if len(self._events) >= EVENT_BACKLOG:
+                metrics.EVENTS_DROPPED.inc()
+                continue
+            task = self._background(self._post_event(regarding, event))
+            self._events.add(task)
+            task.add_done_callback(self._events.discard)
         return changed
 
-    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+    async def _post_event(self, regarding: Manifest, event: Event) -> None:
+        async with self._event_slots:
+            await self.kube.post_event(regarding, event.type, event.reason, event.message, action="Reconcile")
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Run ``work`` beside the reconcile; flush_events and close wait for it."""
         task = asyncio.get_running_loop().create_task(work)
         self._posting.add(task)
         task.add_done_callback(self._posting.discard)
+        return task
 
     @staticmethod
     def _action_events(agent: Agent, actions: list[str]) -> list[Event]:

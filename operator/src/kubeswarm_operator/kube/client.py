@@ -32,9 +32,59 @@ log = logging.getLogger(__name__)
 # core/v1, not events.k8s.io/v1: only core Events may carry lastTimestamp, which `kubectl get events
 # --sort-by=.lastTimestamp` and the LAST SEEN column read.
 EVENTS_PATH = "/api/v1/namespaces/{namespace}/events"
-TIMEOUT = aiohttp.ClientTimeout(total=60, connect=10)
-# A resourceVersion no stored object has: etcd starts at revision 1 and its first write makes revision 2.
-NO_STORED_VERSION = "1"
+# Per connect and per silence, not in all: a request waiting for one of the pooled connections is not failed for it
+# (the work queue bounds how many wait).
+TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60)
+HAND_OVER_ATTEMPTS = 5
+
+
+FieldsTree = dict[str, Any]
+
+
+def field_paths(tree: FieldsTree, prefix: tuple[str, ...] = ()) -> set[tuple[str, ...]]:
+    """The leaves of a managedFields ``fieldsV1`` tree (``"."``, "the map itself", left out)."""
+    paths: set[tuple[str, ...]] = set()
+    for key, child in tree.items():
+        if key == ".":
+            continue
+        paths |= field_paths(child, (*prefix, key)) if child else {(*prefix, key)}
+    return paths
+
+
+def merged_fields(one: FieldsTree, other: FieldsTree) -> FieldsTree:
+    """The union of two ``fieldsV1`` trees."""
+    out = dict(one)
+    for key, child in other.items():
+        out[key] = merged_fields(out[key], child) if key in out else child
+    return out
+
+
+def handed_to_apply(managed: list[Manifest], manager: str, not_applied: frozenset[str]) -> list[Manifest] | None:
+    """``managed`` with the fields only ``manager``'s ``Update`` entry holds moved to its ``Apply`` entry (but the
+    top-level ones named in ``not_applied``); None where there are none (nothing a later apply would fail to remove).
+    """
+
+    def ours(entry: Manifest, operation: str) -> bool:
+        return entry.get("manager") == manager and entry.get("operation") == operation and not entry.get("subresource")
+
+    updated = next((entry for entry in managed if ours(entry, "Update")), None)
+    applied = next((entry for entry in managed if ours(entry, "Apply")), None)
+    if updated is None or applied is None:
+        return None
+    tree = updated.get("fieldsV1") or {}
+    moved = {key: child for key, child in tree.items() if key.removeprefix("f:") not in not_applied}
+    kept = {key: child for key, child in tree.items() if key not in moved}
+    if not field_paths(moved) - field_paths(applied.get("fieldsV1") or {}):
+        return None
+    out: list[Manifest] = []
+    for entry in managed:
+        if entry is applied:
+            out.append({**entry, "fieldsV1": merged_fields(entry.get("fieldsV1") or {}, moved)})
+        elif entry is not updated:
+            out.append(entry)
+        elif kept:
+            out.append({**entry, "fieldsV1": kept})
+    return out
 
 
 class ApiError(Exception):
@@ -151,7 +201,7 @@ class Kube:
         ``read_timeout``: the longest silence tolerated (a stalled connection
         otherwise hangs forever); bookmarks keep a healthy one talking.
         """
-        timeout = aiohttp.ClientTimeout(total=None, connect=TIMEOUT.connect, sock_read=read_timeout)
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=TIMEOUT.sock_connect, sock_read=read_timeout)
         params = [*query, ("watch", "true")]
         async with self._response("WATCH", kind.kind, "GET", collection_path(kind, namespace), params=params, timeout=timeout) as response:
             # One JSON document per line; a line can outgrow any chunk (a large Secret), so lines are cut here.
@@ -165,45 +215,65 @@ class Kube:
                     start = end + 1
                 del buffer[:start]
 
-    async def apply(self, obj: Manifest, field_manager: str | None = None, *, parse: bool = True) -> Manifest:
-        """Server-side apply under ``field_manager`` (default: ours); force takes fields back from hand edits."""
+    async def apply(
+        self, obj: Manifest, field_manager: str | None = None, *, parse: bool = True, not_applied: frozenset[str] = frozenset()
+    ) -> Manifest:
+        """Server-side apply under ``field_manager`` (default: ours); force takes fields back from hand edits.
+
+        An object we created (a POST: an ``Update`` entry of our manager) keeps, in that entry, fields the apply no
+        longer sets; they are handed to the apply (as kubectl does when it moves an object to server-side apply)
+        and applied again, so that they go. ``not_applied``: top-level fields (``data`` of a Secret) we write by
+        other means, left where they are. The answer is parsed for this (``parse=False`` skips both).
+        """
         kind = KINDS_BY_NAME[obj["kind"]]
-        path = kind_path(kind, obj["metadata"]["namespace"], obj["metadata"]["name"])
-        query = [("fieldManager", field_manager or self.field_manager), ("force", "true")]
+        namespace, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
+        path = kind_path(kind, namespace, name)
+        manager = field_manager or self.field_manager
+        query = [("fieldManager", manager), ("force", "true")]
+        content_type = "application/apply-patch+yaml"
         try:
-            content_type = "application/apply-patch+yaml"
-            return await self._call("PATCH", kind.kind, path, body=obj, query=query, content_type=content_type, parse=parse)
+            applied = await self._call("PATCH", kind.kind, path, body=obj, query=query, content_type=content_type, parse=parse)
         except ApiError as error:
             # An apply creates what is missing, so a 404 means the kind itself is unknown.
             if error.status == 404 and kind.optional:
                 message = f"the cluster does not serve {kind.kind} ({kind.api_version}); install its CRDs"
                 raise KindNotInstalled(error.status, message) from None
             raise
+        current: Manifest | None = applied
+        for _ in range(HAND_OVER_ATTEMPTS):
+            meta = current.get("metadata", {}) if current is not None else {}
+            handed = handed_to_apply(meta.get("managedFields") or [], manager, not_applied)
+            if handed is None:
+                return applied
+            # Replaced as read: a write in between (a controller's status) fails the test (422); read again.
+            patch = [
+                {"op": "test", "path": "/metadata/resourceVersion", "value": meta["resourceVersion"]},
+                {"op": "replace", "path": "/metadata/managedFields", "value": handed},
+            ]
+            try:
+                await self._call("PATCH", kind.kind, path, body=patch, content_type="application/json-patch+json", parse=False)
+            except ApiError as error:
+                if error.status != 422:
+                    raise
+                current = await self.get(kind, namespace, name)
+                continue
+            return await self._call("PATCH", kind.kind, path, body=obj, query=query, content_type=content_type)
+        raise ApiError(409, f"{kind.kind} {namespace}/{name} kept changing while its fields were handed to the apply")
 
-    async def apply_new(self, obj: Manifest) -> bool:
-        """Server-side apply that only creates: False, writing nothing, if an object of that name exists (ours or not).
+    async def create(self, obj: Manifest) -> bool:
+        """Create (POST): False, writing nothing, if an object of that name exists (ours or not).
 
-        One request where a look (GET) and an apply were two: the apply carries a resourceVersion no stored
-        object has, so on an existing one it fails its precondition (409), and a create ignores it.
+        Cheaper on the API server than a create by apply (about half the time); a later :meth:`apply` takes the
+        fields over.
         """
-        meta = {**obj["metadata"], "resourceVersion": NO_STORED_VERSION}
+        path = kind_path(KINDS_BY_NAME[obj["kind"]], obj["metadata"]["namespace"])
         try:
-            await self.apply({**obj, "metadata": meta}, parse=False)
+            await self._call("POST", obj["kind"], path, body=obj, query=[("fieldManager", self.field_manager)], parse=False)
         except ApiError as error:
             if error.status == 409:
                 return False
             raise
         return True
-
-    async def create(self, obj: Manifest) -> Manifest | None:
-        """Create, or None if it already exists (then nothing is overwritten)."""
-        path = kind_path(KINDS_BY_NAME[obj["kind"]], obj["metadata"]["namespace"])
-        try:
-            return await self._call("POST", obj["kind"], path, body=obj, query=[("fieldManager", self.field_manager)])
-        except ApiError as error:
-            if error.status == 409:
-                return None
-            raise
 
     async def get(self, kind: Kind, namespace: str, name: str) -> Manifest | None:
         """The object, or None if it (or its kind) does not exist."""
@@ -281,3 +351,5 @@ class Kube:
             # An event is not worth failing a reconcile for.
             if not namespace_terminating(error):
                 log.warning("posting event %s on %s failed: %s", reason, regarding["name"], error.reason)
+        except (aiohttp.ClientError, TimeoutError) as error:
+            log.warning("posting event %s on %s failed: %r", reason, regarding["name"], error)

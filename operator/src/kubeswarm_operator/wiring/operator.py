@@ -122,7 +122,7 @@ class Operator:
                     "type": "Opaque",
                     "data": encoded,
                 }
-                if await self.kube.create(secret) is None:
+                if not await self.kube.create(secret):
                     continue  # another replica created it meanwhile: use its master
                 log.info("created the NATS auth Secret %s/%s", namespace, name)
             elif data != files:
