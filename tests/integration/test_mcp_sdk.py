@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from kubeswarm_runtime.presence import AgentInfo
 from mcp.client.client import Client
 from mcp.client.session import ClientSession
 from mcp.client.sse import sse_client
@@ -48,7 +49,11 @@ async def call_every_tool(client: Client, agent: Agent) -> None:
     assert listed["discoveries"][-1]["content"] == "queues back up at 5pm"
     replica = agent.runtime.config.replica_id
     assert replica in [a["id"] for a in (await ok("list_agents", {"capability": "echo"}))["agents"]]
-    assert (await ok("get_agent_info", {}))["agent"]["id"] == replica
+    own = (await ok("get_agent_info", {}))["agent"]
+    # Built as JSON data, not through AgentInfo: it must be what AgentInfo would give, field for field, in order.
+    expected = agent.runtime.info().model_dump(mode="json")
+    assert list(own) == list(expected) and {**own, "last_seen": 0} == {**expected, "last_seen": 0}
+    assert AgentInfo.model_validate(own).id == replica
     assert (await ok("get_agent_info", {"agent_id": replica}))["agent"]["agent"] == "agent"
     answer = await ok("send_message", {"to": "agent", "kind": "query", "body": "status?", "timeout_seconds": 10})
     assert answer["response"]["echo"] == "status?"

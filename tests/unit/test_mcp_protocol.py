@@ -124,6 +124,9 @@ def test_tool_call_results_validate_and_report_failures_as_results() -> None:
         assert not_ready["isError"]
         bad_args = asyncio.run(mcp.handle(check(modern_message("tools/call", {"name": "get_task", "arguments": {}})), version))
         assert bad_args["isError"] and "task_id" in bad_args["content"][0]["text"]
+        # No arguments at all: checked as {} is (each tool's input validated once for it), the model's rules included.
+        none_given = asyncio.run(mcp.handle(check(modern_message("tools/call", {"name": "purge_dead_letters"})), version))
+        assert none_given["isError"] and "exactly one of task_id" in none_given["content"][0]["text"]
     with pytest.raises(RpcError) as caught:
         asyncio.run(mcp.handle(check(modern_message("tools/call", {"name": "no_such_tool"})), MODERN))
     assert caught.value.code == -32602

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 import nats
 from nats.js.errors import KeyNotFoundError
@@ -111,6 +112,7 @@ class Presence:
             started_at=self.started_at,
             last_seen=self.started_at,
         )
+        self._template_data = self._template.model_dump(mode="json")
 
     def info(self, state: str = "up") -> AgentInfo:
         # On every heartbeat and get_agent_info call: the validated config's part copied from one template
@@ -118,6 +120,17 @@ class Presence:
         return self._template.model_copy(
             update={"load": self.load(), "endpoint": self.endpoint, "started_at": self.started_at, "last_seen": time.time(), "state": state}
         )
+
+    def info_data(self) -> dict[str, Any]:
+        """``info().model_dump(mode="json")`` without a model: get_agent_info's answer, built on every call."""
+        return {
+            **self._template_data,
+            "load": self.load(),
+            "endpoint": self.endpoint,
+            "started_at": self.started_at,
+            "last_seen": time.time(),
+            "state": "up",
+        }
 
     async def announce(self) -> None:
         info = self.info()

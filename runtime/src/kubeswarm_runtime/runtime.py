@@ -63,6 +63,11 @@ class AgentRuntime:
         assert self._presence is not None, "start() first"
         return self._presence.info()
 
+    def info_data(self) -> dict[str, Any]:
+        """:meth:`info` as JSON data (no model built)."""
+        assert self._presence is not None, "start() first"
+        return self._presence.info_data()
+
     @property
     def worker_died(self) -> bool:
         """Whether this process's task worker stopped taking tasks (liveness fails); a serving process has none."""

@@ -19,7 +19,8 @@ from aiohttp import web
 from .codec import DecodeError, decode_json
 from .config import WebhookConfig
 from .mcp.http import json_response
-from .mcp.security import Caller, Guard, problem
+from .mcp.routes import Routes
+from .mcp.security import Authenticator, Guard, problem
 from .tasks import TaskService
 
 log = logging.getLogger(__name__)
@@ -42,16 +43,16 @@ class Webhooks:
             if not key:
                 log.error("webhook %s has no key (%s is empty): it refuses every call", name, self.hooks[name].key_env)
 
-    def add_routes(self, app: web.Application) -> None:
+    def add_routes(self, routes: Routes) -> None:
         if self.hooks:
-            app.router.add_post(PATH, self.post)
+            routes.add_post(PATH, self.post)
 
     async def post(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
         hook = self.hooks.get(name)
         if hook is None:
             raise problem(web.HTTPNotFound, "no_such_webhook", f"this agent has no webhook {name!r}")
-        self.guard.admit_messages(Caller(key=f"peer:{request.remote}"), 1)
+        self.guard.admit_messages(Authenticator.peer(request), 1)
         key = self.keys[name]
         if not key:
             raise problem(web.HTTPServiceUnavailable, "webhook_without_key", "this webhook has no key configured", {"Retry-After": "60"})

@@ -26,6 +26,7 @@ from ..mcp.admission import Admission
 from ..mcp.http import CLIENT_GONE, KEEPALIVE, SseStream, json_response, sse_event
 from ..mcp.jsonrpc import INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, RequestId, RpcError, check, decode, encode, error_reply
 from ..mcp.metering import NO_METHOD, RequestMeter, method_of
+from ..mcp.routes import Routes
 from ..mcp.security import Caller, Guard, StreamSlots
 from ..names import Priority, task_key
 from ..runtime import AgentRuntime
@@ -105,9 +106,9 @@ class A2AEndpoint:
         self.config = runtime.config
         self.meter = RequestMeter(runtime.metrics.a2a_requests, REQUEST_TYPES)
 
-    def add_routes(self, app: web.Application) -> None:
-        app.router.add_get(AGENT_CARD_WELL_KNOWN_PATH, self.card)
-        app.router.add_post(PATH, self.post)
+    def add_routes(self, routes: Routes) -> None:
+        routes.add_get(AGENT_CARD_WELL_KNOWN_PATH, self.card)
+        routes.add_post(PATH, self.post, meter=self.meter)
 
     async def card(self, request: web.Request) -> web.Response:
         # Public, as the protocol wants: the card says how to authenticate, the methods need it.

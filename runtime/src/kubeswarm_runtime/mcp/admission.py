@@ -73,7 +73,7 @@ class Admission:
         return self.body_limit if length is None else min(length, self.body_limit)
 
     def take(self, request: web.Request) -> int:
-        """Admit a request before any of its work (the serving middleware): the bytes it reserved, -1 for one that
+        """Admit a request before any of its work (``routes.serving``, around each route's handler): the bytes it reserved, -1 for one that
         passes (GET, HEAD, OPTIONS), or the refusal raised (503 draining, 429 past a bound); :meth:`release` after it."""
         if request.method in PASSING_METHODS:
             return -1

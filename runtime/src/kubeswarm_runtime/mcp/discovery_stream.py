@@ -18,6 +18,7 @@ from ..config import McpConfig
 from ..runtime import AgentRuntime
 from .fanout import DiscoveryEvent, DiscoveryFanout, DiscoveryFilter, discovery_event
 from .http import CLIENT_GONE, KEEPALIVE, RECONNECT_MS, SseStream, sse_event
+from .routes import Routes
 from .security import Guard, StreamSlots
 
 DEFAULT_REPLAY = 10
@@ -58,8 +59,8 @@ class DiscoveryStream:
     slots: StreamSlots
     config: McpConfig
 
-    def add_routes(self, app: web.Application) -> None:
-        app.router.add_get("/sse/discoveries", self.stream)
+    def add_routes(self, routes: Routes) -> None:
+        routes.add_get("/sse/discoveries", self.stream)
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
         await self.guard.admit(request)

@@ -49,9 +49,10 @@ def status_of(reply: dict[str, Any]) -> int:
     return 200 if error is None else _HTTP_STATUS.get(error["code"], 200)
 
 
-def accepts(request: web.Request, media_type: str) -> bool:
+def accepts(request: web.Request, *media_types: str) -> bool:
+    """Whether the request's Accept header lists one of ``media_types`` (or ``*/*``)."""
     accept = request.headers.get("Accept", "*/*")
-    return media_type in accept or "*/*" in accept
+    return "*/*" in accept or any(media_type in accept for media_type in media_types)
 
 
 def sse_event(data: bytes, *, event: str | None = None, event_id: str | None = None, retry_ms: int | None = None) -> bytes:

@@ -5,8 +5,7 @@ The bottom layer of the MCP package: knows nothing of MCP methods or HTTP.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from pydantic import ValidationError
@@ -48,9 +47,11 @@ class RpcError(Exception):
         return error
 
 
-@dataclass(frozen=True, slots=True)
-class RpcMessage:
-    """A request (``id`` set), a notification, or a client's response to us (``is_response``)."""
+class RpcMessage(NamedTuple):
+    """A request (``id`` set), a notification, or a client's response to us (``is_response``).
+
+    A named tuple: one is built per message, and a tuple is the cheapest immutable record to build.
+    """
 
     method: str
     params: dict[str, Any]
@@ -74,7 +75,7 @@ def check(obj: Any, body: bytes | None = None) -> RpcMessage:
         raise RpcError(INVALID_REQUEST, 'Invalid request: "jsonrpc" must be "2.0"')
     request_id = obj.get("id")
     has_id = "id" in obj
-    if has_id and (isinstance(request_id, bool) or not isinstance(request_id, str | int)):
+    if has_id and (isinstance(request_id, bool) or not isinstance(request_id, (str, int))):  # a tuple: faster than a union
         raise RpcError(INVALID_REQUEST, 'Invalid request: "id" must be a string or an integer')
     if "method" not in obj and has_id and ("result" in obj or "error" in obj):
         return RpcMessage(method="", params={}, id=request_id, is_notification=False, is_response=True)

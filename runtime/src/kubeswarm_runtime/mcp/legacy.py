@@ -19,6 +19,7 @@ from .http import CLIENT_GONE, KEEPALIVE, SseStream, json_response, sse_event
 from .jsonrpc import RpcError, RpcMessage, check, decode, encode, error_reply, id_of, result_reply, too_many_in_flight
 from .metering import OK, method_of
 from .protocol import LATEST_HANDSHAKE_VERSION, McpServer
+from .routes import Routes
 from .security import Guard, SessionWork, StreamSlots
 from .state import LegacyRouter, McpState, SessionRecord
 
@@ -38,9 +39,9 @@ class LegacySse:
     def __post_init__(self) -> None:
         self._work = SessionWork(self.config.ws_max_in_flight)
 
-    def add_routes(self, app: web.Application) -> None:
-        app.router.add_get("/sse", self.stream)
-        app.router.add_post("/messages", self.message)
+    def add_routes(self, routes: Routes) -> None:
+        routes.add_get("/sse", self.stream)
+        routes.add_post("/messages", self.message, meter=self.server.meter)
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
         caller = await self.guard.admit(request)

@@ -8,7 +8,7 @@ with ``isError``), the HTTP status of a refusal that carries no JSON-RPC answer 
 costs a set and a dict look-up and the increment.
 
 The transports count their JSON-RPC answers; refusals they raise as HTTP errors are counted by
-the serving middleware (``server.serving_middleware``) through :meth:`RequestMeter.serving` and
+the wrapper of each route that carries JSON-RPC (``routes.serving``) through :meth:`RequestMeter.serving` and
 :meth:`RequestMeter.served`, which learn through a context variable whether the request was
 counted already and, once read, its method.
 """

@@ -31,6 +31,7 @@ from .jsonrpc import (
 )
 from .metering import NO_METHOD, method_of
 from .protocol import McpServer
+from .routes import Routes
 from .security import Caller, Guard, StreamSlots, retry_after
 
 
@@ -42,9 +43,9 @@ class JsonRpc:
     config: McpConfig
     admission: Admission
 
-    def add_routes(self, app: web.Application) -> None:
-        app.router.add_post("/rpc", self.post)
-        app.router.add_get("/ws/mcp", self.websocket)
+    def add_routes(self, routes: Routes) -> None:
+        routes.add_post("/rpc", self.post, meter=self.server.meter)
+        routes.add_get("/ws/mcp", self.websocket, meter=self.server.meter)
 
     async def answer(self, payload: Any) -> Any:
         """The reply to a decoded payload (one message or a batch); None when only notifications came."""

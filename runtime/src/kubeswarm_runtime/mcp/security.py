@@ -17,8 +17,7 @@ import logging
 import math
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -49,8 +48,9 @@ def problem(
     return status(text=body, content_type="application/json", headers=headers, **extra)
 
 
-@dataclass(frozen=True)
-class Caller:
+class Caller(NamedTuple):
+    """Who calls (one per request: a named tuple, the cheapest immutable record to build)."""
+
     key: str  # rate-limit identity: the token subject, else the peer address
     subject: str | None = None  # authenticated principal; sessions are bound to it
     scopes: frozenset[str] = frozenset()
@@ -147,14 +147,20 @@ class Authenticator:
         self.config = config
         self.resource = resource
         self.jwks = JwksKeys(config.issuer) if config.auth is AuthMode.OIDC and config.issuer else None
+        self.open = config.auth is AuthMode.NONE  # no token asked for
         if config.auth is AuthMode.JWT and config.jwt_key is None:
             raise ValueError("mcp.auth=jwt needs mcp.jwt_key (KUBESWARM_MCP__JWT_KEY)")
         if config.auth is AuthMode.OIDC and not config.issuer:
             raise ValueError("mcp.auth=oidc needs mcp.issuer (KUBESWARM_MCP__ISSUER)")
 
+    @staticmethod
+    def peer(request: web.Request) -> Caller:
+        """An unauthenticated caller, known by its address."""
+        return Caller(key=f"peer:{request.remote}")
+
     async def authenticate(self, request: web.Request) -> Caller:
-        if self.config.auth is AuthMode.NONE:
-            return Caller(key=f"peer:{request.remote}")
+        if self.open:
+            return self.peer(request)
         import jwt
 
         header = request.headers.get("Authorization", "")
@@ -307,7 +313,8 @@ class Guard:
         origin = request.headers.get("Origin")
         if origin is not None and not self._origin_allowed(origin, request):
             raise problem(web.HTTPForbidden, "forbidden_origin", f"origin {origin!r} may not call this endpoint")
-        caller = await self.auth.authenticate(request)
+        auth = self.auth
+        caller = auth.peer(request) if auth.open else await auth.authenticate(request)
         self.admit_messages(caller, 1)
         return caller
 
@@ -350,8 +357,9 @@ class Guard:
     async def read_body(self, request: web.Request) -> bytes:
         """The request body, or 413 past the size limit / 408 for a client too slow to send it."""
         limit = self.config.max_request_bytes
-        if request.content_length is not None and request.content_length > limit:
-            raise _too_large(limit, request.content_length)
+        length = request.content_length  # parsed from the header on each read
+        if length is not None and length > limit:
+            raise _too_large(limit, length)
         if request.content.is_eof():  # the usual small request: already all here
             return request.content.read_nowait()
         chunks: list[bytes] = []

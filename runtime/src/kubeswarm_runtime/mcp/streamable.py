@@ -42,6 +42,7 @@ from .protocol import (
     modern_version,
     unsupported_version,
 )
+from .routes import Routes
 from .security import Caller, Guard, SessionWork, StreamSlots
 from .state import McpState, SessionRecord, event_id, new_stream_id, parse_event_id
 
@@ -65,10 +66,10 @@ class StreamableHttp:
     def __post_init__(self) -> None:
         self._work = SessionWork(self.config.ws_max_in_flight)
 
-    def add_routes(self, app: web.Application) -> None:
-        app.router.add_post("/mcp", self.post)
-        app.router.add_get("/mcp", self.get)
-        app.router.add_delete("/mcp", self.delete)
+    def add_routes(self, routes: Routes) -> None:
+        routes.add_post("/mcp", self.post, meter=self.server.meter)
+        routes.add_get("/mcp", self.get)
+        routes.add_delete("/mcp", self.delete)
 
     def _reject(self, status: int, error: RpcError, method: str, request_id: Any = None) -> web.Response:
         self.server.meter.count(method, error.code)
@@ -76,16 +77,16 @@ class StreamableHttp:
 
     def _streams(self, message: RpcMessage, request: web.Request) -> bool:
         """Answer over SSE: a call of a tool that may take long, from a client that takes SSE."""
-        if message.method != "tools/call" or not accepts(request, "text/event-stream"):
+        if message.method != "tools/call":
             return False
         tool = self.server.registry.find(message.params.get("name"))
-        return tool is not None and tool.slow
+        return tool is not None and tool.slow and accepts(request, "text/event-stream")
 
     # -- POST
 
     async def post(self, request: web.Request) -> web.StreamResponse:
         caller = await self.guard.admit(request)
-        if not (accepts(request, "application/json") or accepts(request, "text/event-stream")):
+        if not accepts(request, "application/json", "text/event-stream"):
             raise web.HTTPNotAcceptable(text="Accept must list application/json and text/event-stream")
         body = await self.guard.read_body(request)
         obj: Any = None

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
 import nats
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..capabilities import CapabilityError
 from ..config import NAME_PATTERN
@@ -210,9 +210,9 @@ async def list_agents(runtime: AgentRuntime, args: ListAgentsInput, origin: Call
     return AgentsOutput(agents=await runtime.swarm.agents.list(capability=args.capability))
 
 
-async def get_agent_info(runtime: AgentRuntime, args: GetAgentInfoInput, origin: CallOrigin) -> AgentOutput:
+async def get_agent_info(runtime: AgentRuntime, args: GetAgentInfoInput, origin: CallOrigin) -> AgentOutput | dict[str, Any]:
     if args.agent_id is None or args.agent_id == runtime.config.replica_id:
-        return AgentOutput(agent=runtime.info())
+        return {"agent": runtime.info_data()}  # AgentOutput's JSON, built from data of ours without a model
     info = await runtime.swarm.agents.get(args.agent_id)
     if info is None:
         raise ToolFailure(f"no live replica {args.agent_id!r}; list_agents shows the live ones")
@@ -301,13 +301,16 @@ class ToolSpec(Generic[InT, OutT]):
     description: str
     input: type[InT]
     output: type[OutT]
-    run: Callable[[AgentRuntime, InT, CallOrigin], Awaitable[OutT]]
+    # The output; or, where the output is made of our own data, the output's JSON data already (no model built).
+    run: Callable[[AgentRuntime, InT, CallOrigin], Awaitable[OutT | dict[str, Any]]]
     read_only: bool = False
     idempotent: bool = False
     destructive: bool = False
     # May take seconds or longer: served as an SSE stream (keep-alives, resumable on 2025 sessions).
     slow: bool = False
     definition: dict[str, Any] = field(init=False, repr=False, compare=False)
+    # The input of a call without arguments, validated once (None: the tool requires some); inputs are frozen.
+    no_arguments: InT | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         definition = {
@@ -325,13 +328,18 @@ class ToolSpec(Generic[InT, OutT]):
             },
         }
         object.__setattr__(self, "definition", definition)
+        try:
+            no_arguments: InT | None = self.input.model_validate({})
+        except ValidationError:
+            no_arguments = None
+        object.__setattr__(self, "no_arguments", no_arguments)
 
     async def call(self, runtime: AgentRuntime, arguments: dict[str, Any], origin: CallOrigin = OUTSIDE) -> dict[str, Any]:
         """Validate (pydantic ValidationError names the fields), run, and return the output as JSON data.
 
         Failures of the swarm become ToolFailure with a message for the model.
         """
-        args = self.input.model_validate(arguments)
+        args = self.no_arguments if not arguments and self.no_arguments is not None else self.input.model_validate(arguments)
         if not runtime.started:
             raise ToolFailure("this agent is not connected to the swarm yet; retry in a few seconds")
         try:
@@ -346,7 +354,7 @@ class ToolSpec(Generic[InT, OutT]):
             raise ToolFailure(str(exc)) from None
         except (TimeoutError, nats.errors.Error) as exc:
             raise ToolFailure(f"the swarm's messaging did not answer ({type(exc).__name__}); retry later") from None
-        return output.model_dump(mode="json")
+        return output if isinstance(output, dict) else output.model_dump(mode="json")
 
 
 SWARM_TOOLS: tuple[ToolSpec[Any, Any], ...] = (
