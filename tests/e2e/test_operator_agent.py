@@ -280,3 +280,18 @@ def test_unchanged_resync_writes_nothing(operator: Operator, namespace: Namespac
         "two resyncs of the idle Agent",
     )
     assert writes(operator) == baseline
+
+
+def test_what_the_agent_no_longer_asks_for_leaves_its_children(operator: Operator, namespace: Namespace) -> None:
+    # The children were created by POST: a later apply must still remove what the Agent dropped.
+    namespace.apply(agent("shedding", env=[{"name": "EXTRA", "value": "1"}], podAnnotations={"team": "a"}))
+    until(lambda: namespace.get("deployment", "shedding"), CONVERGE, "the Deployment")
+    namespace.apply(agent("shedding"))
+
+    def shed() -> bool:
+        template = (namespace.get("deployment", "shedding") or {}).get("spec", {}).get("template", {})
+        container = template.get("spec", {}).get("containers", [{}])[0]
+        env = [item["name"] for item in container.get("env") or []]
+        return "EXTRA" not in env and "team" not in template.get("metadata", {}).get("annotations", {})
+
+    until(shed, CONVERGE, "the env entry and the pod annotation removed from the Deployment")
