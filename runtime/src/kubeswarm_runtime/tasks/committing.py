@@ -14,6 +14,7 @@ from nats.aio.subscription import Subscription
 
 from ..codec import DecodeError, decode_json
 from ..connection import JS_API_TIMEOUT
+from ..fastpath import publish_all, subscribe_direct
 from .outcomes import TaskOutcomes
 from .records import TaskMessage
 
@@ -60,7 +61,9 @@ class SuccessCommitter:
     this wait is what bounds a replica's throughput. A few batches are confirmed at once (the
     next one need not wait for the round trip of the last); beyond that, successes pile up
     into a bigger batch. The confirmations of a batch come back on one subscription
-    (``<inbox>.<batch>.<index>``) and fill one ``Confirmations``: no future nor parsed PubAck per task.
+    (``<inbox>.<batch>.<index>``), handled as the client reads them, and fill one ``Confirmations``:
+    no future nor parsed PubAck per task. A batch's states, then its results and acks, are handed
+    to the client as one buffer each (``fastpath.publish_all``).
     """
 
     def __init__(self, nc: Client, outcomes: TaskOutcomes, committed: Callable[[str], None]) -> None:
@@ -80,9 +83,9 @@ class SuccessCommitter:
 
     async def start(self) -> Subscription:
         self._inbox = self.nc.new_inbox() + "."
-        return await self.nc.subscribe(self._inbox + ">", cb=self._on_confirmation)
+        return await subscribe_direct(self.nc, self._inbox + ">", self._on_confirmation)
 
-    async def _on_confirmation(self, reply: Msg) -> None:
+    def _on_confirmation(self, reply: Msg) -> None:
         number, _, index = reply.subject[len(self._inbox) :].partition(".")
         try:
             batch = self._batches.get(int(number))
@@ -129,11 +132,9 @@ class SuccessCommitter:
         number = self._batch_number
         confirmations = self._batches[number] = Confirmations(len(batch))
         reply = f"{self._inbox}{number}."
-        publish = self.nc.publish
         state_prefix = self.outcomes.state_prefix
         try:
-            for index, (_, task, data) in enumerate(batch):
-                await publish(state_prefix + task.id, data, reply=reply + str(index))
+            await publish_all(self.nc, [(state_prefix + task.id, reply + str(index), data) for index, (_, task, data) in enumerate(batch)])
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(JS_API_TIMEOUT):
                     await confirmations.answered
@@ -141,22 +142,24 @@ class SuccessCommitter:
             log.info("state publish failed: %s", exc)
         finally:
             del self._batches[number]  # late confirmations are ignored: those states are written again
-        delivered: dict[str, int] = {}  # successes by capability, counted once per batch
+        stored: list[tuple[Msg, TaskMessage, bytes]] = []
+        for success, confirmed in zip(batch, confirmations.stored, strict=True):
+            if confirmed:
+                stored.append(success)
+            else:
+                retry = asyncio.create_task(self._commit_patiently(*success))
+                self._retrying.add(retry)
+                retry.add_done_callback(self._retrying.discard)
         try:
-            for (msg, task, data), stored in zip(batch, confirmations.stored, strict=True):
-                if stored:
-                    try:
-                        await self.outcomes.deliver_success(msg, task, data)
-                        delivered[task.capability] = delivered.get(task.capability, 0) + 1
-                    finally:
-                        self.committed(task.id)
-                else:
-                    retry = asyncio.create_task(self._commit_patiently(msg, task, data))
-                    self._retrying.add(retry)
-                    retry.add_done_callback(self._retrying.discard)
+            await self.outcomes.deliver_successes(stored)
         finally:
-            for capability, tasks in delivered.items():
-                self.outcomes.count_succeeded(capability, tasks)
+            for _, task, _ in stored:
+                self.committed(task.id)
+        delivered: dict[str, int] = {}  # successes by capability, counted once per batch
+        for _, task, _ in stored:
+            delivered[task.capability] = delivered.get(task.capability, 0) + 1
+        for capability, tasks in delivered.items():
+            self.outcomes.count_succeeded(capability, tasks)
 
     async def _commit_patiently(self, msg: Msg, task: TaskMessage, data: bytes) -> None:
         try:

@@ -10,13 +10,14 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from nats.aio.msg import Msg
 
 from ..codec import encode_json
 from ..connection import NatsConnection, publish_patiently
+from ..fastpath import Publish, ack, acked, publish_all
 from ..metrics import RuntimeMetrics
 from ..names import SwarmNames, task_key
 from .records import DeadLetter, TaskMessage, TaskRecord, TaskState
@@ -79,13 +80,22 @@ class TaskOutcomes:
 
     async def succeeded(self, msg: Msg, task: TaskMessage, record: bytes) -> None:
         """Its state is stored: publish the result, ack the delivery, count it."""
-        await self.deliver_success(msg, task, record)
+        await self.deliver_successes([(msg, task, record)])
         self.count_succeeded(task.capability, 1)
 
-    async def deliver_success(self, msg: Msg, task: TaskMessage, record: bytes) -> None:
-        """Its state is stored: publish the result and ack the delivery (counted apart, see ``count_succeeded``)."""
-        await self.conn.nc.publish(self._result_prefix + task.id, record)
-        await msg.ack()
+    async def deliver_successes(self, successes: Sequence[tuple[Msg, TaskMessage, bytes]]) -> None:
+        """Their states are stored: publish each result, then ack its delivery, handed to the client at once
+        (counted apart, see ``count_succeeded``)."""
+        if not successes:
+            return
+        result_prefix = self._result_prefix
+        publishes: list[Publish] = []
+        for msg, task, record in successes:
+            publishes.append((result_prefix + task.id, "", record))
+            publishes.append(ack(msg))
+        await publish_all(self.conn.nc, publishes)
+        for msg, _, _ in successes:
+            acked(msg)
 
     def count_succeeded(self, capability: str, tasks: int) -> None:
         """``tasks`` successes of ``capability`` delivered: counted at once (an inc costs a lock)."""

@@ -9,6 +9,7 @@ import json
 from nats.aio.msg import Msg
 
 from ..connection import JS_API_TIMEOUT, NatsConnection
+from ..fastpath import subscribe_direct
 
 
 class Puller:
@@ -36,9 +37,9 @@ class Puller:
         self.maybe_more = True
 
     async def start(self) -> None:
-        await self.conn.nc.subscribe(self.inbox, cb=self._deliver)
+        await subscribe_direct(self.conn.nc, self.inbox, self._deliver)
 
-    async def _deliver(self, msg: Msg) -> None:
+    def _deliver(self, msg: Msg) -> None:
         if msg.headers and msg.headers.get("Status"):
             ended = True  # 404 no messages / 408: the pull is done
         else:

@@ -177,7 +177,9 @@ class TaskWorker:
                         self._tasks_in.inc(len(msgs))  # once per batch: an inc costs a lock
                     for msg in msgs:
                         try:
-                            await self._start(msg, puller)
+                            refused = self._start(msg, puller)
+                            if refused is not None:
+                                await refused
                         except Exception:
                             # Not acked: delivered again later. One bad delivery must not stop the worker.
                             log.exception("could not start a delivery from %s", puller.consumer)
@@ -199,21 +201,21 @@ class TaskWorker:
             log.warning("fetching %s failed: %s", puller.consumer, exc)
             return []
 
-    async def _start(self, msg: Msg, puller: Puller) -> None:
+    def _start(self, msg: Msg, puller: Puller) -> Awaitable[None] | None:
+        """Start running a delivery; what is left to await when it is not run (a plain function: most deliveries run)."""
         try:
             task = TaskMessage.model_validate_json(msg.data)
         except ValidationError as exc:
-            await self.outcomes.reject_malformed(msg, puller.capability, str(exc))
-            return
+            return self.outcomes.reject_malformed(msg, puller.capability, str(exc))
         if task.id in self.inflight or task.id in self._committing:
             # A redelivery of a task still running here, or whose success is being committed (its state write
             # retried through a NATS failover): leave it to that attempt, which acks it.
-            await msg.in_progress()
-            return
+            return msg.in_progress()
         runner = asyncio.create_task(self._run(msg, task, puller), name=f"task-{task.id}")
         self.inflight[task.id] = runner
         self._deliveries[task.id] = msg
         runner.add_done_callback(functools.partial(self._finished, task.id))
+        return None
 
     def _finished(self, task_id: str, _runner: asyncio.Task[None]) -> None:
         self.inflight.pop(task_id, None)
@@ -236,6 +238,9 @@ class TaskWorker:
             # Its ack was lost (a NATS failover): the stored state says it ran to the end. Acked, not run again.
             await msg.ack()
             self.outcomes.count(task.capability, "duplicate")
+            return
+        if not tracing.enabled():
+            await self._attempt(msg, task, puller, attempt)
             return
         with tracing.run_task(msg.headers, msg.subject, task.id, task.capability, attempt, self.config.agent) as span:
             outcome = await self._attempt(msg, task, puller, attempt)

@@ -1,0 +1,136 @@
+"""The task hot path's shortcuts through nats-py, on a real nats-server: they behave as nats-py's own calls.
+
+They lean on nats-py internals (the client's outgoing buffer, a subscription's queue, a message's ack
+flag): these tests fail if a nats-py upgrade moves them. Also the agent process's garbage collector settings.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator
+
+import nats
+import pytest
+from kubeswarm_runtime.fastpath import ack, acked, publish_all, subscribe_direct
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.errors import BadSubjectError, ConnectionClosedError, MaxPayloadError, MsgAlreadyAckdError
+from nats.js import api
+
+from tests.integration.runtime_helpers import wait_for
+from tests.testbed.nats import NatsServer
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def nc(nats_server: NatsServer) -> AsyncIterator[Client]:
+    client = await nats.connect(nats_server.url)
+    yield client
+    await client.close()
+
+
+@pytest.fixture
+async def listener(nats_server: NatsServer) -> AsyncIterator[Client]:
+    """A second connection, to receive what the first publishes."""
+    client = await nats.connect(nats_server.url)
+    yield client
+    await client.close()
+
+
+async def test_publish_all_sends_in_order_with_replies(nc: Client, listener: Client) -> None:
+    prefix = f"fp.{uuid.uuid4().hex[:8]}"
+    sub = await listener.subscribe(f"{prefix}.>")
+    await listener.flush()
+    sent_before = nc.stats["out_msgs"]
+    await publish_all(nc, [(f"{prefix}.a", "reply.one", b"first"), (f"{prefix}.b", "", b""), (f"{prefix}.c", "", b"x" * 70_000)])
+    got = [await sub.next_msg(timeout=5) for _ in range(3)]
+    assert [(m.subject, m.reply, m.data) for m in got] == [
+        (f"{prefix}.a", "reply.one", b"first"),
+        (f"{prefix}.b", "", b""),
+        (f"{prefix}.c", "", b"x" * 70_000),
+    ]
+    assert nc.stats["out_msgs"] == sent_before + 3
+
+
+async def test_publish_all_refuses_what_publish_refuses_after_sending_what_came_before(nc: Client, listener: Client) -> None:
+    prefix = f"fp.{uuid.uuid4().hex[:8]}"
+    sub = await listener.subscribe(f"{prefix}.>")
+    injected = await listener.subscribe("injected")
+    await listener.flush()
+    # CRLF in a subject would let a caller write protocol of its own: refused, as nats-py's publish refuses it.
+    with pytest.raises(BadSubjectError):
+        await publish_all(nc, [(f"{prefix}.before", "", b"1"), (f"{prefix}.x\r\nPUB injected 1\r\nz", "", b"2")])
+    with pytest.raises(BadSubjectError):
+        await publish_all(nc, [(f"{prefix}.ok", "bad reply", b"3")])
+    with pytest.raises(MaxPayloadError):
+        await publish_all(nc, [(f"{prefix}.big", "", b"x" * (nc.max_payload + 1))])
+    await publish_all(nc, [(f"{prefix}.after", "", b"4")])
+    assert [(m.subject, m.data) for m in [await sub.next_msg(timeout=5) for _ in range(2)]] == [
+        (f"{prefix}.before", b"1"),
+        (f"{prefix}.after", b"4"),
+    ]
+    await listener.flush()
+    assert injected.pending_msgs == 0
+    assert nc.is_connected
+    await nc.close()
+    with pytest.raises(ConnectionClosedError):
+        await publish_all(nc, [(f"{prefix}.closed", "", b"5")])
+
+
+async def test_subscribe_direct_handles_each_message_as_read_and_survives_a_failing_handler(nc: Client) -> None:
+    subject = f"fp.{uuid.uuid4().hex[:8]}"
+    seen: list[bytes] = []
+
+    def handle(msg: Msg) -> None:
+        if msg.data == b"boom":
+            raise RuntimeError("a handler bug")
+        seen.append(msg.data)
+
+    sub = await subscribe_direct(nc, subject, handle)
+    count = 2000
+    await publish_all(nc, [(subject, "", b"boom")] + [(subject, "", str(i).encode()) for i in range(count)])
+
+    async def all_seen() -> bool:
+        return len(seen) == count
+
+    await wait_for(all_seen, 10, "every message handled")
+    assert seen == [str(i).encode() for i in range(count)]
+    # Handled, so nothing counts as pending: the client's slow-consumer check never trips on it.
+    assert sub.pending_bytes == 0
+    assert nc.is_connected
+    await sub.unsubscribe()
+
+
+async def test_ack_published_removes_the_delivery_and_marks_it_acked(nc: Client) -> None:
+    js = nc.jetstream()
+    stream = f"FP{uuid.uuid4().hex[:8]}"
+    await js.add_stream(name=stream, subjects=[f"{stream}.tasks"], retention=api.RetentionPolicy.WORK_QUEUE)
+    try:
+        await js.publish(f"{stream}.tasks", b"task")
+        sub = await js.pull_subscribe(f"{stream}.tasks", durable="w", stream=stream, config=api.ConsumerConfig(ack_wait=30))
+        (msg,) = await sub.fetch(1, timeout=5)
+        await publish_all(nc, [ack(msg)])
+        acked(msg)
+        with pytest.raises(MsgAlreadyAckdError):
+            await msg.ack()
+
+        async def removed() -> bool:
+            return (await js.stream_info(stream)).state.messages == 0
+
+        await wait_for(removed, 10, "the acked task gone from the work queue")
+    finally:
+        await js.delete_stream(stream)
+
+
+def test_settled_process_collects_its_youngest_generation_less_often() -> None:
+    # In a process of its own: settling freezes the heap and changes the collector for the whole process.
+    code = "import gc; from kubeswarm_runtime.app import settle_heap; settle_heap(); print(*gc.get_threshold(), gc.get_freeze_count() > 0)"
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=60).stdout.split()
+    default_code = "import gc; print(*gc.get_threshold())"
+    default = subprocess.run([sys.executable, "-c", default_code], check=True, capture_output=True, text=True, timeout=60).stdout.split()
+    assert int(out[0]) >= 5 * int(default[0])
+    assert out[1:3] == default[1:3]  # the older generations as they were
+    assert out[3] == "True"
