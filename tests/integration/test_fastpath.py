@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 
 import nats
 import pytest
-from kubeswarm_runtime.fastpath import ack, acked, publish_all, subscribe_direct
+from kubeswarm_runtime.fastpath import ack, acked, publish_all, subscribe_direct, subscribe_raw
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import BadSubjectError, ConnectionClosedError, MaxPayloadError, MsgAlreadyAckdError
@@ -102,6 +102,54 @@ async def test_subscribe_direct_handles_each_message_as_read_and_survives_a_fail
     assert sub.pending_bytes == 0
     assert nc.is_connected
     await sub.unsubscribe()
+
+
+async def test_subscribe_raw_hands_over_bytes_and_leaves_other_subscriptions_alone(nc: Client, listener: Client) -> None:
+    prefix = f"fp.{uuid.uuid4().hex[:8]}"
+    raw: list[tuple[bytes, bytes, bytes | None]] = []
+    other: list[bytes] = []
+
+    def handle(subject: bytes, data: bytes, headers: bytes | None) -> None:
+        if data == b"boom":
+            raise RuntimeError("a handler bug")
+        raw.append((subject, data, headers))
+
+    async def on_other(msg: Msg) -> None:
+        other.append(msg.data)
+
+    first = await subscribe_raw(nc, f"{prefix}.raw.>", handle)
+    second = await subscribe_raw(nc, f"{prefix}.second", handle)  # a second one on the same client
+    await nc.subscribe(f"{prefix}.other", cb=on_other)
+    await nc.flush()
+    received_before = nc.stats["in_msgs"]
+    await publish_all(listener, [(f"{prefix}.raw.1", "", b"boom"), (f"{prefix}.raw.2", "", b"two"), (f"{prefix}.other", "", b"plain")])
+    await listener.publish(f"{prefix}.raw.3", b"three", headers={"Status": "503"})
+    await publish_all(listener, [(f"{prefix}.second", "", b"four")])
+
+    async def arrived() -> bool:
+        return len(raw) == 3 and other == [b"plain"]
+
+    await wait_for(arrived, 10, "the raw and the plain messages")
+    assert [(subject, data) for subject, data, _ in raw] == [
+        (f"{prefix}.raw.2".encode(), b"two"),
+        (f"{prefix}.raw.3".encode(), b"three"),
+        (f"{prefix}.second".encode(), b"four"),
+    ]
+    assert raw[0][2] is None
+    assert raw[1][2] is not None and b"Status: 503" in raw[1][2]
+    assert nc.stats["in_msgs"] == received_before + 5
+    assert nc.is_connected
+
+    # Unsubscribed: no longer handled (nor queued anywhere).
+    await first.unsubscribe()
+    await publish_all(listener, [(f"{prefix}.raw.4", "", b"late"), (f"{prefix}.second", "", b"five")])
+
+    async def fifth() -> bool:
+        return len(raw) == 4
+
+    await wait_for(fifth, 10, "the message on the subscription still there")
+    assert raw[-1][1] == b"five"
+    await second.unsubscribe()
 
 
 async def test_ack_published_removes_the_delivery_and_marks_it_acked(nc: Client) -> None:

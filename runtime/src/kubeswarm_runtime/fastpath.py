@@ -11,11 +11,13 @@ its reconnect limit or raises).
 
 A subscription with a callback costs a queue, a task's wake-up and a coroutine per message; every task
 brings two (its delivery from a pull, its state's confirmation). :func:`subscribe_direct` hands each
-message of such an inbox to a plain function as the client reads it.
+message of such an inbox to a plain function as the client reads it; :func:`subscribe_raw` goes further
+for messages that need no ``Msg`` (a confirmation is a subject and a few bytes of JSON): their subject,
+payload and header bytes go to the function straight from the client's parser.
 
-Both lean on nats-py's internals (``Client._send_command``, ``Client._flush_pending``,
-``Subscription._pending_queue``, ``Msg._ackd``); nats-py is pinned, and tests/integration/test_fastpath.py
-fails if they change.
+They lean on nats-py's internals (``Client._send_command``, ``Client._flush_pending``,
+``Client._process_msg``, ``Client._subs``, ``Subscription._pending_queue``, ``Msg._ackd``); nats-py is
+pinned, and tests/integration/test_fastpath.py fails if they change.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import asyncio
 import logging
 import re
 from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -112,4 +115,50 @@ async def subscribe_direct(nc: Client, subject: str, handle: Callable[[Msg], Non
     queued, sub._pending_queue = sub._pending_queue, _HandleAtOnce(sub, handle)
     while not queued.empty():
         handle(queued.get_nowait())
+    return sub
+
+
+# (subject, payload, header bytes or None) of a message, as the client's parser read them.
+RawHandler = Callable[[bytes, bytes, bytes | None], None]
+
+
+class _RawDispatch:
+    """Stands in for a client's ``_process_msg``: the messages of raw subscriptions go to their handler, the rest as before."""
+
+    def __init__(self, nc: Client) -> None:
+        self.handlers: dict[int, RawHandler] = {}
+        self._process_msg = nc._process_msg
+        self._subs = nc._subs
+        self._stats = nc.stats
+
+    async def process_msg(self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
+        handle = self.handlers.get(sid)
+        if handle is None or sid not in self._subs:
+            # nats-py's parser passes None when a message has no headers, whatever the annotation says.
+            await self._process_msg(sid, subject, reply, data, cast(bytes, headers))
+            return
+        self._stats["in_msgs"] += 1
+        self._stats["in_bytes"] += len(data)
+        try:
+            handle(subject, data, headers)
+        except Exception:
+            # Raised into the client's read loop, it would end the connection.
+            log.exception("handling a message on %s failed", subject)
+
+
+def _raw_dispatch(nc: Client) -> _RawDispatch:
+    current: Any = nc._process_msg
+    dispatch = getattr(current, "__self__", None)
+    if isinstance(dispatch, _RawDispatch):
+        return dispatch
+    dispatch = _RawDispatch(nc)
+    nc._process_msg = dispatch.process_msg  # type: ignore[method-assign]
+    return dispatch
+
+
+async def subscribe_raw(nc: Client, subject: str, handle: RawHandler) -> Subscription:
+    """Subscribe ``handle`` to ``subject``, called from the client's parser with each message's subject, payload and
+    header bytes (no ``Msg`` built, no header parsed): it must be quick and never block."""
+    sub = await nc.subscribe(subject)  # no callback; its messages never reach its queue
+    _raw_dispatch(nc).handlers[sub._id] = handle
     return sub

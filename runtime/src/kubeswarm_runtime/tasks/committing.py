@@ -14,7 +14,7 @@ from nats.aio.subscription import Subscription
 
 from ..codec import DecodeError, decode_json
 from ..connection import JS_API_TIMEOUT
-from ..fastpath import publish_all, subscribe_direct
+from ..fastpath import publish_all, subscribe_raw
 from .outcomes import TaskOutcomes
 from .records import TaskMessage
 
@@ -43,12 +43,12 @@ class Confirmations:
             self.answered.set_result(None)
 
 
-def was_stored(reply: Msg) -> bool:
-    """Whether a JetStream publish acknowledgement says "stored" (not an error, nor a 503 "no stream")."""
-    if reply.headers:
+def was_stored(data: bytes, headers: bytes | None) -> bool:
+    """Whether a JetStream publish acknowledgement says "stored" (not an error, nor a 503 "no stream": a status header)."""
+    if headers:
         return False
     try:
-        ack = decode_json(reply.data)
+        ack = decode_json(data)
     except DecodeError:
         return False
     return isinstance(ack, dict) and "error" not in ack and "seq" in ack
@@ -61,7 +61,7 @@ class SuccessCommitter:
     this wait is what bounds a replica's throughput. A few batches are confirmed at once (the
     next one need not wait for the round trip of the last); beyond that, successes pile up
     into a bigger batch. The confirmations of a batch come back on one subscription
-    (``<inbox>.<batch>.<index>``), handled as the client reads them, and fill one ``Confirmations``:
+    (``<inbox>.<batch>.<index>``), handled as the client's parser reads them, and fill one ``Confirmations``:
     no future nor parsed PubAck per task. A batch's states, then its results and acks, are handed
     to the client as one buffer each (``fastpath.publish_all``).
     """
@@ -83,14 +83,14 @@ class SuccessCommitter:
 
     async def start(self) -> Subscription:
         self._inbox = self.nc.new_inbox() + "."
-        return await subscribe_direct(self.nc, self._inbox + ">", self._on_confirmation)
+        return await subscribe_raw(self.nc, self._inbox + ">", self._on_confirmation)
 
-    def _on_confirmation(self, reply: Msg) -> None:
-        number, _, index = reply.subject[len(self._inbox) :].partition(".")
+    def _on_confirmation(self, subject: bytes, data: bytes, headers: bytes | None) -> None:
+        number, _, index = subject[len(self._inbox) :].partition(b".")  # an inbox is ASCII: as long in bytes
         try:
             batch = self._batches.get(int(number))
             if batch is not None:
-                batch.record(int(index), was_stored(reply))
+                batch.record(int(index), was_stored(data, headers))
         except ValueError:
             pass  # not one of ours
 
