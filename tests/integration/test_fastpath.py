@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 
 import nats
 import pytest
-from kubeswarm_runtime.fastpath import ack, acked, publish_all, subscribe_direct, subscribe_raw
+from kubeswarm_runtime.fastpath import ack, acked, has_status, message, parse_headers, publish_all, subscribe_raw
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import BadSubjectError, ConnectionClosedError, MaxPayloadError, MsgAlreadyAckdError
@@ -80,39 +80,17 @@ async def test_publish_all_refuses_what_publish_refuses_after_sending_what_came_
         await publish_all(nc, [(f"{prefix}.closed", "", b"5")])
 
 
-async def test_subscribe_direct_handles_each_message_as_read_and_survives_a_failing_handler(nc: Client) -> None:
-    subject = f"fp.{uuid.uuid4().hex[:8]}"
-    seen: list[bytes] = []
-
-    def handle(msg: Msg) -> None:
-        if msg.data == b"boom":
-            raise RuntimeError("a handler bug")
-        seen.append(msg.data)
-
-    sub = await subscribe_direct(nc, subject, handle)
-    count = 2000
-    await publish_all(nc, [(subject, "", b"boom")] + [(subject, "", str(i).encode()) for i in range(count)])
-
-    async def all_seen() -> bool:
-        return len(seen) == count
-
-    await wait_for(all_seen, 10, "every message handled")
-    assert seen == [str(i).encode() for i in range(count)]
-    # Handled, so nothing counts as pending: the client's slow-consumer check never trips on it.
-    assert sub.pending_bytes == 0
-    assert nc.is_connected
-    await sub.unsubscribe()
-
-
 async def test_subscribe_raw_hands_over_bytes_and_leaves_other_subscriptions_alone(nc: Client, listener: Client) -> None:
     prefix = f"fp.{uuid.uuid4().hex[:8]}"
     raw: list[tuple[bytes, bytes, bytes | None]] = []
+    replies: list[bytes] = []
     other: list[bytes] = []
 
-    def handle(subject: bytes, data: bytes, headers: bytes | None) -> None:
+    def handle(subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
         if data == b"boom":
             raise RuntimeError("a handler bug")
         raw.append((subject, data, headers))
+        replies.append(reply)
 
     async def on_other(msg: Msg) -> None:
         other.append(msg.data)
@@ -122,7 +100,7 @@ async def test_subscribe_raw_hands_over_bytes_and_leaves_other_subscriptions_alo
     await nc.subscribe(f"{prefix}.other", cb=on_other)
     await nc.flush()
     received_before = nc.stats["in_msgs"]
-    await publish_all(listener, [(f"{prefix}.raw.1", "", b"boom"), (f"{prefix}.raw.2", "", b"two"), (f"{prefix}.other", "", b"plain")])
+    await publish_all(listener, [(f"{prefix}.raw.1", "", b"boom"), (f"{prefix}.raw.2", "r.2", b"two"), (f"{prefix}.other", "", b"plain")])
     await listener.publish(f"{prefix}.raw.3", b"three", headers={"Status": "503"})
     await publish_all(listener, [(f"{prefix}.second", "", b"four")])
 
@@ -136,6 +114,7 @@ async def test_subscribe_raw_hands_over_bytes_and_leaves_other_subscriptions_alo
         (f"{prefix}.second".encode(), b"four"),
     ]
     assert raw[0][2] is None
+    assert replies == [b"r.2", b"", b""]
     assert raw[1][2] is not None and b"Status: 503" in raw[1][2]
     assert nc.stats["in_msgs"] == received_before + 5
     assert nc.is_connected
@@ -150,6 +129,38 @@ async def test_subscribe_raw_hands_over_bytes_and_leaves_other_subscriptions_alo
     await wait_for(fifth, 10, "the message on the subscription still there")
     assert raw[-1][1] == b"five"
     await second.unsubscribe()
+
+
+HEADER_BLOCKS = [
+    b"NATS/1.0\r\nNats-Msg-Id: 0123abcd\r\n\r\n",
+    b"NATS/1.0\r\nNats-Msg-Id: a\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\ntracestate: k=v\r\n\r\n",
+    b"NATS/1.0\r\nNo-Space:value\r\nTabbed:\tvalue\t\r\nEmpty:\r\nno colon here\r\n\r\n",
+    b"NATS/1.0\r\nUtf8: caf\xc3\xa9\r\nBroken: \xff\xfe\r\nN\xc3\xa4me: x\r\nIn side: x\r\nSep\x1crated: x\r\n\r\n",
+    b"NATS/1.0\r\nSame: 1\r\nSame: 2\r\n\r\n",
+    b"NATS/1.0\r\n\r\n",
+]
+
+
+async def test_messages_built_from_bytes_as_nats_py_builds_them(nc: Client) -> None:
+    for raw in HEADER_BLOCKS:
+        assert not has_status(raw)
+        assert parse_headers(raw) == await nc._process_headers(raw), raw
+        built = message(nc, b"ks.tasks.x", b"$JS.ACK.S.C.1.2.3.4.0", b"{}", raw)
+        expected = nc._build_message(7, b"ks.tasks.x", b"$JS.ACK.S.C.1.2.3.4.0", b"{}", await nc._process_headers(raw))
+        assert (built.subject, built.reply, built.data, built.headers, built.metadata) == (
+            expected.subject,
+            expected.reply,
+            expected.data,
+            expected.headers,
+            expected.metadata,
+        )
+    # A name with any one ASCII character inside (names are ASCII or skipped): kept or skipped alike.
+    every_char = b"NATS/1.0\r\n" + b"".join(b"A%cB: %d\r\n" % (c, c) for c in range(128) if c not in b"\r\n:") + b"\r\n"
+    assert parse_headers(every_char) == await nc._process_headers(every_char)
+    assert message(nc, b"s", b"", b"x", None).headers is None
+    assert has_status(b"NATS/1.0 404 No Messages\r\n\r\n")
+    assert has_status(b"NATS/1.0 408 Request Timeout\r\nNats-Pending-Messages: 1\r\n\r\n")
+    assert not has_status(None)
 
 
 async def test_ack_published_removes_the_delivery_and_marks_it_acked(nc: Client) -> None:

@@ -85,7 +85,7 @@ class SuccessCommitter:
         self._inbox = self.nc.new_inbox() + "."
         return await subscribe_raw(self.nc, self._inbox + ">", self._on_confirmation)
 
-    def _on_confirmation(self, subject: bytes, data: bytes, headers: bytes | None) -> None:
+    def _on_confirmation(self, subject: bytes, _reply: bytes, data: bytes, headers: bytes | None) -> None:
         number, _, index = subject[len(self._inbox) :].partition(b".")  # an inbox is ASCII: as long in bytes
         try:
             batch = self._batches.get(int(number))

@@ -9,7 +9,7 @@ import json
 from nats.aio.msg import Msg
 
 from ..connection import JS_API_TIMEOUT, NatsConnection
-from ..fastpath import subscribe_direct
+from ..fastpath import has_status, message, subscribe_raw
 
 
 class Puller:
@@ -37,13 +37,13 @@ class Puller:
         self.maybe_more = True
 
     async def start(self) -> None:
-        await subscribe_direct(self.conn.nc, self.inbox, self._deliver)
+        await subscribe_raw(self.conn.nc, self.inbox, self._deliver)
 
-    def _deliver(self, msg: Msg) -> None:
-        if msg.headers and msg.headers.get("Status"):
+    def _deliver(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
+        if has_status(headers):
             ended = True  # 404 no messages / 408: the pull is done
         else:
-            self._delivered.append(msg)
+            self._delivered.append(message(self.conn.nc, subject, reply, data, headers))
             ended = len(self._delivered) >= self._wanted
         if ended and self._pull_done is not None and not self._pull_done.done():
             self._pull_done.set_result(None)
