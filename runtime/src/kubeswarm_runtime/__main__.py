@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import sys
 
-from .app import run_agent
+from .app import run_agent, run_process
 from .config import ConfigError, load_config
 from .mcp import serve_mcp
 
@@ -22,7 +21,7 @@ def main() -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
-    asyncio.run(run_agent(config, extensions=(serve_mcp,)))
+    run_process(run_agent(config, extensions=(serve_mcp,)))
     return 0
 
 

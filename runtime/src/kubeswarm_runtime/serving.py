@@ -6,13 +6,12 @@ as one JSON line on its stdin and keeps that pipe open while it lives.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
 import sys
 
-from .app import run_agent
+from .app import run_agent, run_process
 from .config import RuntimeConfig
 from .mcp import serve_mcp
 
@@ -24,7 +23,7 @@ def main() -> int:
     )
     number, metrics_fd = int(sys.argv[1]), int(sys.argv[2])
     config = RuntimeConfig.model_validate(json.loads(sys.stdin.buffer.readline()))
-    asyncio.run(run_agent(config, extensions=(serve_mcp,), serving=(number, metrics_fd)))
+    run_process(run_agent(config, extensions=(serve_mcp,), serving=(number, metrics_fd)))
     return 0
 
 
