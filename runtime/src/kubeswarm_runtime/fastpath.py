@@ -63,30 +63,33 @@ async def publish_all(nc: Client, messages: Sequence[Publish]) -> None:
             await nc.publish(subject, payload, reply=reply)
         return
     max_payload = nc.max_payload
-    commands: list[bytes] = []
-    sent = 0
+    parts: list[bytes] = []  # each message's command line, payload and CRLF: joined once, the payload copied once
+    count = sent = 0
     for subject, reply, payload in messages:
         if not subject or _INVALID_SUBJECT.search(subject) or (reply and _INVALID_SUBJECT.search(reply)) or len(payload) > max_payload:
             # What comes before goes out first, then nats-py's publish raises on this one.
-            await _hand_over(nc, commands, sent)
-            commands, sent = [], 0
+            await _hand_over(nc, parts, count, sent)
+            parts, count, sent = [], 0, 0
             await nc.publish(subject, payload, reply=reply)
             continue
         if reply:
-            commands.append(b"PUB %s %s %d\r\n%s\r\n" % (subject.encode(), reply.encode(), len(payload), payload))
+            parts.append(b"PUB %s %s %d\r\n" % (subject.encode(), reply.encode(), len(payload)))
         else:
-            commands.append(b"PUB %s %d\r\n%s\r\n" % (subject.encode(), len(payload), payload))
+            parts.append(b"PUB %s %d\r\n" % (subject.encode(), len(payload)))
+        parts.append(payload)
+        parts.append(b"\r\n")
+        count += 1
         sent += len(payload)
-    await _hand_over(nc, commands, sent)
+    await _hand_over(nc, parts, count, sent)
 
 
-async def _hand_over(nc: Client, commands: list[bytes], payload_bytes: int) -> None:
+async def _hand_over(nc: Client, parts: list[bytes], count: int, payload_bytes: int) -> None:
     """What ``Client._send_publish`` does for each message, once for all of them."""
-    if not commands:
+    if not count:
         return
-    nc.stats["out_msgs"] += len(commands)
+    nc.stats["out_msgs"] += count
     nc.stats["out_bytes"] += payload_bytes
-    await nc._send_command(b"".join(commands))
+    await nc._send_command(b"".join(parts))
     if nc._flush_queue is not None and nc._flush_queue.empty():
         await nc._flush_pending()
 
