@@ -78,7 +78,7 @@ def check(obj: Any, body: bytes | None = None) -> RpcMessage:
     if has_id and (isinstance(request_id, bool) or not isinstance(request_id, (str, int))):  # a tuple: faster than a union
         raise RpcError(INVALID_REQUEST, 'Invalid request: "id" must be a string or an integer')
     if "method" not in obj and has_id and ("result" in obj or "error" in obj):
-        return RpcMessage(method="", params={}, id=request_id, is_notification=False, is_response=True)
+        return RpcMessage("", {}, request_id, False, True)
     method = obj.get("method")
     if not isinstance(method, str) or not method:
         raise RpcError(INVALID_REQUEST, 'Invalid request: "method" must be a non-empty string')
@@ -91,7 +91,7 @@ def check(obj: Any, body: bytes | None = None) -> RpcMessage:
     shallow = body is not None and body.count(b"{") + body.count(b"[") <= MAX_PARAMS_DEPTH
     if not shallow and nested_deeper_than(params, MAX_PARAMS_DEPTH):
         raise RpcError(INVALID_PARAMS, f"Invalid params: arrays and objects nest deeper than {MAX_PARAMS_DEPTH} levels")
-    return RpcMessage(method=method, params=params, id=request_id, is_notification=not has_id)
+    return RpcMessage(method, params, request_id, not has_id)  # positional: half the cost of keywords
 
 
 def too_many_in_flight(where: str, limit: int) -> RpcError:

@@ -156,7 +156,7 @@ class Authenticator:
     @staticmethod
     def peer(request: web.Request) -> Caller:
         """An unauthenticated caller, known by its address."""
-        return Caller(key=f"peer:{request.remote}")
+        return Caller(f"peer:{request.remote}")
 
     async def authenticate(self, request: web.Request) -> Caller:
         if self.open:
