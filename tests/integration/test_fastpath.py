@@ -161,6 +161,7 @@ async def test_messages_built_from_bytes_as_nats_py_builds_them(nc: Client) -> N
     assert has_status(b"NATS/1.0 404 No Messages\r\n\r\n")
     assert has_status(b"NATS/1.0 408 Request Timeout\r\nNats-Pending-Messages: 1\r\n\r\n")
     assert not has_status(None)
+    assert not has_status(b"NATS/1.0 abc\r\n\r\n")  # no status for nats-py either: a message like any other
 
 
 async def test_ack_published_removes_the_delivery_and_marks_it_acked(nc: Client) -> None:

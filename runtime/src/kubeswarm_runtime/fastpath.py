@@ -146,8 +146,9 @@ _WHITESPACE = re.compile(r"\s")
 
 
 def has_status(headers: bytes | None) -> bool:
-    """Whether raw headers carry an inline status (``NATS/1.0 404 No Messages``): the server speaking, not a publisher."""
-    return headers is not None and headers[len(_HEADER_LINE) : len(_HEADER_LINE) + 1] == b" "
+    """Whether raw headers carry an inline status (``NATS/1.0 404 No Messages``) as nats-py reads one: three digits."""
+    start = len(_HEADER_LINE)
+    return headers is not None and headers[start : start + 1] == b" " and headers[start + 1 : start + 4].strip().isdigit()
 
 
 def message(nc: Client, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> Msg:
@@ -161,6 +162,8 @@ def parse_headers(raw: bytes) -> dict[str, str] | None:
     """Headers as nats-py parses them (``Client._process_headers`` without an inline status), a few times quicker.
 
     ``Client._parse_header_lines`` but for its whitespace test (a generator over the name's characters there).
+    A status line that is not one (``NATS/1.0 abc``, which only a hand-made header block has) is not read as
+    nats-py reads it (a ``Description`` there): the worker reads only trace context from a delivery's headers.
     """
     out: dict[str, str] = {}
     for line in raw[len(_HEADER_LINE) + 2 :].split(b"\r\n"):
