@@ -1,5 +1,6 @@
-"""The agent's A2A surface: its Agent Card and the A2A JSON-RPC methods, mapped onto the swarm's task queue (mapping -> endpoint)."""
+"""The agent's A2A surface: its Agent Card and the A2A JSON-RPC methods, mapped onto the swarm's task queue
+(mapping -> endpoint -> surface; the surface loads the endpoint, and the A2A SDK, on first use)."""
 
-from .endpoint import A2AEndpoint
+from .surface import A2ASurface
 
-__all__ = ["A2AEndpoint"]
+__all__ = ["A2ASurface"]

@@ -17,7 +17,7 @@ from typing import Any
 import nats
 from a2a.types import a2a_pb2 as a2a
 from a2a.utils import errors as a2a_errors
-from a2a.utils.constants import AGENT_CARD_WELL_KNOWN_PATH, VERSION_HEADER
+from a2a.utils.constants import VERSION_HEADER
 from aiohttp import web
 from google.protobuf import json_format
 from google.protobuf.message import Message as ProtoMessage
@@ -26,7 +26,6 @@ from ..mcp.admission import Admission
 from ..mcp.http import CLIENT_GONE, KEEPALIVE, SseStream, json_response, sse_event
 from ..mcp.jsonrpc import INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, RequestId, RpcError, check, decode, encode, error_reply
 from ..mcp.metering import NO_METHOD, RequestMeter, method_of
-from ..mcp.routes import Routes
 from ..mcp.security import Caller, Guard, StreamSlots
 from ..names import Priority, task_key
 from ..runtime import AgentRuntime
@@ -47,7 +46,6 @@ from .mapping import (
 
 log = logging.getLogger(__name__)
 
-PATH = "/a2a"
 # A blocking SendMessage waits this long for its task to end, then answers with the task as it is (poll GetTask).
 SEND_WAIT_SECONDS = 600.0
 LIST_PAGE_MAX = 100
@@ -98,17 +96,15 @@ def check_version(request: web.Request) -> None:
 
 
 class A2AEndpoint:
-    def __init__(self, runtime: AgentRuntime, guard: Guard, slots: StreamSlots, admission: Admission) -> None:
+    """Its routes are added by :class:`~.surface.A2ASurface`, which makes this endpoint on their first request."""
+
+    def __init__(self, runtime: AgentRuntime, guard: Guard, slots: StreamSlots, admission: Admission, meter: RequestMeter) -> None:
         self.runtime = runtime
         self.guard = guard
         self.slots = slots
         self.admission = admission
         self.config = runtime.config
-        self.meter = RequestMeter(runtime.metrics.a2a_requests, REQUEST_TYPES)
-
-    def add_routes(self, routes: Routes) -> None:
-        routes.add_get(AGENT_CARD_WELL_KNOWN_PATH, self.card)
-        routes.add_post(PATH, self.post, meter=self.meter)
+        self.meter = meter
 
     async def card(self, request: web.Request) -> web.Response:
         # Public, as the protocol wants: the card says how to authenticate, the methods need it.

@@ -5,8 +5,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from .. import tracing
-from ..agent2agent import A2AEndpoint
-from ..agent2agent.endpoint import PATH as A2A_PATH
+from ..agent2agent import A2ASurface
+from ..agent2agent.surface import PATH as A2A_PATH
 from ..app import RUNTIME
 from ..webhooks import PATH as WEBHOOK_PATH
 from ..webhooks import Webhooks
@@ -50,7 +50,7 @@ def serve_mcp(app: web.Application) -> None:
     JsonRpc(server, guard, slots, config, admission).add_routes(routes)
     DiscoveryStream(runtime, fanout, guard, slots, config).add_routes(routes)
     # A2A beside MCP: the same port, guard (auth, rate limit, origin, size) and stream slots.
-    A2AEndpoint(runtime, guard, slots, admission).add_routes(routes)
+    A2ASurface(runtime, guard, slots, admission).add_routes(routes)
     hooks = runtime.config.triggers.webhooks
     Webhooks(lambda: runtime.swarm.tasks, hooks, guard).add_routes(routes)
 
