@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from kubeswarm_operator.agent import children, reconciler
 from kubeswarm_operator.agent.reconciler import AgentReconciler
-from kubeswarm_operator.agent.status import Observed, compute_status, transitions
+from kubeswarm_operator.agent.status import Observed, compute_status, deployment_settling, transitions
 from kubeswarm_operator.kube import kinds
 from kubeswarm_operator.kube.kinds import CHILD_KINDS, Kind
 from kubeswarm_operator.kube.owned import data_digests
@@ -64,6 +64,13 @@ class RecordingKube:
 
     async def post_event(self, regarding: Manifest, type_: str, reason: str, message: str, action: str) -> None:
         self.writes.append(("event", reason, message))
+
+
+@pytest.fixture(autouse=True)
+def first_status_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new Agent's status is written by its first reconcile here (it waits for the Deployment's first report only in
+    the test of that wait, below)."""
+    monkeypatch.setattr(reconciler, "FIRST_STATUS_WAIT_SECONDS", 0.0)
 
 
 def agent_body(status: Manifest | None = None, **spec: Any) -> Manifest:
@@ -437,3 +444,58 @@ async def test_events_are_posted_a_few_at_a_time_and_past_a_backlog_dropped_and_
     await rec.flush_events()
     assert most_at_once == 2
     assert sorted(posted) == ["a", "b", "c"]
+
+
+async def test_a_new_agents_first_status_waits_for_its_deployments_first_report(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(reconciler, "FIRST_STATUS_WAIT_SECONDS", 3600.0)
+    kube = RecordingKube()
+    rec = make(kube)
+    await rec.reconcile(Agent.model_validate(agent_body()))
+    await rec.flush_events()
+    assert kube.status is None, "the Deployment created in this run has reported nothing yet"
+    assert any(w[0] == "event" and w[1] == "Created" for w in kube.writes), "what was done is told at once"
+    assert ("lab", "scout") in rec.queue._queued, "a run at the deadline writes the status whatever the Deployment says"
+    # Its watch shows it before the controller reports on it: still nothing to write.
+    reported = world_from(kube)
+    deployment = reported.children[kinds.DEPLOYMENT][("lab", "scout")]
+    unreported = {key: value for key, value in deployment.items() if key != "status"}
+    rec.world = World(agents={}, swarms={}, children={**reported.children, kinds.DEPLOYMENT: {("lab", "scout"): unreported}}, scaled={})
+    await rec.reconcile(Agent.model_validate(agent_body()))
+    assert kube.status is None
+    # Its first report (pods ready at once, as on a fake node): one status, straight to Running, one Event for it all.
+    rec.world = world_from(kube)
+    await rec.reconcile(Agent.model_validate(agent_body()))
+    await rec.flush_events()
+    assert kube.status is not None and kube.status["phase"] == "Running"
+    assert [w[0] for w in kube.writes].count("status") == 1
+    assert [w[1] for w in kube.writes if w[0] == "event"] == ["Created"]
+    await rec.close()
+
+
+async def test_a_new_agents_first_status_is_written_at_the_deadline_whatever_the_deployment_says(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(reconciler, "FIRST_STATUS_WAIT_SECONDS", 0.05)
+    kube = RecordingKube()
+    rec = make(kube)
+    rec.world = World(agents={("lab", "scout"): [agent_body()]}, swarms={}, children={k: {} for k in CHILD_KINDS}, scaled={})
+    await rec.reconcile(Agent.model_validate(agent_body()))
+    assert kube.status is None
+    await rec.queue._queued["lab", "scout"]  # the deadline's run (the Deployment never reported)
+    assert kube.status is not None and kube.status["phase"] == "Pending"
+    await rec.close()
+
+
+@pytest.mark.parametrize(
+    ("generation", "status", "settling"),
+    [
+        (1, {}, False),  # new: not reported on yet
+        (2, {"observedGeneration": 1, "readyReplicas": 2, "updatedReplicas": 1}, False),  # a spec change not observed yet
+        (1, {"observedGeneration": 1, "readyReplicas": 0, "updatedReplicas": 2}, True),  # pods coming up
+        (1, {"observedGeneration": 1, "readyReplicas": 1, "updatedReplicas": 2}, True),
+        (1, {"observedGeneration": 1, "readyReplicas": 2, "updatedReplicas": 2}, False),  # the last step
+    ],
+)
+def test_a_deployment_is_settling_while_its_observed_pods_come_up(generation: int, status: Manifest, settling: bool) -> None:
+    deployment = {"metadata": {"generation": generation}, "spec": {"replicas": 2}, "status": status}
+    assert deployment_settling(deployment) is settling

@@ -53,7 +53,7 @@ from .children import (
     secret_name,
 )
 from .findings import AgentFindings
-from .status import Observed, compute_status, transitions
+from .status import Observed, compute_status, deployment_observed, transitions
 
 log = logging.getLogger(__name__)
 Remembered = TypeVar("Remembered")
@@ -64,6 +64,14 @@ Value = TypeVar("Value")
 SETTLE_SECONDS = 15.0
 PODS_READ = (CONFIG_MAP, SECRET)
 SECRET_DATA = frozenset({"data"})
+# A child's event brings its Agent's reconcile this soon (a burst of them collapses into one run); a Deployment's
+# status steps, this soon (see wiring).
+CHILD_EVENT_SECONDS = 0.2
+STATUS_SETTLE_SECONDS = 1.0
+# A new Agent's first status waits for its new Deployment's first report, at most this long: written before it, it
+# would say "no pod yet" only to be written again a moment later (a status patch is the API server's costliest write
+# per Agent).
+FIRST_STATUS_WAIT_SECONDS = 10.0
 # Events are posted beside the reconciles, this many at once, and past this many waiting, dropped (and counted):
 # a burst of thousands of Agents must not take the API connections the reconciles need, nor memory without bound.
 EVENT_POSTS_AT_ONCE = 8
@@ -134,6 +142,7 @@ class AgentReconciler:
         self.queue = WorkQueue("Agent", self._run, settings.worker_limit)
         self._recent: dict[tuple[str, str, str], tuple[str, float]] = {}
         self._recent_status: dict[Key, tuple[AgentStatus, float]] = {}
+        self._first_status_due: dict[Key, float] = {}  # new Agents whose first status waits (monotonic deadline)
         self._phases: dict[Key, str] = {}
         self._phase_counts: dict[str, int] = {}  # Agents by phase, kept as phases change (not recounted: O(1) per change)
         self._replica_labels: dict[Key, tuple[str, str, str]] = {}  # (namespace, agent, swarm) of its replica series
@@ -175,7 +184,7 @@ class AgentReconciler:
                 metrics.RECONCILE_SECONDS.labels("Agent").observe(time.perf_counter() - started)
         metrics.RECONCILES.labels("Agent", "applied" if wrote else "unchanged").inc()
 
-    def enqueue(self, namespace: str, name: str, delay: float = 0.2) -> None:
+    def enqueue(self, namespace: str, name: str, delay: float = CHILD_EVENT_SECONDS) -> None:
         """Reconcile soon, from the latest watched body; bursts of child events collapse into one run.
 
         A run queued for later (a settle recheck) is brought forward by a sooner request:
@@ -196,6 +205,7 @@ class AgentReconciler:
         self.queue.forget(key)
         self._locks.pop(key, None)
         self._recent_status.pop(key, None)
+        self._first_status_due.pop(key, None)
         self._count_phase(key, None)
         self._drop_replica_series(key)
 
@@ -434,6 +444,10 @@ class AgentReconciler:
         self._count_phase(key, str(new.phase))
         self._count_replicas(agent, observed, new)
         events = self._action_events(agent, actions)
+        if old is None and self._first_status_waits(key, observed):
+            for event in events:
+                self._post(agent, event)
+            return False
         changed = old is None or status_patch(old) != status_patch(new)
         if changed:
             await self.kube.patch_status(AGENT, *key, status_patch(new))
@@ -442,16 +456,34 @@ class AgentReconciler:
             if not any(event.reason == "NameConflict" for event in changes):
                 changes += [Event("Warning", "NameConflict", conflict) for conflict in observed.conflicts]
             events += changes
-        regarding = reference(AGENT, *key, agent.metadata.uid)
         for event in events:
-            # Posted in the background: an Event is not worth holding a reconcile slot for.
-            if len(self._events) >= EVENT_BACKLOG:
-                metrics.EVENTS_DROPPED.inc()
-                continue
-            task = self._background(self._post_event(regarding, event))
-            self._events.add(task)
-            task.add_done_callback(self._events.discard)
+            self._post(agent, event)
         return changed
+
+    def _first_status_waits(self, key: Key, observed: Observed) -> bool:
+        """Whether a new Agent's first status waits for its Deployment's first report (until a deadline, when it is
+        written whatever it says; the Deployment's status event, or the deadline's own run, brings the Agent back)."""
+        deployment = observed.deployment
+        if deployment is None or deployment_observed(deployment) or observed.conflicts:
+            self._first_status_due.pop(key, None)
+            return False
+        now_ = time.monotonic()
+        due = self._first_status_due.setdefault(key, now_ + FIRST_STATUS_WAIT_SECONDS)
+        if now_ >= due:
+            del self._first_status_due[key]
+            return False
+        self.enqueue(*key, delay=due - now_)
+        return True
+
+    def _post(self, agent: Agent, event: Event) -> None:
+        """Post ``event`` on the Agent in the background: an Event is not worth holding a reconcile slot for."""
+        if len(self._events) >= EVENT_BACKLOG:
+            metrics.EVENTS_DROPPED.inc()
+            return
+        regarding = reference(AGENT, agent.metadata.namespace, agent.metadata.name, agent.metadata.uid)
+        task = self._background(self._post_event(regarding, event))
+        self._events.add(task)
+        task.add_done_callback(self._events.discard)
 
     async def _post_event(self, regarding: Manifest, event: Event) -> None:
         async with self._event_slots:

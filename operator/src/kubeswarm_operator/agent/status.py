@@ -35,6 +35,19 @@ class Readiness:
     rolled_out: bool = True
 
 
+def deployment_observed(deployment: Manifest) -> bool:
+    """The Deployment's controller has reported on its current spec (a new one has not: it has no status yet)."""
+    generation = deployment.get("metadata", {}).get("generation")
+    return generation is not None and deployment.get("status", {}).get("observedGeneration", 0) >= generation
+
+
+def deployment_settling(deployment: Manifest) -> bool:
+    """Its controller has reported on its current spec and its pods are still coming up: another step follows soon."""
+    status = deployment.get("status", {})
+    wanted = int(deployment.get("spec", {}).get("replicas", 1))
+    return deployment_observed(deployment) and min(int(status.get("readyReplicas", 0)), int(status.get("updatedReplicas", 0))) < wanted
+
+
 def readiness(agent: Agent, deployment: Manifest) -> Readiness:
     spec = deployment.get("spec", {})
     status = deployment.get("status", {})

@@ -23,11 +23,12 @@ from kubeswarm_runtime.resources import Agent, Swarm
 
 from .. import metrics
 from ..agent.children import AWS_SYNCED_SUFFIX
-from ..agent.reconciler import AgentReconciler
+from ..agent.reconciler import CHILD_EVENT_SECONDS, STATUS_SETTLE_SECONDS, AgentReconciler
+from ..agent.status import deployment_settling
 from ..jetstream.connections import NatsPool
 from ..jetstream.identity import NatsIdentities
 from ..kube.client import Kube
-from ..kube.kinds import CHILD_KINDS, CONFIG_MAP, SECRET, Key, Kind, Manifest
+from ..kube.kinds import CHILD_KINDS, CONFIG_MAP, DEPLOYMENT, SECRET, Key, Kind, Manifest
 from ..kube.owned import AGENT_LABEL, MANAGED_BY, MANAGED_BY_LABEL, MANAGED_SELECTOR
 from ..kube.watch import ChildWatch, Notify, PackedViews, digests_view, strip
 from ..kube.world import View, World
@@ -277,9 +278,15 @@ class Operator:
 
             return readers_of
 
+        items = self.children[kind]
+
         def owner_of(key: Key, view: Manifest) -> None:
             agent = view.get("metadata", {}).get("labels", {}).get(AGENT_LABEL)
             if agent:
-                self.agents.enqueue(key[0], agent)
+                # A Deployment's status moves in steps while its pods come up (several a second, thousands at once in a
+                # rollout): its Agent's status follows those steps once a second, not at each. The last step (all pods
+                # ready), a spec the controller has not observed yet (a hand edit, say) or a deletion: at once.
+                settling = kind is DEPLOYMENT and key in items and deployment_settling(view)
+                self.agents.enqueue(key[0], agent, delay=STATUS_SETTLE_SECONDS if settling else CHILD_EVENT_SECONDS)
 
         return owner_of
