@@ -14,7 +14,7 @@ import os
 import socket
 import time
 import urllib.request
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,8 +25,8 @@ from kubeswarm_operator.settings import OperatorSettings
 from kubeswarm_runtime.names import SwarmNames
 from kubeswarm_runtime.natsauth import NatsAuthority, agent_permissions
 from nats.js import api
-from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
 
+from tests.testbed.nats import until_served
 from tests.testbed.procs import ManagedProcess, free_port, wheel_binary
 from tests.unit.test_chart import nats_config, one, operator_env, render
 
@@ -125,18 +125,6 @@ def _route_connect_answer(host: str, port: int) -> str:
         return sock.recv(4096).decode(errors="replace")
 
 
-async def _until_served(call: Callable[[], Awaitable[object]], seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            await call()
-            return
-        except (ServiceUnavailableError, NoStreamResponseError):
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.2)
-
-
 async def _work_across_servers(nodes: ChartNats, tmp_path: Path) -> int:
     system = tmp_path / "system.creds"
     system.write_text(nodes.authority.system_user_creds("test"))
@@ -155,10 +143,8 @@ async def _work_across_servers(nodes: ChartNats, tmp_path: Path) -> int:
     try:
         js = nc.jetstream()
         config = api.StreamConfig(name=names.tasks_stream, subjects=[names.all_tasks], num_replicas=SIZE)
-        # The pushed account reaches this server with JetStream a moment later ("not enabled for account"), and the
-        # new stream's interest a moment after its creation ("no responders"): each is retried until a deadline.
-        await _until_served(lambda: js.add_stream(config))
-        await _until_served(lambda: js.publish(names.task("work"), b"{}"))
+        await until_served(lambda: js.add_stream(config))
+        await until_served(lambda: js.publish(names.task("work"), b"{}"))
         return (await js.stream_info(names.tasks_stream)).state.messages
     finally:
         await nc.close()

@@ -10,7 +10,7 @@ import nats.js.errors
 import pytest
 from nats.js.api import StreamConfig
 
-from tests.testbed.nats import NatsCluster, NatsServer
+from tests.testbed.nats import NatsCluster, NatsServer, until_served
 
 pytestmark = pytest.mark.integration
 
@@ -36,7 +36,8 @@ async def test_cluster_message_survives_node_restart(nats_cluster: NatsCluster) 
     try:
         js = nc.jetstream(timeout=10)
         await js.add_stream(StreamConfig(name="TESTBED_HA", subjects=["testbed.ha.>"], num_replicas=3))
-        await js.publish("testbed.ha.before", b"published-before-kill")
+        # The new R3 stream's interest reaches the server this client is on a moment later ("no responders").
+        await until_served(lambda: js.publish("testbed.ha.before", b"published-before-kill"))
         info = await js.stream_info("TESTBED_HA")
         assert info.cluster is not None
         leader = next(i for i, n in enumerate(nats_cluster.nodes) if n.name == info.cluster.leader)

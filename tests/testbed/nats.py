@@ -7,13 +7,33 @@ which is what the failover tests rely on.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
+import time
 import urllib.request
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
+
 from .procs import ManagedProcess, free_port, wheel_binary
+
+
+async def until_served(call: Callable[[], Awaitable[object]], seconds: float = 60) -> None:
+    """``call`` retried until a deadline while JetStream is not serving it yet: a pushed account's JetStream reaches
+    the other servers a moment later ("not enabled for account"), a new replicated stream's interest too ("no
+    responders")."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            await call()
+            return
+        except (ServiceUnavailableError, NoStreamResponseError):
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
 
 
 def _healthy(host: str, monitor_port: int) -> bool:
