@@ -61,7 +61,8 @@ async def test_provisioning_limits_and_replicates_existing_unlimited_streams_in_
             # A stream's info shows the old config for a moment while its new replicas catch up.
             return all([(await js.stream_info(name)).config.num_replicas == 3 for name in updated])
 
-        await wait_for(scaled_up, what="the updated streams on three replicas")
+        # Scaling R1 streams to R3 copies their data to two new servers: slower on a busy CI machine (20 s ran out once).
+        await wait_for(scaled_up, timeout=90, what="the updated streams on three replicas")
         tasks = await js.stream_info(names.tasks_stream)
         assert tasks.state.messages == 1  # updated in place: the queued task is still there
         assert tasks.config.max_age and tasks.config.max_msgs and tasks.config.max_msgs > 0
