@@ -144,7 +144,8 @@ async def _replicated(client: SwarmClient) -> None:
                 return False
         return True
 
-    await wait_for(current, 60, "the task stream and bucket replicated on every node")
+    # Under a full CI run a fresh R3 group can take over a minute to have every follower current (60 s ran out once).
+    await wait_for(current, 180, "the task stream and bucket replicated on every node")
 
 
 async def _create_retrying(client: SwarmClient, i: int, extra: dict[str, object] | None = None) -> str:
