@@ -215,15 +215,13 @@ class Kube:
                     start = end + 1
                 del buffer[:start]
 
-    async def apply(
-        self, obj: Manifest, field_manager: str | None = None, *, parse: bool = True, not_applied: frozenset[str] = frozenset()
-    ) -> Manifest:
+    async def apply(self, obj: Manifest, field_manager: str | None = None, *, not_applied: frozenset[str] = frozenset()) -> Manifest:
         """Server-side apply under ``field_manager`` (default: ours); force takes fields back from hand edits.
 
         An object we created (a POST: an ``Update`` entry of our manager) keeps, in that entry, fields the apply no
         longer sets; they are handed to the apply (as kubectl does when it moves an object to server-side apply)
         and applied again, so that they go. ``not_applied``: top-level fields (``data`` of a Secret) we write by
-        other means, left where they are. The answer is parsed for this (``parse=False`` skips both).
+        other means, left where they are.
         """
         kind = KINDS_BY_NAME[obj["kind"]]
         namespace, name = obj["metadata"]["namespace"], obj["metadata"]["name"]
@@ -232,7 +230,7 @@ class Kube:
         query = [("fieldManager", manager), ("force", "true")]
         content_type = "application/apply-patch+yaml"
         try:
-            applied = await self._call("PATCH", kind.kind, path, body=obj, query=query, content_type=content_type, parse=parse)
+            applied = await self._call("PATCH", kind.kind, path, body=obj, query=query, content_type=content_type)
         except ApiError as error:
             # An apply creates what is missing, so a 404 means the kind itself is unknown.
             if error.status == 404 and kind.optional:
