@@ -14,6 +14,7 @@ import contextlib
 import json
 import re
 import subprocess
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -183,7 +184,7 @@ def test_chart_installs_nats_cluster_and_operator(release: KubeAccess) -> None:
         def routed(name: str = name) -> bool:
             return {r.get("remote_name") for r in nats_monitor(release, name, "routez")["routes"]} >= names - {name}
 
-        until(routed, 60, f"{name} routed to its two peers")
+        until(routed, START, f"{name} routed to its two peers")
         jetstream = nats_monitor(release, name, "jsz")
         assert jetstream["config"]["store_dir"].startswith("/data"), jetstream["config"]
     claims = system.must("pvc")["items"]
@@ -280,7 +281,9 @@ async def submit_and_collect(url: str, capability: str, count: int, prefix: str,
         ids = [f"{prefix}-{i}" for i in range(count)]
 
         async def create(task_id: str) -> None:
-            for _ in range(600):
+            # Until a deadline: an election on a busy machine can outlast a count of quick refusals.
+            deadline = time.monotonic() + START
+            while time.monotonic() < deadline:
                 with contextlib.suppress(Exception):
                     result = await client.call_tool("create_task", {"capability": capability, "input": task_id, "task_id": task_id})
                     if not result.is_error:

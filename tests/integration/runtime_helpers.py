@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 import time
@@ -18,6 +19,7 @@ from kubeswarm_runtime.config import NatsConfig, RuntimeConfig
 from kubeswarm_runtime.providers import TaskHandler
 from kubeswarm_runtime.runtime import AgentRuntime
 
+from tests.testbed.nats import until_served
 from tests.testbed.procs import ManagedProcess, free_port
 
 # Short timings so guarantees show within seconds.
@@ -47,19 +49,34 @@ def agent_config(nats_url: str, prefix: str, agent: str, capabilities: list[str]
 
 
 async def wait_for(condition: Callable[[], Awaitable[bool]], timeout: float = 20.0, what: str = "condition") -> None:
-    """Poll ``condition`` until true; fail after ``timeout`` seconds."""
+    """Poll ``condition`` until true; fail after ``timeout`` seconds. A NATS request of the condition timing out (a
+    busy server, a group electing its leader) is a "not yet"."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if await condition():
-            return
+        with contextlib.suppress(nats.errors.TimeoutError):
+            if await condition():
+                return
         await asyncio.sleep(0.05)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+async def _started(config: RuntimeConfig, handler: TaskHandler | None) -> AgentRuntime:
+    runtime = AgentRuntime(config, handler=handler)
+    try:
+        await runtime.start()
+    except BaseException:
+        with contextlib.suppress(TimeoutError, nats.errors.Error):
+            await runtime.stop()
+        raise
+    return runtime
+
+
 @asynccontextmanager
 async def running(config: RuntimeConfig, handler: TaskHandler | None = None) -> AsyncIterator[AgentRuntime]:
-    runtime = AgentRuntime(config, handler=handler)
-    await runtime.start()
+    # The swarm's streams and buckets, made R3 on a fresh 3-node cluster, may still be electing their leaders: their
+    # JetStream API times out (5 s a request) until then, so a start that timed out is done again (as the pod would be
+    # restarted) until a deadline.
+    runtime = await until_served(lambda: _started(config, handler), idempotent=True)
     try:
         yield runtime
     finally:
@@ -68,16 +85,9 @@ async def running(config: RuntimeConfig, handler: TaskHandler | None = None) -> 
 
 @asynccontextmanager
 async def swarm_client(nats_url: str, prefix: str) -> AsyncIterator[SwarmClient]:
-    # Streams just made R3 on a fresh 3-node cluster may still be electing a leader: their JetStream API times out
-    # (5 s a request) until one is elected, so the client is opened again until a deadline.
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            client = await SwarmClient.connect(NatsConfig(url=nats_url), prefix, sender=f"test-{uuid.uuid4().hex[:6]}")
-            break
-        except nats.errors.TimeoutError:
-            if time.monotonic() > deadline:
-                raise
+    # Opened again until a deadline while the swarm's new R3 streams elect their leaders (as for ``running``).
+    sender = f"test-{uuid.uuid4().hex[:6]}"
+    client = await until_served(lambda: SwarmClient.connect(NatsConfig(url=nats_url), prefix, sender=sender), idempotent=True)
     try:
         yield client
     finally:

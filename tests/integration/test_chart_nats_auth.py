@@ -26,7 +26,7 @@ from kubeswarm_runtime.names import SwarmNames
 from kubeswarm_runtime.natsauth import NatsAuthority, agent_permissions
 from nats.js import api
 
-from tests.testbed.nats import until_served
+from tests.testbed.nats import CLUSTER_PATIENCE, until_served
 from tests.testbed.procs import ManagedProcess, free_port, wheel_binary
 from tests.unit.test_chart import nats_config, one, operator_env, render
 
@@ -56,7 +56,7 @@ def _healthy(nodes: ChartNats, index: int) -> bool:
     return nodes.monitor(index, "healthz").get("status") == "ok"
 
 
-def _wait(probe: Callable[[], bool], what: str, timeout: float = 60) -> None:
+def _wait(probe: Callable[[], bool], what: str, timeout: float = CLUSTER_PATIENCE) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -108,7 +108,7 @@ def chart_nats(tmp_path: Path) -> Iterator[ChartNats]:
     nodes = ChartNats(authority, hosts, client, cluster, monitor)
     try:
         for index, process in enumerate(processes):
-            process.wait_until(functools.partial(_healthy, nodes, index), 60, "healthy")
+            process.wait_until(functools.partial(_healthy, nodes, index), CLUSTER_PATIENCE, "healthy")
         yield nodes
     finally:
         for process in processes:
@@ -117,7 +117,7 @@ def chart_nats(tmp_path: Path) -> Iterator[ChartNats]:
 
 def _route_connect_answer(host: str, port: int) -> str:
     """What a server's route port answers a route that presents no credentials."""
-    with socket.create_connection((host, port), timeout=5) as sock:
+    with socket.create_connection((host, port), timeout=30) as sock:  # answered at once, unless the machine is busy
         sock.recv(4096)  # INFO
         sock.sendall(
             b'CONNECT {"verbose":false,"pedantic":false,"tls_required":false,"name":"intruder","cluster":"ks-kubeswarm-nats"}\r\nPING\r\n'
@@ -131,7 +131,9 @@ async def _work_across_servers(nodes: ChartNats, tmp_path: Path) -> int:
     account = nodes.authority.account("lab", "research")
     sys_nc = await nats.connect(nodes.url(0), user_credentials=str(system), inbox_prefix="_INBOX_kubeswarm_operator")
     try:
-        answer = json.loads((await sys_nc.request("$SYS.REQ.CLAIMS.UPDATE", nodes.authority.account_jwt(account).encode(), timeout=5)).data)
+        # Pushing the same JWT again is harmless: asked again if no answer came in time.
+        update = functools.partial(sys_nc.request, "$SYS.REQ.CLAIMS.UPDATE", nodes.authority.account_jwt(account).encode(), timeout=5)
+        answer = json.loads((await until_served(update, idempotent=True)).data)
         assert "error" not in answer, answer
     finally:
         await sys_nc.close()
@@ -143,8 +145,9 @@ async def _work_across_servers(nodes: ChartNats, tmp_path: Path) -> int:
     try:
         js = nc.jetstream()
         config = api.StreamConfig(name=names.tasks_stream, subjects=[names.all_tasks], num_replicas=SIZE)
-        await until_served(lambda: js.add_stream(config))
-        await until_served(lambda: js.publish(names.task("work"), b"{}"))
+        # Made again alike, and published again with the same id (dropped as a repeat), after an answer that timed out.
+        await until_served(lambda: js.add_stream(config), idempotent=True)
+        await until_served(lambda: js.publish(names.task("work"), b"{}", headers={"Nats-Msg-Id": "work"}), idempotent=True)
         return (await js.stream_info(names.tasks_stream)).state.messages
     finally:
         await nc.close()
@@ -161,5 +164,5 @@ def test_the_charts_nats_is_authenticated_on_every_port(chart_nats: ChartNats, t
         _wait(functools.partial(routed, index), f"{names[index]}'s routes to the others")
     assert "Authorization Violation" in _route_connect_answer(nodes.hosts[0], nodes.cluster_port)
     with pytest.raises(nats.errors.Error, match="Authorization Violation"):
-        asyncio.run(nats.connect(nodes.url(1), allow_reconnect=False, max_reconnect_attempts=0))
+        asyncio.run(nats.connect(nodes.url(1), allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=30))
     assert asyncio.run(_work_across_servers(nodes, tmp_path)) == 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from tests.integration.runtime_helpers import (
     unique_prefix,
     wait_for,
 )
-from tests.testbed.nats import NatsCluster, NatsServer
+from tests.testbed.nats import CLUSTER_PATIENCE, NatsCluster, NatsServer
 
 pytestmark = pytest.mark.integration
 
@@ -145,19 +146,22 @@ async def _replicated(client: SwarmClient) -> None:
         return True
 
     # Under a full CI run a fresh R3 group can take over a minute to have every follower current (60 s ran out once).
-    await wait_for(current, 180, "the task stream and bucket replicated on every node")
+    await wait_for(current, CLUSTER_PATIENCE, "the task stream and bucket replicated on every node")
 
 
 async def _create_retrying(client: SwarmClient, i: int, extra: dict[str, object] | None = None) -> str:
     # The producer side retries with the same task id: dedup makes that safe during a failover.
+    # Until a deadline: an election on a busy machine can outlast a count of quick refusals ("no responders").
     task_id = f"task-{i}"
-    for _ in range(40):
+    deadline = time.monotonic() + CLUSTER_PATIENCE
+    while True:
         try:
             await client.tasks.create("ha", {"i": i, **(extra or {})}, task_id=task_id)
             return task_id
-        except Exception:
+        except Exception as exc:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"could not create {task_id} during failover") from exc
             await asyncio.sleep(0.25)
-    raise AssertionError(f"could not create {task_id} during failover")
 
 
 async def test_failover_with_lost_acks_loses_none_and_completes_none_twice(nats_cluster: NatsCluster, tmp_path: Path) -> None:

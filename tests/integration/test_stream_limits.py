@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 from kubeswarm_operator.jetstream.connections import NatsPool, NatsTarget
 from kubeswarm_operator.jetstream.provisioning import KV_STREAM, provision
@@ -11,7 +13,7 @@ from kubeswarm_runtime.resources import StreamsSpec
 from nats.js import api
 
 from tests.integration.runtime_helpers import agent_config, running, unique_prefix, wait_for
-from tests.testbed.nats import NatsCluster
+from tests.testbed.nats import CLUSTER_PATIENCE, NatsCluster, until_served
 
 pytestmark = pytest.mark.integration
 
@@ -23,12 +25,18 @@ async def test_runtime_creates_limited_streams_replicated_over_the_cluster(nats_
     names = SwarmNames(prefix)
     config = agent_config(nats_cluster.url, prefix, "w", ["cap"], streams={"replicas": None})
     async with running(config) as runtime:
-        await McpState(runtime, 60).sessions()  # the MCP layer makes its stores on first use
+        mcp = McpState(runtime, 60)
+        # The MCP layer makes its stores on first use: new R3 ones, whose leaders may not answer at once.
+        await until_served(mcp.sessions, idempotent=True)
         js = runtime.conn.js
+
+        async def stream_config(name: str) -> api.StreamConfig:
+            return (await until_served(lambda: js.stream_info(name), idempotent=True)).config
+
         wanted = (names.tasks_stream, names.discoveries_stream, names.dlq_stream, names.mcp_events_stream)
-        configs = {name: (await js.stream_info(name)).config for name in wanted}
-        tasks_kv = (await js.stream_info(KV_STREAM.format(bucket=names.tasks_bucket))).config
-        sessions = (await js.stream_info(KV_STREAM.format(bucket=names.mcp_sessions_bucket))).config
+        configs = {name: await stream_config(name) for name in wanted}
+        tasks_kv = await stream_config(KV_STREAM.format(bucket=names.tasks_bucket))
+        sessions = await stream_config(KV_STREAM.format(bucket=names.mcp_sessions_bucket))
     assert {c.num_replicas for c in configs.values()} == {3} and tasks_kv.num_replicas == 3
     tasks = configs[names.tasks_stream]
     assert tasks.max_age and tasks.max_msgs and tasks.max_msgs > 0 and tasks.discard == api.DiscardPolicy.NEW
@@ -45,11 +53,16 @@ async def test_provisioning_limits_and_replicates_existing_unlimited_streams_in_
     conn = await NatsPool(connect_timeout=3).get(NatsTarget(nats_cluster.url))
     try:
         js = conn.js
-        await js.add_stream(api.StreamConfig(name=names.tasks_stream, subjects=[names.all_tasks], retention=api.RetentionPolicy.WORK_QUEUE))
-        await js.add_stream(api.StreamConfig(name=names.discoveries_stream, subjects=[names.all_discoveries]))
-        await js.add_stream(api.StreamConfig(name=names.mcp_events_stream, subjects=[names.all_mcp_events]))
-        await js.create_key_value(api.KeyValueConfig(bucket=names.mcp_sessions_bucket, history=1))
-        await js.publish(names.task("cap"), b"{}")
+        # Made again alike if an answer timed out; the task published with an id, so that a repeat is dropped.
+        for config in (
+            api.StreamConfig(name=names.tasks_stream, subjects=[names.all_tasks], retention=api.RetentionPolicy.WORK_QUEUE),
+            api.StreamConfig(name=names.discoveries_stream, subjects=[names.all_discoveries]),
+            api.StreamConfig(name=names.mcp_events_stream, subjects=[names.all_mcp_events]),
+        ):
+            await until_served(functools.partial(js.add_stream, config), idempotent=True)
+        await until_served(lambda: js.create_key_value(api.KeyValueConfig(bucket=names.mcp_sessions_bucket, history=1)), idempotent=True)
+        # A new stream's interest reaches the other servers a moment later ("no responders").
+        await until_served(lambda: js.publish(names.task("cap"), b"{}", headers={"Nats-Msg-Id": "queued"}), idempotent=True)
 
         done = await provision(conn, names, StreamsSpec(), ["cap"])
         assert f"updated stream {names.tasks_stream}" in done.actions
@@ -62,7 +75,7 @@ async def test_provisioning_limits_and_replicates_existing_unlimited_streams_in_
             return all([(await js.stream_info(name)).config.num_replicas == 3 for name in updated])
 
         # Scaling R1 streams to R3 copies their data to two new servers: slower on a busy CI machine (20 s ran out once).
-        await wait_for(scaled_up, timeout=90, what="the updated streams on three replicas")
+        await wait_for(scaled_up, timeout=CLUSTER_PATIENCE, what="the updated streams on three replicas")
         tasks = await js.stream_info(names.tasks_stream)
         assert tasks.state.messages == 1  # updated in place: the queued task is still there
         assert tasks.config.max_age and tasks.config.max_msgs and tasks.config.max_msgs > 0
@@ -76,6 +89,6 @@ async def test_provisioning_limits_and_replicates_existing_unlimited_streams_in_
         async def in_place() -> bool:
             return (await provision(conn, names, StreamsSpec(), ["cap"])).actions == ()
 
-        await wait_for(in_place, what="a provisioning run that writes nothing")
+        await wait_for(in_place, timeout=CLUSTER_PATIENCE, what="a provisioning run that writes nothing")
     finally:
         await conn.close()

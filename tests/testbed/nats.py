@@ -15,34 +15,55 @@ import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
+import nats.errors
 from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
 
 from .procs import ManagedProcess, free_port, wheel_binary
 
+T = TypeVar("T")
 
-async def until_served(call: Callable[[], Awaitable[object]], seconds: float = 60) -> None:
-    """``call`` retried until a deadline while JetStream is not serving it yet: a pushed account's JetStream reaches
-    the other servers a moment later ("not enabled for account"), a new replicated stream's interest too ("no
-    responders")."""
+# How long a test waits for a NATS cluster to form, elect a leader or catch up: conditions a healthy run meets in
+# seconds, that a full CI run on a busy 2-core machine has stretched past a minute.
+CLUSTER_PATIENCE = 180.0
+
+
+async def until_served(call: Callable[[], Awaitable[T]], seconds: float = CLUSTER_PATIENCE, *, idempotent: bool = False) -> T:
+    """``call``'s answer, ``call`` retried until a deadline while JetStream is not serving it yet: a pushed account's
+    JetStream reaches the other servers a moment later ("not enabled for account"), a new replicated stream's interest
+    too ("no responders"). A new or re-electing group answers nothing until it has a leader: a timeout is retried too
+    when ``idempotent`` (the call may have been served, so it must be safe to repeat: a read, a publish with a
+    message id, a create of the same config)."""
+    retried: tuple[type[Exception], ...] = (ServiceUnavailableError, NoStreamResponseError, nats.errors.NoRespondersError)
+    if idempotent:
+        retried += (nats.errors.TimeoutError,)
     deadline = time.monotonic() + seconds
     while True:
         try:
-            await call()
-            return
-        except (ServiceUnavailableError, NoStreamResponseError):
+            return await call()
+        except retried:
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(0.2)
 
 
+def _monitor(host: str, monitor_port: int, endpoint: str) -> dict[str, Any]:
+    with urllib.request.urlopen(f"http://{host}:{monitor_port}/{endpoint}", timeout=1) as resp:
+        body: dict[str, Any] = json.loads(resp.read())
+    return body
+
+
 def _healthy(host: str, monitor_port: int) -> bool:
     # JetStream-aware health: true only once the node's JetStream is usable
     # (in a cluster, once it has a meta leader).
-    url = f"http://{host}:{monitor_port}/healthz"
-    with urllib.request.urlopen(url, timeout=1) as resp:
-        body = json.loads(resp.read())
-    return bool(resp.status == 200 and body.get("status") == "ok")
+    return _monitor(host, monitor_port, "healthz").get("status") == "ok"
+
+
+def _formed(node: NatsNode, size: int) -> bool:
+    # Healthy, and telling its clients of every server (its INFO's connect_urls): the routes' gossip lags behind the meta
+    # leader's election, and the runtime counts the cluster from that list (a client told of two servers makes R1 streams).
+    return _healthy(node.host, node.monitor_port) and len(_monitor(node.host, node.monitor_port, "varz").get("connect_urls") or ()) == size
 
 
 @dataclass
@@ -168,9 +189,12 @@ class NatsCluster:
             node.process.start()
         # Health needs a meta leader, which needs a quorum: wait after all started.
         for node in self.nodes:
-            assert node.process is not None
-            node.process.wait_until(functools.partial(_healthy, node.host, node.monitor_port), 60, "ready with JetStream")
+            self._wait_formed(node)
         return self
+
+    def _wait_formed(self, node: NatsNode) -> None:
+        assert node.process is not None
+        node.process.wait_until(functools.partial(_formed, node, self.size), CLUSTER_PATIENCE, "ready with JetStream, told of every server")
 
     def kill(self, index: int) -> NatsNode:
         node = self.nodes[index]
@@ -180,7 +204,8 @@ class NatsCluster:
     def restart(self, index: int) -> NatsNode:
         node = self.nodes[index]
         node.stop()
-        node.start(timeout=60)
+        node.start(timeout=CLUSTER_PATIENCE)  # healthy once caught up with the others
+        self._wait_formed(node)
         return node
 
     def stop(self) -> None:
