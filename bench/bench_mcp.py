@@ -260,16 +260,29 @@ def _load_wrk(port: int, seconds: float, clients: int, script: Path) -> dict[str
     }
 
 
+MACHINE_TIMES = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+
+
+def _machine_ticks() -> list[int]:
+    """The machine's CPU time so far by kind (/proc/stat's first line), in ticks."""
+    with open("/proc/stat") as stat:
+        return [int(value) for value in stat.readline().split()[1 : 1 + len(MACHINE_TIMES)]]
+
+
 def _measured(pid: int, port: int, seconds: float, clients: int, script: Path | None) -> dict[str, float]:
-    """One round of load, with the CPU seconds per request of the client and of the server."""
+    """One round of load, with the CPU seconds per request of the client and of the server, and the machine's cores
+    by kind meanwhile (softirq: the kernel's own TCP work over loopback, which no process is charged for)."""
     client_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     server_before = _cpu_seconds(pid)
+    machine_before = _machine_ticks()
     result = _load_wrk(port, seconds, clients, script) if script else _measure(port, seconds, clients)
+    machine = [after - before for after, before in zip(_machine_ticks(), machine_before, strict=True)]
     server = _cpu_seconds(pid) - server_before
     client_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     client = (client_after.ru_utime + client_after.ru_stime) - (client_before.ru_utime + client_before.ru_stime)
     requests = result["rps"] * seconds
-    return result | {"client_us": client / requests * 1e6, "server_us": server / requests * 1e6}
+    cores = {f"{kind}_cores": ticks / sum(machine) * (os.cpu_count() or 1) for kind, ticks in zip(MACHINE_TIMES, machine, strict=True)}
+    return result | cores | {"client_us": client / requests * 1e6, "server_us": server / requests * 1e6}
 
 
 def _wrk_script(workdir: Path) -> Path | None:
@@ -317,6 +330,13 @@ def processes_run(nats_url: str, workdir: Path, seconds: float, clients: int) ->
             f"{r['client_us']:>19.1f}{r['server_us']:>19.1f}{r['rps'] * r['server_us'] / 1e6:>19.2f}"
         )
     print(f"calls answered by each of the 2 processes (all rounds): first {split[0]:.0f}, second {split[1]:.0f}")
+    for name, r in results.items():
+        servers = r["rps"] * r["server_us"] / 1e6
+        clients_cores = r["rps"] * r["client_us"] / 1e6
+        print(
+            f"the machine's {os.cpu_count()} cores under {name}: servers {servers:.2f}, client {clients_cores:.2f}, kernel softirq "
+            f"(loopback TCP) {r['softirq_cores']:.2f}, idle {r['idle_cores'] + r['iowait_cores']:.2f}"
+        )
     print(
         f"CPU the machine gave busy processes right after: 1 process {given[0]:.2f} cores, 2 processes {given[1]:.2f} cores "
         f"({given[1] / given[0]:.2f}x: the most 2 server processes could get over 1 here)"

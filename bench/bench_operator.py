@@ -30,6 +30,8 @@ Runs against KUBECONFIG when set (or KUBESWARM_E2E_KUBECONFIG), every phase in i
 there; else on test beds of its own (tests.testbed.cluster).  ``--profile FILE`` records the operator
 with py-spy from its start until all Agents are Ready (FILE.svg: a flame graph, .json: speedscope,
 else py-spy's raw collapsed stacks, summarised here); with a curve, one file per size.
+``--apiserver-profile DIR`` records the API server's CPU (Go's pprof, in 5 s slices) through each phase into
+DIR/<phase>-<size>.pb.gz and prints its hottest functions: where the API server's work per Agent goes.
 """
 
 from __future__ import annotations
@@ -49,9 +51,10 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,6 +72,7 @@ from kubeswarm_runtime.resources import API_VERSION, GROUP, VERSION, Agent
 
 from tests.e2e.conftest import Operator, install_crds, until
 from tests.testbed.cluster import Cluster, KubeAccess, benchmark_cluster
+from tests.testbed.procs import wheel_binary
 
 REPO = Path(__file__).resolve().parents[1]
 # Small requests: the test bed's two fake nodes have 1,000 CPUs and room for 5,000 pods each.
@@ -372,8 +376,95 @@ def namespace_of(phase: str, count: int) -> str:
     return f"bench-{phase}-{count}"
 
 
+PPROF_SLICE_SECONDS = 5
+# What the API server's CPU went to: a sample counts for the first of these its stack shows (a request's own work
+# under its verb's handler; the rest is the server's upkeep). Custom resources (the Agents) are counted apart too.
+APISERVER_WORK = (
+    ("Go garbage collection", r"gcBgMarkWorker|runtime\.bgsweep|runtime\.bgscavenge"),
+    ("serving watches", r"serveWatch|watchEncoder|WatchServer"),
+    ("create", r"CreateResource|CreateNamedResource"),
+    ("update", r"UpdateResource"),
+    ("patch", r"PatchResource|patchResource"),
+    ("get", r"GetResource"),
+    ("list", r"ListResource"),
+    ("watch cache", r"storage/cacher\."),
+    ("etcd watch streams", r"watchGRPCStream|etcd3\.\(\*watchChan\)"),
+    ("authentication", r"pkg/authentication"),
+    ("flow control", r"flowcontrol"),
+    ("HTTP, TLS", r"net/http|http2|crypto/tls"),
+)
+CUSTOM_RESOURCES = r"apiextensions-apiserver/pkg/(apiserver|registry)"
+
+
+def pprof_stacks(go: str, profile: Path) -> Iterator[tuple[float, list[str]]]:
+    """(seconds, frames) of each sampled stack, from ``go tool pprof -traces``."""
+    traces = subprocess.run([go, "tool", "pprof", "-traces", str(profile)], capture_output=True, text=True, check=True).stdout
+    for block in traces.split("-----------+-------------------------------------------------------")[1:]:
+        lines = [line.split() for line in block.splitlines() if line.strip()]
+        if not lines or len(lines[0]) < 2:
+            continue
+        value = lines[0][0]
+        seconds = float(value[:-2]) / 1000 if value.endswith("ms") else float(value.rstrip("s"))
+        yield seconds, [lines[0][1], *(line[0] for line in lines[1:])]
+
+
+def apiserver_work(stacks: Iterable[tuple[float, list[str]]]) -> str:
+    """What the sampled ``stacks`` (seconds, frames) went to, by :data:`APISERVER_WORK`."""
+    work: dict[str, float] = {}
+    custom = total = 0.0
+    for seconds, frames in stacks:
+        total += seconds
+        custom += seconds if any(re.search(CUSTOM_RESOURCES, frame) for frame in frames) else 0.0
+        part = next((name for name, pattern in APISERVER_WORK if any(re.search(pattern, frame) for frame in frames)), "other")
+        work[part] = work.get(part, 0.0) + seconds
+    parts = ", ".join(f"{name} {seconds:.2f}" for name, seconds in sorted(work.items(), key=lambda item: -item[1]))
+    return f"API server CPU seconds sampled: {total:.2f}; by work: {parts}; of all, custom resources (Agents) {custom:.2f}"
+
+
+@contextlib.contextmanager
+def apiserver_profiled(cluster: KubeAccess, out: Path | None) -> Iterator[None]:
+    """The API server's CPU profile while the block runs: pprof profiles of a few seconds each, back to back (a
+    profile's length is fixed when asked for), merged into ``out`` after; what its CPU went to printed."""
+    if out is None:
+        yield
+        return
+    go = shutil.which("go")
+    if go is None:
+        raise SystemExit("--apiserver-profile needs Go's pprof (go on PATH)")
+    slices = out.with_suffix("").with_suffix(".slices")
+    slices.mkdir(parents=True, exist_ok=True)
+    stop = threading.Event()
+
+    def record() -> None:
+        index = 0
+        while not stop.is_set():
+            with (slices / f"{index:04d}.pb.gz").open("wb") as file:
+                command = ["get", "--raw", f"/debug/pprof/profile?seconds={PPROF_SLICE_SECONDS}"]
+                subprocess.run([str(wheel_binary("kubectl")), "--kubeconfig", str(cluster.kubeconfig), *command], stdout=file, check=False)
+            index += 1
+
+    recorder = threading.Thread(target=record, daemon=True)
+    recorder.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        recorder.join()
+        parts = sorted(str(part) for part in slices.iterdir() if part.stat().st_size)
+        with out.open("wb") as merged:
+            subprocess.run([go, "tool", "pprof", "-proto", *parts], stdout=merged, stderr=subprocess.DEVNULL, check=True)
+        shutil.rmtree(slices)
+        print(f"{apiserver_work(pprof_stacks(go, out))}\n  (profile: {out}; go tool pprof -top {out}, or -http=: for a graph)", flush=True)
+
+
 def measure(
-    cluster: KubeAccess, name: str, count: int, manifests: list[Manifest], watched: tuple[str, str, str], operator_pid: int | None
+    cluster: KubeAccess,
+    name: str,
+    count: int,
+    manifests: list[Manifest],
+    watched: tuple[str, str, str],
+    operator_pid: int | None,
+    apiserver_profile: Path | None,
 ) -> Phase:
     """Create ``manifests`` at once in this phase's namespace and wait until ``count`` of ``watched`` are ready."""
     namespace = namespace_of(name, count)
@@ -381,14 +472,15 @@ def measure(
     before = apiserver_requests(cluster, BY_RESOURCE)
     cpu_before = cpu_seconds(operator_pid)
     started = time.monotonic()
-    created = asyncio.run(
-        create_and_wait(
-            create_objects(cluster.kubeconfig, namespace, manifests),
-            watch_until_ready(cluster.kubeconfig, watched, namespace, count, ready),
+    with apiserver_profiled(cluster, apiserver_profile):
+        created = asyncio.run(
+            create_and_wait(
+                create_objects(cluster.kubeconfig, namespace, manifests),
+                watch_until_ready(cluster.kubeconfig, watched, namespace, count, ready),
+            )
         )
-    )
-    seconds = time.monotonic() - started
-    cpu = cpu_used(cpu_seconds(operator_pid), cpu_before)
+        seconds = time.monotonic() - started
+        cpu = cpu_used(cpu_seconds(operator_pid), cpu_before)  # before the profile's merging, not the phase's work
     by_resource = diff(apiserver_requests(cluster, BY_RESOURCE), before)
     by_verb = dict(sum((Counter({key.split()[0]: n}) for key, n in by_resource.items()), Counter()))
     total = sum(by_verb.values())
@@ -464,7 +556,7 @@ def profile_summary(collapsed: str, top: int = 15) -> str:
     return f"profile: {total} samples; by own time:\n{rows(own)}\nthe operator's functions, with what they call:\n{rows(inclusive)}"
 
 
-def run_agents(cluster: KubeAccess, size: Size, resync: float, workdir: Path, profile: Path | None) -> None:
+def run_agents(cluster: KubeAccess, size: Size, resync: float, workdir: Path, profile: Path | None, apiserver_profile: Path | None) -> None:
     count, namespace = size.count, namespace_of("agents", size.count)
     install_crds(cluster)
     reset_namespace(cluster, namespace)
@@ -474,7 +566,8 @@ def run_agents(cluster: KubeAccess, size: Size, resync: float, workdir: Path, pr
     try:
         op_before = operator_writes(op)
         with profiled(op.process.pid, profile):
-            phase = measure(cluster, "agents", count, agent_manifests(count, namespace), (GROUP, VERSION, "agents"), op.process.pid)
+            manifests = agent_manifests(count, namespace)
+            phase = measure(cluster, "agents", count, manifests, (GROUP, VERSION, "agents"), op.process.pid, apiserver_profile)
         size.phases["agents"] = phase
         writes = operator_writes(op) - op_before
         agents = json.loads(cluster.kubectl("get", "agents", "-n", namespace, "-o", "json", timeout=300).stdout)["items"]
@@ -511,22 +604,25 @@ def reset_namespace(cluster: KubeAccess, namespace: str) -> None:
     cluster.kubectl("create", "namespace", namespace)
 
 
-def run_baseline(cluster: KubeAccess, size: Size, name: str) -> None:
+def run_baseline(cluster: KubeAccess, size: Size, name: str, apiserver_profile: Path | None) -> None:
     count, namespace = size.count, namespace_of(name, size.count)
     reset_namespace(cluster, namespace)
     manifests = children_manifests(count, namespace) if name == "children" else bare_manifests(count, namespace)
-    size.phases[name] = measure(cluster, name, count, manifests, ("apps", "v1", "deployments"), None)
+    size.phases[name] = measure(cluster, name, count, manifests, ("apps", "v1", "deployments"), None, apiserver_profile)
 
 
-def run_size(size: Size, phases: Sequence[str], resync: float, workdir: Path, profile: Path | None) -> None:
+def run_size(
+    size: Size, phases: Sequence[str], resync: float, workdir: Path, profile: Path | None, apiserver_profiles: Path | None
+) -> None:
     for name in phases:
         bed = workdir / f"{size.count}-{name}"
+        apiserver_profile = apiserver_profiles / f"{name}-{size.count}.pb.gz" if apiserver_profiles else None
         with benchmark_cluster(bed) as cluster:
             try:
                 if name == "agents":
-                    run_agents(cluster, size, resync, workdir, profile)
+                    run_agents(cluster, size, resync, workdir, profile, apiserver_profile)
                 else:
-                    run_baseline(cluster, size, name)
+                    run_baseline(cluster, size, name, apiserver_profile)
             finally:
                 if not isinstance(cluster, Cluster):  # an existing cluster: its objects go (not waited for)
                     cluster.kubectl("delete", "namespace", namespace_of(name, size.count), "--wait=false", check=False)
@@ -648,6 +744,7 @@ def main() -> int:
     parser.add_argument("--resync", type=float, default=30.0, help="operator resync period for the idle check")
     parser.add_argument("--no-baseline", dest="baseline", action="store_false", help="only the Agents through the operator, no baselines")
     parser.add_argument("--profile", type=Path, help="record the operator with py-spy into this file (.svg, .json, else raw)")
+    parser.add_argument("--apiserver-profile", type=Path, help="record the API server's CPU (pprof) in each phase into this directory")
     args = parser.parse_args()
     counts: list[int] = args.curve or [args.agents]
     workdir = Path(tempfile.mkdtemp(prefix="bench-operator-"))
@@ -660,7 +757,7 @@ def main() -> int:
         if args.profile is not None:
             profile = args.profile if len(counts) == 1 else args.profile.with_stem(f"{args.profile.stem}-{count}")
         size = Size(count)
-        run_size(size, order, args.resync, workdir, profile)
+        run_size(size, order, args.resync, workdir, profile, args.apiserver_profile)
         extra = [*([f"--resync={args.resync:g}"] if args.resync != 30.0 else []), *([] if args.baseline else ["--no-baseline"])]
         print_size(size, reproduce_command([f"--agents={count}", *extra]))
         done.append(size)

@@ -6,7 +6,7 @@ import pytest
 from kubeswarm_operator.kube.kinds import CHILD_KINDS
 from kubeswarm_runtime.render import JWT_SECRET_KEY
 
-from bench.bench_operator import children_manifests, exponent, profile_summary, rises
+from bench.bench_operator import apiserver_work, children_manifests, exponent, profile_summary, rises
 from bench.profile_parts import parts
 
 pytestmark = pytest.mark.unit
@@ -33,6 +33,22 @@ def test_growth_exponent_of_a_linear_curve_is_one() -> None:
     counts = [250, 1000, 5000]
     assert exponent(counts, [0.07 * n for n in counts]) == pytest.approx(1.0)
     assert exponent(counts, [0.07 * n**2 for n in counts]) == pytest.approx(2.0)
+
+
+def test_api_server_work_counts_each_sample_once_under_the_first_part_its_stack_shows() -> None:
+    create = "k8s.io/apiserver/pkg/endpoints/handlers.CreateResource.createHandler.func1"
+    custom = "k8s.io/apiextensions-apiserver/pkg/apiserver.(*crdHandler).ServeHTTP"
+    stacks = [
+        (0.5, ["runtime.mallocgc", "k8s.io/apiserver/pkg/storage/cacher.(*CacheDelegator).GuaranteedUpdate", create, custom]),
+        (0.25, ["crypto/tls.(*Conn).Write", "net/http.(*conn).serve"]),
+        (1.0, ["runtime.scanObject", "runtime.gcBgMarkWorker"]),
+        (0.125, ["runtime.futex"]),
+    ]
+    summary = apiserver_work(stacks)
+    assert summary.startswith("API server CPU seconds sampled: 1.88; ")
+    # A create's own work stays the create's though it went through the watch cache; most first.
+    assert "by work: Go garbage collection 1.00, create 0.50, HTTP, TLS 0.25, other 0.12;" in summary
+    assert summary.endswith("custom resources (Agents) 0.50")
 
 
 def test_profile_summary_counts_own_and_inclusive_samples_without_line_numbers() -> None:
