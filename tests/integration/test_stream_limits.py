@@ -6,10 +6,12 @@ import functools
 
 import pytest
 from kubeswarm_operator.jetstream.connections import NatsPool, NatsTarget
-from kubeswarm_operator.jetstream.provisioning import KV_STREAM, provision
+from kubeswarm_operator.jetstream.provisioning import KV_STREAM, provision, swarm_streams
+from kubeswarm_runtime.connection import NatsConnection
 from kubeswarm_runtime.mcp.state import McpState
 from kubeswarm_runtime.names import SwarmNames
 from kubeswarm_runtime.resources import StreamsSpec
+from kubeswarm_runtime.stores import cluster_replicas
 from nats.js import api
 
 from tests.integration.runtime_helpers import agent_config, running, unique_prefix, wait_for
@@ -92,3 +94,35 @@ async def test_provisioning_limits_and_replicates_existing_unlimited_streams_in_
         await wait_for(in_place, timeout=CLUSTER_PATIENCE, what="a provisioning run that writes nothing")
     finally:
         await conn.close()
+
+
+async def test_auto_replicas_never_lower_existing_streams_while_a_node_is_down(nats_cluster: NatsCluster) -> None:
+    """An operator connecting during a rolling restart is told of two servers (auto replicas: 1): R3 stays R3."""
+    names = SwarmNames(unique_prefix())
+
+    async def replicas(conn: NatsConnection) -> dict[str, int | None]:
+        js = conn.js
+        streams = {
+            name: (await until_served(functools.partial(js.stream_info, name), idempotent=True)).config for name in swarm_streams(names)
+        }
+        consumers = await until_served(functools.partial(js.consumers_info, names.tasks_stream), idempotent=True)
+        return {name: config.num_replicas for name, config in streams.items()} | {c.name: c.config.num_replicas for c in consumers}
+
+    first = await NatsPool(connect_timeout=3).get(NatsTarget(nats_cluster.url))
+    try:
+        await until_served(lambda: provision(first, names, StreamsSpec(), ["cap"]), idempotent=True)
+        made = await replicas(first)
+    finally:
+        await first.close()
+    assert len(made) == len(swarm_streams(names)) + 3 and set(made.values()) == {3}
+
+    nats_cluster.stop_node(2)
+    second = await NatsPool(connect_timeout=3).get(NatsTarget(nats_cluster.url))
+    try:
+        # The scenario: this connection's INFO names two servers, so auto replicas count one.
+        assert len(second.server_info["connect_urls"]) == 2 and cluster_replicas(second.server_info) == 1
+        done = await until_served(lambda: provision(second, names, StreamsSpec(), ["cap"]), idempotent=True)
+        assert await replicas(second) == made
+        assert done.actions == ()
+    finally:
+        await second.close()

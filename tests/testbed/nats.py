@@ -201,6 +201,16 @@ class NatsCluster:
         node.kill()
         return node
 
+    def stop_node(self, index: int) -> NatsNode:
+        """Stop one node, as a rolling restart does, once the others tell their clients only of the servers left."""
+        node = self.nodes[index]
+        node.stop()
+        for other in self.nodes:
+            if other is not node:
+                assert other.process is not None
+                other.process.wait_until(functools.partial(_formed, other, self.size - 1), CLUSTER_PATIENCE, "told of the servers left")
+        return node
+
     def restart(self, index: int) -> NatsNode:
         node = self.nodes[index]
         node.stop()

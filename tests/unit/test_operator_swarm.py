@@ -12,6 +12,7 @@ from kubeswarm_operator.jetstream.provisioning import (
     desired_buckets,
     desired_consumers,
     desired_streams,
+    kept_replicas,
     stream_differs,
 )
 from kubeswarm_operator.kube.conditions import condition
@@ -189,6 +190,25 @@ def test_every_stream_and_bucket_is_limited_and_replicated_as_the_cluster_by_def
 )
 def test_default_replicas_follow_the_cluster_size(info: dict[str, Any], replicas: int) -> None:
     assert cluster_replicas(info) == replicas
+
+
+TWO_OF_THREE = {"cluster": "c", "connect_urls": ["a:4222", "b:4222"]}  # a connection made while one node restarts
+
+
+@pytest.mark.parametrize(
+    ("spec", "live", "info", "kept"),
+    [
+        (StreamsSpec(), 3, TWO_OF_THREE, 3),  # auto: never lowered
+        (StreamsSpec(), 1, CLUSTER, 3),  # auto: raised once the connection is told of three servers
+        (StreamsSpec(), 1, TWO_OF_THREE, 1),
+        (StreamsSpec(), 0, CLUSTER, 3),  # a consumer inheriting the stream's replicas
+        (StreamsSpec(replicas=1), 3, CLUSTER, 1),  # the Swarm's own replicas win both ways
+        (StreamsSpec(replicas=3), 1, TWO_OF_THREE, 3),
+    ],
+)
+def test_auto_replicas_only_rise(spec: StreamsSpec, live: int, info: dict[str, Any], kept: int) -> None:
+    wanted = desired_streams(SwarmNames("p"), spec, info)[0].num_replicas
+    assert wanted is not None and kept_replicas(spec, live, wanted) == kept
 
 
 def test_only_what_the_swarm_controls_makes_an_update() -> None:

@@ -723,7 +723,7 @@ class StreamsSpec(Model):
         default=None,
         ge=1,
         le=5,
-        description="JetStream replicas of every stream and bucket; unset: 3 on a NATS cluster of 3+ servers, else 1.",
+        description="JetStream replicas of every stream and bucket; unset: 3 on a NATS cluster of 3+ servers, else 1, never lowered.",
     )
     max_age_seconds: int = Field(
         default=7 * 24 * 3600, ge=0, description="How long tasks, task state, discoveries and dead letters are kept (0: forever)."

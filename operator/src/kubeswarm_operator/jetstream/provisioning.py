@@ -112,6 +112,13 @@ def consumer_differs(live: api.ConsumerConfig, want: api.ConsumerConfig) -> bool
     return live.max_deliver != want.max_deliver or (live.num_replicas or 0) not in (0, want.num_replicas)
 
 
+def kept_replicas(spec: StreamsSpec, live: int | None, wanted: int) -> int:
+    """The replicas an existing stream, bucket or consumer converges on: the Swarm's own, lower or higher; else
+    (counted from the cluster) never fewer than it has. A connection made while a node restarts is told of two
+    servers and counts one replica: that must not scale R3 streams down."""
+    return wanted if spec.replicas else max(live or 0, wanted)
+
+
 @dataclass(frozen=True)
 class Provisioned:
     """What one provisioning run did, for Events (empty when everything was in place)."""
@@ -132,6 +139,7 @@ async def provision(conn: NatsConnection, names: SwarmNames, spec: StreamsSpec, 
             await js.add_stream(want)
             actions.append(f"created stream {want.name}")
             continue
+        want = dataclasses.replace(want, num_replicas=kept_replicas(spec, live.num_replicas, want.num_replicas or 1))
         if stream_differs(live, want):
             limits = {f: getattr(want, f) for f in STREAM_LIMITS}
             await js.update_stream(dataclasses.replace(live, retention=want.retention, **limits))
@@ -139,18 +147,19 @@ async def provision(conn: NatsConnection, names: SwarmNames, spec: StreamsSpec, 
     # The runtime's setup creates its buckets with exactly the options it relies on; it finds the streams above.
     await ensure_swarm_stores(conn, names, runtime_streams(spec, server))
     for bucket in desired_buckets(names, spec, server):
-        actions += await _converge_bucket(conn, bucket)
-    actions += await _converge_consumers(conn, names, desired_consumers(names, capabilities, spec, server))
+        actions += await _converge_bucket(conn, spec, bucket)
+    actions += await _converge_consumers(conn, names, spec, desired_consumers(names, capabilities, spec, server))
     return Provisioned(tuple(actions))
 
 
-async def _converge_bucket(conn: NatsConnection, want: api.KeyValueConfig) -> list[str]:
+async def _converge_bucket(conn: NatsConnection, spec: StreamsSpec, want: api.KeyValueConfig) -> list[str]:
     stream = KV_STREAM.format(bucket=want.bucket)
     try:
         live = (await conn.js.stream_info(stream)).config
     except NotFoundError:
         await conn.js.create_key_value(want)
         return [f"created bucket {want.bucket}"]
+    want = dataclasses.replace(want, replicas=kept_replicas(spec, live.num_replicas, want.replicas))
     if live.num_replicas != want.replicas or _unset(live.max_age) != _unset(want.ttl) or _unset(live.max_bytes) != _unset(want.max_bytes):
         window = dedup_window(live.duplicate_window, want.ttl)
         await conn.js.update_stream(
@@ -160,13 +169,15 @@ async def _converge_bucket(conn: NatsConnection, want: api.KeyValueConfig) -> li
     return []
 
 
-async def _converge_consumers(conn: NatsConnection, names: SwarmNames, wanted: list[api.ConsumerConfig]) -> list[str]:
+async def _converge_consumers(conn: NatsConnection, names: SwarmNames, spec: StreamsSpec, wanted: list[api.ConsumerConfig]) -> list[str]:
     js = conn.js
     actions = []
     live = {info.name: info.config for info in await js.consumers_info(names.tasks_stream)}
     for want in wanted:
         assert want.durable_name
         current = live.pop(want.durable_name, None)
+        if current is not None:
+            want = dataclasses.replace(want, num_replicas=kept_replicas(spec, current.num_replicas, want.num_replicas or 1))
         if current is None or consumer_differs(current, want):
             # add_consumer with an existing durable name updates the settings that may change.
             await js.add_consumer(names.tasks_stream, want)
