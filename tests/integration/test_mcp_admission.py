@@ -1,9 +1,11 @@
 """Admission on the MCP port of a runtime process (real nats-server): past ``max_in_flight``, 429 + Retry-After before
-any work; while the replica drains, 503; under the bound every request is served, and nothing is lost either way."""
+any work; while the replica drains, 503; under the bound every request is served, and nothing is lost either way.
+On a route carrying JSON-RPC the refusal's body is a JSON-RPC error, which the official MCP SDK client surfaces."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import uuid
@@ -17,9 +19,12 @@ import aiohttp
 import pytest
 from kubeswarm_runtime.client import SwarmClient
 from kubeswarm_runtime.tasks import TaskState
+from mcp.client.client import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
 
 from tests.integration.runtime_helpers import agent_config, running, runtime_process, swarm_client, unique_prefix, wait_for
-from tests.integration.test_mcp_support import data_of, modern_call, post, rpc, sse_events
+from tests.integration.test_mcp_support import LEGACY, MODERN, data_of, modern_call, post, rpc, sse_events
 from tests.testbed.nats import NatsServer
 from tests.testbed.procs import ManagedProcess
 
@@ -27,6 +32,14 @@ pytestmark = pytest.mark.integration
 
 MAX_IN_FLIGHT = 4
 LIMITS = {"KUBESWARM_MCP__MAX_IN_FLIGHT": str(MAX_IN_FLIGHT), "KUBESWARM_MCP__RATE_LIMIT_PER_SECOND": "0"}
+OVERLOADED = f"this replica serves at most {MAX_IN_FLIGHT} requests at once; retry after 1 s"
+# A hook to POST to, a route carrying no JSON-RPC (its key unset: admission answers before the hook is looked at).
+HOOK = {"KUBESWARM_TRIGGERS": json.dumps({"webhooks": [{"name": "deploys", "capability": "echo", "key_env": "KUBESWARM_WEBHOOK_KEY_0"}]})}
+
+
+def rpc_refusal(code: int, message: str, reason: str) -> dict[str, Any]:
+    """The body of a refusal before any work on a route carrying JSON-RPC: an error of no request (``id`` null)."""
+    return {"jsonrpc": "2.0", "id": None, "error": {"code": code, "message": message, "data": {"reason": reason, "retryAfterSeconds": 1}}}
 
 
 @dataclass
@@ -51,8 +64,8 @@ class Replica:
 
 
 @asynccontextmanager
-async def replica(nats_url: str, prefix: str, log_dir: Path, capabilities: list[str]) -> AsyncIterator[Replica]:
-    process = runtime_process(agent_config(nats_url, prefix, "front", capabilities), log_dir, LIMITS)
+async def replica(nats_url: str, prefix: str, log_dir: Path, capabilities: list[str], env: dict[str, str]) -> AsyncIterator[Replica]:
+    process = runtime_process(agent_config(nats_url, prefix, "front", capabilities), log_dir, LIMITS | env)
     assert process.env is not None
     found = Replica(
         process,
@@ -77,40 +90,57 @@ async def replica(nats_url: str, prefix: str, log_dir: Path, capabilities: list[
 
 
 @asynccontextmanager
-async def served(nats_url: str, log_dir: Path) -> AsyncIterator[tuple[Replica, SwarmClient, aiohttp.ClientSession]]:
-    """A replica serving echo, a swarm client of its swarm, and an HTTP client without a connection cap."""
+async def served(
+    nats_url: str, log_dir: Path, env: dict[str, str] | None = None
+) -> AsyncIterator[tuple[Replica, SwarmClient, aiohttp.ClientSession]]:
+    """A replica serving echo (``env``: more of its settings), a swarm client of its swarm, and an HTTP client without a
+    connection cap."""
     prefix = unique_prefix()
     async with (
-        replica(nats_url, prefix, log_dir, ["echo"]) as front,
+        replica(nats_url, prefix, log_dir, ["echo"], env or {}) as front,
         swarm_client(nats_url, prefix) as client,
         aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http,
     ):
         yield front, client, http
 
 
+def hold_every_place(front: Replica, http: aiohttp.ClientSession) -> list[asyncio.Task[tuple[int, dict[str, str], Any]]]:
+    """MAX_IN_FLIGHT callers waiting on tasks of a capability nobody serves yet: the replica's places all taken (once
+    :func:`all_held` is true), until a worker for "held" comes."""
+    return [
+        asyncio.create_task(front.create_task(http, {"capability": "held", "task_id": f"held-{i}", "wait_seconds": 60}))
+        for i in range(MAX_IN_FLIGHT)
+    ]
+
+
+async def all_held(client: SwarmClient) -> None:
+    async def all_created() -> bool:
+        return all([await client.tasks.get(f"held-{i}") is not None for i in range(MAX_IN_FLIGHT)])
+
+    await wait_for(all_created, what="the held tasks created")
+
+
 async def test_past_the_bound_429_with_retry_after_before_any_work(nats_server: NatsServer, tmp_path: Path) -> None:
-    async with served(nats_server.url, tmp_path) as (front, client, http):
-        # MAX_IN_FLIGHT callers wait on tasks of a capability nobody serves yet: the replica's places are all taken.
-        held_ids = [f"held-{i}" for i in range(MAX_IN_FLIGHT)]
-        held = [
-            asyncio.create_task(front.create_task(http, {"capability": "held", "task_id": task_id, "wait_seconds": 60}))
-            for task_id in held_ids
-        ]
-
-        async def all_created() -> bool:
-            return all([await client.tasks.get(task_id) is not None for task_id in held_ids])
-
-        await wait_for(all_created, what="the held tasks created")
+    async with served(nats_server.url, tmp_path, HOOK) as (front, client, http):
+        held = hold_every_place(front, http)
+        await all_held(client)
         status, headers, body = await front.create_task(http, {"capability": "echo", "task_id": "over"})
         assert status == 429
-        assert headers["Retry-After"] == "1"
-        assert body["error"] == "overloaded"
-        assert f"at most {MAX_IN_FLIGHT} requests" in body["error_description"]
+        assert headers["Retry-After"] == "1" and headers["Content-Type"].startswith("application/json")
+        assert body == rpc_refusal(-31000, OVERLOADED, "overloaded")
         assert await client.tasks.get("over") is None  # refused before any work
+        a2a = rpc("GetTask", {"id": "over"})
+        async with http.post(front.url + "/a2a", json=a2a, headers={"A2A-Version": "1.0"}) as response:  # JSON-RPC too
+            assert response.status == 429 and response.headers["Retry-After"] == "1"
+            assert await response.json() == rpc_refusal(-31000, OVERLOADED, "overloaded")
+        async with http.post(front.url + "/hooks/deploys", json={"ref": "main"}) as response:  # no JSON-RPC: a problem
+            assert response.status == 429 and response.headers["Retry-After"] == "1"
+            assert await response.json() == {"error": "overloaded", "error_description": OVERLOADED}
         async with http.get(front.url + "/readyz") as response:
             assert response.status == 200  # probes (and streams) are not requests doing work
-        assert await front.sample(http, 'kubeswarm_admission_rejected_total{reason="in_flight"}') == 1.0
+        assert await front.sample(http, 'kubeswarm_admission_rejected_total{reason="in_flight"}') == 3.0
         assert await front.sample(http, 'kubeswarm_mcp_requests_total{code="429",method="none",outcome="error"}') == 1.0
+        assert await front.sample(http, 'kubeswarm_a2a_requests_total{code="429",method="none",outcome="error"}') == 1.0
 
         # A worker for "held" comes: the admitted callers get their results, and the refused one, retrying, is admitted.
         async with running(agent_config(nats_server.url, front.prefix, "worker", ["held"])):
@@ -123,6 +153,32 @@ async def test_past_the_bound_429_with_retry_after_before_any_work(nats_server: 
 
         await wait_for(retried, what="the refused call admitted on retry")
         assert (await client.tasks.wait("over", 30)).state is TaskState.SUCCEEDED
+
+
+async def test_the_sdk_client_past_the_bound_gets_our_reason_and_wait(nats_server: NatsServer, tmp_path: Path) -> None:
+    async with (
+        served(nats_server.url, tmp_path) as (front, client, http),
+        Client(streamable_http_client(front.url + "/mcp"), mode=MODERN) as modern,
+        Client(streamable_http_client(front.url + "/mcp"), mode="legacy") as session,  # initialized while places are free
+    ):
+        assert session.protocol_version == LEGACY
+        initialized = 'kubeswarm_mcp_requests_total{code="",method="notifications/initialized",outcome="ok"}'
+
+        async def session_settled() -> bool:  # the SDK posts its notification after the handshake, on its own
+            return await front.sample(http, initialized) == 1.0
+
+        await wait_for(session_settled, what="the session's notification answered (its place free)")
+        held = hold_every_place(front, http)
+        await all_held(client)
+        for sdk in (modern, session):
+            with pytest.raises(MCPError) as refused:
+                await sdk.call_tool("get_agent_info", {})
+            # Not the SDK's stand-in for an HTTP error (-32603 "Server returned an error response"): our error.
+            assert (refused.value.code, refused.value.message) == (-31000, OVERLOADED)
+            assert refused.value.data == {"reason": "overloaded", "retryAfterSeconds": 1}
+        async with running(agent_config(nats_server.url, front.prefix, "worker", ["held"])):
+            assert [answer[0] for answer in await asyncio.gather(*held)] == [200] * MAX_IN_FLIGHT
+        assert not (await session.call_tool("get_agent_info", {})).is_error  # places free again: the session goes on
 
 
 async def test_websocket_messages_take_places_of_the_same_bound(nats_server: NatsServer, tmp_path: Path) -> None:
@@ -169,7 +225,7 @@ async def test_legacy_answers_keep_their_request_place_until_sent(nats_server: N
 
         await wait_for(all_created, what="the held tasks created")
         status, body = await post(http, endpoint, rpc("tools/list", request_id=99))
-        assert status == 429 and body["error"] == "overloaded"
+        assert status == 429 and body == rpc_refusal(-31000, OVERLOADED, "overloaded")
         async with running(agent_config(nats_server.url, front.prefix, "worker", ["held"])):
             answered = [data_of(await anext(events))["id"] for _ in range(MAX_IN_FLIGHT)]
         assert sorted(answered) == list(range(MAX_IN_FLIGHT))
@@ -234,7 +290,7 @@ async def test_a_flood_past_the_bound_loses_nothing_and_runs_nothing_twice(nats_
 
 
 async def test_a_draining_replica_answers_503_with_retry_after(nats_server: NatsServer, tmp_path: Path) -> None:
-    async with served(nats_server.url, tmp_path) as (front, client, http):
+    async with served(nats_server.url, tmp_path) as (front, client, http), Client(front.url + "/mcp", mode=MODERN) as sdk:
         # A long task keeps the replica draining (its shutdown grace) after SIGTERM.
         assert (await front.create_task(http, {"capability": "echo", "task_id": "long", "input": {"sleep": 60}}))[0] == 200
 
@@ -253,5 +309,9 @@ async def test_a_draining_replica_answers_503_with_retry_after(nats_server: Nats
         await wait_for(refused, what="a 503 from the draining replica")
         _, headers, body = answers[-1]
         assert headers["Retry-After"] == "1"
-        assert body["error"] == "draining"
-        assert await front.sample(http, 'kubeswarm_admission_rejected_total{reason="draining"}') == 1.0
+        assert body == rpc_refusal(-31003, "this replica is shutting down; retry after 1 s", "draining")
+        with pytest.raises(MCPError) as raised:
+            await sdk.call_tool("get_agent_info", {})
+        assert (raised.value.code, raised.value.data) == (-31003, {"reason": "draining", "retryAfterSeconds": 1})
+        assert await front.sample(http, 'kubeswarm_admission_rejected_total{reason="draining"}') == 2.0
+        assert await front.sample(http, 'kubeswarm_mcp_requests_total{code="503",method="none",outcome="error"}') == 2.0

@@ -316,9 +316,13 @@ async def test_before_the_swarm_connects_stateless_calls_work_and_sessions_wait(
             status, reply = await post(http, url, body, headers)
             assert status == 200 and reply["result"]["isError"]
             params = {"protocolVersion": LEGACY, "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}
-            status, _ = await post(http, url, rpc("initialize", params))
-            assert status == 503
-            async with http.get(f"http://127.0.0.1:{port}/sse") as response:
+            async with http.post(url, json=rpc("initialize", params)) as response:  # a route carrying JSON-RPC: its error
                 assert response.status == 503 and response.headers["Retry-After"] == "1"
+                message = "this agent is not connected to the swarm yet; retry after 1 s"
+                error = {"code": -31003, "message": message, "data": {"reason": "swarm_unavailable", "retryAfterSeconds": 1}}
+                assert await response.json() == {"jsonrpc": "2.0", "id": None, "error": error}
+            async with http.get(f"http://127.0.0.1:{port}/sse") as response:  # a stream: a problem
+                assert response.status == 503 and response.headers["Retry-After"] == "1"
+                assert await response.json() == {"error": "swarm_unavailable", "error_description": message}
     finally:
         await runner.cleanup()

@@ -24,6 +24,7 @@ UNSUPPORTED_PROTOCOL_VERSION = -32022
 SERVER_BUSY = -31000
 TOOL_FAILED = -31001
 RATE_LIMITED = -31002
+SERVER_UNAVAILABLE = -31003  # the replica drains, or is not connected to the swarm: retry later or on another
 
 RequestId = str | int
 # Deepest nesting of arrays and objects in params: far beyond any tool's schema, well within what the

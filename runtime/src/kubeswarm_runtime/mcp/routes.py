@@ -13,9 +13,12 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from .admission import Admission
+from .jsonrpc import SERVER_UNAVAILABLE
 from .metering import RequestMeter
-from .security import problem
+from .refusal import Refused
 from .state import SwarmUnavailable
+
+SWARM_RETRY_AFTER_SECONDS = 1  # short: another replica may be connected, and this one retries NATS with backoff
 
 
 def serving(handler: Handler, admission: Admission, meter: RequestMeter | None) -> Handler:
@@ -23,7 +26,9 @@ def serving(handler: Handler, admission: Admission, meter: RequestMeter | None) 
     status >= 400 nothing counted is counted with that final status, the 503 of swarm_unavailable included. Then
     admission, before any work (auth, body, NATS): a refusal there costs nothing that grows with the callers.
     Innermost, no NATS (not yet connected, or down): 503, so clients and load balancers retry elsewhere or later.
+    Those refusals are answered as JSON-RPC errors on a route carrying JSON-RPC, else as problems (:mod:`.refusal`).
     """
+    answer = Refused.as_problem if meter is None else Refused.as_rpc_error
 
     async def serve(request: web.Request) -> web.StreamResponse:
         if meter is not None:
@@ -34,13 +39,17 @@ def serving(handler: Handler, admission: Admission, meter: RequestMeter | None) 
             try:
                 response = await handler(request)
             except (SwarmUnavailable, nats.errors.Error) as exc:
-                raise problem(
-                    web.HTTPServiceUnavailable, "swarm_unavailable", str(exc) or type(exc).__name__, {"Retry-After": "1"}
+                description = str(exc) or type(exc).__name__
+                raise Refused(
+                    web.HTTPServiceUnavailable, "swarm_unavailable", description, SERVER_UNAVAILABLE, SWARM_RETRY_AFTER_SECONDS
                 ) from None
             finally:
                 admission.release(request, size)
             status = response.status
             return response
+        except Refused as refused:
+            status = refused.status.status_code
+            raise answer(refused) from None
         except web.HTTPException as exc:
             status = exc.status
             raise
