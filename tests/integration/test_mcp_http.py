@@ -14,6 +14,9 @@ from kubeswarm_runtime.config import RuntimeConfig
 from kubeswarm_runtime.mcp import serve_mcp
 from kubeswarm_runtime.mcp.tools import SWARM_TOOLS
 from kubeswarm_runtime.runtime import AgentRuntime
+from mcp.client.client import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
 
 from tests.integration.runtime_helpers import wait_for
 from tests.integration.test_mcp_support import (
@@ -277,6 +280,10 @@ async def test_rate_limit_size_limit_and_stream_cap(nats_server: NatsServer) -> 
         assert status == 200
         async with http.post(url, json=rpc("list_tools")) as response:
             assert response.status == 429 and int(response.headers["Retry-After"]) >= 1
+            # A JSON-RPC route answers a JSON-RPC error (id null: the body was not read), so SDK clients see why.
+            refused = await response.json()
+            assert refused["id"] is None and refused["error"]["code"] == -31002
+            assert refused["error"]["data"] == {"reason": "rate_limited", "retryAfterSeconds": int(response.headers["Retry-After"])}
         assert (await http.get(agent.url + "/healthz")).status == 200  # probes are not limited
 
     async with mcp_agent(nats_server.url, max_streams=1) as agent, aiohttp.ClientSession() as http:
@@ -285,6 +292,24 @@ async def test_rate_limit_size_limit_and_stream_cap(nats_server: NatsServer) -> 
             assert held.status == 200
             async with http.get(url) as refused:
                 assert refused.status == 503 and refused.headers["Retry-After"]
+
+
+async def test_the_sdk_client_over_the_rate_limit_gets_our_reason_and_wait(nats_server: NatsServer) -> None:
+    async with (
+        mcp_agent(nats_server.url, rate_limit_per_second=0.01, rate_limit_burst=3) as agent,
+        Client(streamable_http_client(agent.mcp), mode=MODERN) as sdk,
+    ):
+
+        async def spend_the_burst() -> None:
+            for _ in range(4):  # spent within four calls, whatever the client sent before them
+                await sdk.call_tool("get_agent_info", {})
+
+        with pytest.raises(MCPError) as refused:
+            await spend_the_burst()
+        # Not the SDK's stand-in for an HTTP error (-32603 "Server returned an error response"): ours.
+        assert refused.value.code == -31002 and refused.value.message.startswith("too many requests from this caller; retry after")
+        assert refused.value.data is not None and refused.value.data["reason"] == "rate_limited"
+        assert refused.value.data["retryAfterSeconds"] >= 1
 
 
 async def test_slow_request_body_times_out(nats_server: NatsServer) -> None:

@@ -19,8 +19,9 @@ from aiohttp import web
 from .codec import DecodeError, decode_json
 from .config import WebhookConfig
 from .mcp.http import json_response
+from .mcp.refusal import problem
 from .mcp.routes import Routes
-from .mcp.security import Authenticator, Guard, problem
+from .mcp.security import Authenticator, Guard
 from .tasks import TaskService
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""A request refused before its work (admission, no NATS), answered in what its route speaks.
+"""A request refused before its work (admission, the per-caller rate limit, no NATS), answered in what its route speaks.
 
 On a route carrying JSON-RPC the body is a JSON-RPC error (``id`` null: the request was not read): the official
 MCP SDK client surfaces such a body to its caller, reason and wait included, where for any other body it reports
@@ -8,14 +8,24 @@ document. Either way the same HTTP status and ``Retry-After``.
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from aiohttp import web
 
 from .jsonrpc import RpcError, encode, error_reply
-from .security import problem
+
+
+def problem(
+    status: type[web.HTTPException], error: str, description: str, headers: dict[str, str] | None = None, **extra: Any
+) -> web.HTTPException:
+    """An HTTP refusal with a small JSON body (never internals)."""
+    body = json.dumps({"error": error, "error_description": description})
+    return status(text=body, content_type="application/json", headers=headers, **extra)
 
 
 class Refused(Exception):
-    """Raised by what refuses (admission, the route wrapper); ``routes.serving`` answers it in the route's shape."""
+    """Raised by what refuses (admission, the rate limit, the route wrapper); ``routes.serving`` answers it in the route's shape."""
 
     def __init__(self, status: type[web.HTTPException], reason: str, description: str, code: int, retry_after_seconds: int) -> None:
         """``reason``: the problem's ``error`` (``overloaded``); ``code``: the JSON-RPC error's (``SERVER_BUSY``)."""

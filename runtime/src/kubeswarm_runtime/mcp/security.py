@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-import json
 import logging
 import math
 import time
@@ -25,7 +24,8 @@ from aiohttp import web
 
 from ..config import McpConfig
 from ..resources import AuthMode
-from .jsonrpc import INVALID_REQUEST, RpcError
+from .jsonrpc import INVALID_REQUEST, RATE_LIMITED, RpcError
+from .refusal import Refused, problem
 
 if TYPE_CHECKING:
     # PyJWT (and the cryptography it loads, ~9 MiB) is imported only when a token is checked:
@@ -38,14 +38,6 @@ WELL_KNOWN_RESOURCE = "/.well-known/oauth-protected-resource"
 JWKS_REFRESH_MIN_SECONDS = 30.0
 ASYMMETRIC_ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"]
 RATE_BUCKETS_SWEEP_AT = 10_000
-
-
-def problem(
-    status: type[web.HTTPException], error: str, description: str, headers: dict[str, str] | None = None, **extra: Any
-) -> web.HTTPException:
-    """An HTTP refusal with a small JSON body (never internals)."""
-    body = json.dumps({"error": error, "error_description": description})
-    return status(text=body, content_type="application/json", headers=headers, **extra)
 
 
 class Caller(NamedTuple):
@@ -322,12 +314,7 @@ class Guard:
         """Take ``messages`` JSON-RPC messages from the caller's bucket, or 429: every message of a batch counts."""
         wait = self.limiter.wait_seconds(caller.key, messages)
         if wait > 0:
-            raise problem(
-                web.HTTPTooManyRequests,
-                "rate_limited",
-                "too many requests; slow down",
-                {"Retry-After": str(retry_after(wait))},
-            )
+            raise Refused(web.HTTPTooManyRequests, "rate_limited", "too many requests from this caller", RATE_LIMITED, retry_after(wait))
 
     def check_batch(self, size: int) -> None:
         """A batch larger than the burst could never be admitted: refuse it as invalid rather than ask for a retry."""
