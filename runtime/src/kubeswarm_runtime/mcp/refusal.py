@@ -39,10 +39,13 @@ class Refused(Exception):
     def as_problem(self) -> web.HTTPException:
         return problem(self.status, self.reason, self.message, {"Retry-After": str(self.retry_after_seconds)})
 
+    def rpc_error(self) -> RpcError:
+        """The refusal as a JSON-RPC error: the body of :meth:`as_rpc_error`, and a WebSocket message's answer."""
+        return RpcError(self.code, self.message, {"reason": self.reason, "retryAfterSeconds": self.retry_after_seconds})
+
     def as_rpc_error(self) -> web.HTTPException:
-        error = RpcError(self.code, self.message, {"reason": self.reason, "retryAfterSeconds": self.retry_after_seconds})
         return self.status(
-            text=encode(error_reply(None, error)).decode(),  # aiohttp deprecates a body for its exceptions
+            text=encode(error_reply(None, self.rpc_error())).decode(),  # aiohttp deprecates a body for its exceptions
             content_type="application/json",
             headers={"Retry-After": str(self.retry_after_seconds)},
         )

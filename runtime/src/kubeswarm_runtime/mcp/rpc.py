@@ -19,7 +19,6 @@ from .admission import Admission
 from .http import json_response
 from .jsonrpc import (
     INVALID_REQUEST,
-    RATE_LIMITED,
     RequestId,
     RpcError,
     check,
@@ -32,7 +31,7 @@ from .jsonrpc import (
 from .metering import NO_METHOD, method_of
 from .protocol import McpServer
 from .routes import Routes
-from .security import Caller, Guard, StreamSlots, retry_after
+from .security import Caller, Guard, StreamSlots
 
 
 @dataclass
@@ -111,11 +110,8 @@ class JsonRpc:
             messages = self._messages_in(payload)
         except RpcError as exc:
             return exc
-        wait = self.guard.limiter.wait_seconds(caller.key, messages)
-        if wait <= 0:
-            return None
-        seconds = retry_after(wait)
-        return RpcError(RATE_LIMITED, f"Rate limited: too many requests; retry after {seconds} s", {"retryAfterSeconds": seconds})
+        refused = self.guard.rate_limited(caller, messages)
+        return None if refused is None else refused.rpc_error()
 
     async def websocket(self, request: web.Request) -> web.WebSocketResponse:
         caller = await self.guard.admit(request)

@@ -312,9 +312,15 @@ class Guard:
 
     def admit_messages(self, caller: Caller, messages: int) -> None:
         """Take ``messages`` JSON-RPC messages from the caller's bucket, or 429: every message of a batch counts."""
+        if (refused := self.rate_limited(caller, messages)) is not None:
+            raise refused
+
+    def rate_limited(self, caller: Caller, messages: int) -> Refused | None:
+        """Take ``messages`` from the caller's bucket; None when it had them, else the refusal (none taken)."""
         wait = self.limiter.wait_seconds(caller.key, messages)
-        if wait > 0:
-            raise Refused(web.HTTPTooManyRequests, "rate_limited", "too many requests from this caller", RATE_LIMITED, retry_after(wait))
+        if wait <= 0:
+            return None
+        return Refused(web.HTTPTooManyRequests, "rate_limited", "too many requests from this caller", RATE_LIMITED, retry_after(wait))
 
     def check_batch(self, size: int) -> None:
         """A batch larger than the burst could never be admitted: refuse it as invalid rather than ask for a retry."""
