@@ -13,7 +13,6 @@ import json
 import os
 import socket
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ from kubeswarm_runtime.names import SwarmNames
 from kubeswarm_runtime.natsauth import NatsAuthority, agent_permissions
 from nats.js import api
 
-from tests.testbed.nats import CLUSTER_PATIENCE, until_served
+from tests.testbed.nats import CLUSTER_PATIENCE, healthy, monitor, until_served
 from tests.testbed.procs import ManagedProcess, free_port, wheel_binary
 from tests.unit.test_chart import nats_config, one, operator_env, render
 
@@ -47,13 +46,7 @@ class ChartNats:
         return f"nats://{self.hosts[index]}:{self.client_port}"
 
     def monitor(self, index: int, endpoint: str) -> dict[str, Any]:
-        with urllib.request.urlopen(f"http://{self.hosts[index]}:{self.monitor_port}/{endpoint}", timeout=2) as resp:
-            data: dict[str, Any] = json.loads(resp.read())
-        return data
-
-
-def _healthy(nodes: ChartNats, index: int) -> bool:
-    return nodes.monitor(index, "healthz").get("status") == "ok"
+        return monitor(self.hosts[index], self.monitor_port, endpoint, timeout=2)
 
 
 def _wait(probe: Callable[[], bool], what: str, timeout: float = CLUSTER_PATIENCE) -> None:
@@ -108,7 +101,7 @@ def chart_nats(tmp_path: Path) -> Iterator[ChartNats]:
     nodes = ChartNats(authority, hosts, client, cluster, monitor)
     try:
         for index, process in enumerate(processes):
-            process.wait_until(functools.partial(_healthy, nodes, index), CLUSTER_PATIENCE, "healthy")
+            process.wait_until(functools.partial(healthy, nodes.hosts[index], nodes.monitor_port, timeout=2), CLUSTER_PATIENCE, "healthy")
         yield nodes
     finally:
         for process in processes:

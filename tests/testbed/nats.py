@@ -48,22 +48,23 @@ async def until_served(call: Callable[[], Awaitable[T]], seconds: float = CLUSTE
             await asyncio.sleep(0.2)
 
 
-def _monitor(host: str, monitor_port: int, endpoint: str) -> dict[str, Any]:
-    with urllib.request.urlopen(f"http://{host}:{monitor_port}/{endpoint}", timeout=1) as resp:
+def monitor(host: str, monitor_port: int, endpoint: str, timeout: float = 1.0) -> dict[str, Any]:
+    """A NATS server's monitoring endpoint (healthz, varz, routez ...), as JSON."""
+    with urllib.request.urlopen(f"http://{host}:{monitor_port}/{endpoint}", timeout=timeout) as resp:
         body: dict[str, Any] = json.loads(resp.read())
     return body
 
 
-def _healthy(host: str, monitor_port: int) -> bool:
+def healthy(host: str, monitor_port: int, timeout: float = 1.0) -> bool:
     # JetStream-aware health: true only once the node's JetStream is usable
     # (in a cluster, once it has a meta leader).
-    return _monitor(host, monitor_port, "healthz").get("status") == "ok"
+    return monitor(host, monitor_port, "healthz", timeout).get("status") == "ok"
 
 
 def _formed(node: NatsNode, size: int) -> bool:
     # Healthy, and telling its clients of every server (its INFO's connect_urls): the routes' gossip lags behind the meta
     # leader's election, and the runtime counts the cluster from that list (a client told of two servers makes R1 streams).
-    return _healthy(node.host, node.monitor_port) and len(_monitor(node.host, node.monitor_port, "varz").get("connect_urls") or ()) == size
+    return healthy(node.host, node.monitor_port) and len(monitor(node.host, node.monitor_port, "varz").get("connect_urls") or ()) == size
 
 
 @dataclass
@@ -119,7 +120,7 @@ class NatsNode:
         ports = [self.client_port, self.monitor_port] + ([self.cluster_port] if self.routes else [])
         self.process = ManagedProcess(self.name, self.argv(), self.store.parent / f"{self.name}.log", ports)
         self.process.start()
-        self.process.wait_until(lambda: _healthy(self.host, self.monitor_port), timeout, "ready with JetStream")
+        self.process.wait_until(lambda: healthy(self.host, self.monitor_port), timeout, "ready with JetStream")
 
     def kill(self) -> None:
         if self.process:
@@ -189,12 +190,15 @@ class NatsCluster:
             node.process.start()
         # Health needs a meta leader, which needs a quorum: wait after all started.
         for node in self.nodes:
-            self._wait_formed(node)
+            self._wait_formed(node, self.size)
         return self
 
-    def _wait_formed(self, node: NatsNode) -> None:
+    @staticmethod
+    def _wait_formed(node: NatsNode, servers: int) -> None:
+        """Until ``node`` is healthy and tells its clients of ``servers`` servers."""
         assert node.process is not None
-        node.process.wait_until(functools.partial(_formed, node, self.size), CLUSTER_PATIENCE, "ready with JetStream, told of every server")
+        told = f"ready with JetStream, told of {servers} servers"
+        node.process.wait_until(functools.partial(_formed, node, servers), CLUSTER_PATIENCE, told)
 
     def kill(self, index: int) -> NatsNode:
         node = self.nodes[index]
@@ -207,15 +211,14 @@ class NatsCluster:
         node.stop()
         for other in self.nodes:
             if other is not node:
-                assert other.process is not None
-                other.process.wait_until(functools.partial(_formed, other, self.size - 1), CLUSTER_PATIENCE, "told of the servers left")
+                self._wait_formed(other, self.size - 1)
         return node
 
     def restart(self, index: int) -> NatsNode:
         node = self.nodes[index]
         node.stop()
         node.start(timeout=CLUSTER_PATIENCE)  # healthy once caught up with the others
-        self._wait_formed(node)
+        self._wait_formed(node, self.size)
         return node
 
     def stop(self) -> None:
