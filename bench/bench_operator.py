@@ -31,7 +31,8 @@ there; else on test beds of its own (tests.testbed.cluster).  ``--profile FILE``
 with py-spy from its start until all Agents are Ready (FILE.svg: a flame graph, .json: speedscope,
 else py-spy's raw collapsed stacks, summarised here); with a curve, one file per size.
 ``--apiserver-profile DIR`` records the API server's CPU (Go's pprof, in 5 s slices) through each phase into
-DIR/<phase>-<size>.pb.gz and prints its hottest functions: where the API server's work per Agent goes.
+DIR/<phase>-<size>.pb.gz and prints what that CPU went to (each verb's handlers, watches, authentication, garbage
+collection ..., and the custom resources' share): where the API server's work per Agent goes.
 """
 
 from __future__ import annotations
