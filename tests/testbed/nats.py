@@ -191,7 +191,21 @@ class NatsCluster:
         # Health needs a meta leader, which needs a quorum: wait after all started.
         for node in self.nodes:
             self._wait_formed(node, self.size)
+        assert self.nodes[0].process is not None
+        self.nodes[0].process.wait_until(self._placement_ready, CLUSTER_PATIENCE, "its meta leader seeing every peer current")
         return self
+
+    def _placement_ready(self) -> bool:
+        # The meta leader places a new replicated stream on the peers it sees current: a moment after the cluster
+        # formed it may not see them all yet ("no suitable peers for placement, peer offline").
+        for node in self.nodes:
+            if node.process is None or not node.process.running():
+                continue
+            meta = monitor(node.host, node.monitor_port, "jsz").get("meta_cluster") or {}
+            if meta.get("leader") == node.name:
+                peers = meta.get("replicas") or []
+                return len(peers) == self.size - 1 and all(peer.get("current") and not peer.get("offline") for peer in peers)
+        return False
 
     @staticmethod
     def _wait_formed(node: NatsNode, servers: int) -> None:
