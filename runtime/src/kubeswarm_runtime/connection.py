@@ -10,7 +10,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import nats
 from nats.aio.client import Client, RawCredentials, Server
@@ -24,6 +24,7 @@ from .config import NatsConfig
 from .metrics import RuntimeMetrics
 
 log = logging.getLogger(__name__)
+Found = TypeVar("Found")
 
 JS_API_TIMEOUT = 5.0
 # The JetStream API's subject prefix (no domain); a few calls nats-py lacks are made on it directly.
@@ -277,35 +278,30 @@ class NatsConnection:
 
     async def ensure_stream(self, config: api.StreamConfig) -> None:
         assert config.name
-        try:
-            await self.js.stream_info(config.name)
-            return
-        except NotFoundError:
-            pass
-        try:
-            await self.js.add_stream(config)
-        except BadRequestError:
-            # Created concurrently by another replica (or with other settings): use what is there.
-            await self.js.stream_info(config.name)
+        name = config.name
+        await found_or_made(lambda: self.js.stream_info(name), lambda: self.js.add_stream(config))
 
     async def ensure_consumer(self, stream: str, config: api.ConsumerConfig) -> None:
         assert config.durable_name
-        try:
-            await self.js.consumer_info(stream, config.durable_name)
-            return
-        except NotFoundError:
-            pass
-        try:
-            await self.js.add_consumer(stream, config)
-        except BadRequestError:
-            await self.js.consumer_info(stream, config.durable_name)
+        durable = config.durable_name
+        await found_or_made(lambda: self.js.consumer_info(stream, durable), lambda: self.js.add_consumer(stream, config))
 
     async def ensure_kv(self, config: api.KeyValueConfig) -> KeyValue:
+        return await found_or_made(lambda: self.js.key_value(config.bucket), lambda: self.js.create_key_value(config))
+
+
+async def found_or_made(find: Callable[[], Awaitable[Found]], make: Callable[[], Awaitable[Found]]) -> Found:
+    """What ``find`` finds, made by ``make`` first if missing. A refused make is another replica's concurrent one (or
+    one with other settings): what is there is used; if nothing is, the refusal was about the config itself (no peers
+    for placement, a limit the server will not take) and is raised, not a "not found" that would hide it."""
+    try:
+        return await find()
+    except NotFoundError:
+        pass
+    try:
+        return await make()
+    except BadRequestError as refused:
         try:
-            return await self.js.key_value(config.bucket)
-        except nats.js.errors.BucketNotFoundError:
-            pass
-        try:
-            return await self.js.create_key_value(config)
-        except BadRequestError:
-            return await self.js.key_value(config.bucket)
+            return await find()
+        except NotFoundError:
+            raise refused from None
